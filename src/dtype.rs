@@ -1,0 +1,143 @@
+//! Storage dtypes and the element compute types the interpreter and the JIT share.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::ops::{Add, Div, Mul, Neg, Sub};
+
+/// The storage type of a parameter, its gradient and its per-element state.
+///
+/// The element compute type equals the storage type for `F32` and `F64`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum DType {
+    /// IEEE binary32; computed in f32.
+    F32,
+    /// IEEE binary64; computed in f64.
+    F64,
+}
+
+impl DType {
+    /// Every supported dtype, in a fixed order.
+    pub const ALL: [DType; 2] = [DType::F32, DType::F64];
+
+    /// The name used in printed IR and on the command line (`f32`, `f64`).
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F64 => "f64",
+        }
+    }
+
+    /// Size of one element in bytes.
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F64 => 8,
+        }
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A floating-point element type the executors can run on (`f32`, `f64`).
+///
+/// The methods are the IEEE operations the interpreter defines the ops with; the JIT emits the
+/// same operations, so both agree bit for bit.
+pub trait Float:
+    Copy
+    + Default
+    + PartialEq
+    + PartialOrd
+    + fmt::Debug
+    + Send
+    + Sync
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Neg<Output = Self>
+    + 'static
+{
+    /// The dtype tag of this type.
+    const DTYPE: DType;
+    /// `0.0`.
+    const ZERO: Self;
+    /// `1.0`.
+    const ONE: Self;
+    /// Rounds an f64 to this type (round to nearest even; overflow gives ±inf).
+    fn from_f64(x: f64) -> Self;
+    /// Widens to f64 (exact).
+    fn to_f64(self) -> f64;
+    /// Correctly rounded square root.
+    fn sqrt(self) -> Self;
+    /// Clears the sign bit.
+    fn abs(self) -> Self;
+    /// `e^self` (the platform's `exp`).
+    fn exp(self) -> Self;
+    /// Natural logarithm (the platform's `ln`).
+    fn ln(self) -> Self;
+    /// `self^e` (the platform's `pow`).
+    fn powf(self, e: Self) -> Self;
+    /// True for any NaN.
+    fn is_nan(self) -> bool;
+    /// True when the sign bit is set (also for −0 and negative NaNs).
+    fn is_sign_negative(self) -> bool;
+    /// The raw bits, widened to u64.
+    fn to_bits_u64(self) -> u64;
+}
+
+macro_rules! impl_float {
+    ($t:ty, $d:expr) => {
+        impl Float for $t {
+            const DTYPE: DType = $d;
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            #[inline]
+            fn from_f64(x: f64) -> Self {
+                x as $t
+            }
+            #[inline]
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            #[inline]
+            fn sqrt(self) -> Self {
+                <$t>::sqrt(self)
+            }
+            #[inline]
+            fn abs(self) -> Self {
+                <$t>::abs(self)
+            }
+            #[inline]
+            fn exp(self) -> Self {
+                <$t>::exp(self)
+            }
+            #[inline]
+            fn ln(self) -> Self {
+                <$t>::ln(self)
+            }
+            #[inline]
+            fn powf(self, e: Self) -> Self {
+                <$t>::powf(self, e)
+            }
+            #[inline]
+            fn is_nan(self) -> bool {
+                <$t>::is_nan(self)
+            }
+            #[inline]
+            fn is_sign_negative(self) -> bool {
+                <$t>::is_sign_negative(self)
+            }
+            #[inline]
+            fn to_bits_u64(self) -> u64 {
+                self.to_bits() as u64
+            }
+        }
+    };
+}
+
+impl_float!(f32, DType::F32);
+impl_float!(f64, DType::F64);

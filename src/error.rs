@@ -1,0 +1,130 @@
+//! The one error type of optjit.
+//!
+//! Each variant's doc says whose mistake it is: a *user mistake* (bad definition or bad
+//! input, fix the call) or an *internal bug* (please report it; the verifier or codegen
+//! caught optjit contradicting itself).
+
+use crate::DType;
+
+/// Everything that can go wrong in optjit.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    /// User mistake: two hyperparameters or state slots share a name.
+    #[error("the name `{name}` is defined twice")]
+    DuplicateName {
+        /// The repeated name.
+        name: String,
+    },
+    /// User mistake: a hyperparameter or slot named like a built-in symbol (`param`, `grad`,
+    /// `step`).
+    #[error("`{name}` is a built-in symbol and cannot name a hyperparameter or state slot")]
+    ReservedName {
+        /// The name.
+        name: String,
+    },
+    /// User mistake: a state slot name that the optimizer does not define.
+    #[error("unknown state slot `{name}`")]
+    UnknownSlot {
+        /// The name asked for.
+        name: String,
+    },
+    /// User mistake: a hyperparameter name that the optimizer does not define.
+    #[error("unknown hyperparameter `{name}`")]
+    UnknownHyper {
+        /// The name asked for.
+        name: String,
+    },
+    /// User mistake: the definition never assigns the new param or a state slot.
+    #[error("the optimizer never sets `{output}`")]
+    OutputNotSet {
+        /// `param` or the state slot's name.
+        output: String,
+    },
+    /// User mistake: a per-element value where only a per-step scalar is allowed (an operand
+    /// of `pow`, `exp`, `ln`, or the new value of a scalar state slot).
+    #[error("{what} must be a per-step scalar, but it depends on a per-element value")]
+    ScalarRequired {
+        /// Where the scalar was required, e.g. "the operand of `pow`".
+        what: String,
+    },
+    /// User mistake: an expression from one builder used in another.
+    #[error("an expression from a different builder was used")]
+    ForeignExpr,
+    /// User mistake: an optimizer option outside its domain (e.g. nesterov without momentum).
+    #[error("invalid option `{option}`: {reason}")]
+    InvalidOption {
+        /// The option's name.
+        option: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// User mistake: a parameter state that does not fit the optimizer (wrong slot count,
+    /// a buffer where a scalar belongs, or the reverse).
+    #[error("state slot {slot} does not fit the optimizer: {reason}")]
+    StateMismatch {
+        /// The slot's name, or its index when the name is unknown.
+        slot: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// User mistake: a buffer's length does not match.
+    #[error("{what} has length {actual}, expected {expected}")]
+    LengthMismatch {
+        /// Which buffer, e.g. "grad of segment 2".
+        what: String,
+        /// The length required.
+        expected: usize,
+        /// The length given.
+        actual: usize,
+    },
+    /// User mistake: a buffer is not aligned to its element size.
+    #[error("{what} is not aligned to {align} bytes")]
+    Misaligned {
+        /// Which buffer.
+        what: String,
+        /// The alignment required.
+        align: usize,
+    },
+    /// User mistake: two buffers overlap and at least one is written.
+    #[error("{first} overlaps {second}; written buffers must not alias any other buffer")]
+    Aliasing {
+        /// One buffer.
+        first: String,
+        /// The other buffer.
+        second: String,
+    },
+    /// User mistake: a kernel or state compiled for one dtype was given another.
+    #[error("expected dtype {expected}, got {actual}")]
+    DTypeMismatch {
+        /// The dtype the kernel or state was made for.
+        expected: DType,
+        /// The dtype given.
+        actual: DType,
+    },
+    /// User mistake: a parameter's step count would overflow.
+    #[error("the step count of a parameter would overflow")]
+    StepOverflow,
+    /// Environment: Cranelift cannot generate code for this host.
+    #[error("this host is not supported by the JIT: {message}")]
+    HostUnsupported {
+        /// Cranelift's explanation.
+        message: String,
+    },
+    /// Internal bug: a pass produced an ill-formed graph or program.
+    #[error("internal error: verifier failed after pass `{pass}`: {message}")]
+    Verify {
+        /// The pass whose output failed.
+        pass: &'static str,
+        /// What the verifier found.
+        message: String,
+    },
+    /// Internal bug: Cranelift rejected the code optjit generated.
+    #[error("internal error: code generation failed: {message}")]
+    Codegen {
+        /// Cranelift's message.
+        message: String,
+    },
+}
+
+/// `Result` with optjit's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

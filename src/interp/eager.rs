@@ -1,0 +1,70 @@
+//! The eager evaluator: each instruction of the stage runs over the whole segment and
+//! allocates its result array, the way an unfused framework executes an optimizer. It is the
+//! baseline fusion is measured against, and bit-exact with the reference interpreter.
+
+use super::eval_op;
+use crate::program::{ElemArg, Stage};
+use crate::segment::{validate, Segment};
+use crate::{Float, Result};
+use ndarray::{Array1, ArrayView1, ShapeBuilder, Zip};
+
+/// Runs `stage` over `segments`, one op at a time over whole arrays.
+pub fn run<T: Float>(stage: &Stage, segments: &mut [Segment<'_, T>]) -> Result<()> {
+    validate(stage, segments)?;
+    for seg in segments.iter_mut() {
+        let results = {
+            let seg = &*seg;
+            let mut values: Vec<Array1<T>> = Vec::with_capacity(stage.body.len());
+            for inst in &stage.body {
+                let args: Vec<ArrayView1<'_, T>> =
+                    inst.args().iter().map(|a| view(seg, &values, a)).collect();
+                let op = inst.op;
+                let result = match args.as_slice() {
+                    [a] => a.map(|&x| eval_op(op, x, x, x)),
+                    [a, b] => Zip::from(a)
+                        .and(b)
+                        .map_collect(|&x, &y| eval_op(op, x, y, y)),
+                    [a, b, c] => Zip::from(a)
+                        .and(b)
+                        .and(c)
+                        .map_collect(|&x, &y, &z| eval_op(op, x, y, z)),
+                    _ => unreachable!("ops take one to three operands"),
+                };
+                values.push(result);
+            }
+            // Materialise every stored value before the first store.
+            let results: Vec<Array1<T>> = stage
+                .stores
+                .iter()
+                .map(|(_, v)| view(seg, &values, v).to_owned())
+                .collect();
+            results
+        };
+        for ((stream, _), result) in stage.stores.iter().zip(results) {
+            let target: &mut [T] = match *stream {
+                0 => &mut *seg.param,
+                s => &mut *seg.state[s as usize - 2],
+            };
+            target.copy_from_slice(result.as_slice().expect("owned arrays are contiguous"));
+        }
+    }
+    Ok(())
+}
+
+/// An operand as a whole-segment array view (scalars broadcast).
+fn view<'v, T: Float>(
+    seg: &'v Segment<'_, T>,
+    values: &'v [Array1<T>],
+    a: &ElemArg,
+) -> ArrayView1<'v, T> {
+    match *a {
+        ElemArg::Load(0) => ArrayView1::from(&*seg.param),
+        ElemArg::Load(1) => ArrayView1::from(seg.grad),
+        ElemArg::Load(s) => ArrayView1::from(&*seg.state[s as usize - 2]),
+        ElemArg::Scalar(k) => {
+            let one = std::slice::from_ref(&seg.scalars[k as usize]);
+            ArrayView1::from_shape(seg.len().strides(0), one).expect("stride 0 stays in bounds")
+        }
+        ElemArg::Value(v) => values[v as usize].view(),
+    }
+}

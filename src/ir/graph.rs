@@ -1,0 +1,325 @@
+//! The optimizer graph: a hash-consed arena of nodes over param, grad, state, hyperparameter,
+//! step and constant symbols, with the new param and new state values as outputs.
+//!
+//! Nodes are only ever appended and their operands always precede them, so the arena order is
+//! a topological order. Interning the same node twice returns the same id (CSE by
+//! construction). Every node has a [`Rank`].
+
+use super::Op;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fmt;
+
+/// Index of a node in its graph's arena.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NodeId(pub(crate) u32);
+
+impl NodeId {
+    /// Position in the arena.
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// An f64 literal, compared and hashed by its bits so that `-0.0` and `0.0` stay distinct.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Literal(u64);
+
+impl Literal {
+    /// The literal with this value.
+    pub fn new(value: f64) -> Self {
+        Literal(value.to_bits())
+    }
+
+    /// Its value.
+    pub fn value(self) -> f64 {
+        f64::from_bits(self.0)
+    }
+}
+
+impl fmt::Debug for Literal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Shortest round-trip form, exponent for very small or large magnitudes.
+        write!(f, "{:?}", self.value())
+    }
+}
+
+impl fmt::Display for Literal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Whether a value is the same for every element of a step or varies per element.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Rank {
+    /// Depends only on hyperparameters, step, scalar state and constants: computed once per
+    /// step in f64 (the prologue).
+    Scalar,
+    /// Depends on a per-element stream (param, grad, element state).
+    Element,
+}
+
+/// One node of the arena.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Node {
+    /// A literal constant (scalar).
+    Const(Literal),
+    /// The parameter's current value (element).
+    Param,
+    /// The gradient (element).
+    Grad,
+    /// The 1-based count of updates this parameter has received, this one included (scalar).
+    Step,
+    /// Hyperparameter number `n` (scalar).
+    Hyper(u32),
+    /// The current value of state slot number `n` (element or scalar, by the slot's kind).
+    State(u32),
+    /// An operation; only the first `op.arity()` operands are meaningful (see [`Node::args`]).
+    Apply(Op, [NodeId; 3]),
+}
+
+impl Node {
+    /// `op` applied to `args`, which must have `op.arity()` entries.
+    pub fn apply(op: Op, args: &[NodeId]) -> Node {
+        assert_eq!(args.len(), op.arity(), "operand count of {}", op.name());
+        let mut all = [args[0]; 3];
+        all[..args.len()].copy_from_slice(args);
+        Node::Apply(op, all)
+    }
+
+    /// The operands (empty for leaves).
+    pub fn args(&self) -> &[NodeId] {
+        match self {
+            Node::Apply(op, args) => &args[..op.arity()],
+            _ => &[],
+        }
+    }
+}
+
+/// A hyperparameter: a named runtime input with a default value.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HyperDef {
+    /// Name (`lr`, `b1`, ...).
+    pub name: String,
+    /// Value used when the user sets none.
+    pub default: f64,
+}
+
+/// Whether a state slot holds a buffer or one scalar per parameter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SlotKind {
+    /// One value per element, like Adam's `exp_avg`.
+    Element,
+    /// One f64 per parameter, carried from step to step and updated in the prologue.
+    Scalar,
+}
+
+/// A named piece of per-parameter optimizer state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SlotDef {
+    /// Name (`exp_avg`, `momentum_buffer`, ...).
+    pub name: String,
+    /// Value every element (or the scalar) starts with.
+    pub init: f64,
+    /// Buffer or scalar.
+    pub kind: SlotKind,
+}
+
+/// An optimizer as a graph. Build one with [`crate::Builder`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Graph {
+    name: String,
+    hypers: Vec<HyperDef>,
+    slots: Vec<SlotDef>,
+    nodes: Vec<Node>,
+    ranks: Vec<Rank>,
+    index: HashMap<Node, NodeId>,
+    /// New param first, then one per slot; empty until set.
+    outputs: Vec<NodeId>,
+}
+
+impl Graph {
+    /// An empty graph with this signature and no outputs yet.
+    pub fn new(name: &str, hypers: Vec<HyperDef>, slots: Vec<SlotDef>) -> Result<Graph> {
+        let mut graph = Graph {
+            name: name.to_string(),
+            hypers: Vec::new(),
+            slots: Vec::new(),
+            nodes: Vec::new(),
+            ranks: Vec::new(),
+            index: HashMap::new(),
+            outputs: Vec::new(),
+        };
+        for h in hypers {
+            graph.add_hyper(&h.name, h.default)?;
+        }
+        for s in slots {
+            graph.add_slot(&s.name, s.init, s.kind)?;
+        }
+        Ok(graph)
+    }
+
+    fn check_new_name(&self, name: &str) -> Result<()> {
+        if matches!(name, "param" | "grad" | "step") {
+            return Err(Error::ReservedName {
+                name: name.to_string(),
+            });
+        }
+        if self.hyper_index(name).is_some() || self.slot_index(name).is_some() {
+            return Err(Error::DuplicateName {
+                name: name.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Declares a hyperparameter and returns its node.
+    pub fn add_hyper(&mut self, name: &str, default: f64) -> Result<NodeId> {
+        self.check_new_name(name)?;
+        self.hypers.push(HyperDef {
+            name: name.to_string(),
+            default,
+        });
+        self.intern(Node::Hyper(self.hypers.len() as u32 - 1))
+    }
+
+    /// Declares a state slot and returns the node of its current value.
+    pub fn add_slot(&mut self, name: &str, init: f64, kind: SlotKind) -> Result<NodeId> {
+        self.check_new_name(name)?;
+        self.slots.push(SlotDef {
+            name: name.to_string(),
+            init,
+            kind,
+        });
+        self.intern(Node::State(self.slots.len() as u32 - 1))
+    }
+
+    /// An empty graph with the same name, hyperparameters and slots as `self`.
+    pub fn empty_like(&self) -> Graph {
+        Graph {
+            name: self.name.clone(),
+            hypers: self.hypers.clone(),
+            slots: self.slots.clone(),
+            nodes: Vec::new(),
+            ranks: Vec::new(),
+            index: HashMap::new(),
+            outputs: Vec::new(),
+        }
+    }
+
+    /// The optimizer's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Hyperparameters, in definition order.
+    pub fn hypers(&self) -> &[HyperDef] {
+        &self.hypers
+    }
+
+    /// State slots, in definition order.
+    pub fn slots(&self) -> &[SlotDef] {
+        &self.slots
+    }
+
+    /// All nodes, in topological (arena) order.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// The node with this id.
+    pub fn node(&self, id: NodeId) -> Node {
+        self.nodes[id.index()]
+    }
+
+    /// The rank of this node.
+    pub fn rank(&self, id: NodeId) -> Rank {
+        self.ranks[id.index()]
+    }
+
+    /// The new param followed by the new value of each slot, or empty before they are set.
+    pub fn outputs(&self) -> &[NodeId] {
+        &self.outputs
+    }
+
+    /// Index of the hyperparameter with this name.
+    pub fn hyper_index(&self, name: &str) -> Option<usize> {
+        self.hypers.iter().position(|h| h.name == name)
+    }
+
+    /// Index of the state slot with this name.
+    pub fn slot_index(&self, name: &str) -> Option<usize> {
+        self.slots.iter().position(|s| s.name == name)
+    }
+
+    /// Adds `node` (or finds it) and returns its id.
+    ///
+    /// Fails with [`Error::ScalarRequired`] when a scalar-only op gets a per-element operand;
+    /// panics on operands or symbol indices that do not exist (a bug in the caller).
+    pub fn intern(&mut self, node: Node) -> Result<NodeId> {
+        if let Some(&id) = self.index.get(&node) {
+            return Ok(id);
+        }
+        let rank = self.rank_of(&node)?;
+        let id = NodeId(u32::try_from(self.nodes.len()).expect("graph has fewer than 2^32 nodes"));
+        self.nodes.push(node);
+        self.ranks.push(rank);
+        self.index.insert(node, id);
+        Ok(id)
+    }
+
+    /// Interns a literal.
+    pub fn constant(&mut self, value: f64) -> NodeId {
+        self.intern(Node::Const(Literal::new(value)))
+            .expect("a literal is always a valid node")
+    }
+
+    fn rank_of(&self, node: &Node) -> Result<Rank> {
+        Ok(match *node {
+            Node::Const(_) | Node::Step => Rank::Scalar,
+            Node::Param | Node::Grad => Rank::Element,
+            Node::Hyper(n) => {
+                assert!(
+                    (n as usize) < self.hypers.len(),
+                    "hyperparameter {n} exists"
+                );
+                Rank::Scalar
+            }
+            Node::State(n) => match self.slots[n as usize].kind {
+                SlotKind::Element => Rank::Element,
+                SlotKind::Scalar => Rank::Scalar,
+            },
+            Node::Apply(op, _) => {
+                let mut rank = Rank::Scalar;
+                for arg in node.args() {
+                    assert!(arg.index() < self.nodes.len(), "operand {arg:?} exists");
+                    rank = rank.max(self.ranks[arg.index()]);
+                }
+                if op.scalar_only() && rank == Rank::Element {
+                    return Err(Error::ScalarRequired {
+                        what: format!("the operand of `{}`", op.name()),
+                    });
+                }
+                rank
+            }
+        })
+    }
+
+    /// Sets the outputs: the new param, then the new value of each slot in slot order.
+    ///
+    /// Fails with [`Error::ScalarRequired`] when a scalar slot gets a per-element value.
+    pub fn set_outputs(&mut self, param: NodeId, slots: Vec<NodeId>) -> Result<()> {
+        assert_eq!(slots.len(), self.slots.len(), "one output per slot");
+        for (slot, &value) in self.slots.iter().zip(&slots) {
+            if slot.kind == SlotKind::Scalar && self.rank(value) == Rank::Element {
+                return Err(Error::ScalarRequired {
+                    what: format!("the new value of scalar state `{}`", slot.name),
+                });
+            }
+        }
+        self.outputs = std::iter::once(param).chain(slots).collect();
+        Ok(())
+    }
+}

@@ -1,0 +1,13 @@
+//! The optimizer IR: ops, the hash-consed graph, the builder DSL, printing and verification.
+
+mod builder;
+mod graph;
+mod op;
+mod print;
+mod verify;
+
+pub use builder::{Builder, Expr, IntoExpr};
+pub use graph::{Graph, HyperDef, Literal, Node, NodeId, Rank, SlotDef, SlotKind};
+pub use op::{Op, OpGroup};
+pub(crate) use print::print_signature;
+pub use verify::verify_graph;

@@ -1,0 +1,171 @@
+//! The closed set of operations of optjit's IR and their semantics.
+//!
+//! The reference interpreter's exhaustive `match` ([`crate::interp::eval_op`]) is the
+//! definition; the JIT emits the same IEEE operations and must agree with it bit for bit
+//! (NaN payloads excepted). All arithmetic is IEEE 754 round-to-nearest-even in the compute
+//! type: overflow gives ±inf, underflow gives subnormals or ±0, invalid operations give NaN.
+
+use serde::{Deserialize, Serialize};
+
+/// An operation. Comparisons yield `1.0` (true) or `0.0` (false) in the compute type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Op {
+    /// `-a`: flips the sign bit (also of ±0 and NaN); never rounds.
+    Neg,
+    /// `|a|`: clears the sign bit; `abs(-0) = +0`, `abs(NaN)` is NaN.
+    Abs,
+    /// `√a`, correctly rounded; `sqrt(-0) = -0`, negative or NaN input gives NaN.
+    Sqrt,
+    /// `1` for `a > 0`, `-1` for `a < 0`, otherwise `a` itself (so ±0 keep their sign and NaN
+    /// stays NaN).
+    Sign,
+    /// `eᵃ` (per-step scalars only, computed in f64); overflow gives +inf.
+    Exp,
+    /// Natural logarithm (per-step scalars only, computed in f64); `ln(0) = -inf`, negative
+    /// input gives NaN.
+    Ln,
+    /// `a + b`; `-0 + -0 = -0`, `+0 + -0 = +0`; `inf + -inf` is NaN.
+    Add,
+    /// `a - b`.
+    Sub,
+    /// `a * b`; `0 * inf` is NaN; the sign of a zero result is the xor of the signs.
+    Mul,
+    /// `a / b`; `x / 0` is ±inf for `x ≠ 0`, `0 / 0` is NaN.
+    Div,
+    /// The smaller operand, NaN if either is NaN; `min(-0, +0) = -0` (IEEE 754-2019
+    /// `minimum`, like `torch.minimum` and Wasm `f32.min`).
+    Min,
+    /// The larger operand, NaN if either is NaN; `max(-0, +0) = +0` (IEEE 754-2019
+    /// `maximum`, like `torch.maximum` and Wasm `f32.max`).
+    Max,
+    /// `aᵇ` (per-step scalars only, computed in f64 with the platform's `pow`).
+    Pow,
+    /// `a == b`: false when either is NaN; `-0 == +0`.
+    Eq,
+    /// `a != b`: true when either is NaN.
+    Ne,
+    /// `a < b`: false when either is NaN.
+    Lt,
+    /// `a <= b`: false when either is NaN.
+    Le,
+    /// `a > b`: false when either is NaN.
+    Gt,
+    /// `a >= b`: false when either is NaN.
+    Ge,
+    /// `select(c, a, b)`: `a` where `c != 0` (NaN counts as non-zero), else `b`. Only the
+    /// chosen operand's value is returned, bit for bit.
+    Select,
+}
+
+/// The groups of [`Op`], by shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpGroup {
+    /// One operand.
+    Unary,
+    /// Two operands, floating-point result.
+    Binary,
+    /// Two operands, `1.0`/`0.0` result.
+    Compare,
+    /// Three operands (`select`).
+    Ternary,
+}
+
+impl Op {
+    /// Every op, in declaration order.
+    pub const ALL: [Op; 20] = [
+        Op::Neg,
+        Op::Abs,
+        Op::Sqrt,
+        Op::Sign,
+        Op::Exp,
+        Op::Ln,
+        Op::Add,
+        Op::Sub,
+        Op::Mul,
+        Op::Div,
+        Op::Min,
+        Op::Max,
+        Op::Pow,
+        Op::Eq,
+        Op::Ne,
+        Op::Lt,
+        Op::Le,
+        Op::Gt,
+        Op::Ge,
+        Op::Select,
+    ];
+
+    /// The op's shape.
+    pub fn group(self) -> OpGroup {
+        match self {
+            Op::Neg | Op::Abs | Op::Sqrt | Op::Sign | Op::Exp | Op::Ln => OpGroup::Unary,
+            Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Min | Op::Max | Op::Pow => OpGroup::Binary,
+            Op::Eq | Op::Ne | Op::Lt | Op::Le | Op::Gt | Op::Ge => OpGroup::Compare,
+            Op::Select => OpGroup::Ternary,
+        }
+    }
+
+    /// Number of operands.
+    pub fn arity(self) -> usize {
+        match self.group() {
+            OpGroup::Unary => 1,
+            OpGroup::Binary | OpGroup::Compare => 2,
+            OpGroup::Ternary => 3,
+        }
+    }
+
+    /// True for ops that only exist on per-step scalars (computed in f64 in the prologue).
+    pub fn scalar_only(self) -> bool {
+        matches!(self, Op::Pow | Op::Exp | Op::Ln)
+    }
+
+    /// The op's name in printed IR and in the text form.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Neg => "neg",
+            Op::Abs => "abs",
+            Op::Sqrt => "sqrt",
+            Op::Sign => "sign",
+            Op::Exp => "exp",
+            Op::Ln => "ln",
+            Op::Add => "add",
+            Op::Sub => "sub",
+            Op::Mul => "mul",
+            Op::Div => "div",
+            Op::Min => "min",
+            Op::Max => "max",
+            Op::Pow => "pow",
+            Op::Eq => "eq",
+            Op::Ne => "ne",
+            Op::Lt => "lt",
+            Op::Le => "le",
+            Op::Gt => "gt",
+            Op::Ge => "ge",
+            Op::Select => "select",
+        }
+    }
+
+    /// The op with this printed name.
+    pub fn from_name(name: &str) -> Option<Op> {
+        Op::ALL.into_iter().find(|op| op.name() == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_arity_matches_group() {
+        for op in Op::ALL {
+            assert_eq!(Op::from_name(op.name()), Some(op));
+            let expected = match op.group() {
+                OpGroup::Unary => 1,
+                OpGroup::Binary | OpGroup::Compare => 2,
+                OpGroup::Ternary => 3,
+            };
+            assert_eq!(op.arity(), expected, "{op:?}");
+        }
+        assert_eq!(Op::from_name("fma"), None);
+    }
+}

@@ -1,0 +1,412 @@
+//! Lowers a [`Stage`] for one dtype to Cranelift IR.
+//!
+//! The function is `kernel(table: *const u64, n_segments: u64)`; the table holds one record
+//! per segment: `[len, scalar block pointer, stream pointer 0, 1, ...]` (see `abi.rs`). Per
+//! segment it loads and splats the scalars once, runs an unrolled 128-bit main loop, a
+//! single-vector loop (when unrolled), then a scalar tail, all computing exactly the
+//! reference interpreter's IEEE operations. No FMA is formed: Cranelift never fuses
+//! `fmul`+`fadd`.
+
+use crate::ir::{Op, OpGroup};
+use crate::program::{ElemArg, Stage};
+use crate::DType;
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{
+    types, AbiParam, Block, BlockArg, Function, InstBuilder, MemFlagsData, Signature, Type, Value,
+};
+use cranelift_codegen::isa::{CallConv, TargetFrontendConfig};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+
+/// Words in a segment record before the stream pointers: length and scalar block pointer.
+pub(crate) const RECORD_HEADER: usize = 2;
+
+/// The kernel signature for a pointer type and calling convention.
+pub(crate) fn signature(call_conv: CallConv) -> Signature {
+    let mut sig = Signature::new(call_conv);
+    sig.params.push(AbiParam::new(types::I64));
+    sig.params.push(AbiParam::new(types::I64));
+    sig
+}
+
+/// Fills `func` (whose signature is [`signature`]) with the kernel for `stage`.
+pub(crate) fn build(
+    func: &mut Function,
+    fctx: &mut FunctionBuilderContext,
+    stage: &Stage,
+    dtype: DType,
+    unroll: u32,
+    frontend: TargetFrontendConfig,
+) {
+    let (scalar_ty, vector_ty) = match dtype {
+        DType::F32 => (types::F32, types::F32X4),
+        DType::F64 => (types::F64, types::F64X2),
+    };
+    let mut t = Translator {
+        b: FunctionBuilder::new(func, fctx),
+        stage,
+        scalar_ty,
+        vector_ty,
+        lanes: 128 / scalar_ty.bits(),
+        size: scalar_ty.bytes(),
+        flags: MemFlagsData::new().with_notrap(),
+        consts: None,
+    };
+    t.emit_kernel(unroll);
+    t.b.finalize(frontend);
+}
+
+/// Vector or scalar code; selects types and the lowering of masks.
+#[derive(Clone, Copy, PartialEq)]
+enum Width {
+    Vector,
+    Scalar,
+}
+
+/// A computed element value: a float, or a comparison's mask (lane mask or `i8` flag) that is
+/// turned into `1.0`/`0.0` only when used as a number.
+#[derive(Clone, Copy)]
+enum Val {
+    Float(Value),
+    Mask(Value),
+}
+
+/// Per-segment values, defined before the loops and used inside them.
+struct SegmentVals {
+    len: Value,
+    streams: Vec<Value>,
+    scalars: Vec<Value>,
+    splats: Vec<Value>,
+}
+
+/// `0`, `1`, `-1` as scalars and vectors, created in the entry block when the stage needs
+/// them (comparisons, select, sign).
+#[derive(Clone, Copy)]
+struct Consts {
+    zero: [Value; 2],
+    one: [Value; 2],
+    minus_one: [Value; 2],
+}
+
+struct Translator<'a> {
+    b: FunctionBuilder<'a>,
+    stage: &'a Stage,
+    scalar_ty: Type,
+    vector_ty: Type,
+    lanes: u32,
+    size: u32,
+    flags: MemFlagsData,
+    consts: Option<Consts>,
+}
+
+fn args(values: &[Value]) -> Vec<BlockArg> {
+    values.iter().map(|&v| BlockArg::Value(v)).collect()
+}
+
+impl Translator<'_> {
+    /// Emits the whole function: entry, the loop over segments, and the return.
+    fn emit_kernel(&mut self, unroll: u32) {
+        let entry = self.b.create_block();
+        let seg_header = self.b.create_block();
+        let seg_body = self.b.create_block();
+        let exit = self.b.create_block();
+        let s = self.b.append_block_param(seg_header, types::I64);
+
+        self.b.append_block_params_for_function_params(entry);
+        self.b.switch_to_block(entry);
+        self.b.seal_block(entry);
+        let table = self.b.block_params(entry)[0];
+        let n_segments = self.b.block_params(entry)[1];
+        self.emit_consts();
+        let zero = self.b.ins().iconst(types::I64, 0);
+        self.b.ins().jump(seg_header, &args(&[zero]));
+
+        // seg_header(s): sealed once the back edge from the segment's end exists.
+        self.b.switch_to_block(seg_header);
+        let more = self.b.ins().icmp(IntCC::UnsignedLessThan, s, n_segments);
+        self.b.ins().brif(more, seg_body, &[], exit, &[]);
+
+        self.b.switch_to_block(seg_body);
+        self.b.seal_block(seg_body);
+        let seg = self.emit_segment_setup(table, s);
+        let seg_end = self.emit_loops(&seg, unroll);
+
+        self.b.switch_to_block(seg_end);
+        self.b.seal_block(seg_end);
+        let next = self.b.ins().iadd_imm_u(s, 1);
+        self.b.ins().jump(seg_header, &args(&[next]));
+        self.b.seal_block(seg_header);
+
+        self.b.switch_to_block(exit);
+        self.b.seal_block(exit);
+        self.b.ins().return_(&[]);
+    }
+
+    fn emit_consts(&mut self) {
+        let needed = self.stage.body.iter().any(|inst| {
+            matches!(inst.op.group(), OpGroup::Compare | OpGroup::Ternary) || inst.op == Op::Sign
+        });
+        if !needed {
+            return;
+        }
+        let mut pair = |v: f64| {
+            let s = match self.scalar_ty {
+                types::F32 => self.b.ins().f32const(v as f32),
+                _ => self.b.ins().f64const(v),
+            };
+            [s, self.b.ins().splat(self.vector_ty, s)]
+        };
+        self.consts = Some(Consts {
+            zero: pair(0.0),
+            one: pair(1.0),
+            minus_one: pair(-1.0),
+        });
+    }
+
+    /// Loads the segment record: length, stream pointers, scalars (splatted once).
+    fn emit_segment_setup(&mut self, table: Value, s: Value) -> SegmentVals {
+        let words = RECORD_HEADER + self.stage.n_streams as usize;
+        let record_bytes = self.b.ins().imul_imm_u(s, (words * 8) as i64);
+        let record = self.b.ins().iadd(table, record_bytes);
+        let word =
+            |t: &mut Self, k: usize| t.b.ins().load(types::I64, t.flags, record, (k * 8) as i32);
+        let len = word(self, 0);
+        let block = word(self, 1);
+        let streams = (0..self.stage.n_streams as usize)
+            .map(|k| word(self, RECORD_HEADER + k))
+            .collect();
+        let scalars: Vec<Value> = (0..self.stage.n_scalars)
+            .map(|k| {
+                let offset = (k * self.size) as i32;
+                self.b.ins().load(self.scalar_ty, self.flags, block, offset)
+            })
+            .collect();
+        let splats = scalars
+            .iter()
+            .map(|&v| self.b.ins().splat(self.vector_ty, v))
+            .collect();
+        SegmentVals {
+            len,
+            streams,
+            scalars,
+            splats,
+        }
+    }
+
+    /// Emits the main, single-vector and scalar loops of one segment; returns the block
+    /// reached when the segment is done (unsealed, not yet switched to).
+    fn emit_loops(&mut self, seg: &SegmentVals, unroll: u32) -> Block {
+        let step = self.lanes * unroll;
+        let done = self.b.create_block();
+        let tail_header = self.b.create_block();
+        let tail_i = self.b.append_block_param(tail_header, types::I64);
+
+        // Vector loops: (elements per iteration, copies of the body).
+        let mut loops = vec![(step, unroll)];
+        if unroll > 1 {
+            loops.push((self.lanes, 1));
+        }
+        let zero = self.b.ins().iconst(types::I64, 0);
+        let mut start = zero;
+        for (k, &(per_iter, copies)) in loops.iter().enumerate() {
+            let header = self.b.create_block();
+            let body = self.b.create_block();
+            let i = self.b.append_block_param(header, types::I64);
+            let end = self
+                .b
+                .ins()
+                .band_imm_u(seg.len, !(u64::from(per_iter) - 1) as i64);
+            self.b.ins().jump(header, &args(&[start]));
+
+            // header(i): sealed after the body's back edge.
+            self.b.switch_to_block(header);
+            let more = self.b.ins().icmp(IntCC::UnsignedLessThan, i, end);
+            let exit_to = if k + 1 < loops.len() {
+                None
+            } else {
+                Some(tail_header)
+            };
+            let after = exit_to.unwrap_or_else(|| self.b.create_block());
+            if exit_to.is_none() {
+                self.b.append_block_param(after, types::I64);
+            }
+            self.b.ins().brif(more, body, &[], after, &args(&[i]));
+
+            self.b.switch_to_block(body);
+            self.b.seal_block(body);
+            for copy in 0..copies {
+                self.emit_body(
+                    Width::Vector,
+                    seg,
+                    i,
+                    (copy * self.lanes * self.size) as i32,
+                );
+            }
+            let next = self.b.ins().iadd_imm_u(i, i64::from(per_iter));
+            self.b.ins().jump(header, &args(&[next]));
+            self.b.seal_block(header);
+
+            if exit_to.is_none() {
+                self.b.switch_to_block(after);
+                self.b.seal_block(after);
+                start = self.b.block_params(after)[0];
+            }
+        }
+        self.emit_tail(seg, tail_header, tail_i, done);
+        done
+    }
+
+    /// The scalar tail: one element per iteration until `len`, then `done`.
+    fn emit_tail(&mut self, seg: &SegmentVals, header: Block, i: Value, done: Block) {
+        let body = self.b.create_block();
+        self.b.switch_to_block(header);
+        let more = self.b.ins().icmp(IntCC::UnsignedLessThan, i, seg.len);
+        self.b.ins().brif(more, body, &[], done, &[]);
+
+        self.b.switch_to_block(body);
+        self.b.seal_block(body);
+        self.emit_body(Width::Scalar, seg, i, 0);
+        let next = self.b.ins().iadd_imm_u(i, 1);
+        self.b.ins().jump(header, &args(&[next]));
+        self.b.seal_block(header);
+    }
+
+    fn ty(&self, width: Width) -> Type {
+        match width {
+            Width::Vector => self.vector_ty,
+            Width::Scalar => self.scalar_ty,
+        }
+    }
+
+    fn consts(&self, width: Width) -> (Value, Value, Value) {
+        let c = self
+            .consts
+            .expect("constants exist when the stage needs them");
+        let k = usize::from(width == Width::Vector);
+        (c.zero[k], c.one[k], c.minus_one[k])
+    }
+
+    /// One copy of the stage body at element `i` (+ `offset` bytes): loads, ops, stores.
+    fn emit_body(&mut self, width: Width, seg: &SegmentVals, i: Value, offset: i32) {
+        let ty = self.ty(width);
+        let shift = i64::from(self.size.trailing_zeros());
+        let byte_index = self.b.ins().ishl_imm_u(i, shift);
+        let stage = self.stage;
+
+        // Each stream the stage reads is loaded once, before any op.
+        let mut loaded: Vec<Option<Value>> = vec![None; stage.n_streams as usize];
+        let operands = stage
+            .body
+            .iter()
+            .flat_map(|inst| inst.args())
+            .chain(stage.stores.iter().map(|(_, v)| v));
+        for a in operands {
+            if let ElemArg::Load(s) = *a {
+                if loaded[s as usize].is_none() {
+                    let addr = self.b.ins().iadd(seg.streams[s as usize], byte_index);
+                    loaded[s as usize] = Some(self.b.ins().load(ty, self.flags, addr, offset));
+                }
+            }
+        }
+        let operand = |a: &ElemArg, vals: &[Val]| match *a {
+            ElemArg::Load(s) => Val::Float(loaded[s as usize].expect("loaded above")),
+            ElemArg::Scalar(k) => Val::Float(match width {
+                Width::Vector => seg.splats[k as usize],
+                Width::Scalar => seg.scalars[k as usize],
+            }),
+            ElemArg::Value(v) => vals[v as usize],
+        };
+
+        let mut vals: Vec<Val> = Vec::with_capacity(stage.body.len());
+        for inst in &stage.body {
+            let ops: Vec<Val> = inst.args().iter().map(|a| operand(a, &vals)).collect();
+            let result = self.emit_op(width, inst.op, &ops);
+            vals.push(result);
+        }
+        for (stream, value) in &stage.stores {
+            let v = operand(value, &vals);
+            let v = self.float(width, v);
+            let addr = self.b.ins().iadd(seg.streams[*stream as usize], byte_index);
+            self.b.ins().store(self.flags, v, addr, offset);
+        }
+    }
+
+    /// A value as a number: masks become `1.0`/`0.0`.
+    fn float(&mut self, width: Width, v: Val) -> Value {
+        match v {
+            Val::Float(x) => x,
+            Val::Mask(m) => {
+                let (zero, one, _) = self.consts(width);
+                match width {
+                    Width::Vector => {
+                        let bits = self.b.ins().bitcast(self.vector_ty, MemFlagsData::new(), m);
+                        self.b.ins().band(bits, one)
+                    }
+                    Width::Scalar => self.b.ins().select(m, one, zero),
+                }
+            }
+        }
+    }
+
+    /// A value as a condition: numbers are true when non-zero (NaN included).
+    fn mask(&mut self, width: Width, v: Val) -> Value {
+        match v {
+            Val::Mask(m) => m,
+            Val::Float(x) => {
+                let (zero, _, _) = self.consts(width);
+                self.b.ins().fcmp(FloatCC::NotEqual, x, zero)
+            }
+        }
+    }
+
+    /// `cond ? a : b` per lane.
+    fn choose(&mut self, width: Width, cond: Value, a: Value, b: Value) -> Value {
+        match width {
+            Width::Vector => {
+                let bits = self
+                    .b
+                    .ins()
+                    .bitcast(self.vector_ty, MemFlagsData::new(), cond);
+                self.b.ins().bitselect(bits, a, b)
+            }
+            Width::Scalar => self.b.ins().select(cond, a, b),
+        }
+    }
+
+    fn emit_op(&mut self, width: Width, op: Op, ops: &[Val]) -> Val {
+        let f: Vec<Value> = match op {
+            // select reads its condition as a mask, not as a number.
+            Op::Select => ops[1..].iter().map(|&v| self.float(width, v)).collect(),
+            _ => ops.iter().map(|&v| self.float(width, v)).collect(),
+        };
+        let cmp = |t: &mut Self, cc: FloatCC| Val::Mask(t.b.ins().fcmp(cc, f[0], f[1]));
+        Val::Float(match op {
+            Op::Neg => self.b.ins().fneg(f[0]),
+            Op::Abs => self.b.ins().fabs(f[0]),
+            Op::Sqrt => self.b.ins().sqrt(f[0]),
+            Op::Sign => {
+                let (zero, one, minus_one) = self.consts(width);
+                let pos = self.b.ins().fcmp(FloatCC::GreaterThan, f[0], zero);
+                let neg = self.b.ins().fcmp(FloatCC::LessThan, f[0], zero);
+                let inner = self.choose(width, neg, minus_one, f[0]);
+                self.choose(width, pos, one, inner)
+            }
+            Op::Add => self.b.ins().fadd(f[0], f[1]),
+            Op::Sub => self.b.ins().fsub(f[0], f[1]),
+            Op::Mul => self.b.ins().fmul(f[0], f[1]),
+            Op::Div => self.b.ins().fdiv(f[0], f[1]),
+            Op::Min => self.b.ins().fmin(f[0], f[1]),
+            Op::Max => self.b.ins().fmax(f[0], f[1]),
+            Op::Eq => return cmp(self, FloatCC::Equal),
+            Op::Ne => return cmp(self, FloatCC::NotEqual),
+            Op::Lt => return cmp(self, FloatCC::LessThan),
+            Op::Le => return cmp(self, FloatCC::LessThanOrEqual),
+            Op::Gt => return cmp(self, FloatCC::GreaterThan),
+            Op::Ge => return cmp(self, FloatCC::GreaterThanOrEqual),
+            Op::Select => {
+                let cond = self.mask(width, ops[0]);
+                self.choose(width, cond, f[0], f[1])
+            }
+            Op::Exp | Op::Ln | Op::Pow => unreachable!("scalar-only ops never reach a stage"),
+        })
+    }
+}

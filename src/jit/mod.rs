@@ -1,0 +1,270 @@
+//! The JIT: compiles a [`Program`]'s stage for one dtype with Cranelift, and caches kernels
+//! by (stage, dtype, ISA flags, unroll). Hyperparameters live in the scalar block, not in the
+//! code, so changing one never recompiles.
+
+mod abi;
+mod emit;
+
+use crate::program::{Program, Stage};
+use crate::segment::Segment;
+use crate::{DType, Error, Float, Result};
+use abi::{CodeOwner, Entry};
+use cranelift_codegen::ir::{Function, UserFuncName};
+use cranelift_codegen::isa::{CallConv, TargetFrontendConfig};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_codegen::Context;
+use cranelift_frontend::FunctionBuilderContext;
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{default_libcall_names, Module};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Code generation choices that change the kernel (and so are part of the cache key).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct JitOptions {
+    /// Copies of the vector body per main-loop iteration (1, 2, 4 or 8).
+    pub unroll: u32,
+}
+
+impl JitOptions {
+    /// The unroll factor chosen by measurement (see the README's performance notes).
+    pub const DEFAULT_UNROLL: u32 = 2;
+}
+
+impl Default for JitOptions {
+    fn default() -> Self {
+        JitOptions {
+            unroll: Self::DEFAULT_UNROLL,
+        }
+    }
+}
+
+/// Counters of a [`Jit`]'s cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JitStats {
+    /// Kernels compiled.
+    pub compiles: u64,
+    /// Requests served from the cache.
+    pub hits: u64,
+    /// Total time spent compiling.
+    pub compile_time: Duration,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct CacheKey {
+    stage: Stage,
+    dtype: DType,
+    options: JitOptions,
+}
+
+/// A compiled stage for one dtype. Cheap to clone; keeps its code alive.
+#[derive(Clone)]
+pub struct Kernel {
+    inner: Arc<KernelInner>,
+}
+
+struct KernelInner {
+    entry: Entry,
+    stage: Stage,
+    dtype: DType,
+    _code: Arc<CodeOwner>,
+}
+
+impl Kernel {
+    /// The dtype the kernel was compiled for.
+    pub fn dtype(&self) -> DType {
+        self.inner.dtype
+    }
+
+    /// Runs the kernel on `segments`: one call for all of them.
+    ///
+    /// Fails, before touching any buffer, on a dtype other than the kernel's, on streams or
+    /// scalar blocks of the wrong count or length, and on overlapping written buffers.
+    pub fn run<T: Float>(&self, segments: &mut [Segment<'_, T>]) -> Result<()> {
+        self.inner.entry.run(&self.inner.stage, segments)
+    }
+}
+
+/// A Cranelift JIT for the host CPU with its kernel cache. Clones share the cache.
+#[derive(Clone)]
+pub struct Jit {
+    inner: Arc<Mutex<JitInner>>,
+}
+
+struct JitInner {
+    code: Arc<CodeOwner>,
+    ctx: Context,
+    fctx: FunctionBuilderContext,
+    cache: HashMap<CacheKey, Kernel>,
+    stats: JitStats,
+}
+
+fn codegen<E: std::fmt::Display>(e: E) -> Error {
+    Error::Codegen {
+        message: e.to_string(),
+    }
+}
+
+impl Jit {
+    /// A JIT for the host ISA (all its SIMD features enabled, `opt_level = speed`, the
+    /// Cranelift verifier on in debug builds).
+    pub fn new() -> Result<Jit> {
+        let mut flags = settings::builder();
+        let verifier = if cfg!(debug_assertions) {
+            "true"
+        } else {
+            "false"
+        };
+        for (name, value) in [
+            ("opt_level", "speed"),
+            ("is_pic", "false"),
+            ("use_colocated_libcalls", "false"),
+            ("enable_verifier", verifier),
+        ] {
+            flags.set(name, value).map_err(codegen)?;
+        }
+        let isa = cranelift_native::builder()
+            .map_err(|message| Error::HostUnsupported {
+                message: message.to_string(),
+            })?
+            .finish(settings::Flags::new(flags))
+            .map_err(codegen)?;
+        let module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
+        let ctx = module.make_context();
+        Ok(Jit {
+            inner: Arc::new(Mutex::new(JitInner {
+                code: Arc::new(CodeOwner {
+                    module: Mutex::new(Some(module)),
+                }),
+                ctx,
+                fctx: FunctionBuilderContext::new(),
+                cache: HashMap::new(),
+                stats: JitStats::default(),
+            })),
+        })
+    }
+
+    /// The process-wide JIT used by default.
+    pub fn global() -> Result<Jit> {
+        static GLOBAL: OnceLock<Result<Jit>> = OnceLock::new();
+        GLOBAL.get_or_init(Jit::new).clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, JitInner> {
+        // A panic while compiling leaves only a half-built context behind, which the next
+        // compile clears; the cache itself is always consistent.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Cache counters.
+    pub fn stats(&self) -> JitStats {
+        self.lock().stats
+    }
+
+    /// The kernel of `program` for `dtype`, from the cache or compiled now.
+    pub fn compile(&self, program: &Program, dtype: DType) -> Result<Kernel> {
+        self.compile_with(program, dtype, JitOptions::default())
+    }
+
+    /// Like [`Jit::compile`], with explicit code generation options.
+    pub fn compile_with(
+        &self,
+        program: &Program,
+        dtype: DType,
+        options: JitOptions,
+    ) -> Result<Kernel> {
+        check_options(options)?;
+        let key = CacheKey {
+            stage: program.stage.clone(),
+            dtype,
+            options,
+        };
+        let mut inner = self.lock();
+        if let Some(kernel) = inner.cache.get(&key) {
+            let kernel = kernel.clone();
+            inner.stats.hits += 1;
+            return Ok(kernel);
+        }
+        let start = Instant::now();
+        let kernel = inner.build(&key)?;
+        inner.stats.compiles += 1;
+        inner.stats.compile_time += start.elapsed();
+        inner.cache.insert(key, kernel.clone());
+        Ok(kernel)
+    }
+
+    /// The Cranelift IR of `program`'s kernel for `dtype`, before Cranelift's optimisations.
+    pub fn clif(&self, program: &Program, dtype: DType, options: JitOptions) -> Result<String> {
+        check_options(options)?;
+        let mut inner = self.lock();
+        let (call_conv, frontend) = inner.target();
+        let mut func =
+            Function::with_name_signature(UserFuncName::user(0, 0), emit::signature(call_conv));
+        emit::build(
+            &mut func,
+            &mut inner.fctx,
+            &program.stage,
+            dtype,
+            options.unroll,
+            frontend,
+        );
+        Ok(func.display().to_string())
+    }
+}
+
+fn check_options(options: JitOptions) -> Result<()> {
+    if matches!(options.unroll, 1 | 2 | 4 | 8) {
+        Ok(())
+    } else {
+        Err(Error::Codegen {
+            message: format!("unroll must be 1, 2, 4 or 8, not {}", options.unroll),
+        })
+    }
+}
+
+impl JitInner {
+    fn target(&self) -> (CallConv, TargetFrontendConfig) {
+        let module = self.code.module.lock().unwrap_or_else(|p| p.into_inner());
+        let module = module.as_ref().expect("module lives as long as the Jit");
+        (module.isa().default_call_conv(), module.target_config())
+    }
+
+    fn build(&mut self, key: &CacheKey) -> Result<Kernel> {
+        let JitInner {
+            code, ctx, fctx, ..
+        } = self;
+        let mut guard = code.module.lock().unwrap_or_else(|p| p.into_inner());
+        let module = guard.as_mut().expect("module lives as long as the Jit");
+        let sig = emit::signature(module.isa().default_call_conv());
+        let id = module.declare_anonymous_function(&sig).map_err(codegen)?;
+        module.clear_context(ctx);
+        ctx.func.signature = sig;
+        ctx.func.name = UserFuncName::user(0, id.as_u32());
+        let frontend = module.target_config();
+        emit::build(
+            &mut ctx.func,
+            fctx,
+            &key.stage,
+            key.dtype,
+            key.options.unroll,
+            frontend,
+        );
+        let defined = module.define_function(id, ctx);
+        module.clear_context(ctx);
+        defined.map_err(codegen)?;
+        module.finalize_definitions().map_err(codegen)?;
+        let entry = Entry::new(module.get_finalized_function(id), key.dtype);
+        drop(guard);
+        Ok(Kernel {
+            inner: Arc::new(KernelInner {
+                entry,
+                stage: key.stage.clone(),
+                dtype: key.dtype,
+                _code: code.clone(),
+            }),
+        })
+    }
+}

@@ -1,0 +1,54 @@
+//! # optjit
+//!
+//! Deep-learning optimizers written as small expression graphs over `param`, `grad`, named
+//! state and hyperparameters, fused into one pass over memory and JIT-compiled with
+//! Cranelift into a 128-bit SIMD loop per dtype. A reference interpreter runs the same
+//! program bit for bit, so every kernel can be checked.
+//!
+//! - [`Builder`] writes an optimizer like its paper; [`optim`] holds the built-ins.
+//! - [`passes::compile`] turns the [`Graph`] into a [`Program`] (prologue + fused stage),
+//!   printable at every step.
+//! - [`Jit`] compiles the stage; [`interp`] runs it without code generation.
+//! - [`Stepper`] applies an optimizer to caller-owned slices.
+//!
+//! ```
+//! use optjit::{Builder, Stepper};
+//!
+//! // Adam, from its equations.
+//! let b = Builder::new("my_adam");
+//! let (lr, b1, b2, eps) = (b.hyper("lr", 1e-3), b.hyper("b1", 0.9), b.hyper("b2", 0.999), b.hyper("eps", 1e-8));
+//! let g = b.grad();
+//! let m = b1 * b.state("m", 0.0) + (1.0 - b1) * g;
+//! let v = b2 * b.state("v", 0.0) + (1.0 - b2) * g * g;
+//! let m_hat = m / (1.0 - b1.pow(b.step()));
+//! let v_hat = v / (1.0 - b2.pow(b.step()));
+//! b.set_state("m", m).unwrap();
+//! b.set_state("v", v).unwrap();
+//! b.set_param(b.param() - lr * m_hat / (v_hat.sqrt() + eps));
+//!
+//! let mut adam = Stepper::new(&b.finish().unwrap()).unwrap();
+//! adam.set_hyper("lr", 0.1).unwrap(); // a runtime input: no recompile
+//! let (mut param, grad) = (vec![1.0f32; 10], vec![0.5f32; 10]);
+//! let mut state = adam.init_state::<f32>(param.len());
+//! adam.step(&mut param, &grad, &mut state).unwrap();
+//! assert!((param[0] - 0.9).abs() < 1e-6); // the first Adam step moves by lr
+//! ```
+
+mod dtype;
+mod error;
+pub mod interp;
+pub mod ir;
+pub mod jit;
+pub mod optim;
+pub mod passes;
+pub mod program;
+mod segment;
+mod stepper;
+
+pub use dtype::{DType, Float};
+pub use error::{Error, Result};
+pub use ir::{Builder, Expr, Graph};
+pub use jit::{Jit, JitOptions, Kernel};
+pub use program::Program;
+pub use segment::Segment;
+pub use stepper::{Executor, ParamRef, ParamState, SlotValue, Stepper};

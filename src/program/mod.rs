@@ -1,0 +1,175 @@
+//! The compiled form of an optimizer: a scalar prologue (run on the host in f64, once per
+//! parameter and step) and one fused stage over the elements.
+//!
+//! The stage reads each stream once and writes each written stream once per element. Streams
+//! are numbered by the kernel contract: 0 = param, 1 = grad, then the element state slots in
+//! slot order. The stage reads per-step scalars from a *scalar block* whose entries are the
+//! prologue values listed in [`Prologue::kernel_scalars`], rounded to the compute type.
+
+use crate::ir::{HyperDef, Literal, Op, SlotDef, SlotKind};
+use crate::DType;
+use serde::{Deserialize, Serialize};
+
+mod print;
+mod verify;
+
+pub use print::ProgramDisplay;
+pub use verify::verify_program;
+
+/// A compiled optimizer. Build one with [`crate::passes::compile`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Program {
+    /// The optimizer's name.
+    pub name: String,
+    /// Hyperparameters, in definition order (the prologue refers to them by index).
+    pub hypers: Vec<HyperDef>,
+    /// State slots, in definition order.
+    pub slots: Vec<SlotDef>,
+    /// Scalar code, evaluated in f64 on the host.
+    pub prologue: Prologue,
+    /// The fused element loop; the only part the JIT compiles, so it alone keys the cache.
+    pub stage: Stage,
+}
+
+/// One prologue instruction; its result is the scalar `$N` with `N` its position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ScalarInst {
+    /// A literal.
+    Const(Literal),
+    /// Hyperparameter number `n`.
+    Hyper(u32),
+    /// The parameter's step count (1-based, this update included).
+    Step,
+    /// The value of scalar state slot number `n` before this step.
+    State(u32),
+    /// `op` over earlier `$` values (first `op.arity()` entries).
+    Apply(Op, [u32; 3]),
+}
+
+/// The scalar part of a program.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Prologue {
+    /// Instructions in order; each may use the results of earlier ones.
+    pub insts: Vec<ScalarInst>,
+    /// The `$` values the stage reads, in scalar-block order.
+    pub kernel_scalars: Vec<u32>,
+    /// New values of scalar state slots: `(slot index, $ value)`.
+    pub state_updates: Vec<(u32, u32)>,
+}
+
+/// An operand of an element instruction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ElemArg {
+    /// Element `i` of stream `n`.
+    Load(u32),
+    /// Entry `n` of the scalar block.
+    Scalar(u32),
+    /// The result of body instruction `n`.
+    Value(u32),
+}
+
+/// One element instruction; its result is `%N` with `N` its position in the body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ElemInst {
+    /// The operation (never a scalar-only one).
+    pub op: Op,
+    /// Operands; only the first `op.arity()` are meaningful (see [`ElemInst::args`]).
+    pub args: [ElemArg; 3],
+}
+
+impl ElemInst {
+    /// `op` over `args` (`op.arity()` of them).
+    pub fn new(op: Op, args: &[ElemArg]) -> ElemInst {
+        assert_eq!(args.len(), op.arity(), "operand count of {}", op.name());
+        let mut all = [args[0]; 3];
+        all[..args.len()].copy_from_slice(args);
+        ElemInst { op, args: all }
+    }
+
+    /// The operands.
+    pub fn args(&self) -> &[ElemArg] {
+        &self.args[..self.op.arity()]
+    }
+}
+
+/// The fused element loop of a program.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Stage {
+    /// Length of the scalar block.
+    pub n_scalars: u32,
+    /// Number of streams: param, grad and one per element slot.
+    pub n_streams: u32,
+    /// Instructions in order.
+    pub body: Vec<ElemInst>,
+    /// `(stream, value)`: the value written back to element `i` of the stream, after all
+    /// loads of element `i`. Each stream at most once; never the grad.
+    pub stores: Vec<(u32, ElemArg)>,
+}
+
+/// The stream number of the parameter.
+pub const PARAM_STREAM: u32 = 0;
+/// The stream number of the gradient.
+pub const GRAD_STREAM: u32 = 1;
+
+impl Program {
+    /// Indices (into [`Program::slots`]) of the element slots, in stream order from stream 2.
+    pub fn element_slots(&self) -> impl Iterator<Item = usize> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.kind == SlotKind::Element)
+            .map(|(i, _)| i)
+    }
+
+    /// The name of stream `n` (`param`, `grad` or a slot name).
+    pub fn stream_name(&self, n: u32) -> &str {
+        match n {
+            PARAM_STREAM => "param",
+            GRAD_STREAM => "grad",
+            _ => {
+                let slot = self.element_slots().nth(n as usize - 2);
+                &self.slots[slot.expect("stream exists")].name
+            }
+        }
+    }
+
+    /// Index of the hyperparameter with this name.
+    pub fn hyper_index(&self, name: &str) -> Option<usize> {
+        self.hypers.iter().position(|h| h.name == name)
+    }
+
+    /// Evaluates the prologue in f64 into `values` (one per instruction).
+    ///
+    /// `hypers` are the hyperparameter values in definition order, `step` the 1-based count
+    /// including this update, `scalar_state(n)` the current value of scalar slot `n`.
+    pub fn eval_prologue(
+        &self,
+        hypers: &[f64],
+        step: u64,
+        scalar_state: impl Fn(usize) -> f64,
+        values: &mut Vec<f64>,
+    ) {
+        values.clear();
+        for inst in &self.prologue.insts {
+            let v = match *inst {
+                ScalarInst::Const(c) => c.value(),
+                ScalarInst::Hyper(n) => hypers[n as usize],
+                ScalarInst::Step => step as f64,
+                ScalarInst::State(n) => scalar_state(n as usize),
+                ScalarInst::Apply(op, args) => {
+                    let arg = |k: usize| values[args[k.min(op.arity() - 1)] as usize];
+                    crate::interp::eval_op(op, arg(0), arg(1), arg(2))
+                }
+            };
+            values.push(v);
+        }
+    }
+
+    /// Wraps the program for printing with element types of `dtype`.
+    pub fn display(&self, dtype: DType) -> ProgramDisplay<'_> {
+        ProgramDisplay {
+            program: self,
+            dtype,
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! The functional API: an optimizer applied to caller-owned slices, no copies.
+//!
+//! A [`Stepper`] holds a compiled [`Program`], the current hyperparameter values and the
+//! executor; the caller owns parameters, gradients and each parameter's [`ParamState`].
+//! One call updates any number of parameters with one kernel call.
+
+use crate::interp::{run_eager, run_reference};
+use crate::ir::SlotKind;
+use crate::program::Program;
+use crate::segment::Segment;
+use crate::{passes, DType, Error, Float, Graph, Jit, Kernel, Result};
+use std::sync::OnceLock;
+
+/// Which executor runs the stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Executor {
+    /// Cranelift-compiled kernel (the default).
+    #[default]
+    Jit,
+    /// The reference interpreter, element by element.
+    Reference,
+    /// One op at a time over whole arrays (ndarray), like an unfused framework.
+    Eager,
+}
+
+/// The value of one state slot of one parameter.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SlotValue<T> {
+    /// A per-element slot: one value per element of the parameter.
+    Buffer(Vec<T>),
+    /// A per-parameter scalar slot, kept in f64.
+    Scalar(f64),
+}
+
+/// One parameter's optimizer state: its step count and one value per slot, in slot order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamState<T> {
+    /// Updates this parameter has received.
+    pub step: u64,
+    /// One entry per slot of the optimizer, in definition order.
+    pub slots: Vec<SlotValue<T>>,
+}
+
+impl<T> ParamState<T> {
+    /// The buffer of slot number `n`, if it is a per-element slot.
+    pub fn buffer(&self, n: usize) -> Option<&[T]> {
+        match self.slots.get(n)? {
+            SlotValue::Buffer(b) => Some(b),
+            SlotValue::Scalar(_) => None,
+        }
+    }
+}
+
+/// One parameter to update: its values, its gradient and its state.
+pub struct ParamRef<'a, T> {
+    /// Parameter values, updated in place.
+    pub param: &'a mut [T],
+    /// Gradient, same length.
+    pub grad: &'a [T],
+    /// The parameter's state, updated in place.
+    pub state: &'a mut ParamState<T>,
+}
+
+/// An optimizer ready to update caller-owned slices.
+pub struct Stepper {
+    program: Program,
+    hypers: Vec<f64>,
+    executor: Executor,
+    jit: Option<Jit>,
+    kernels: [OnceLock<Kernel>; 2],
+}
+
+fn dtype_index(dtype: DType) -> usize {
+    match dtype {
+        DType::F32 => 0,
+        DType::F64 => 1,
+    }
+}
+
+impl Stepper {
+    /// Compiles `graph` (passes now, machine code at the first step of each dtype) for the
+    /// JIT executor with the process-wide [`Jit`].
+    pub fn new(graph: &Graph) -> Result<Stepper> {
+        let program = passes::compile(graph)?;
+        let hypers = program.hypers.iter().map(|h| h.default).collect();
+        Ok(Stepper {
+            program,
+            hypers,
+            executor: Executor::Jit,
+            jit: None,
+            kernels: Default::default(),
+        })
+    }
+
+    /// Uses `executor` instead of the JIT.
+    pub fn with_executor(mut self, executor: Executor) -> Stepper {
+        self.executor = executor;
+        self
+    }
+
+    /// Compiles with `jit` (and its cache) instead of the process-wide one.
+    pub fn with_jit(mut self, jit: Jit) -> Stepper {
+        self.jit = Some(jit);
+        self.kernels = Default::default();
+        self
+    }
+
+    /// The compiled program.
+    pub fn program(&self) -> &Program {
+        &self.program
+    }
+
+    /// The executor in use.
+    pub fn executor(&self) -> Executor {
+        self.executor
+    }
+
+    /// The current value of a hyperparameter.
+    pub fn hyper(&self, name: &str) -> Result<f64> {
+        let n = self.hyper_index(name)?;
+        Ok(self.hypers[n])
+    }
+
+    /// Sets a hyperparameter for the following steps. Never recompiles.
+    pub fn set_hyper(&mut self, name: &str, value: f64) -> Result<()> {
+        let n = self.hyper_index(name)?;
+        self.hypers[n] = value;
+        Ok(())
+    }
+
+    fn hyper_index(&self, name: &str) -> Result<usize> {
+        self.program
+            .hyper_index(name)
+            .ok_or_else(|| Error::UnknownHyper {
+                name: name.to_string(),
+            })
+    }
+
+    /// Fresh state for a parameter of `len` elements: step 0, every slot at its init value.
+    pub fn init_state<T: Float>(&self, len: usize) -> ParamState<T> {
+        let slots = self
+            .program
+            .slots
+            .iter()
+            .map(|s| match s.kind {
+                SlotKind::Element => SlotValue::Buffer(vec![T::from_f64(s.init); len]),
+                SlotKind::Scalar => SlotValue::Scalar(s.init),
+            })
+            .collect();
+        ParamState { step: 0, slots }
+    }
+
+    /// Updates one parameter. See [`Stepper::step_many`].
+    pub fn step<T: Float>(
+        &self,
+        param: &mut [T],
+        grad: &[T],
+        state: &mut ParamState<T>,
+    ) -> Result<()> {
+        self.step_many(&mut [ParamRef { param, grad, state }])
+    }
+
+    /// Updates every parameter in `params` with one kernel call.
+    ///
+    /// Everything is checked first (state shape, lengths, aliasing, step overflow): on error
+    /// no parameter and no state is changed.
+    pub fn step_many<T: Float>(&self, params: &mut [ParamRef<'_, T>]) -> Result<()> {
+        let program = &self.program;
+        for p in params.iter() {
+            self.check_state(p.state, p.param.len())?;
+            if p.state.step == u64::MAX {
+                return Err(Error::StepOverflow);
+            }
+        }
+        // Prologue per parameter, in f64 on the host.
+        let mut values = Vec::new();
+        let mut blocks: Vec<Vec<T>> = Vec::with_capacity(params.len());
+        let mut updates: Vec<Vec<(usize, f64)>> = Vec::with_capacity(params.len());
+        for p in params.iter() {
+            let state = &p.state.slots;
+            let scalar = |n: usize| match state[n] {
+                SlotValue::Scalar(v) => v,
+                SlotValue::Buffer(_) => unreachable!("checked: slot {n} is a scalar slot"),
+            };
+            program.eval_prologue(&self.hypers, p.state.step + 1, scalar, &mut values);
+            blocks.push(
+                program
+                    .prologue
+                    .kernel_scalars
+                    .iter()
+                    .map(|&s| T::from_f64(values[s as usize]))
+                    .collect(),
+            );
+            updates.push(
+                program
+                    .prologue
+                    .state_updates
+                    .iter()
+                    .map(|&(slot, v)| (slot as usize, values[v as usize]))
+                    .collect(),
+            );
+        }
+        let mut segments: Vec<Segment<'_, T>> = params
+            .iter_mut()
+            .zip(&blocks)
+            .map(|(p, block)| Segment {
+                param: &mut *p.param,
+                grad: p.grad,
+                state: p
+                    .state
+                    .slots
+                    .iter_mut()
+                    .filter_map(|s| match s {
+                        SlotValue::Buffer(b) => Some(b.as_mut_slice()),
+                        SlotValue::Scalar(_) => None,
+                    })
+                    .collect(),
+                scalars: block,
+            })
+            .collect();
+        match self.executor {
+            Executor::Jit => self.kernel(T::DTYPE)?.run(&mut segments)?,
+            Executor::Reference => run_reference(&program.stage, &mut segments)?,
+            Executor::Eager => run_eager(&program.stage, &mut segments)?,
+        }
+        drop(segments);
+        for (p, updates) in params.iter_mut().zip(updates) {
+            p.state.step += 1;
+            for (slot, v) in updates {
+                p.state.slots[slot] = SlotValue::Scalar(v);
+            }
+        }
+        Ok(())
+    }
+
+    fn check_state<T>(&self, state: &ParamState<T>, len: usize) -> Result<()> {
+        let slots = &self.program.slots;
+        if state.slots.len() != slots.len() {
+            return Err(Error::StateMismatch {
+                slot: format!("#{}", state.slots.len().min(slots.len())),
+                reason: "the state has a different number of slots than the optimizer",
+            });
+        }
+        for (def, value) in slots.iter().zip(&state.slots) {
+            let reason = match (def.kind, value) {
+                (SlotKind::Element, SlotValue::Buffer(b)) if b.len() != len => {
+                    "its buffer's length differs from the parameter's"
+                }
+                (SlotKind::Element, SlotValue::Scalar(_)) => "a scalar where a buffer belongs",
+                (SlotKind::Scalar, SlotValue::Buffer(_)) => "a buffer where a scalar belongs",
+                _ => continue,
+            };
+            return Err(Error::StateMismatch {
+                slot: def.name.clone(),
+                reason,
+            });
+        }
+        Ok(())
+    }
+
+    /// The JIT kernel for `dtype`, compiled on first use.
+    pub fn kernel(&self, dtype: DType) -> Result<Kernel> {
+        let cell = &self.kernels[dtype_index(dtype)];
+        if let Some(k) = cell.get() {
+            return Ok(k.clone());
+        }
+        let jit = match &self.jit {
+            Some(jit) => jit.clone(),
+            None => Jit::global()?,
+        };
+        let kernel = jit.compile(&self.program, dtype)?;
+        Ok(cell.get_or_init(|| kernel).clone())
+    }
+}
