@@ -49,7 +49,7 @@ pub(crate) fn build(
         lanes: 128 / scalar_ty.bits(),
         size: scalar_ty.bytes(),
         flags: MemFlagsData::new().with_notrap(),
-        consts: None,
+        consts: Consts::default(),
     };
     t.emit_kernel(unroll);
     t.b.finalize(frontend);
@@ -78,13 +78,13 @@ struct SegmentVals {
     splats: Vec<Value>,
 }
 
-/// `0`, `1`, `-1` as scalars and vectors, created in the entry block when the stage needs
-/// them (comparisons, select, sign).
-#[derive(Clone, Copy)]
+/// `0`, `1`, `-1` as `[scalar, vector]`, created in the entry block only when the stage
+/// needs them (comparisons and select need `0` and `1`, sign all three).
+#[derive(Clone, Copy, Default)]
 struct Consts {
-    zero: [Value; 2],
-    one: [Value; 2],
-    minus_one: [Value; 2],
+    zero: Option<[Value; 2]>,
+    one: Option<[Value; 2]>,
+    minus_one: Option<[Value; 2]>,
 }
 
 struct Translator<'a> {
@@ -95,7 +95,7 @@ struct Translator<'a> {
     lanes: u32,
     size: u32,
     flags: MemFlagsData,
-    consts: Option<Consts>,
+    consts: Consts,
 }
 
 fn args(values: &[Value]) -> Vec<BlockArg> {
@@ -142,24 +142,23 @@ impl Translator<'_> {
     }
 
     fn emit_consts(&mut self) {
-        let needed = self.stage.body.iter().any(|inst| {
-            matches!(inst.op.group(), OpGroup::Compare | OpGroup::Ternary) || inst.op == Op::Sign
-        });
-        if !needed {
-            return;
-        }
-        let mut pair = |v: f64| {
-            let s = match self.scalar_ty {
-                types::F32 => self.b.ins().f32const(v as f32),
-                _ => self.b.ins().f64const(v),
-            };
-            [s, self.b.ins().splat(self.vector_ty, s)]
+        let ops = || self.stage.body.iter().map(|inst| inst.op);
+        let masks = ops().any(|op| matches!(op.group(), OpGroup::Compare | OpGroup::Ternary));
+        let sign = ops().any(|op| op == Op::Sign);
+        let mut pair = |wanted: bool, v: f64| {
+            wanted.then(|| {
+                let s = match self.scalar_ty {
+                    types::F32 => self.b.ins().f32const(v as f32),
+                    _ => self.b.ins().f64const(v),
+                };
+                [s, self.b.ins().splat(self.vector_ty, s)]
+            })
         };
-        self.consts = Some(Consts {
-            zero: pair(0.0),
-            one: pair(1.0),
-            minus_one: pair(-1.0),
-        });
+        self.consts = Consts {
+            zero: pair(masks || sign, 0.0),
+            one: pair(masks || sign, 1.0),
+            minus_one: pair(sign, -1.0),
+        };
     }
 
     /// Loads the segment record: length, stream pointers, scalars (splatted once).
@@ -277,12 +276,10 @@ impl Translator<'_> {
         }
     }
 
-    fn consts(&self, width: Width) -> (Value, Value, Value) {
-        let c = self
-            .consts
-            .expect("constants exist when the stage needs them");
-        let k = usize::from(width == Width::Vector);
-        (c.zero[k], c.one[k], c.minus_one[k])
+    /// A constant of this width; `emit_consts` created every one the stage uses.
+    fn konst(&self, width: Width, c: fn(&Consts) -> Option<[Value; 2]>) -> Value {
+        let pair = c(&self.consts).expect("emit_consts creates the constants the stage uses");
+        pair[usize::from(width == Width::Vector)]
     }
 
     /// One copy of the stage body at element `i` (+ `offset` bytes): loads, ops, stores.
@@ -334,16 +331,17 @@ impl Translator<'_> {
     fn float(&mut self, width: Width, v: Val) -> Value {
         match v {
             Val::Float(x) => x,
-            Val::Mask(m) => {
-                let (zero, one, _) = self.consts(width);
-                match width {
-                    Width::Vector => {
-                        let bits = self.b.ins().bitcast(self.vector_ty, MemFlagsData::new(), m);
-                        self.b.ins().band(bits, one)
-                    }
-                    Width::Scalar => self.b.ins().select(m, one, zero),
+            Val::Mask(m) => match width {
+                Width::Vector => {
+                    let bits = self.b.ins().bitcast(self.vector_ty, MemFlagsData::new(), m);
+                    let one = self.konst(width, |c| c.one);
+                    self.b.ins().band(bits, one)
                 }
-            }
+                Width::Scalar => {
+                    let (one, zero) = (self.konst(width, |c| c.one), self.konst(width, |c| c.zero));
+                    self.b.ins().select(m, one, zero)
+                }
+            },
         }
     }
 
@@ -352,7 +350,7 @@ impl Translator<'_> {
         match v {
             Val::Mask(m) => m,
             Val::Float(x) => {
-                let (zero, _, _) = self.consts(width);
+                let zero = self.konst(width, |c| c.zero);
                 self.b.ins().fcmp(FloatCC::NotEqual, x, zero)
             }
         }
@@ -384,7 +382,9 @@ impl Translator<'_> {
             Op::Abs => self.b.ins().fabs(f[0]),
             Op::Sqrt => self.b.ins().sqrt(f[0]),
             Op::Sign => {
-                let (zero, one, minus_one) = self.consts(width);
+                let zero = self.konst(width, |c| c.zero);
+                let one = self.konst(width, |c| c.one);
+                let minus_one = self.konst(width, |c| c.minus_one);
                 let pos = self.b.ins().fcmp(FloatCC::GreaterThan, f[0], zero);
                 let neg = self.b.ins().fcmp(FloatCC::LessThan, f[0], zero);
                 let inner = self.choose(width, neg, minus_one, f[0]);

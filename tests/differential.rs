@@ -1,0 +1,346 @@
+//! JIT ≡ reference interpreter ≡ eager evaluator, bit for bit (NaN canonicalised), for every
+//! op and every built-in, f32 and f64, every unroll factor, lengths around the vector width,
+//! several segments per call, and inputs full of ±0, subnormals, ±inf, NaN, huge and tiny
+//! values.
+
+use optjit::ir::Op;
+use optjit::{
+    optim, Builder, Executor, Expr, Float, Graph, Jit, JitOptions, Kernel, ParamRef, ParamState,
+    Segment, Stepper,
+};
+
+/// splitmix64: a seeded, dependency-free source of test inputs.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A value from a pool of IEEE edge cases or a random magnitude, either sign.
+    fn special<T: Float>(&mut self) -> T {
+        let tiny = T::from_f64(f64::MIN_POSITIVE);
+        let specials = [
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+            1e-40,   // subnormal in f32
+            -1e-310, // subnormal in f64, zero in f32
+            1e38,
+            -3e38,
+            1e300,
+            1e-30,
+        ];
+        let x = match self.next() % 4 {
+            0 => specials[(self.next() % specials.len() as u64) as usize],
+            1 => tiny.to_f64() * self.unit(),
+            _ => {
+                let exp = (self.next() % 40) as i32 - 20;
+                (self.unit() - 0.5) * 10f64.powi(exp)
+            }
+        };
+        T::from_f64(x)
+    }
+
+    fn vec<T: Float>(&mut self, n: usize) -> Vec<T> {
+        (0..n).map(|_| self.special()).collect()
+    }
+}
+
+/// Equal bits, or both NaN.
+fn same<T: Float>(a: T, b: T) -> bool {
+    a.to_bits_u64() == b.to_bits_u64() || (a.is_nan() && b.is_nan())
+}
+
+fn assert_same<T: Float>(what: &str, expected: &[T], actual: &[T]) {
+    assert_eq!(expected.len(), actual.len(), "{what}: length");
+    for (i, (e, a)) in expected.iter().zip(actual).enumerate() {
+        assert!(
+            same(*e, *a),
+            "{what}: element {i}: reference {e:?}, got {a:?}"
+        );
+    }
+}
+
+const UNROLLS: [u32; 4] = [1, 2, 4, 8];
+
+/// Lengths around the vector width `lanes` and the unrolled width.
+fn lengths(lanes: usize) -> Vec<usize> {
+    let mut v = vec![0, 1, lanes - 1, lanes, lanes + 1, 2 * lanes + 3, 1027];
+    for u in UNROLLS {
+        let w = lanes * u as usize;
+        v.extend([w - 1, w, w + 1, 2 * w + 1]);
+    }
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Buffers of one segment: param, grad, element state, scalar block.
+#[derive(Clone)]
+struct Buffers<T> {
+    param: Vec<T>,
+    grad: Vec<T>,
+    state: Vec<Vec<T>>,
+    scalars: Vec<T>,
+}
+
+fn segments<T: Float>(bufs: &mut [Buffers<T>]) -> Vec<Segment<'_, T>> {
+    bufs.iter_mut()
+        .map(|b| Segment {
+            param: &mut b.param,
+            grad: &b.grad,
+            state: b.state.iter_mut().map(|s| s.as_mut_slice()).collect(),
+            scalars: &b.scalars,
+        })
+        .collect()
+}
+
+/// Runs `program`'s stage on copies of `bufs` with the reference interpreter, the eager
+/// evaluator and `kernel`, and asserts all outputs agree.
+fn check_stage<T: Float>(
+    what: &str,
+    program: &optjit::Program,
+    kernel: &Kernel,
+    bufs: &[Buffers<T>],
+) {
+    let mut reference = bufs.to_vec();
+    optjit::interp::run_reference(&program.stage, &mut segments(&mut reference)).unwrap();
+    let mut eager = bufs.to_vec();
+    optjit::interp::run_eager(&program.stage, &mut segments(&mut eager)).unwrap();
+    let mut jit = bufs.to_vec();
+    kernel.run(&mut segments(&mut jit)).unwrap();
+    for (s, ((r, e), j)) in reference.iter().zip(&eager).zip(&jit).enumerate() {
+        let what = format!("{what}, segment {s} (len {})", r.param.len());
+        assert_same(&format!("{what}: eager param"), &r.param, &e.param);
+        assert_same(&format!("{what}: jit param"), &r.param, &j.param);
+        for (k, ((rs, es), js)) in r.state.iter().zip(&e.state).zip(&j.state).enumerate() {
+            assert_same(&format!("{what}: eager state {k}"), rs, es);
+            assert_same(&format!("{what}: jit state {k}"), rs, js);
+        }
+    }
+}
+
+fn random_buffers<T: Float>(rng: &mut Rng, program: &optjit::Program, len: usize) -> Buffers<T> {
+    let streams = program.stage.n_streams as usize - 2;
+    // Scalars come from the prologue in real use; here they are edge cases too.
+    Buffers {
+        param: rng.vec(len),
+        grad: rng.vec(len),
+        state: (0..streams).map(|_| rng.vec(len)).collect(),
+        scalars: rng.vec(program.stage.n_scalars as usize),
+    }
+}
+
+/// Every length alone, then all of them as segments of one call.
+fn check_graph_for<T: Float>(jit: &Jit, graph: &Graph, seed: u64) {
+    let program = optjit::passes::compile(graph).unwrap();
+    let lanes = 16 / std::mem::size_of::<T>();
+    let mut rng = Rng(seed);
+    for unroll in UNROLLS {
+        let kernel = jit
+            .compile_with(&program, T::DTYPE, JitOptions { unroll })
+            .unwrap();
+        let what = format!("{} {} unroll {unroll}", graph.name(), T::DTYPE);
+        let mut all = Vec::new();
+        for len in lengths(lanes) {
+            let bufs = vec![random_buffers::<T>(&mut rng, &program, len)];
+            check_stage(&what, &program, &kernel, &bufs);
+            all.extend(bufs);
+        }
+        check_stage(
+            &format!("{what}, all lengths in one call"),
+            &program,
+            &kernel,
+            &all,
+        );
+    }
+}
+
+fn check_graph(jit: &Jit, graph: &Graph) {
+    check_graph_for::<f32>(jit, graph, 1);
+    check_graph_for::<f64>(jit, graph, 2);
+}
+
+/// `param = op(operands)` over element and scalar operands, in several arrangements.
+fn op_graphs(op: Op) -> Vec<Graph> {
+    let mut graphs = Vec::new();
+    // `f` gets the builder and a state slot `m` (a third stream, stored unchanged).
+    let mut add = |name: &str, f: &dyn for<'b> Fn(&'b Builder, Expr<'b>) -> Expr<'b>| {
+        let b = Builder::new(&format!("{}_{name}", op.name()));
+        let m = b.state("m", 0.0);
+        let out = f(&b, m);
+        b.set_state("m", m).unwrap();
+        b.set_param(out);
+        graphs.push(b.finish().unwrap());
+    };
+    match op.arity() {
+        _ if op.scalar_only() => {
+            // Computed in the prologue; the stage sees the result as a scalar.
+            add("scalar", &|b, _| {
+                let h = b.hyper("h", 1.5);
+                let s = match op.arity() {
+                    1 => b.apply(op, &[h]),
+                    _ => b.apply(op, &[h, b.step()]),
+                };
+                b.grad() * s
+            });
+        }
+        1 => add("elem", &|b, _| b.apply(op, &[b.grad()])),
+        2 => {
+            add("elem_elem", &|b, _| b.apply(op, &[b.param(), b.grad()]));
+            add("elem_scalar", &|b, _| {
+                b.apply(op, &[b.grad(), b.hyper("h", 0.5)])
+            });
+            add("scalar_elem", &|b, _| {
+                b.apply(op, &[b.hyper("h", 0.5), b.grad()])
+            });
+            add("same_operand", &|b, _| b.apply(op, &[b.grad(), b.grad()]));
+            // A comparison's result used as a number and as a condition.
+            add("as_number", &|b, _| {
+                b.apply(op, &[b.param(), b.grad()]) * b.grad()
+            });
+            add("as_condition", &|b, m| {
+                let c = b.apply(op, &[b.param(), b.grad()]);
+                b.select(c, b.grad(), m)
+            });
+        }
+        _ => {
+            add("elem_conds", &|b, m| b.select(b.param(), b.grad(), m));
+            add("scalar_cond", &|b, _| {
+                b.select(b.hyper("h", 0.0), b.grad(), b.param())
+            });
+            add("scalar_branch", &|b, _| {
+                b.select(b.grad(), b.hyper("h", 2.0), b.param())
+            });
+        }
+    }
+    graphs
+}
+
+#[test]
+fn every_op_agrees_across_executors() {
+    let jit = Jit::new().unwrap();
+    for op in Op::ALL {
+        for graph in op_graphs(op) {
+            check_graph(&jit, &graph);
+        }
+    }
+}
+
+/// Every built-in graph with the variants of its flags.
+fn builtins() -> Vec<Graph> {
+    let mut graphs: Vec<Graph> = optim::NAMES
+        .iter()
+        .map(|n| optim::by_name(n).unwrap())
+        .collect();
+    for maximize in [false, true] {
+        graphs.push(
+            optim::Sgd {
+                momentum: 0.5,
+                dampening: 0.25,
+                maximize,
+                ..Default::default()
+            }
+            .graph()
+            .unwrap(),
+        );
+        graphs.push(
+            optim::Adam {
+                amsgrad: true,
+                maximize,
+                ..Default::default()
+            }
+            .graph()
+            .unwrap(),
+        );
+        graphs.push(
+            optim::AdamW {
+                maximize,
+                ..Default::default()
+            }
+            .graph()
+            .unwrap(),
+        );
+    }
+    graphs
+}
+
+#[test]
+fn every_builtin_stage_agrees_across_executors() {
+    let jit = Jit::new().unwrap();
+    for graph in builtins() {
+        check_graph(&jit, &graph);
+    }
+}
+
+/// Whole steps through the Stepper (prologue included) on realistic values: three executors,
+/// several parameters with different step counts in one call.
+fn check_steps<T: Float>(graph: &Graph, seed: u64) {
+    let executors = [Executor::Reference, Executor::Eager, Executor::Jit];
+    let mut rng = Rng(seed);
+    let lens = [1usize, 7, 64, 1027];
+    let params: Vec<Vec<T>> = lens.iter().map(|&n| rng.vec(n)).collect();
+    let grads: Vec<Vec<Vec<T>>> = (0..4)
+        .map(|_| lens.iter().map(|&n| rng.vec(n)).collect())
+        .collect();
+    let mut results: Vec<(Vec<Vec<T>>, Vec<ParamState<T>>)> = Vec::new();
+    for executor in executors {
+        let mut stepper = Stepper::new(graph).unwrap().with_executor(executor);
+        let mut params = params.clone();
+        let mut states: Vec<ParamState<T>> = lens.iter().map(|&n| stepper.init_state(n)).collect();
+        for (k, grads) in grads.iter().enumerate() {
+            stepper.set_hyper("lr", 0.01 * (k + 1) as f64).unwrap();
+            // Parameter 1 has no gradient at step 2: it is skipped, its step count lags.
+            let mut refs: Vec<ParamRef<'_, T>> = params
+                .iter_mut()
+                .zip(grads)
+                .zip(states.iter_mut())
+                .enumerate()
+                .filter(|(i, _)| !(k == 2 && *i == 1))
+                .map(|(_, ((param, grad), state))| ParamRef { param, grad, state })
+                .collect();
+            stepper.step_many(&mut refs).unwrap();
+        }
+        assert_eq!(states[1].step, 3);
+        assert_eq!(states[0].step, 4);
+        results.push((params, states));
+    }
+    let (ref_params, ref_states) = &results[0];
+    for (executor, (params, states)) in executors.iter().zip(&results).skip(1) {
+        for (i, (r, a)) in ref_params.iter().zip(params).enumerate() {
+            assert_same(&format!("{} {executor:?} param {i}", graph.name()), r, a);
+        }
+        for (i, (r, a)) in ref_states.iter().zip(states).enumerate() {
+            for (n, slot) in r.slots.iter().enumerate() {
+                let (r, a) = (r.buffer(n).unwrap(), a.buffer(n).unwrap());
+                let _ = slot;
+                assert_same(
+                    &format!("{} {executor:?} state {i} slot {n}", graph.name()),
+                    r,
+                    a,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn every_builtin_steps_identically_with_every_executor() {
+    for graph in builtins() {
+        check_steps::<f32>(&graph, 3);
+        check_steps::<f64>(&graph, 4);
+    }
+}
