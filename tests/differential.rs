@@ -296,7 +296,9 @@ fn check_steps<T: Float>(graph: &Graph, seed: u64) {
     let grads: Vec<Vec<Vec<T>>> = (0..4)
         .map(|_| lens.iter().map(|&n| rng.vec(n)).collect())
         .collect();
-    let mut results: Vec<(Vec<Vec<T>>, Vec<ParamState<T>>)> = Vec::new();
+    // Per executor: final params and states.
+    type Run<T> = (Vec<Vec<T>>, Vec<ParamState<T>>);
+    let mut results: Vec<Run<T>> = Vec::new();
     for executor in executors {
         let mut stepper = Stepper::new(graph).unwrap().with_executor(executor);
         let mut params = params.clone();
@@ -324,9 +326,8 @@ fn check_steps<T: Float>(graph: &Graph, seed: u64) {
             assert_same(&format!("{} {executor:?} param {i}", graph.name()), r, a);
         }
         for (i, (r, a)) in ref_states.iter().zip(states).enumerate() {
-            for (n, slot) in r.slots.iter().enumerate() {
+            for n in 0..r.slots.len() {
                 let (r, a) = (r.buffer(n).unwrap(), a.buffer(n).unwrap());
-                let _ = slot;
                 assert_same(
                     &format!("{} {executor:?} state {i} slot {n}", graph.name()),
                     r,

@@ -3,6 +3,7 @@
 //! baseline fusion is measured against, and bit-exact with the reference interpreter.
 
 use super::eval_op;
+use crate::ir::Op;
 use crate::program::{ElemArg, Stage};
 use crate::segment::{validate, Segment};
 use crate::{Float, Result};
@@ -18,18 +19,7 @@ pub fn run<T: Float>(stage: &Stage, segments: &mut [Segment<'_, T>]) -> Result<(
             for inst in &stage.body {
                 let args: Vec<ArrayView1<'_, T>> =
                     inst.args().iter().map(|a| view(seg, &values, a)).collect();
-                let op = inst.op;
-                let result = match args.as_slice() {
-                    [a] => a.map(|&x| eval_op(op, x, x, x)),
-                    [a, b] => Zip::from(a)
-                        .and(b)
-                        .map_collect(|&x, &y| eval_op(op, x, y, y)),
-                    [a, b, c] => Zip::from(a)
-                        .and(b)
-                        .and(c)
-                        .map_collect(|&x, &y, &z| eval_op(op, x, y, z)),
-                    _ => unreachable!("ops take one to three operands"),
-                };
+                let result = apply(inst.op, &args);
                 values.push(result);
             }
             // Materialise every stored value before the first store.
@@ -66,5 +56,35 @@ fn view<'v, T: Float>(
             ArrayView1::from_shape(seg.len().strides(0), one).expect("stride 0 stays in bounds")
         }
         ElemArg::Value(v) => values[v as usize].view(),
+    }
+}
+
+/// Runs one op over whole arrays, with the op fixed outside the element loop (as a framework's
+/// kernels are).
+fn apply<T: Float>(op: Op, args: &[ArrayView1<'_, T>]) -> Array1<T> {
+    macro_rules! dispatch {
+        ($($name:ident),*) => {
+            match op {
+                $(Op::$name => map(args, |a, b, c| eval_op(Op::$name, a, b, c)),)*
+            }
+        };
+    }
+    dispatch!(
+        Neg, Abs, Sqrt, Sign, Exp, Ln, Add, Sub, Mul, Div, Min, Max, Pow, Eq, Ne, Lt, Le, Gt, Ge,
+        Select
+    )
+}
+
+/// `f` over one to three arrays of equal length (missing operands repeat the last one).
+#[inline]
+fn map<T: Float>(args: &[ArrayView1<'_, T>], f: impl Fn(T, T, T) -> T) -> Array1<T> {
+    match args {
+        [a] => a.map(|&x| f(x, x, x)),
+        [a, b] => Zip::from(a).and(b).map_collect(|&x, &y| f(x, y, y)),
+        [a, b, c] => Zip::from(a)
+            .and(b)
+            .and(c)
+            .map_collect(|&x, &y, &z| f(x, y, z)),
+        _ => unreachable!("ops take one to three operands"),
     }
 }

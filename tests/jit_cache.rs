@@ -1,0 +1,99 @@
+//! The kernel cache: hyperparameter values never reach the code, so changing them never
+//! recompiles; a different dtype, stage or unroll does.
+
+use optjit::optim::{Adam, AdamW};
+use optjit::{passes, DType, Jit, JitOptions, Stepper};
+
+#[test]
+fn changing_hyperparameters_never_recompiles() {
+    let jit = Jit::new().unwrap();
+    let mut stepper = Stepper::new(&Adam::default().graph().unwrap())
+        .unwrap()
+        .with_jit(jit.clone());
+    let mut param = vec![1.0f32; 100];
+    let grad = vec![0.25f32; 100];
+    let mut state = stepper.init_state(100);
+    let mut previous = param.clone();
+    for k in 0..10 {
+        stepper.set_hyper("lr", 1e-3 * (k + 1) as f64).unwrap();
+        stepper.set_hyper("b1", 0.8 + 0.01 * k as f64).unwrap();
+        stepper.set_hyper("eps", 1e-8 * (k + 1) as f64).unwrap();
+        stepper.step(&mut param, &grad, &mut state).unwrap();
+        assert_ne!(param, previous, "step {k} moved the parameters");
+        previous = param.clone();
+    }
+    assert_eq!(jit.stats().compiles, 1);
+
+    // A new stepper whose graph differs only in hyperparameter defaults hits the cache.
+    let other = Stepper::new(
+        &Adam {
+            lr: 0.5,
+            betas: (0.5, 0.6),
+            ..Adam::default()
+        }
+        .graph()
+        .unwrap(),
+    )
+    .unwrap()
+    .with_jit(jit.clone());
+    other.step(&mut param, &grad, &mut state).unwrap();
+    let stats = jit.stats();
+    assert_eq!((stats.compiles, stats.hits), (1, 1));
+}
+
+#[test]
+fn dtype_stage_and_unroll_are_part_of_the_key() {
+    let jit = Jit::new().unwrap();
+    let adam = passes::compile(&Adam::default().graph().unwrap()).unwrap();
+    let adamw = passes::compile(&AdamW::default().graph().unwrap()).unwrap();
+    jit.compile(&adam, DType::F32).unwrap();
+    jit.compile(&adam, DType::F32).unwrap();
+    assert_eq!((jit.stats().compiles, jit.stats().hits), (1, 1));
+    jit.compile(&adam, DType::F64).unwrap();
+    jit.compile(&adamw, DType::F32).unwrap();
+    jit.compile_with(&adam, DType::F32, JitOptions { unroll: 4 })
+        .unwrap();
+    assert_eq!((jit.stats().compiles, jit.stats().hits), (4, 1));
+    assert!(jit
+        .compile_with(&adam, DType::F32, JitOptions { unroll: 3 })
+        .is_err());
+}
+
+#[test]
+fn kernels_outlive_their_jit() {
+    let program = passes::compile(&Adam::default().graph().unwrap()).unwrap();
+    let kernel = Jit::new().unwrap().compile(&program, DType::F64).unwrap();
+    // The Jit is gone; the kernel keeps the code memory alive.
+    let stepper = Stepper::new(&Adam::default().graph().unwrap()).unwrap();
+    let mut p = vec![1.0f64; 3];
+    let g = vec![1.0f64; 3];
+    let mut state = stepper.init_state(3);
+    let scalars: Vec<f64> = {
+        let mut values = Vec::new();
+        program.eval_prologue(&[1e-3, 0.9, 0.999, 1e-8, 0.0], 1, |_| 0.0, &mut values);
+        program
+            .prologue
+            .kernel_scalars
+            .iter()
+            .map(|&k| values[k as usize])
+            .collect()
+    };
+    let state_bufs: Vec<&mut [f64]> = state
+        .slots
+        .iter_mut()
+        .map(|s| match s {
+            optjit::SlotValue::Buffer(b) => b.as_mut_slice(),
+            optjit::SlotValue::Scalar(_) => unreachable!(),
+        })
+        .collect();
+    kernel
+        .run(&mut [optjit::Segment {
+            param: &mut p,
+            grad: &g,
+            state: state_bufs,
+            scalars: &scalars,
+        }])
+        .unwrap();
+    // First Adam step: p - lr * g / (|g| + eps) = 1 - 1e-3 / (1 + 1e-8).
+    assert_eq!(p, vec![1.0 - 1e-3 / (1.0 + 1e-8); 3]);
+}
