@@ -34,6 +34,11 @@
 //! assert!((param[0] - 0.9).abs() < 1e-6); // the first Adam step moves by lr
 //! ```
 
+/// The README's examples, run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 mod dtype;
 mod error;
 pub mod interp;
