@@ -1,13 +1,13 @@
 //! Adam and AdamW, with AMSGrad, L2 or decoupled weight decay, and maximize.
 
-use super::common::{bias_correction, lerp, signed_grad};
+use super::common::{bias_correction, l2_penalty, lerp, signed_grad};
 use crate::{Builder, Graph, Result};
 
 /// Adam as `torch.optim.Adam` (single-tensor algorithm).
 ///
 /// ```text
 /// g ← −∇ if maximize else ∇
-/// g ← g + weight_decay · θ                 (Adam: L2 penalty)
+/// g ← g + weight_decay · θ                 (Adam: L2 penalty, if weight_decay ≠ 0)
 /// θ ← θ · (1 − lr · weight_decay)          (AdamW: decoupled decay, instead)
 /// m ← m + (1 − β₁) · (g − m)
 /// v ← β₂ · v + (1 − β₂) · g · g
@@ -17,7 +17,9 @@ use crate::{Builder, Graph, Result};
 ///
 /// Hyperparameters: `lr`, `b1`, `b2` (PyTorch's `betas`), `eps`, `weight_decay`. State:
 /// `exp_avg`, `exp_avg_sq`, and `max_exp_avg_sq` with AMSGrad. Bias corrections and the step
-/// size are computed per step in f64, as PyTorch computes them in Python floats.
+/// size are computed per step in f64, as PyTorch computes them in Python floats. The first
+/// moment uses PyTorch's `lerp` formula for weights below 0.5 (`1 − β₁ < 0.5`); for β₁ ≤ 0.5
+/// PyTorch switches to `g − (g − m)·β₁`, which can differ in the last bit.
 ///
 /// ```
 /// use optjit::{optim::Adam, Stepper};
@@ -148,7 +150,7 @@ fn adam_graph(o: &Adam, decoupled: bool) -> Result<Graph> {
     if decoupled {
         param = param * (1.0 - lr * weight_decay);
     } else {
-        g = g + weight_decay * param;
+        g = l2_penalty(&b, g, weight_decay, param);
     }
     let m = lerp(b.state("exp_avg", 0.0), g, 1.0 - b1);
     let v = b2 * b.state("exp_avg_sq", 0.0) + (1.0 - b2) * g * g;

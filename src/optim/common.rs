@@ -21,3 +21,15 @@ pub fn signed_grad(b: &Builder, maximize: bool) -> Expr<'_> {
         b.grad()
     }
 }
+
+/// `g + λ·θ`, PyTorch's L2 penalty, skipped when `λ = 0` as PyTorch skips it (a run-time
+/// choice: `λ` stays a hyperparameter). Adding `0·θ` instead would turn an infinite θ into NaN
+/// and a `-0` gradient into `+0`.
+pub fn l2_penalty<'b>(
+    b: &'b Builder,
+    g: Expr<'b>,
+    weight_decay: Expr<'b>,
+    param: Expr<'b>,
+) -> Expr<'b> {
+    b.select(weight_decay.ne(0.0), g + weight_decay * param, g)
+}

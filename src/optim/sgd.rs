@@ -1,13 +1,13 @@
 //! Stochastic gradient descent with momentum, dampening, Nesterov and weight decay.
 
-use super::common::signed_grad;
+use super::common::{l2_penalty, signed_grad};
 use crate::{Builder, Error, Graph, Result};
 
 /// SGD as `torch.optim.SGD`.
 ///
 /// ```text
 /// g ← −∇ if maximize else ∇
-/// g ← g + weight_decay · θ
+/// g ← g + weight_decay · θ                     if weight_decay ≠ 0
 /// if momentum ≠ 0:
 ///     b ← g                                       at step 1
 ///     b ← momentum · b + (1 − dampening) · g      later
@@ -17,9 +17,8 @@ use crate::{Builder, Error, Graph, Result};
 ///
 /// `lr`, `weight_decay` and, with momentum, `momentum` and `dampening` are hyperparameters.
 /// Whether there is momentum at all (a `momentum_buffer` slot) is decided by `momentum ≠ 0`
-/// when the graph is built, as PyTorch keeps no buffer without it. Weight decay is always in
-/// the graph so it can be changed at run time; with `weight_decay = 0` it adds `0 · θ`, which
-/// only differs from skipping it when θ is infinite or NaN, or in the sign of a zero.
+/// when the graph is built, as PyTorch keeps no buffer without it. The weight-decay test is
+/// made at run time, so `weight_decay` can be scheduled like any hyperparameter.
 ///
 /// ```
 /// use optjit::{optim::Sgd, Stepper};
@@ -73,7 +72,7 @@ impl Sgd {
         let lr = b.hyper("lr", self.lr);
         let weight_decay = b.hyper("weight_decay", self.weight_decay);
         let param = b.param();
-        let mut g = signed_grad(&b, self.maximize) + weight_decay * param;
+        let mut g = l2_penalty(&b, signed_grad(&b, self.maximize), weight_decay, param);
         if self.momentum != 0.0 {
             let momentum = b.hyper("momentum", self.momentum);
             let dampening = b.hyper("dampening", self.dampening);

@@ -1,0 +1,74 @@
+//! Helpers shared by the integration tests: a seeded generator of mixed-magnitude inputs and
+//! state lookup by slot name.
+
+// Each test crate compiles this module and uses its own subset of it.
+#![allow(dead_code)]
+
+use optjit::{DType, Float, Stepper};
+
+/// SplitMix64 (Steele, Lea and Flood, 2014): a tiny seeded generator, so that tests are
+/// deterministic without a `rand` dependency.
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    /// A generator starting from `seed`.
+    pub fn new(seed: u64) -> SplitMix64 {
+        SplitMix64(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform in `0..n` (the modulo bias is irrelevant for test inputs).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// A finite value of `T` with a random sign: usually of magnitude in `[1e-6, 1e2)`
+    /// (log-uniform), one time in eight an edge case of `T`: ±0, a subnormal, a tiny normal
+    /// or a huge value (within a factor 256 of the largest finite one).
+    pub fn mixed<T: Float>(&mut self) -> T {
+        let (min_positive, max) = match T::DTYPE {
+            DType::F32 => (f32::MIN_POSITIVE as f64, f32::MAX as f64),
+            DType::F64 => (f64::MIN_POSITIVE, f64::MAX),
+        };
+        let magnitude = if self.below(8) != 0 {
+            10f64.powf(8.0 * self.unit() - 6.0)
+        } else {
+            match self.below(4) {
+                0 => 0.0,
+                1 => min_positive * self.unit(),
+                2 => min_positive * (1u64 << self.below(20)) as f64,
+                _ => max * (0.5 + 0.5 * self.unit()) / (1u64 << self.below(8)) as f64,
+            }
+        };
+        let value = T::from_f64(magnitude);
+        if self.below(2) == 0 {
+            -value
+        } else {
+            value
+        }
+    }
+
+    /// `len` values from [`SplitMix64::mixed`].
+    pub fn mixed_vec<T: Float>(&mut self, len: usize) -> Vec<T> {
+        (0..len).map(|_| self.mixed()).collect()
+    }
+}
+
+/// Index into `stepper.program().slots` (and so into `ParamState::slots`) of the state slot
+/// called `name`.
+pub fn slot_index(stepper: &Stepper, name: &str) -> Option<usize> {
+    stepper.program().slots.iter().position(|s| s.name == name)
+}
