@@ -6,7 +6,7 @@
 //! Run with `cargo bench --bench adam_step` (add `-- 20` to run only 2^20).
 
 use optjit::optim::Adam;
-use optjit::{DType, Executor, Jit, JitOptions, ParamState, SlotValue, Stepper};
+use optjit::{DType, Executor, Jit, JitOptions, ParamState, Segment, Stepper};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -54,95 +54,166 @@ fn main() {
     let jit = Jit::new().unwrap();
 
     // Cold compile: a fresh JIT each time, so nothing is cached.
-    let mut compile: Vec<Duration> = (0..20)
-        .map(|_| {
-            let jit = Jit::new().unwrap();
-            let program = optjit::passes::compile(&graph).unwrap();
-            jit.compile(&program, DType::F32).unwrap();
-            jit.stats().compile_time
-        })
-        .collect();
-    compile.sort();
+    let program = optjit::passes::compile(&graph).unwrap();
+    for unroll in [1, 2, 4, 8] {
+        let mut compile: Vec<Duration> = (0..21)
+            .map(|_| {
+                let jit = Jit::new().unwrap();
+                jit.compile_with(&program, DType::F32, JitOptions { unroll })
+                    .unwrap();
+                jit.stats().compile_time
+            })
+            .collect();
+        compile.sort();
+        let ms = compile[10].as_secs_f64() * 1e3;
+        println!("compile, Adam f32 kernel, unroll {unroll} (cold, median of 21): {ms:.3} ms");
+    }
+    let start = Instant::now();
+    for _ in 0..1000 {
+        jit.compile(&program, DType::F32).unwrap();
+    }
     println!(
-        "compile, Adam f32 kernel (cold, median of 20): {:.3} ms",
-        compile[10].as_secs_f64() * 1e3
+        "compile, cache hit: {:.2} µs",
+        start.elapsed().as_secs_f64() * 1e3
     );
+
+    // The unroll factor: every built-in shape at an L2-resident size, where loop overhead
+    // and latency show (at DRAM sizes every factor runs at memory speed).
+    for name in ["sgd", "sgd_momentum", "adam"] {
+        unroll_sweep(&jit, name, 1 << 16, 401);
+    }
 
     let sizes: &[u32] = if only_small { &[20] } else { &[20, 26] };
     for &log in sizes {
         let n = 1usize << log;
-        let runs = if log <= 20 { 51 } else { 7 };
+        let rounds = if log <= 20 { 41 } else { 9 };
         let grad: Vec<f32> = (0..n).map(|i| ((i % 1000) as f32 - 500.0) * 1e-3).collect();
-        println!("\nAdam f32, n = 2^{log}, 1 thread (median of {runs}):");
+        let program = optjit::passes::compile(&graph).unwrap();
+        let scalars = scalar_block(&program, 1);
+
+        // Fast implementations, timed in interleaved rounds so that drift hits all alike.
+        let mut names: Vec<String> = Vec::new();
+        let mut runs: Vec<Box<dyn FnMut()>> = Vec::new();
         for unroll in [1, 2, 4, 8] {
-            let kernel_stepper = Stepper::new(&graph).unwrap().with_jit(jit.clone());
-            let program = kernel_stepper.program().clone();
-            jit.compile_with(&program, DType::F32, JitOptions { unroll })
-                .unwrap();
-            // Stepper uses the default unroll; time the kernel directly for the others.
             let kernel = jit
                 .compile_with(&program, DType::F32, JitOptions { unroll })
                 .unwrap();
-            let mut p = vec![1.0f32; n];
-            let mut state: ParamState<f32> = kernel_stepper.init_state(n);
-            let mut scalars = vec![0.0f32; program.stage.n_scalars as usize];
-            let mut values = Vec::new();
-            program.eval_prologue(&[1e-3, 0.9, 0.999, 1e-8, 0.0], 1, |_| 0.0, &mut values);
-            for (s, &k) in scalars.iter_mut().zip(&program.prologue.kernel_scalars) {
-                *s = values[k as usize] as f32;
-            }
-            let t = median(runs, || {
-                let state: Vec<&mut [f32]> = state
-                    .slots
-                    .iter_mut()
-                    .map(|s| match s {
-                        SlotValue::Buffer(b) => b.as_mut_slice(),
-                        SlotValue::Scalar(_) => unreachable!(),
-                    })
-                    .collect();
-                let mut seg = [optjit::Segment {
+            let (mut p, mut m, mut v) = (vec![1.0f32; n], vec![0.0f32; n], vec![0.0f32; n]);
+            let (grad, scalars) = (grad.clone(), scalars.clone());
+            names.push(format!("jit, unroll {unroll}"));
+            runs.push(Box::new(move || {
+                let state = vec![m.as_mut_slice(), v.as_mut_slice()];
+                let mut seg = [Segment {
                     param: &mut p,
                     grad: &grad,
                     state,
                     scalars: &scalars,
                 }];
                 kernel.run(&mut seg).unwrap();
-            });
+            }));
+        }
+        {
+            let stepper = Stepper::new(&graph).unwrap().with_jit(jit.clone());
+            let mut p = vec![1.0f32; n];
+            let mut state: ParamState<f32> = stepper.init_state(n);
+            let grad = grad.clone();
+            names.push("jit via Stepper".into());
+            runs.push(Box::new(move || {
+                stepper.step(&mut p, &grad, &mut state).unwrap()
+            }));
+        }
+        {
+            let (mut p, mut m, mut v) = (vec![1.0f32; n], vec![0.0f32; n], vec![0.0f32; n]);
+            let grad = grad.clone();
+            let mut step = 0;
+            names.push("handwritten rustc".into());
+            runs.push(Box::new(move || {
+                step += 1;
+                handwritten_adam(black_box(&mut p), black_box(&grad), &mut m, &mut v, step);
+            }));
+        }
+        let mut times: Vec<Vec<Duration>> = vec![Vec::new(); runs.len()];
+        for round in 0..=rounds {
+            for (run, t) in runs.iter_mut().zip(&mut times) {
+                let start = Instant::now();
+                run();
+                if round > 0 {
+                    t.push(start.elapsed());
+                }
+            }
+        }
+        println!("\nAdam f32, n = 2^{log}, 1 thread (median of {rounds} interleaved rounds):");
+        for (name, mut t) in names.iter().zip(times) {
+            t.sort();
             println!(
-                "  jit, unroll {unroll}      {:>8.3} ns/element",
-                ns_per_elem(t, n)
+                "  {name:<19} {:>8.3} ns/element",
+                ns_per_elem(t[t.len() / 2], n)
             );
         }
-        let stepper = Stepper::new(&graph).unwrap().with_jit(jit.clone());
-        let mut p = vec![1.0f32; n];
-        let mut state = stepper.init_state(n);
-        let t = median(runs, || stepper.step(&mut p, &grad, &mut state).unwrap());
-        println!(
-            "  jit via Stepper     {:>8.3} ns/element",
-            ns_per_elem(t, n)
-        );
-
-        let (mut p, mut m, mut v) = (vec![1.0f32; n], vec![0.0f32; n], vec![0.0f32; n]);
-        let mut step = 0;
-        let t = median(runs, || {
-            step += 1;
-            handwritten_adam(black_box(&mut p), black_box(&grad), &mut m, &mut v, step);
-        });
-        println!(
-            "  handwritten rustc   {:>8.3} ns/element",
-            ns_per_elem(t, n)
-        );
 
         for executor in [Executor::Reference, Executor::Eager] {
             let stepper = Stepper::new(&graph).unwrap().with_executor(executor);
             let mut p = vec![1.0f32; n];
             let mut state = stepper.init_state(n);
             let t = median(3, || stepper.step(&mut p, &grad, &mut state).unwrap());
-            println!(
-                "  {:<19} {:>8.3} ns/element",
-                format!("{executor:?}").to_lowercase(),
-                ns_per_elem(t, n)
-            );
+            let name = format!("{executor:?}").to_lowercase();
+            println!("  {name:<19} {:>8.3} ns/element", ns_per_elem(t, n));
         }
     }
+}
+
+/// Times the kernel of built-in `name` at every unroll factor in interleaved rounds.
+fn unroll_sweep(jit: &Jit, name: &str, n: usize, rounds: usize) {
+    let program = optjit::passes::compile(&optjit::optim::by_name(name).unwrap()).unwrap();
+    let grad: Vec<f32> = (0..n).map(|i| ((i % 1000) as f32 - 500.0) * 1e-3).collect();
+    let scalars = scalar_block(&program, 1);
+    let slots = program.stage.n_streams as usize - 2;
+    let mut times = [const { Vec::new() }; 4];
+    let kernels: Vec<_> = [1, 2, 4, 8]
+        .iter()
+        .map(|&unroll| {
+            jit.compile_with(&program, DType::F32, JitOptions { unroll })
+                .unwrap()
+        })
+        .collect();
+    let mut p = vec![1.0f32; n];
+    let mut state = vec![vec![0.0f32; n]; slots];
+    for round in 0..=rounds {
+        for (kernel, t) in kernels.iter().zip(&mut times) {
+            let bufs = state.iter_mut().map(|s| s.as_mut_slice()).collect();
+            let mut seg = [Segment {
+                param: &mut p,
+                grad: &grad,
+                state: bufs,
+                scalars: &scalars,
+            }];
+            let start = Instant::now();
+            kernel.run(&mut seg).unwrap();
+            if round > 0 {
+                t.push(start.elapsed());
+            }
+        }
+    }
+    let cells: Vec<String> = times
+        .iter_mut()
+        .zip([1, 2, 4, 8])
+        .map(|(t, u)| {
+            t.sort();
+            format!("unroll {u}: {:.3}", ns_per_elem(t[t.len() / 2], n))
+        })
+        .collect();
+    println!("{name:<13} f32, n = {n}, ns/element: {}", cells.join(", "));
+}
+
+/// The scalar block of `program` at `step` with default hyperparameters.
+fn scalar_block(program: &optjit::Program, step: u64) -> Vec<f32> {
+    let hypers: Vec<f64> = program.hypers.iter().map(|h| h.default).collect();
+    let mut values = Vec::new();
+    program.eval_prologue(&hypers, step, |_| 0.0, &mut values);
+    program
+        .prologue
+        .kernel_scalars
+        .iter()
+        .map(|&k| values[k as usize] as f32)
+        .collect()
 }
