@@ -22,6 +22,23 @@ pub enum Error {
         /// The name.
         name: String,
     },
+    /// User mistake: an optimizer name that optjit does not know.
+    #[error("unknown optimizer `{name}`")]
+    UnknownOptimizer {
+        /// The name given.
+        name: String,
+    },
+    /// User mistake: an option (e.g. a PyTorch keyword argument) that the optimizer does not
+    /// support, or a value of the wrong type for it.
+    #[error("optimizer `{optimizer}` does not support option `{option}`{detail}")]
+    UnsupportedOption {
+        /// The optimizer.
+        optimizer: String,
+        /// The option.
+        option: String,
+        /// Empty, or `: ` followed by what is wrong with the value.
+        detail: String,
+    },
     /// User mistake: a state slot name that the optimizer does not define.
     #[error("unknown state slot `{name}`")]
     UnknownSlot {
