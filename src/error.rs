@@ -39,6 +39,41 @@ pub enum Error {
         /// Empty, or `: ` followed by what is wrong with the value.
         detail: String,
     },
+    /// User mistake: a parameter handle from another optimizer, or a parameter name or index
+    /// the optimizer does not have.
+    #[error("unknown parameter {what}")]
+    UnknownParam {
+        /// The handle, name or index.
+        what: String,
+    },
+    /// User mistake: a parameter added twice (same name) to an optimizer.
+    #[error("parameter `{name}` is already in the optimizer")]
+    DuplicateParam {
+        /// Its name.
+        name: String,
+    },
+    /// User mistake: a parameter group index the optimizer does not have.
+    #[error("unknown parameter group {index} (the optimizer has {count})")]
+    UnknownGroup {
+        /// The index given.
+        index: usize,
+        /// How many groups there are.
+        count: usize,
+    },
+    /// User mistake: a state dict that is malformed or does not fit the optimizer.
+    #[error("cannot load the state dict: {reason}")]
+    InvalidStateDict {
+        /// What is wrong (every problem found, for a strict load).
+        reason: String,
+    },
+    /// Environment: reading or writing a file failed.
+    #[error("{path}: {message}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The system's message.
+        message: String,
+    },
     /// User mistake: a state slot name that the optimizer does not define.
     #[error("unknown state slot `{name}`")]
     UnknownSlot {

@@ -47,6 +47,7 @@ pub mod jit;
 pub mod optim;
 pub mod passes;
 pub mod program;
+pub mod runtime;
 mod segment;
 mod stepper;
 
@@ -55,5 +56,6 @@ pub use error::{Error, Result};
 pub use ir::{Builder, Expr, Graph};
 pub use jit::{Jit, JitOptions, Kernel};
 pub use program::Program;
+pub use runtime::{Optimizer, Param};
 pub use segment::Segment;
 pub use stepper::{Executor, ParamRef, ParamState, SlotValue, Stepper};

@@ -2,11 +2,11 @@
 //!
 //! A [`Stepper`] holds a compiled [`Program`], the current hyperparameter values and the
 //! executor; the caller owns parameters, gradients and each parameter's [`ParamState`].
-//! One call updates any number of parameters with one kernel call.
+//! One call updates any number of parameters with one kernel call per thread.
 
-use crate::interp::{run_eager, run_reference};
 use crate::ir::SlotKind;
 use crate::program::Program;
+use crate::runtime::{default_threads, run_parallel, Runner};
 use crate::segment::Segment;
 use crate::{passes, DType, Error, Float, Graph, Jit, Kernel, Result};
 use std::sync::OnceLock;
@@ -200,7 +200,7 @@ impl Stepper {
                     .collect(),
             );
         }
-        let mut segments: Vec<Segment<'_, T>> = params
+        let segments: Vec<Segment<'_, T>> = params
             .iter_mut()
             .zip(&blocks)
             .map(|(p, block)| Segment {
@@ -218,12 +218,15 @@ impl Stepper {
                 scalars: block,
             })
             .collect();
-        match self.executor {
-            Executor::Jit => self.kernel(T::DTYPE)?.run(&mut segments)?,
-            Executor::Reference => run_reference(&program.stage, &mut segments)?,
-            Executor::Eager => run_eager(&program.stage, &mut segments)?,
-        }
-        drop(segments);
+        let kernel = match self.executor {
+            Executor::Jit => Some(self.kernel(T::DTYPE)?),
+            _ => None,
+        };
+        let runner = match &kernel {
+            Some(k) => Runner::Jit(k),
+            None => Runner::Interp(self.executor, &program.stage),
+        };
+        run_parallel(runner, segments, default_threads())?;
         for (p, updates) in params.iter_mut().zip(updates) {
             p.state.step += 1;
             for (slot, v) in updates {

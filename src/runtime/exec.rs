@@ -1,0 +1,100 @@
+//! Running a stage over segments on every core: segments are cut into (segment, range) pieces
+//! of at least [`GRAIN`] elements, dealt into one batch per thread, and each batch is one
+//! kernel (or interpreter) call on rayon's persistent pool.
+
+use crate::interp::{run_eager, run_reference};
+use crate::program::Stage;
+use crate::segment::Segment;
+use crate::{Executor, Float, Kernel, Result};
+use rayon::prelude::*;
+
+/// Fewest elements worth a thread of their own.
+pub(crate) const GRAIN: usize = 1 << 15;
+
+/// What runs a batch of segments.
+#[derive(Clone, Copy)]
+pub(crate) enum Runner<'a> {
+    /// A compiled kernel.
+    Jit(&'a Kernel),
+    /// The reference interpreter or the eager evaluator, on this stage.
+    Interp(Executor, &'a Stage),
+}
+
+impl Runner<'_> {
+    fn run<T: Float>(self, segments: &mut [Segment<'_, T>]) -> Result<()> {
+        match self {
+            Runner::Jit(kernel) => kernel.run(segments),
+            Runner::Interp(Executor::Eager, stage) => run_eager(stage, segments),
+            Runner::Interp(_, stage) => run_reference(stage, segments),
+        }
+    }
+}
+
+/// Runs `segments` with `runner`, split over at most `threads` threads.
+///
+/// Every segment is validated by the runner before it touches memory; since all batches are
+/// built from already checked buffers, a batch failing while another succeeds would be an
+/// optjit bug, not a user error.
+pub(crate) fn run_parallel<T: Float>(
+    runner: Runner<'_>,
+    segments: Vec<Segment<'_, T>>,
+    threads: usize,
+) -> Result<()> {
+    let total: usize = segments.iter().map(Segment::len).sum();
+    let threads = threads.min(total / GRAIN).max(1);
+    if threads == 1 {
+        let mut segments = segments;
+        return runner.run(&mut segments);
+    }
+    let per_batch = total.div_ceil(threads);
+    let mut batches: Vec<Vec<Segment<'_, T>>> = vec![Vec::new()];
+    let mut room = per_batch;
+    for mut seg in segments {
+        while seg.len() > room {
+            // Cut on a 64-byte boundary so that every piece keeps the buffers' alignment.
+            let block = crate::runtime::store::align_elems::<T>();
+            let cut = room / block * block;
+            if cut > 0 {
+                let (head, tail) = split_segment(seg, cut);
+                batches.last_mut().expect("one batch exists").push(head);
+                seg = tail;
+            }
+            batches.push(Vec::new());
+            room = per_batch;
+        }
+        room -= seg.len();
+        batches.last_mut().expect("one batch exists").push(seg);
+    }
+    batches
+        .into_par_iter()
+        .map(|mut batch| runner.run(&mut batch))
+        .collect::<Result<Vec<()>>>()?;
+    Ok(())
+}
+
+/// `seg` as its first `k` elements and the rest.
+fn split_segment<'a, T>(seg: Segment<'a, T>, k: usize) -> (Segment<'a, T>, Segment<'a, T>) {
+    let (p0, p1) = seg.param.split_at_mut(k);
+    let (g0, g1) = seg.grad.split_at(k);
+    let (s0, s1): (Vec<&mut [T]>, Vec<&mut [T]>) =
+        seg.state.into_iter().map(|s| s.split_at_mut(k)).unzip();
+    (
+        Segment {
+            param: p0,
+            grad: g0,
+            state: s0,
+            scalars: seg.scalars,
+        },
+        Segment {
+            param: p1,
+            grad: g1,
+            state: s1,
+            scalars: seg.scalars,
+        },
+    )
+}
+
+/// The number of threads to use by default: rayon's pool size.
+pub(crate) fn default_threads() -> usize {
+    rayon::current_num_threads()
+}

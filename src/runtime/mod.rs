@@ -1,0 +1,601 @@
+//! The optimizer runtime, with `torch.optim`'s semantics: parameter groups with per-group
+//! hyperparameters, per-parameter state created at a parameter's first update, parameters
+//! without a gradient skipped, `zero_grad`, `step`, step with a closure, hooks, and
+//! `state_dict` / `load_state_dict`.
+//!
+//! The optimizer owns its parameters and gradients in flat, aligned buffers per
+//! (group, dtype); a typed [`Param`] handle gives a slice or ndarray view of each. One step
+//! is one kernel call per (group, dtype) over the list of parameters that have a gradient,
+//! split across threads. For buffers the caller owns, use [`crate::Stepper`].
+
+mod exec;
+mod state_dict;
+mod step;
+pub(crate) mod store;
+
+pub(crate) use exec::{default_threads, run_parallel, Runner};
+pub use state_dict::{LoadReport, StateDict, StateEntry, TensorData};
+
+use crate::ir::SlotKind;
+use crate::{passes, DType, Error, Executor, Float, Graph, Jit, Kernel, Program, Result};
+use ndarray::{ArrayBase, ArrayViewD, ArrayViewMutD, Data, Dimension, IxDyn};
+use std::any::Any;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use store::{round_up, AlignedBuf};
+
+/// A typed handle to a parameter of one [`Optimizer`].
+pub struct Param<T> {
+    optimizer: u64,
+    index: usize,
+    _dtype: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for Param<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Param<T> {}
+impl<T> std::fmt::Debug for Param<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Param(#{})", self.index)
+    }
+}
+impl<T> PartialEq for Param<T> {
+    fn eq(&self, other: &Self) -> bool {
+        (self.optimizer, self.index) == (other.optimizer, other.index)
+    }
+}
+impl<T> Eq for Param<T> {}
+
+impl<T> Param<T> {
+    /// The parameter's position in the optimizer, in the order parameters were added.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+}
+
+/// What the optimizer knows of a parameter.
+#[derive(Clone, Debug)]
+pub struct ParamInfo {
+    /// Unique name (the key of `state_dict` matching).
+    pub name: String,
+    /// Its group.
+    pub group: usize,
+    /// Its dtype.
+    pub dtype: DType,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    offset: usize,
+    len: usize,
+}
+
+/// A parameter's optimizer state, once it has been updated.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct StateInfo {
+    step: u64,
+    /// One per slot; meaningful for scalar slots only.
+    scalars: Vec<f64>,
+}
+
+/// The buffers of one (group, dtype).
+#[derive(Default)]
+pub(crate) struct FlatStore<T> {
+    params: AlignedBuf<T>,
+    grads: AlignedBuf<T>,
+    /// One per element slot, allocated at the store's first step.
+    slots: Vec<AlignedBuf<T>>,
+    /// Elements in use, padding included.
+    len: usize,
+}
+
+/// A parameter group: hyperparameter values and its stores.
+pub(crate) struct Group {
+    hypers: Vec<f64>,
+    params: Vec<usize>,
+    f32: FlatStore<f32>,
+    f64: FlatStore<f64>,
+}
+
+impl Group {
+    fn store<T: Float>(&self) -> &FlatStore<T> {
+        let any: &dyn Any = match T::DTYPE {
+            DType::F32 => &self.f32,
+            DType::F64 => &self.f64,
+        };
+        any.downcast_ref().expect("T::DTYPE names T's store")
+    }
+
+    fn store_mut<T: Float>(&mut self) -> &mut FlatStore<T> {
+        let any: &mut dyn Any = match T::DTYPE {
+            DType::F32 => &mut self.f32,
+            DType::F64 => &mut self.f64,
+        };
+        any.downcast_mut().expect("T::DTYPE names T's store")
+    }
+}
+
+type Hook = Box<dyn FnMut(&mut Optimizer) + Send>;
+
+/// Identifies a registered hook, for [`Optimizer::remove_hook`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HookId(u64);
+
+/// An optimizer with PyTorch's semantics over parameters it stores.
+///
+/// ```
+/// use optjit::{optim::Adam, Optimizer};
+/// use ndarray::array;
+///
+/// let mut opt = Optimizer::new(&Adam { lr: 0.1, ..Adam::default() }.graph()?)?;
+/// let group = opt.add_param_group(&[])?;
+/// let w = opt.add_param(group, "w", &array![[1.0f32, 2.0], [3.0, 4.0]])?;
+/// opt.set_grad(&w, &[1.0, 1.0, -1.0, 0.0])?;
+/// opt.step()?;
+/// assert_eq!(opt.param(&w)?, &[0.9, 1.9, 3.1, 4.0]);
+/// opt.zero_grad(); // set to none: the next step skips `w`
+/// opt.step()?;
+/// assert_eq!(opt.param(&w)?, &[0.9, 1.9, 3.1, 4.0]);
+/// # Ok::<(), optjit::Error>(())
+/// ```
+pub struct Optimizer {
+    id: u64,
+    program: Arc<Program>,
+    executor: Executor,
+    jit: Option<Jit>,
+    kernels: [OnceLock<Kernel>; 2],
+    threads: usize,
+    params: Vec<ParamInfo>,
+    has_grad: Vec<bool>,
+    state: Vec<Option<StateInfo>>,
+    groups: Vec<Group>,
+    pre_hooks: Vec<(HookId, Hook)>,
+    post_hooks: Vec<(HookId, Hook)>,
+    next_hook: u64,
+}
+
+static NEXT_OPTIMIZER: AtomicU64 = AtomicU64::new(1);
+
+impl Optimizer {
+    /// An optimizer running `graph` (compiled now; machine code at the first step of each
+    /// dtype), with no parameter groups yet.
+    pub fn new(graph: &Graph) -> Result<Optimizer> {
+        Ok(Optimizer {
+            id: NEXT_OPTIMIZER.fetch_add(1, Ordering::Relaxed),
+            program: Arc::new(passes::compile(graph)?),
+            executor: Executor::Jit,
+            jit: None,
+            kernels: Default::default(),
+            threads: default_threads(),
+            params: Vec::new(),
+            has_grad: Vec::new(),
+            state: Vec::new(),
+            groups: Vec::new(),
+            pre_hooks: Vec::new(),
+            post_hooks: Vec::new(),
+            next_hook: 0,
+        })
+    }
+
+    /// Runs steps with `executor` instead of the JIT.
+    pub fn with_executor(mut self, executor: Executor) -> Optimizer {
+        self.executor = executor;
+        self
+    }
+
+    /// Compiles with `jit` (and its cache) instead of the process-wide one.
+    pub fn with_jit(mut self, jit: Jit) -> Optimizer {
+        self.jit = Some(jit);
+        self.kernels = Default::default();
+        self
+    }
+
+    /// Uses at most `threads` threads per step (default: all of rayon's pool).
+    pub fn with_threads(mut self, threads: usize) -> Optimizer {
+        self.threads = threads.max(1);
+        self
+    }
+
+    /// The compiled program.
+    pub fn program(&self) -> &Program {
+        &self.program
+    }
+
+    /// Adds a parameter group whose hyperparameters are the definition's defaults, except
+    /// those in `overrides`; returns its index.
+    pub fn add_param_group(&mut self, overrides: &[(&str, f64)]) -> Result<usize> {
+        let mut hypers: Vec<f64> = self.program.hypers.iter().map(|h| h.default).collect();
+        for &(name, value) in overrides {
+            hypers[self.hyper_index(name)?] = value;
+        }
+        self.groups.push(Group {
+            hypers,
+            params: Vec::new(),
+            f32: FlatStore::default(),
+            f64: FlatStore::default(),
+        });
+        Ok(self.groups.len() - 1)
+    }
+
+    /// Adds a parameter to `group`, copying `values` into the optimizer's flat storage.
+    ///
+    /// Fails on an unknown group or a name already used.
+    pub fn add_param<T: Float, S: Data<Elem = T>, D: Dimension>(
+        &mut self,
+        group: usize,
+        name: &str,
+        values: &ArrayBase<S, D>,
+    ) -> Result<Param<T>> {
+        self.check_group(group)?;
+        if self.params.iter().any(|p| p.name == name) {
+            return Err(Error::DuplicateParam {
+                name: name.to_string(),
+            });
+        }
+        let len = values.len();
+        let store = self.groups[group].store_mut::<T>();
+        let offset = store.len;
+        store.len = offset + round_up::<T>(len);
+        store.params.resize(store.len, T::ZERO);
+        store.grads.resize(store.len, T::ZERO);
+        for slot in &mut store.slots {
+            slot.resize(store.len, T::ZERO);
+        }
+        for (dst, src) in store.params.as_mut_slice()[offset..offset + len]
+            .iter_mut()
+            .zip(values.iter())
+        {
+            *dst = *src;
+        }
+        let index = self.params.len();
+        self.params.push(ParamInfo {
+            name: name.to_string(),
+            group,
+            dtype: T::DTYPE,
+            shape: values.shape().to_vec(),
+            offset,
+            len,
+        });
+        self.has_grad.push(false);
+        self.state.push(None);
+        self.groups[group].params.push(index);
+        Ok(Param {
+            optimizer: self.id,
+            index,
+            _dtype: PhantomData,
+        })
+    }
+
+    fn check_group(&self, group: usize) -> Result<()> {
+        if group < self.groups.len() {
+            Ok(())
+        } else {
+            Err(Error::UnknownGroup {
+                index: group,
+                count: self.groups.len(),
+            })
+        }
+    }
+
+    fn hyper_index(&self, name: &str) -> Result<usize> {
+        self.program
+            .hyper_index(name)
+            .ok_or_else(|| Error::UnknownHyper {
+                name: name.to_string(),
+            })
+    }
+
+    /// Number of parameter groups.
+    pub fn num_groups(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// The parameters of `group`, in the order they were added.
+    pub fn group_params(&self, group: usize) -> Result<Vec<&ParamInfo>> {
+        self.check_group(group)?;
+        Ok(self.groups[group]
+            .params
+            .iter()
+            .map(|&i| &self.params[i])
+            .collect())
+    }
+
+    /// Every parameter, in the order they were added.
+    pub fn params_info(&self) -> &[ParamInfo] {
+        &self.params
+    }
+
+    /// The value of hyperparameter `name` in `group`.
+    pub fn hyper(&self, group: usize, name: &str) -> Result<f64> {
+        self.check_group(group)?;
+        Ok(self.groups[group].hypers[self.hyper_index(name)?])
+    }
+
+    /// Sets hyperparameter `name` of `group` for the following steps (never recompiles).
+    pub fn set_hyper(&mut self, group: usize, name: &str, value: f64) -> Result<()> {
+        self.check_group(group)?;
+        let n = self.hyper_index(name)?;
+        self.groups[group].hypers[n] = value;
+        Ok(())
+    }
+
+    /// Sets hyperparameter `name` in every group.
+    pub fn set_hyper_all(&mut self, name: &str, value: f64) -> Result<()> {
+        let n = self.hyper_index(name)?;
+        for g in &mut self.groups {
+            g.hypers[n] = value;
+        }
+        Ok(())
+    }
+
+    fn info<T: Float>(&self, handle: &Param<T>) -> Result<&ParamInfo> {
+        match self.params.get(handle.index) {
+            Some(info) if handle.optimizer == self.id && info.dtype == T::DTYPE => Ok(info),
+            _ => Err(Error::UnknownParam {
+                what: format!("{handle:?} (from another optimizer)"),
+            }),
+        }
+    }
+
+    /// The parameter's values.
+    pub fn param<T: Float>(&self, handle: &Param<T>) -> Result<&[T]> {
+        let info = self.info(handle)?;
+        let store = self.groups[info.group].store::<T>();
+        Ok(&store.params.as_slice()[info.offset..info.offset + info.len])
+    }
+
+    /// The parameter's values, writable (e.g. to initialise them).
+    pub fn param_mut<T: Float>(&mut self, handle: &Param<T>) -> Result<&mut [T]> {
+        let info = self.info(handle)?.clone();
+        let store = self.groups[info.group].store_mut::<T>();
+        Ok(&mut store.params.as_mut_slice()[info.offset..info.offset + info.len])
+    }
+
+    /// The parameter as an ndarray view of its shape.
+    pub fn param_view<T: Float>(&self, handle: &Param<T>) -> Result<ArrayViewD<'_, T>> {
+        let shape = IxDyn(&self.info(handle)?.shape);
+        Ok(ArrayViewD::from_shape(shape, self.param(handle)?).expect("length matches shape"))
+    }
+
+    /// The gradient, or `None` when the parameter has none (it will be skipped by `step`).
+    pub fn grad<T: Float>(&self, handle: &Param<T>) -> Result<Option<&[T]>> {
+        let info = self.info(handle)?;
+        if !self.has_grad[handle.index] {
+            return Ok(None);
+        }
+        let store = self.groups[info.group].store::<T>();
+        Ok(Some(
+            &store.grads.as_slice()[info.offset..info.offset + info.len],
+        ))
+    }
+
+    /// The gradient for writing or accumulating into; a parameter without a gradient gets a
+    /// zero one first, as PyTorch's autograd creates it.
+    pub fn grad_mut<T: Float>(&mut self, handle: &Param<T>) -> Result<&mut [T]> {
+        let info = self.info(handle)?.clone();
+        let had = std::mem::replace(&mut self.has_grad[handle.index], true);
+        let grad = &mut self.groups[info.group]
+            .store_mut::<T>()
+            .grads
+            .as_mut_slice()[info.offset..info.offset + info.len];
+        if !had {
+            grad.fill(T::ZERO);
+        }
+        Ok(grad)
+    }
+
+    /// The gradient as a writable ndarray view of the parameter's shape (see
+    /// [`Optimizer::grad_mut`]).
+    pub fn grad_view_mut<T: Float>(&mut self, handle: &Param<T>) -> Result<ArrayViewMutD<'_, T>> {
+        let shape = IxDyn(&self.info(handle)?.shape.clone());
+        Ok(ArrayViewMutD::from_shape(shape, self.grad_mut(handle)?).expect("length matches shape"))
+    }
+
+    /// Sets the gradient to `grad` (same length as the parameter).
+    pub fn set_grad<T: Float>(&mut self, handle: &Param<T>, grad: &[T]) -> Result<()> {
+        let info = self.info(handle)?;
+        if grad.len() != info.len {
+            return Err(Error::LengthMismatch {
+                what: format!("grad of `{}`", info.name),
+                expected: info.len,
+                actual: grad.len(),
+            });
+        }
+        self.grad_mut(handle)?.copy_from_slice(grad);
+        Ok(())
+    }
+
+    /// Read access to every parameter of dtype `T` and write access to every gradient at the
+    /// same time, for a forward and backward pass.
+    pub fn split<T: Float>(&mut self) -> (Params<'_, T>, Grads<'_, T>) {
+        let mut params = Vec::with_capacity(self.groups.len());
+        let mut grads = Vec::with_capacity(self.groups.len());
+        for g in &mut self.groups {
+            let store = g.store_mut::<T>();
+            params.push(store.params.as_slice());
+            grads.push(store.grads.as_mut_slice());
+        }
+        let info = &self.params;
+        let id = self.id;
+        (
+            Params { id, info, params },
+            Grads {
+                id,
+                info,
+                has_grad: &mut self.has_grad,
+                grads,
+            },
+        )
+    }
+
+    /// Clears every gradient, setting it to none (PyTorch's default): parameters get no
+    /// update until a gradient is written again.
+    pub fn zero_grad(&mut self) {
+        self.has_grad.fill(false);
+    }
+
+    /// Like `zero_grad`; with `set_to_none = false`, existing gradients are set to zero
+    /// instead (parameters without one stay without one).
+    pub fn zero_grad_with(&mut self, set_to_none: bool) {
+        if set_to_none {
+            return self.zero_grad();
+        }
+        for (info, &has) in self.params.iter().zip(&self.has_grad) {
+            if has {
+                let range = info.offset..info.offset + info.len;
+                match info.dtype {
+                    DType::F32 => self.groups[info.group].f32.grads.as_mut_slice()[range].fill(0.0),
+                    DType::F64 => self.groups[info.group].f64.grads.as_mut_slice()[range].fill(0.0),
+                }
+            }
+        }
+    }
+
+    /// Registers `hook` to run at the start of every `step`.
+    pub fn register_step_pre_hook(
+        &mut self,
+        hook: impl FnMut(&mut Optimizer) + Send + 'static,
+    ) -> HookId {
+        let id = HookId(self.next_hook);
+        self.next_hook += 1;
+        self.pre_hooks.push((id, Box::new(hook)));
+        id
+    }
+
+    /// Registers `hook` to run at the end of every successful `step`.
+    pub fn register_step_post_hook(
+        &mut self,
+        hook: impl FnMut(&mut Optimizer) + Send + 'static,
+    ) -> HookId {
+        let id = HookId(self.next_hook);
+        self.next_hook += 1;
+        self.post_hooks.push((id, Box::new(hook)));
+        id
+    }
+
+    /// Removes a hook; returns whether it was registered.
+    pub fn remove_hook(&mut self, id: HookId) -> bool {
+        let before = self.pre_hooks.len() + self.post_hooks.len();
+        self.pre_hooks.retain(|(h, _)| *h != id);
+        self.post_hooks.retain(|(h, _)| *h != id);
+        before != self.pre_hooks.len() + self.post_hooks.len()
+    }
+
+    /// The number of updates the parameter has received (0 before its first).
+    pub fn param_step<T: Float>(&self, handle: &Param<T>) -> Result<u64> {
+        self.info(handle)?;
+        Ok(self.state[handle.index].as_ref().map_or(0, |s| s.step))
+    }
+
+    /// The parameter's state slot `name` (a view of its buffer), or `None` before its first
+    /// update.
+    pub fn state_buffer<T: Float>(&self, handle: &Param<T>, name: &str) -> Result<Option<&[T]>> {
+        let info = self.info(handle)?;
+        let slot = self.element_slot(name)?;
+        if self.state[handle.index].is_none() {
+            return Ok(None);
+        }
+        let store = self.groups[info.group].store::<T>();
+        Ok(Some(
+            &store.slots[slot].as_slice()[info.offset..info.offset + info.len],
+        ))
+    }
+
+    /// Position among the element slots (the store's slot buffers) of slot `name`.
+    fn element_slot(&self, name: &str) -> Result<usize> {
+        let p = &self.program;
+        p.element_slots()
+            .position(|s| p.slots[s].name == name)
+            .ok_or_else(|| Error::UnknownSlot {
+                name: name.to_string(),
+            })
+    }
+
+    fn kernel(&self, dtype: DType) -> Result<Kernel> {
+        let cell = &self.kernels[usize::from(dtype == DType::F64)];
+        if let Some(k) = cell.get() {
+            return Ok(k.clone());
+        }
+        let jit = match &self.jit {
+            Some(jit) => jit.clone(),
+            None => Jit::global()?,
+        };
+        let kernel = jit.compile(&self.program, dtype)?;
+        Ok(cell.get_or_init(|| kernel).clone())
+    }
+
+    fn slot_inits(&self) -> Vec<f64> {
+        self.program.slots.iter().map(|s| s.init).collect()
+    }
+
+    fn element_slot_inits(&self) -> Vec<f64> {
+        let p = &self.program;
+        p.element_slots().map(|s| p.slots[s].init).collect()
+    }
+
+    fn is_scalar_slot(&self, n: usize) -> bool {
+        self.program.slots[n].kind == SlotKind::Scalar
+    }
+}
+
+/// Read access to every parameter of one dtype (see [`Optimizer::split`]).
+pub struct Params<'a, T> {
+    id: u64,
+    info: &'a [ParamInfo],
+    params: Vec<&'a [T]>,
+}
+
+impl<'a, T: Float> Params<'a, T> {
+    /// The parameter's values.
+    pub fn get(&self, handle: &Param<T>) -> Result<&'a [T]> {
+        let info = lookup(self.id, self.info, handle)?;
+        Ok(&self.params[info.group][info.offset..info.offset + info.len])
+    }
+
+    /// The parameter as an ndarray view of its shape.
+    pub fn view(&self, handle: &Param<T>) -> Result<ArrayViewD<'a, T>> {
+        let shape = IxDyn(&lookup(self.id, self.info, handle)?.shape);
+        Ok(ArrayViewD::from_shape(shape, self.get(handle)?).expect("length matches shape"))
+    }
+}
+
+/// Write access to every gradient of one dtype (see [`Optimizer::split`]).
+pub struct Grads<'a, T> {
+    id: u64,
+    info: &'a [ParamInfo],
+    has_grad: &'a mut [bool],
+    grads: Vec<&'a mut [T]>,
+}
+
+impl<T: Float> Grads<'_, T> {
+    /// The gradient for writing or accumulating into (zero if the parameter had none).
+    pub fn get_mut(&mut self, handle: &Param<T>) -> Result<&mut [T]> {
+        let info = lookup(self.id, self.info, handle)?;
+        let grad = &mut self.grads[info.group][info.offset..info.offset + info.len];
+        if !std::mem::replace(&mut self.has_grad[handle.index], true) {
+            grad.fill(T::ZERO);
+        }
+        Ok(grad)
+    }
+
+    /// The gradient as a writable ndarray view of the parameter's shape.
+    pub fn view_mut(&mut self, handle: &Param<T>) -> Result<ArrayViewMutD<'_, T>> {
+        let shape = IxDyn(&lookup(self.id, self.info, handle)?.shape.clone());
+        Ok(ArrayViewMutD::from_shape(shape, self.get_mut(handle)?).expect("length matches shape"))
+    }
+}
+
+fn lookup<'a, T: Float>(
+    id: u64,
+    info: &'a [ParamInfo],
+    handle: &Param<T>,
+) -> Result<&'a ParamInfo> {
+    match info.get(handle.index) {
+        Some(i) if handle.optimizer == id && i.dtype == T::DTYPE => Ok(i),
+        _ => Err(Error::UnknownParam {
+            what: format!("{handle:?} (from another optimizer)"),
+        }),
+    }
+}

@@ -1,0 +1,549 @@
+//! `state_dict` / `load_state_dict`: PyTorch's content (per-parameter state with its step,
+//! groups with every hyperparameter and their parameter indices) plus parameter names, saved
+//! as one safetensors file: tensors `state.<index>.<slot>` and the rest as JSON in the
+//! file's metadata under `optjit`.
+
+use super::{Optimizer, StateInfo};
+use crate::ir::SlotKind;
+use crate::{DType, Error, Float, Result};
+use safetensors::tensor::{Dtype, TensorView};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+
+/// A tensor's values in its own dtype.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TensorData {
+    /// f32 values.
+    F32(Vec<f32>),
+    /// f64 values.
+    F64(Vec<f64>),
+}
+
+impl TensorData {
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        match self {
+            TensorData::F32(v) => v.len(),
+            TensorData::F64(v) => v.len(),
+        }
+    }
+
+    /// True when there are no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The values converted to `T` (round to nearest, as PyTorch's `.to(dtype)`).
+    pub fn to_vec<T: Float>(&self) -> Vec<T> {
+        match self {
+            TensorData::F32(v) => v.iter().map(|&x| T::from_f64(f64::from(x))).collect(),
+            TensorData::F64(v) => v.iter().map(|&x| T::from_f64(x)).collect(),
+        }
+    }
+
+    fn from_slice<T: Float>(v: &[T]) -> TensorData {
+        match T::DTYPE {
+            DType::F32 => TensorData::F32(v.iter().map(|x| x.to_f64() as f32).collect()),
+            DType::F64 => TensorData::F64(v.iter().map(|x| x.to_f64()).collect()),
+        }
+    }
+}
+
+/// One parameter's state.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StateEntry {
+    /// Updates received.
+    pub step: u64,
+    /// Per-element slots, with the parameter's shape.
+    pub tensors: BTreeMap<String, (Vec<usize>, TensorData)>,
+    /// Scalar slots.
+    pub scalars: BTreeMap<String, f64>,
+}
+
+/// One parameter group.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GroupEntry {
+    /// Every hyperparameter's value.
+    pub hypers: BTreeMap<String, f64>,
+    /// Indices of the group's parameters (PyTorch's numbering: groups in order, parameters in
+    /// group order).
+    pub params: Vec<usize>,
+    /// Their names, in the same order.
+    pub param_names: Vec<String>,
+}
+
+/// An optimizer's state, in PyTorch's layout.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StateDict {
+    /// Per-parameter state by index; parameters never updated have none.
+    pub state: BTreeMap<usize, StateEntry>,
+    /// The groups.
+    pub param_groups: Vec<GroupEntry>,
+}
+
+/// What a non-strict load did not load.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LoadReport {
+    /// Optimizer parameters and hyperparameters the state dict does not mention.
+    pub missing: Vec<String>,
+    /// State dict entries that match nothing in the optimizer.
+    pub unexpected: Vec<String>,
+    /// Entries that match but do not fit (wrong length, slot of the wrong kind...).
+    pub mismatched: Vec<String>,
+}
+
+impl LoadReport {
+    /// True when everything was loaded.
+    pub fn is_clean(&self) -> bool {
+        self.missing.is_empty() && self.unexpected.is_empty() && self.mismatched.is_empty()
+    }
+}
+
+/// The JSON part of a saved state dict.
+#[derive(Serialize, Deserialize)]
+struct Meta {
+    state: BTreeMap<String, MetaEntry>,
+    param_groups: Vec<GroupEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct MetaEntry {
+    step: u64,
+    #[serde(default)]
+    scalars: BTreeMap<String, f64>,
+}
+
+const META_KEY: &str = "optjit";
+
+fn invalid(reason: impl Into<String>) -> Error {
+    Error::InvalidStateDict {
+        reason: reason.into(),
+    }
+}
+
+impl StateDict {
+    /// Serializes to safetensors bytes (loadable by Python's `safetensors` package: tensors
+    /// `state.<index>.<slot>` with the parameters' shapes, JSON metadata under `optjit`).
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let meta = Meta {
+            state: self
+                .state
+                .iter()
+                .map(|(i, e)| {
+                    (
+                        i.to_string(),
+                        MetaEntry {
+                            step: e.step,
+                            scalars: e.scalars.clone(),
+                        },
+                    )
+                })
+                .collect(),
+            param_groups: self.param_groups.clone(),
+        };
+        let json = serde_json::to_string(&meta).map_err(|e| invalid(e.to_string()))?;
+        let mut bytes: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+        for (i, entry) in &self.state {
+            for (slot, (shape, data)) in &entry.tensors {
+                let (dtype, raw) = match data {
+                    TensorData::F32(v) => {
+                        (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+                    }
+                    TensorData::F64(v) => {
+                        (Dtype::F64, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+                    }
+                };
+                bytes.push((format!("state.{i}.{slot}"), dtype, shape.clone(), raw));
+            }
+        }
+        let views = bytes
+            .iter()
+            .map(|(name, dtype, shape, raw)| {
+                let view = TensorView::new(*dtype, shape.clone(), raw)
+                    .map_err(|e| invalid(e.to_string()))?;
+                Ok((name.clone(), view))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let metadata = HashMap::from([(META_KEY.to_string(), json)]);
+        safetensors::serialize(views, Some(metadata)).map_err(|e| invalid(e.to_string()))
+    }
+
+    /// Parses bytes written by [`StateDict::to_bytes`]; anything malformed is an
+    /// [`Error::InvalidStateDict`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<StateDict> {
+        let (_, header) =
+            safetensors::SafeTensors::read_metadata(bytes).map_err(|e| invalid(e.to_string()))?;
+        let json = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(META_KEY))
+            .ok_or_else(|| {
+                invalid(format!(
+                    "no `{META_KEY}` metadata: not an optjit state dict"
+                ))
+            })?;
+        let meta: Meta =
+            serde_json::from_str(json).map_err(|e| invalid(format!("metadata: {e}")))?;
+        let tensors =
+            safetensors::SafeTensors::deserialize(bytes).map_err(|e| invalid(e.to_string()))?;
+        let mut state: BTreeMap<usize, StateEntry> = BTreeMap::new();
+        for (key, entry) in meta.state {
+            let index: usize = key
+                .parse()
+                .map_err(|_| invalid(format!("state key `{key}` is not an index")))?;
+            state.insert(
+                index,
+                StateEntry {
+                    step: entry.step,
+                    tensors: BTreeMap::new(),
+                    scalars: entry.scalars,
+                },
+            );
+        }
+        for (name, view) in tensors.tensors() {
+            let rest = name
+                .strip_prefix("state.")
+                .ok_or_else(|| invalid(format!("unexpected tensor `{name}`")))?;
+            let (index, slot) = rest
+                .split_once('.')
+                .ok_or_else(|| invalid(format!("unexpected tensor `{name}`")))?;
+            let index: usize = index
+                .parse()
+                .map_err(|_| invalid(format!("unexpected tensor `{name}`")))?;
+            let entry = state
+                .get_mut(&index)
+                .ok_or_else(|| invalid(format!("tensor `{name}` belongs to no state entry")))?;
+            let raw = view.data();
+            let data = match view.dtype() {
+                Dtype::F32 => TensorData::F32(
+                    raw.chunks_exact(4)
+                        .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+                        .collect(),
+                ),
+                Dtype::F64 => TensorData::F64(
+                    raw.chunks_exact(8)
+                        .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
+                        .collect(),
+                ),
+                other => {
+                    return Err(invalid(format!(
+                        "tensor `{name}` has dtype {other:?}; optjit stores F32 and F64"
+                    )))
+                }
+            };
+            entry
+                .tensors
+                .insert(slot.to_string(), (view.shape().to_vec(), data));
+        }
+        Ok(StateDict {
+            state,
+            param_groups: meta.param_groups,
+        })
+    }
+
+    /// Writes [`StateDict::to_bytes`] to `path`.
+    pub fn save(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        let path = path.as_ref();
+        std::fs::write(path, self.to_bytes()?).map_err(|e| Error::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Reads a file written by [`StateDict::save`].
+    pub fn load(path: impl AsRef<std::path::Path>) -> Result<StateDict> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| Error::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        StateDict::from_bytes(&bytes)
+    }
+}
+
+/// A parameter's new state, ready to apply.
+struct Loaded {
+    param: usize,
+    state: StateInfo,
+    /// Per element slot (store order): the values in the parameter's dtype.
+    buffers: Vec<TensorData>,
+}
+
+impl Optimizer {
+    /// PyTorch's numbering of parameters: groups in order, parameters in group order.
+    fn torch_order(&self) -> Vec<usize> {
+        self.groups
+            .iter()
+            .flat_map(|g| g.params.iter().copied())
+            .collect()
+    }
+
+    /// The optimizer's state: per-parameter state (step, slots) and every group's
+    /// hyperparameters, with parameter names.
+    pub fn state_dict(&self) -> StateDict {
+        let order = self.torch_order();
+        let mut state = BTreeMap::new();
+        for (torch_index, &i) in order.iter().enumerate() {
+            let Some(info) = &self.state[i] else { continue };
+            let mut entry = StateEntry {
+                step: info.step,
+                tensors: BTreeMap::new(),
+                scalars: BTreeMap::new(),
+            };
+            let p = &self.params[i];
+            let mut element = 0;
+            for (n, slot) in self.program.slots.iter().enumerate() {
+                if slot.kind == SlotKind::Scalar {
+                    entry.scalars.insert(slot.name.clone(), info.scalars[n]);
+                    continue;
+                }
+                let range = p.offset..p.offset + p.len;
+                let data = match p.dtype {
+                    DType::F32 => TensorData::from_slice(
+                        &self.groups[p.group].f32.slots[element].as_slice()[range],
+                    ),
+                    DType::F64 => TensorData::from_slice(
+                        &self.groups[p.group].f64.slots[element].as_slice()[range],
+                    ),
+                };
+                entry
+                    .tensors
+                    .insert(slot.name.clone(), (p.shape.clone(), data));
+                element += 1;
+            }
+            state.insert(torch_index, entry);
+        }
+        let mut next = 0;
+        let param_groups = self
+            .groups
+            .iter()
+            .map(|g| {
+                let params: Vec<usize> = (next..next + g.params.len()).collect();
+                next += g.params.len();
+                GroupEntry {
+                    hypers: self
+                        .program
+                        .hypers
+                        .iter()
+                        .zip(&g.hypers)
+                        .map(|(h, &v)| (h.name.clone(), v))
+                        .collect(),
+                    params,
+                    param_names: g
+                        .params
+                        .iter()
+                        .map(|&i| self.params[i].name.clone())
+                        .collect(),
+                }
+            })
+            .collect();
+        StateDict {
+            state,
+            param_groups,
+        }
+    }
+
+    /// Loads `dict`, matching parameters by name when the dict has names, else by position.
+    ///
+    /// With `strict`, any missing, unexpected or mismatched entry is an error. Otherwise what
+    /// fits is loaded and the rest reported. Either way everything is checked before anything
+    /// changes: a failed load leaves the optimizer exactly as it was. State tensors are cast
+    /// to their parameter's dtype, as PyTorch does.
+    pub fn load_state_dict(&mut self, dict: &StateDict, strict: bool) -> Result<LoadReport> {
+        let mut report = LoadReport::default();
+        // Parameter matching: the dict's index -> our parameter.
+        let by_name = dict
+            .param_groups
+            .iter()
+            .all(|g| g.param_names.len() == g.params.len())
+            && dict.param_groups.iter().any(|g| !g.param_names.is_empty());
+        let mut target: HashMap<usize, usize> = HashMap::new();
+        let mut seen = vec![false; self.params.len()];
+        for (k, group) in dict.param_groups.iter().enumerate() {
+            if group.params.len() != group.param_names.len() && !group.param_names.is_empty() {
+                return Err(invalid(format!(
+                    "group {k} has {} params but {} names",
+                    group.params.len(),
+                    group.param_names.len()
+                )));
+            }
+            for (j, &index) in group.params.iter().enumerate() {
+                let ours = if by_name {
+                    self.params
+                        .iter()
+                        .position(|p| p.name == group.param_names[j])
+                } else {
+                    self.groups.get(k).and_then(|g| g.params.get(j)).copied()
+                };
+                match ours {
+                    Some(i) if !seen[i] => {
+                        seen[i] = true;
+                        if target.insert(index, i).is_some() {
+                            return Err(invalid(format!("parameter index {index} appears twice")));
+                        }
+                    }
+                    Some(i) => report
+                        .unexpected
+                        .push(format!("parameter `{}` listed twice", self.params[i].name)),
+                    None => report
+                        .unexpected
+                        .push(format!("parameter {}", describe(group, j))),
+                }
+            }
+        }
+        for (i, &s) in seen.iter().enumerate() {
+            if !s {
+                report
+                    .missing
+                    .push(format!("parameter `{}`", self.params[i].name));
+            }
+        }
+        // Hyperparameters, group by group.
+        let mut hypers: Vec<Vec<f64>> = self.groups.iter().map(|g| g.hypers.clone()).collect();
+        if dict.param_groups.len() != self.groups.len() {
+            report.mismatched.push(format!(
+                "the dict has {} parameter groups, the optimizer {}",
+                dict.param_groups.len(),
+                self.groups.len()
+            ));
+        }
+        for (k, (group, values)) in dict.param_groups.iter().zip(&mut hypers).enumerate() {
+            for (n, h) in self.program.hypers.iter().enumerate() {
+                match group.hypers.get(&h.name) {
+                    Some(&v) => values[n] = v,
+                    None => report
+                        .missing
+                        .push(format!("hyperparameter `{}` of group {k}", h.name)),
+                }
+            }
+            for name in group.hypers.keys() {
+                if self.program.hyper_index(name).is_none() {
+                    report
+                        .unexpected
+                        .push(format!("hyperparameter `{name}` of group {k}"));
+                }
+            }
+        }
+        // Per-parameter state.
+        let mut loaded = Vec::new();
+        for (&index, entry) in &dict.state {
+            match target.get(&index) {
+                Some(&i) => match self.check_entry(i, entry) {
+                    Ok(l) => loaded.push(l),
+                    Err(why) => report
+                        .mismatched
+                        .push(format!("state of `{}`: {why}", self.params[i].name)),
+                },
+                None => report
+                    .unexpected
+                    .push(format!("state of parameter index {index}")),
+            }
+        }
+        if strict && !report.is_clean() {
+            let mut all = report
+                .missing
+                .iter()
+                .map(|m| format!("missing {m}"))
+                .collect::<Vec<_>>();
+            all.extend(report.unexpected.iter().map(|m| format!("unexpected {m}")));
+            all.extend(report.mismatched.iter().cloned());
+            return Err(invalid(all.join("; ")));
+        }
+        // Everything checked: apply.
+        for (g, values) in self.groups.iter_mut().zip(hypers) {
+            g.hypers = values;
+        }
+        for (i, s) in seen.iter().enumerate() {
+            if *s {
+                self.state[i] = None;
+            }
+        }
+        for l in loaded {
+            self.apply_loaded(l);
+        }
+        Ok(report)
+    }
+
+    /// Checks one state entry against parameter `i` and converts it.
+    fn check_entry(&self, i: usize, entry: &StateEntry) -> std::result::Result<Loaded, String> {
+        let p = &self.params[i];
+        let mut scalars = self.slot_inits();
+        let mut buffers = Vec::new();
+        for (n, slot) in self.program.slots.iter().enumerate() {
+            if self.is_scalar_slot(n) {
+                scalars[n] = *entry
+                    .scalars
+                    .get(&slot.name)
+                    .ok_or_else(|| format!("no scalar `{}`", slot.name))?;
+                continue;
+            }
+            let (_, data) = entry
+                .tensors
+                .get(&slot.name)
+                .ok_or_else(|| format!("no tensor `{}`", slot.name))?;
+            if data.len() != p.len {
+                return Err(format!(
+                    "`{}` has {} values, the parameter {}",
+                    slot.name,
+                    data.len(),
+                    p.len
+                ));
+            }
+            buffers.push(match p.dtype {
+                DType::F32 => TensorData::F32(data.to_vec()),
+                DType::F64 => TensorData::F64(data.to_vec()),
+            });
+        }
+        let known = |name: &String| self.program.slots.iter().any(|s| &s.name == name);
+        if let Some(extra) = entry
+            .tensors
+            .keys()
+            .chain(entry.scalars.keys())
+            .find(|k| !known(k))
+        {
+            return Err(format!("unknown slot `{extra}`"));
+        }
+        Ok(Loaded {
+            param: i,
+            state: StateInfo {
+                step: entry.step,
+                scalars,
+            },
+            buffers,
+        })
+    }
+
+    fn apply_loaded(&mut self, l: Loaded) {
+        let p = self.params[l.param].clone();
+        let n_elem = self.element_slot_inits().len();
+        let range = p.offset..p.offset + p.len;
+        match p.dtype {
+            DType::F32 => write_buffers(&mut self.groups[p.group].f32, n_elem, range, &l.buffers),
+            DType::F64 => write_buffers(&mut self.groups[p.group].f64, n_elem, range, &l.buffers),
+        }
+        self.state[l.param] = Some(l.state);
+    }
+}
+
+fn write_buffers<T: Float>(
+    store: &mut super::FlatStore<T>,
+    n_elem: usize,
+    range: std::ops::Range<usize>,
+    buffers: &[TensorData],
+) {
+    if store.slots.len() != n_elem {
+        store.slots = (0..n_elem)
+            .map(|_| super::AlignedBuf::filled(store.len, T::ZERO))
+            .collect();
+    }
+    for (slot, data) in store.slots.iter_mut().zip(buffers) {
+        slot.as_mut_slice()[range.clone()].copy_from_slice(&data.to_vec::<T>());
+    }
+}
+
+fn describe(group: &GroupEntry, j: usize) -> String {
+    match group.param_names.get(j) {
+        Some(name) => format!("`{name}`"),
+        None => format!("index {}", group.params[j]),
+    }
+}

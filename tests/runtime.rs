@@ -1,0 +1,288 @@
+//! The optimizer runtime's PyTorch semantics: groups and per-group hyperparameters, lazy
+//! state, skipped parameters, zero_grad, closures, hooks, threads, and typed errors that
+//! change nothing.
+
+use ndarray::{array, Array1};
+use optjit::optim::{Adam, Sgd};
+use optjit::runtime::Param;
+use optjit::{Error, Executor, Jit, Optimizer, Stepper};
+use std::sync::{Arc, Mutex};
+
+fn sgd(lr: f64) -> Optimizer {
+    Optimizer::new(
+        &Sgd {
+            lr,
+            momentum: 0.5,
+            ..Sgd::default()
+        }
+        .graph()
+        .unwrap(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn groups_have_their_own_hyperparameters_and_changing_them_never_recompiles() {
+    let jit = Jit::new().unwrap();
+    let mut opt = sgd(0.1).with_jit(jit.clone());
+    let g0 = opt.add_param_group(&[]).unwrap();
+    let g1 = opt.add_param_group(&[("lr", 0.01)]).unwrap();
+    let a = opt.add_param(g0, "a", &array![1.0f32, 1.0]).unwrap();
+    let b = opt.add_param(g1, "b", &array![1.0f32, 1.0]).unwrap();
+    assert_eq!(opt.hyper(g0, "lr").unwrap(), 0.1);
+    assert_eq!(opt.hyper(g1, "lr").unwrap(), 0.01);
+    assert_eq!(opt.hyper(g1, "momentum").unwrap(), 0.5);
+    opt.set_grad(&a, &[1.0, 2.0]).unwrap();
+    opt.set_grad(&b, &[1.0, 2.0]).unwrap();
+    opt.step().unwrap();
+    assert_eq!(opt.param(&a).unwrap(), &[0.9, 0.8]);
+    assert_eq!(opt.param(&b).unwrap(), &[0.99, 0.98]);
+    opt.set_hyper(g1, "lr", 1.0).unwrap();
+    opt.set_hyper_all("momentum", 0.0).unwrap();
+    opt.step().unwrap();
+    // momentum 0: buffer = g; b moves by lr · g.
+    assert_eq!(opt.param(&b).unwrap(), &[0.99 - 1.0, 0.98 - 2.0]);
+    assert_eq!(jit.stats().compiles, 1);
+}
+
+#[test]
+fn parameters_without_grad_are_skipped_state_and_step_untouched() {
+    let mut opt = Optimizer::new(&Adam::default().graph().unwrap()).unwrap();
+    let g = opt.add_param_group(&[]).unwrap();
+    let a = opt.add_param(g, "a", &array![1.0f64, 2.0, 3.0]).unwrap();
+    let b = opt.add_param(g, "b", &array![[1.0f64], [2.0]]).unwrap();
+    opt.set_grad(&a, &[0.1, 0.2, 0.3]).unwrap();
+    opt.step().unwrap();
+    assert_eq!(opt.param_step(&a).unwrap(), 1);
+    assert_eq!(opt.param_step(&b).unwrap(), 0);
+    assert!(
+        opt.state_buffer(&b, "exp_avg").unwrap().is_none(),
+        "state is created lazily"
+    );
+    assert_eq!(opt.param(&b).unwrap(), &[1.0, 2.0]);
+    // Now b gets a grad and a does not (set to none).
+    opt.zero_grad();
+    opt.grad_mut(&b).unwrap()[1] = 1.0;
+    let a_before = opt.param(&a).unwrap().to_vec();
+    let m_before = opt.state_buffer(&a, "exp_avg").unwrap().unwrap().to_vec();
+    opt.step().unwrap();
+    assert_eq!(opt.param(&a).unwrap(), a_before.as_slice());
+    assert_eq!(
+        opt.state_buffer(&a, "exp_avg").unwrap().unwrap(),
+        m_before.as_slice()
+    );
+    assert_eq!(
+        (opt.param_step(&a).unwrap(), opt.param_step(&b).unwrap()),
+        (1, 1)
+    );
+    // The grad created by grad_mut started at zero: element 0 of b did not move.
+    assert_eq!(opt.param(&b).unwrap()[0], 1.0);
+    assert_ne!(opt.param(&b).unwrap()[1], 2.0);
+}
+
+#[test]
+fn zero_grad_sets_to_none_or_to_zero() {
+    let mut opt = sgd(0.1);
+    let g = opt.add_param_group(&[]).unwrap();
+    let a = opt.add_param(g, "a", &array![1.0f32]).unwrap();
+    let b = opt.add_param(g, "b", &array![1.0f32]).unwrap();
+    opt.set_grad(&a, &[3.0]).unwrap();
+    opt.zero_grad_with(false);
+    assert_eq!(opt.grad(&a).unwrap(), Some(&[0.0f32][..]));
+    assert_eq!(opt.grad(&b).unwrap(), None, "a missing grad stays missing");
+    opt.step().unwrap();
+    assert_eq!(
+        opt.param_step(&a).unwrap(),
+        1,
+        "a zero grad still counts as a grad"
+    );
+    assert_eq!(opt.param_step(&b).unwrap(), 0);
+    opt.zero_grad();
+    assert_eq!(opt.grad(&a).unwrap(), None);
+}
+
+#[test]
+fn closure_runs_once_before_the_step_and_hooks_run_around_it() {
+    let mut opt = sgd(0.5);
+    let g = opt.add_param_group(&[]).unwrap();
+    let w = opt.add_param(g, "w", &array![2.0f64]).unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (pre, post) = (log.clone(), log.clone());
+    let pre_id = opt.register_step_pre_hook(move |_| pre.lock().unwrap().push("pre"));
+    opt.register_step_post_hook(move |_| post.lock().unwrap().push("post"));
+    let closure_log = log.clone();
+    let loss = opt
+        .step_with_closure(|opt| {
+            closure_log.lock().unwrap().push("closure");
+            let x = opt.param(&w)?[0];
+            opt.set_grad(&w, &[2.0 * x])?; // d/dx x²
+            Ok(x * x)
+        })
+        .unwrap();
+    assert_eq!(loss, 4.0);
+    assert_eq!(opt.param(&w).unwrap(), &[0.0]);
+    assert_eq!(*log.lock().unwrap(), vec!["closure", "pre", "post"]);
+    assert!(opt.remove_hook(pre_id));
+    assert!(!opt.remove_hook(pre_id));
+    opt.step().unwrap();
+    assert_eq!(*log.lock().unwrap(), vec!["closure", "pre", "post", "post"]);
+}
+
+#[test]
+fn split_gives_params_and_grads_together() {
+    let mut opt = sgd(0.1);
+    let g = opt.add_param_group(&[]).unwrap();
+    let w = opt
+        .add_param(g, "w", &array![[1.0f32, 2.0], [3.0, 4.0]])
+        .unwrap();
+    let b = opt.add_param(g, "b", &array![0.5f32, 0.5]).unwrap();
+    {
+        let (params, mut grads) = opt.split::<f32>();
+        let wv = params.view(&w).unwrap();
+        assert_eq!(wv.shape(), &[2, 2]);
+        grads.view_mut(&w).unwrap().assign(&(&wv * 2.0));
+        grads
+            .get_mut(&b)
+            .unwrap()
+            .copy_from_slice(params.get(&b).unwrap());
+    }
+    assert_eq!(opt.grad(&w).unwrap().unwrap(), &[2.0, 4.0, 6.0, 8.0]);
+    assert_eq!(opt.grad(&b).unwrap().unwrap(), &[0.5, 0.5]);
+}
+
+#[test]
+fn bad_handles_names_and_lengths_are_typed_errors_and_change_nothing() {
+    let mut opt = sgd(0.1);
+    let mut other = sgd(0.1);
+    let g = opt.add_param_group(&[]).unwrap();
+    let og = other.add_param_group(&[]).unwrap();
+    let w = opt.add_param(g, "w", &array![1.0f32, 2.0]).unwrap();
+    let foreign: Param<f32> = other.add_param(og, "x", &array![1.0f32]).unwrap();
+    assert!(matches!(
+        opt.param(&foreign),
+        Err(Error::UnknownParam { .. })
+    ));
+    assert!(matches!(
+        opt.set_grad(&foreign, &[1.0]),
+        Err(Error::UnknownParam { .. })
+    ));
+    assert_eq!(
+        opt.add_param(g, "w", &array![1.0f32]).unwrap_err(),
+        Error::DuplicateParam { name: "w".into() }
+    );
+    assert_eq!(
+        opt.add_param(7, "z", &array![1.0f32]).unwrap_err(),
+        Error::UnknownGroup { index: 7, count: 1 }
+    );
+    assert!(matches!(
+        opt.add_param_group(&[("betas", 0.1)]),
+        Err(Error::UnknownHyper { .. })
+    ));
+    assert_eq!(opt.num_groups(), 1);
+    let err = opt.set_grad(&w, &[1.0, 2.0, 3.0]).unwrap_err();
+    assert!(matches!(
+        err,
+        Error::LengthMismatch {
+            expected: 2,
+            actual: 3,
+            ..
+        }
+    ));
+    assert_eq!(
+        opt.grad(&w).unwrap(),
+        None,
+        "a rejected grad is not half set"
+    );
+    assert!(matches!(
+        opt.set_hyper(0, "nope", 1.0),
+        Err(Error::UnknownHyper { .. })
+    ));
+    assert!(matches!(
+        opt.hyper(3, "lr"),
+        Err(Error::UnknownGroup { .. })
+    ));
+}
+
+/// One big parameter (several threads' worth of work) and many small ones: every executor,
+/// one thread and all threads, bit for bit.
+#[test]
+fn threads_and_executors_agree_bit_for_bit() {
+    let graph = Adam {
+        weight_decay: 0.01,
+        ..Adam::default()
+    }
+    .graph()
+    .unwrap();
+    let sizes = [200_000usize, 1, 3, 17, 40_000, 5];
+    let run = |executor: Executor, threads: usize| {
+        let mut opt = Optimizer::new(&graph)
+            .unwrap()
+            .with_executor(executor)
+            .with_threads(threads);
+        let g = opt.add_param_group(&[]).unwrap();
+        let handles: Vec<Param<f32>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(k, &n)| {
+                let values = Array1::from_shape_fn(n, |i| ((i * 7 + k) % 13) as f32 - 6.0);
+                opt.add_param(g, &format!("p{k}"), &values).unwrap()
+            })
+            .collect();
+        for step in 0..3 {
+            for (k, h) in handles.iter().enumerate() {
+                if step == 1 && k == 2 {
+                    continue;
+                }
+                let grad: Vec<f32> = (0..sizes[k])
+                    .map(|i| ((i * 3 + step) % 11) as f32 * 0.1 - 0.5)
+                    .collect();
+                opt.set_grad(h, &grad).unwrap();
+            }
+            opt.step().unwrap();
+            opt.zero_grad();
+        }
+        handles
+            .iter()
+            .map(|h| opt.param(h).unwrap().to_vec())
+            .collect::<Vec<_>>()
+    };
+    let reference = run(Executor::Reference, 1);
+    for (executor, threads) in [
+        (Executor::Jit, 1),
+        (Executor::Jit, 2),
+        (Executor::Jit, 3),
+        (Executor::Eager, 2),
+    ] {
+        let got = run(executor, threads);
+        for (k, (r, g)) in reference.iter().zip(&got).enumerate() {
+            let same = r.iter().zip(g).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "{executor:?} with {threads} threads differs on parameter {k}"
+            );
+        }
+    }
+}
+
+/// The Stepper (caller-owned buffers) and the Optimizer (owned buffers) compute the same.
+#[test]
+fn stepper_and_optimizer_agree() {
+    let graph = Adam::default().graph().unwrap();
+    let stepper = Stepper::new(&graph).unwrap();
+    let mut param = vec![0.5f64, -0.25, 3.0];
+    let mut state = stepper.init_state(3);
+    let mut opt = Optimizer::new(&graph).unwrap();
+    let g = opt.add_param_group(&[]).unwrap();
+    let h = opt.add_param(g, "p", &Array1::from(param.clone())).unwrap();
+    for k in 0..4 {
+        let grad = [0.1 * k as f64, -1.0, 2.5];
+        stepper.step(&mut param, &grad, &mut state).unwrap();
+        opt.set_grad(&h, &grad).unwrap();
+        opt.step().unwrap();
+    }
+    assert_eq!(opt.param(&h).unwrap(), param.as_slice());
+    assert_eq!(
+        opt.state_buffer(&h, "exp_avg_sq").unwrap().unwrap(),
+        state.buffer(1).unwrap()
+    );
+}

@@ -1,0 +1,345 @@
+//! state_dict / load_state_dict: a resumed run is bit-identical to an uninterrupted one;
+//! malformed or mismatched dicts are typed errors that leave the optimizer as it was.
+
+use ndarray::{array, Array1};
+use optjit::optim::{Adam, AdamW, Sgd};
+use optjit::runtime::{Param, StateDict, TensorData};
+use optjit::{Error, Optimizer};
+
+/// Two groups, f32 and f64 parameters; returns the optimizer and its handles.
+fn model(values32: &[Vec<f32>], values64: &[f64]) -> (Optimizer, Vec<Param<f32>>, Param<f64>) {
+    let graph = Adam {
+        amsgrad: true,
+        weight_decay: 1e-3,
+        ..Adam::default()
+    }
+    .graph()
+    .unwrap();
+    let mut opt = Optimizer::new(&graph).unwrap();
+    let g0 = opt.add_param_group(&[("lr", 0.01)]).unwrap();
+    let g1 = opt.add_param_group(&[("lr", 0.003), ("b1", 0.8)]).unwrap();
+    let a = opt
+        .add_param(g0, "a", &Array1::from(values32[0].clone()))
+        .unwrap();
+    let c = opt
+        .add_param(g1, "c", &Array1::from(values64.to_vec()))
+        .unwrap();
+    let b = opt
+        .add_param(
+            g1,
+            "b",
+            &Array1::from(values32[1].clone())
+                .into_shape_with_order((2, 3))
+                .unwrap(),
+        )
+        .unwrap();
+    (opt, vec![a, b], c)
+}
+
+fn grads(step: usize) -> (Vec<Vec<f32>>, Vec<f64>) {
+    let f = |i: usize| ((i * 7 + step * 3) % 11) as f64 * 0.1 - 0.45;
+    (
+        vec![
+            (0..4).map(|i| f(i) as f32).collect(),
+            (0..6).map(|i| f(i + 4) as f32).collect(),
+        ],
+        (0..3).map(|i| f(i + 10)).collect(),
+    )
+}
+
+fn run_steps(
+    opt: &mut Optimizer,
+    h32: &[Param<f32>],
+    h64: &Param<f64>,
+    steps: std::ops::Range<usize>,
+) {
+    for step in steps {
+        let (g32, g64) = grads(step);
+        opt.zero_grad();
+        for (k, (h, g)) in h32.iter().zip(&g32).enumerate() {
+            // Parameter b has no gradient at step 2: skipped.
+            if !(step == 2 && k == 1) {
+                opt.set_grad(h, g).unwrap();
+            }
+        }
+        opt.set_grad(h64, &g64).unwrap();
+        if step == 4 {
+            opt.set_hyper(1, "lr", 0.005).unwrap();
+        }
+        opt.step().unwrap();
+    }
+}
+
+fn snapshot(
+    opt: &Optimizer,
+    h32: &[Param<f32>],
+    h64: &Param<f64>,
+) -> (Vec<Vec<u32>>, Vec<u64>, StateDict) {
+    (
+        h32.iter()
+            .map(|h| opt.param(h).unwrap().iter().map(|x| x.to_bits()).collect())
+            .collect(),
+        opt.param(h64)
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits())
+            .collect(),
+        opt.state_dict(),
+    )
+}
+
+const INIT32: [[f32; 6]; 2] = [
+    [0.5, -1.0, 2.0, 0.0, 0.0, 0.0],
+    [1.0, 2.0, 3.0, -4.0, 0.25, -0.125],
+];
+const INIT64: [f64; 3] = [0.1, -0.2, 0.3];
+
+fn init32() -> Vec<Vec<f32>> {
+    vec![INIT32[0][..4].to_vec(), INIT32[1].to_vec()]
+}
+
+#[test]
+fn a_resumed_run_is_bit_identical_to_an_uninterrupted_one() {
+    let (mut straight, s32, s64) = model(&init32(), &INIT64);
+    run_steps(&mut straight, &s32, &s64, 0..7);
+
+    let (mut first, f32h, f64h) = model(&init32(), &INIT64);
+    run_steps(&mut first, &f32h, &f64h, 0..4);
+    let path =
+        std::env::temp_dir().join(format!("optjit-resume-{}.safetensors", std::process::id()));
+    first.state_dict().save(&path).unwrap();
+    // The model's weights travel separately, as in PyTorch.
+    let weights32: Vec<Vec<f32>> = f32h
+        .iter()
+        .map(|h| first.param(h).unwrap().to_vec())
+        .collect();
+    let weights64 = first.param(&f64h).unwrap().to_vec();
+    drop(first);
+
+    let (mut resumed, r32, r64) = model(&weights32, &weights64);
+    let report = resumed
+        .load_state_dict(&StateDict::load(&path).unwrap(), true)
+        .unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert!(report.is_clean());
+    assert_eq!(resumed.hyper(1, "b1").unwrap(), 0.8);
+    run_steps(&mut resumed, &r32, &r64, 4..7);
+
+    assert_eq!(
+        snapshot(&resumed, &r32, &r64),
+        snapshot(&straight, &s32, &s64)
+    );
+    assert_eq!(
+        resumed.param_step(&r32[1]).unwrap(),
+        6,
+        "b skipped one step"
+    );
+}
+
+#[test]
+fn state_dict_has_pytorch_content_and_round_trips_through_bytes() {
+    let (mut opt, h32, h64) = model(&init32(), &INIT64);
+    run_steps(&mut opt, &h32, &h64, 0..2);
+    let dict = opt.state_dict();
+    // PyTorch numbering: group 0's params, then group 1's in group order (c, b).
+    assert_eq!(dict.param_groups[0].params, vec![0]);
+    assert_eq!(dict.param_groups[1].params, vec![1, 2]);
+    assert_eq!(dict.param_groups[1].param_names, vec!["c", "b"]);
+    assert_eq!(dict.param_groups[1].hypers["lr"], 0.003);
+    assert_eq!(dict.state[&2].step, 2);
+    let (shape, data) = &dict.state[&2].tensors["max_exp_avg_sq"];
+    assert_eq!(shape, &vec![2, 3]);
+    assert!(matches!(data, TensorData::F32(v) if v.len() == 6));
+    assert!(matches!(
+        &dict.state[&1].tensors["exp_avg"].1,
+        TensorData::F64(_)
+    ));
+    let bytes = dict.to_bytes().unwrap();
+    assert_eq!(StateDict::from_bytes(&bytes).unwrap(), dict);
+}
+
+/// Asserts that a failed load left `opt` exactly as it was.
+fn assert_unchanged(opt: &mut Optimizer, bad: &StateDict, h32: &[Param<f32>]) -> Error {
+    let before = (opt.state_dict(), opt.param(&h32[0]).unwrap().to_vec());
+    let err = opt.load_state_dict(bad, true).unwrap_err();
+    assert_eq!(
+        (opt.state_dict(), opt.param(&h32[0]).unwrap().to_vec()),
+        before
+    );
+    err
+}
+
+#[test]
+fn mismatched_dicts_are_rejected_atomically_when_strict_and_reported_otherwise() {
+    let (mut source, h32, h64) = model(&init32(), &INIT64);
+    run_steps(&mut source, &h32, &h64, 0..3);
+    let good = source.state_dict();
+    let (mut opt, o32, o64) = model(&init32(), &INIT64);
+    run_steps(&mut opt, &o32, &o64, 0..1);
+
+    // A parameter of the dict the optimizer does not have, with its state.
+    let mut unexpected = good.clone();
+    unexpected.param_groups[1].param_names[1] = "renamed".into();
+    let err = assert_unchanged(&mut opt, &unexpected, &o32);
+    assert!(
+        matches!(&err, Error::InvalidStateDict { reason } if reason.contains("unexpected parameter `renamed`") && reason.contains("missing parameter `b`")),
+        "{err}"
+    );
+
+    // A state tensor of the wrong length; a slot the optimizer does not have; a hyper missing.
+    let mut short = good.clone();
+    short
+        .state
+        .get_mut(&0)
+        .unwrap()
+        .tensors
+        .get_mut("exp_avg")
+        .unwrap()
+        .1 = TensorData::F32(vec![0.0; 3]);
+    let err = assert_unchanged(&mut opt, &short, &o32);
+    assert!(
+        err.to_string()
+            .contains("`exp_avg` has 3 values, the parameter 4"),
+        "{err}"
+    );
+    let mut extra = good.clone();
+    let t = extra.state[&0].tensors["exp_avg"].clone();
+    extra
+        .state
+        .get_mut(&0)
+        .unwrap()
+        .tensors
+        .insert("momentum_buffer".into(), t);
+    assert!(assert_unchanged(&mut opt, &extra, &o32)
+        .to_string()
+        .contains("unknown slot `momentum_buffer`"));
+    let mut no_hyper = good.clone();
+    no_hyper.param_groups[0].hypers.remove("eps");
+    assert!(assert_unchanged(&mut opt, &no_hyper, &o32)
+        .to_string()
+        .contains("missing hyperparameter `eps` of group 0"));
+
+    // Non-strict: what fits is loaded, the rest reported.
+    let report = opt.load_state_dict(&short, false).unwrap();
+    assert_eq!(report.mismatched.len(), 1, "{report:?}");
+    assert!(report.missing.is_empty() && report.unexpected.is_empty());
+    assert_eq!(opt.param_step(&o32[1]).unwrap(), 2, "b's state was loaded");
+    assert_eq!(
+        opt.param_step(&o32[0]).unwrap(),
+        0,
+        "a's mismatched state was not"
+    );
+    assert_eq!(opt.param_step(&o64).unwrap(), 3);
+}
+
+#[test]
+fn malformed_bytes_are_typed_errors() {
+    let (mut opt, h32, h64) = model(&init32(), &INIT64);
+    run_steps(&mut opt, &h32, &h64, 0..1);
+    let bytes = opt.state_dict().to_bytes().unwrap();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", vec![]),
+        ("garbage", b"not a safetensors file at all".to_vec()),
+        ("truncated", bytes[..bytes.len() / 2].to_vec()),
+        ("huge header length", u64::MAX.to_le_bytes().to_vec()),
+    ];
+    for (what, bad) in cases {
+        assert!(
+            matches!(
+                StateDict::from_bytes(&bad),
+                Err(Error::InvalidStateDict { .. })
+            ),
+            "{what}"
+        );
+    }
+    // A valid safetensors file that is not an optjit state dict.
+    let plain = safetensors::serialize(
+        Vec::<(String, safetensors::tensor::TensorView<'_>)>::new(),
+        None,
+    )
+    .unwrap();
+    let err = StateDict::from_bytes(&plain).unwrap_err();
+    assert!(
+        err.to_string().contains("not an optjit state dict"),
+        "{err}"
+    );
+    // Metadata that is not the expected JSON.
+    let meta =
+        std::collections::HashMap::from([("optjit".to_string(), "{\"state\": 3}".to_string())]);
+    let wrong = safetensors::serialize(
+        Vec::<(String, safetensors::tensor::TensorView<'_>)>::new(),
+        Some(meta),
+    )
+    .unwrap();
+    assert!(matches!(
+        StateDict::from_bytes(&wrong),
+        Err(Error::InvalidStateDict { .. })
+    ));
+    assert!(matches!(
+        StateDict::load("/nonexistent/optjit.safetensors"),
+        Err(Error::Io { .. })
+    ));
+}
+
+#[test]
+fn names_absent_means_matching_by_position() {
+    let (mut source, h32, h64) = model(&init32(), &INIT64);
+    run_steps(&mut source, &h32, &h64, 0..2);
+    let mut dict = source.state_dict();
+    for g in &mut dict.param_groups {
+        g.param_names.clear();
+    }
+    let (mut opt, o32, _) = model(&init32(), &INIT64);
+    opt.load_state_dict(&dict, true).unwrap();
+    assert_eq!(
+        opt.state_buffer(&o32[1], "exp_avg").unwrap(),
+        source.state_buffer(&h32[1], "exp_avg").unwrap()
+    );
+}
+
+#[test]
+fn state_is_cast_to_the_parameter_dtype() {
+    let graph = AdamW::default().graph().unwrap();
+    let mut wide = Optimizer::new(&graph).unwrap();
+    let g = wide.add_param_group(&[]).unwrap();
+    let w = wide.add_param(g, "w", &array![1.0f64, 2.0]).unwrap();
+    wide.set_grad(&w, &[0.1, 1.0 / 3.0]).unwrap();
+    wide.step().unwrap();
+    let mut narrow = Optimizer::new(&graph).unwrap();
+    let g = narrow.add_param_group(&[]).unwrap();
+    let n = narrow.add_param(g, "w", &array![1.0f32, 2.0]).unwrap();
+    narrow.load_state_dict(&wide.state_dict(), true).unwrap();
+    let expected: Vec<f32> = wide
+        .state_buffer(&w, "exp_avg")
+        .unwrap()
+        .unwrap()
+        .iter()
+        .map(|&x| x as f32)
+        .collect();
+    assert_eq!(
+        narrow.state_buffer(&n, "exp_avg").unwrap().unwrap(),
+        expected.as_slice()
+    );
+    assert_eq!(narrow.param_step(&n).unwrap(), 1);
+}
+
+#[test]
+fn a_dict_for_another_optimizer_is_rejected() {
+    let (mut adam, h32, h64) = model(&init32(), &INIT64);
+    run_steps(&mut adam, &h32, &h64, 0..1);
+    let mut sgd = Optimizer::new(
+        &Sgd {
+            momentum: 0.9,
+            ..Sgd::default()
+        }
+        .graph()
+        .unwrap(),
+    )
+    .unwrap();
+    let g = sgd.add_param_group(&[]).unwrap();
+    sgd.add_param(g, "a", &array![0.5f32, -1.0, 2.0, 0.0])
+        .unwrap();
+    let err = sgd.load_state_dict(&adam.state_dict(), true).unwrap_err();
+    assert!(matches!(err, Error::InvalidStateDict { .. }));
+    assert_eq!(sgd.state_dict().state.len(), 0);
+}
