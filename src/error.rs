@@ -99,6 +99,23 @@ pub enum Error {
         /// Where the scalar was required, e.g. "the operand of `pow`".
         what: String,
     },
+    /// User mistake: an op applied to the wrong number of operands.
+    #[error("`{op}` takes {expected} operand(s), got {actual}")]
+    Arity {
+        /// The op's name.
+        op: &'static str,
+        /// Operands it takes.
+        expected: usize,
+        /// Operands given.
+        actual: usize,
+    },
+    /// User mistake: a hand-made or deserialized program whose stage is ill-formed (operands
+    /// out of range or referring forward, a store to the grad, a scalar-only op per element).
+    #[error("invalid program: {reason}")]
+    InvalidProgram {
+        /// What is wrong.
+        reason: String,
+    },
     /// User mistake: an expression from one builder used in another.
     #[error("an expression from a different builder was used")]
     ForeignExpr,

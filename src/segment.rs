@@ -49,97 +49,104 @@ impl<T: Float> Segment<'_, T> {
     }
 }
 
+/// A buffer of a segment, named only when an error is reported (validation runs on every
+/// call and must not allocate per segment).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Buffer {
+    Param(usize),
+    Grad(usize),
+    State(usize, usize),
+    Scalars(usize),
+}
+
+impl Buffer {
+    fn name(self) -> String {
+        match self {
+            Buffer::Param(n) => format!("param of segment {n}"),
+            Buffer::Grad(n) => format!("grad of segment {n}"),
+            Buffer::State(n, k) => format!("state stream {k} of segment {n}"),
+            Buffer::Scalars(n) => format!("scalar block of segment {n}"),
+        }
+    }
+}
+
+/// A byte range `[start, end)` of one buffer.
+type Range = (usize, usize, Buffer);
+
 /// Checks stream counts, lengths, alignment and aliasing of `segments` for `stage`.
 ///
 /// Safe Rust borrows already rule out most aliasing; the check is what makes handing raw
 /// pointers to generated code sound whatever the caller did.
 pub(crate) fn validate<T: Float>(stage: &Stage, segments: &[Segment<'_, T>]) -> Result<()> {
-    let mut written: Vec<(usize, usize, String)> = Vec::new();
-    let mut read: Vec<(usize, usize, String)> = Vec::new();
+    let mismatch = |what: Buffer, expected: usize, actual: usize| Error::LengthMismatch {
+        what: what.name(),
+        expected,
+        actual,
+    };
+    let slots = stage.n_streams as usize - 2;
+    let mut written: Vec<Range> = Vec::with_capacity(segments.len() * (1 + slots));
+    let mut read: Vec<Range> = Vec::with_capacity(segments.len() * 2);
     for (n, seg) in segments.iter().enumerate() {
         let len = seg.param.len();
-        let expect = |what: String, expected: usize, actual: usize| {
-            if expected == actual {
-                Ok(())
-            } else {
-                Err(Error::LengthMismatch {
-                    what,
-                    expected,
-                    actual,
-                })
-            }
-        };
-        expect(format!("grad of segment {n}"), len, seg.grad.len())?;
-        expect(
-            format!("state list of segment {n}"),
-            stage.n_streams as usize - 2,
-            seg.state.len(),
-        )?;
-        for (k, s) in seg.state.iter().enumerate() {
-            expect(format!("state stream {k} of segment {n}"), len, s.len())?;
+        if seg.grad.len() != len {
+            return Err(mismatch(Buffer::Grad(n), len, seg.grad.len()));
         }
-        expect(
-            format!("scalar block of segment {n}"),
-            stage.n_scalars as usize,
-            seg.scalars.len(),
-        )?;
-        let span = |ptr: *const T, len: usize| {
-            let start = ptr as usize;
-            (start, start + len * std::mem::size_of::<T>())
-        };
-        let add = |list: &mut Vec<_>, ptr: *const T, len: usize, what: String| -> Result<()> {
-            if !(ptr as usize).is_multiple_of(std::mem::align_of::<T>()) {
-                return Err(Error::Misaligned {
-                    what,
-                    align: std::mem::align_of::<T>(),
-                });
-            }
-            let (a, b) = span(ptr, len);
-            if a != b {
-                list.push((a, b, what));
-            }
-            Ok(())
-        };
-        add(
-            &mut written,
-            seg.param.as_ptr(),
-            len,
-            format!("param of segment {n}"),
-        )?;
-        add(
-            &mut read,
-            seg.grad.as_ptr(),
-            len,
-            format!("grad of segment {n}"),
-        )?;
-        for (k, s) in seg.state.iter().enumerate() {
-            add(
-                &mut written,
-                s.as_ptr(),
-                len,
-                format!("state stream {k} of segment {n}"),
-            )?;
+        if seg.state.len() != slots {
+            return Err(Error::LengthMismatch {
+                what: format!("state list of segment {n}"),
+                expected: slots,
+                actual: seg.state.len(),
+            });
         }
-        add(
+        if let Some(k) = seg.state.iter().position(|s| s.len() != len) {
+            return Err(mismatch(Buffer::State(n, k), len, seg.state[k].len()));
+        }
+        if seg.scalars.len() != stage.n_scalars as usize {
+            return Err(mismatch(
+                Buffer::Scalars(n),
+                stage.n_scalars as usize,
+                seg.scalars.len(),
+            ));
+        }
+        push_range(&mut written, seg.param.as_ptr(), len, Buffer::Param(n))?;
+        push_range(&mut read, seg.grad.as_ptr(), len, Buffer::Grad(n))?;
+        for (k, s) in seg.state.iter().enumerate() {
+            push_range(&mut written, s.as_ptr(), len, Buffer::State(n, k))?;
+        }
+        push_range(
             &mut read,
             seg.scalars.as_ptr(),
             seg.scalars.len(),
-            format!("scalar block of segment {n}"),
+            Buffer::Scalars(n),
         )?;
     }
     check_disjoint(&mut written, &read)
 }
 
+/// Records the byte range of a buffer after checking its alignment; empty buffers occupy
+/// no memory and are skipped.
+fn push_range<T>(list: &mut Vec<Range>, ptr: *const T, len: usize, buffer: Buffer) -> Result<()> {
+    let align = std::mem::align_of::<T>();
+    if !(ptr as usize).is_multiple_of(align) {
+        return Err(Error::Misaligned {
+            what: buffer.name(),
+            align,
+        });
+    }
+    if len > 0 {
+        let start = ptr as usize;
+        list.push((start, start + len * std::mem::size_of::<T>(), buffer));
+    }
+    Ok(())
+}
+
 /// Fails if a written range overlaps any other range (written or read).
-fn check_disjoint(
-    written: &mut [(usize, usize, String)],
-    read: &[(usize, usize, String)],
-) -> Result<()> {
-    let overlap = |a: &(usize, usize, String), b: &(usize, usize, String)| Error::Aliasing {
-        first: a.2.clone(),
-        second: b.2.clone(),
+fn check_disjoint(written: &mut [Range], read: &[Range]) -> Result<()> {
+    let overlap = |a: &Range, b: &Range| Error::Aliasing {
+        first: a.2.name(),
+        second: b.2.name(),
     };
-    written.sort_by_key(|r| r.0);
+    written.sort_unstable_by_key(|r| r.0);
     for pair in written.windows(2) {
         if pair[1].0 < pair[0].1 {
             return Err(overlap(&pair[0], &pair[1]));
@@ -161,23 +168,20 @@ fn check_disjoint(
 mod tests {
     use super::*;
 
-    fn range(a: usize, b: usize, name: &str) -> (usize, usize, String) {
-        (a, b, name.to_string())
-    }
-
     #[test]
     fn disjoint_ranges_pass_and_overlaps_are_named() {
-        let mut w = vec![range(0, 10, "a"), range(20, 30, "b")];
-        assert!(check_disjoint(&mut w, &[range(10, 20, "r"), range(12, 14, "s")]).is_ok());
-        let err = check_disjoint(&mut w, &[range(25, 26, "r")]).unwrap_err();
+        let (a, b, r) = (Buffer::Param(0), Buffer::Param(1), Buffer::Grad(0));
+        let mut w = vec![(0, 10, a), (20, 30, b)];
+        assert!(check_disjoint(&mut w, &[(10, 20, r), (12, 14, Buffer::Scalars(0))]).is_ok());
+        let err = check_disjoint(&mut w, &[(25, 26, r)]).unwrap_err();
         assert_eq!(
             err,
             Error::Aliasing {
-                first: "b".into(),
-                second: "r".into()
+                first: "param of segment 1".into(),
+                second: "grad of segment 0".into()
             }
         );
-        let mut w = vec![range(20, 30, "b"), range(0, 21, "a")];
+        let mut w = vec![(20, 30, b), (0, 21, a)];
         assert!(check_disjoint(&mut w, &[]).is_err());
     }
 }

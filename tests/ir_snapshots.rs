@@ -40,7 +40,9 @@ macro_rules! snapshot {
 }
 
 snapshot!(sgd, "sgd");
+snapshot!(sgd_momentum, "sgd_momentum");
 snapshot!(sgd_nesterov, "sgd_nesterov");
 snapshot!(adam, "adam");
 snapshot!(adamw, "adamw");
 snapshot!(adam_amsgrad, "adam_amsgrad");
+snapshot!(adamw_amsgrad, "adamw_amsgrad");

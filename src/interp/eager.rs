@@ -11,6 +11,7 @@ use ndarray::{Array1, ArrayView1, ShapeBuilder, Zip};
 
 /// Runs `stage` over `segments`, one op at a time over whole arrays.
 pub fn run<T: Float>(stage: &Stage, segments: &mut [Segment<'_, T>]) -> Result<()> {
+    stage.check()?;
     validate(stage, segments)?;
     for seg in segments.iter_mut() {
         let results = {

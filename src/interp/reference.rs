@@ -81,6 +81,7 @@ pub fn eval_op<T: Float>(op: Op, a: T, b: T, c: T) -> T {
 
 /// Runs `stage` over `segments`, one element at a time.
 pub fn run<T: Float>(stage: &Stage, segments: &mut [Segment<'_, T>]) -> Result<()> {
+    stage.check()?;
     validate(stage, segments)?;
     let mut values = vec![T::ZERO; stage.body.len()];
     let mut results = vec![T::ZERO; stage.stores.len()];

@@ -158,21 +158,32 @@ impl Builder {
 
     /// Applies `op` to `args` (the general form behind the operators and methods).
     pub fn apply<'b>(&'b self, op: Op, args: &[Expr<'b>]) -> Expr<'b> {
+        // Placeholders must be nodes of this builder, whatever the operands are.
+        let placeholder = || self.constant(0.0).id;
+        if args.len() != op.arity() {
+            let error = Error::Arity {
+                op: op.name(),
+                expected: op.arity(),
+                actual: args.len(),
+            };
+            return self.fail(error, placeholder());
+        }
         if args.iter().any(|a| !std::ptr::eq(a.builder, self)) {
-            return self.fail(Error::ForeignExpr, args[0].id);
+            return self.fail(Error::ForeignExpr, placeholder());
         }
         let ids: Vec<NodeId> = args.iter().map(|a| a.id).collect();
         let interned = self.inner.borrow_mut().graph.intern(Node::apply(op, &ids));
         match interned {
             Ok(id) => self.expr(id),
-            Err(e) => self.fail(e, ids[0]),
+            Err(e) => self.fail(e, placeholder()),
         }
     }
 
     /// Sets the new parameter value. A later call replaces an earlier one.
     pub fn set_param(&self, value: Expr<'_>) {
         if !std::ptr::eq(value.builder, self) {
-            self.fail(Error::ForeignExpr, value.id);
+            let zero = self.constant(0.0).id;
+            self.fail(Error::ForeignExpr, zero);
             return;
         }
         self.inner.borrow_mut().param_out = Some(value.id);

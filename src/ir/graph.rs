@@ -82,7 +82,7 @@ pub enum Node {
 
 impl Node {
     /// `op` applied to `args`, which must have `op.arity()` entries.
-    pub fn apply(op: Op, args: &[NodeId]) -> Node {
+    pub(crate) fn apply(op: Op, args: &[NodeId]) -> Node {
         assert_eq!(args.len(), op.arity(), "operand count of {}", op.name());
         let mut all = [args[0]; 3];
         all[..args.len()].copy_from_slice(args);
@@ -127,7 +127,8 @@ pub struct SlotDef {
     pub kind: SlotKind,
 }
 
-/// An optimizer as a graph. Build one with [`crate::Builder`].
+/// An optimizer as a graph. Build one with [`crate::Builder`] (the only way outside the
+/// crate, so every `Graph` a user holds is well formed).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Graph {
     name: String,
@@ -142,7 +143,7 @@ pub struct Graph {
 
 impl Graph {
     /// An empty graph with this signature and no outputs yet.
-    pub fn new(name: &str, hypers: Vec<HyperDef>, slots: Vec<SlotDef>) -> Result<Graph> {
+    pub(crate) fn new(name: &str, hypers: Vec<HyperDef>, slots: Vec<SlotDef>) -> Result<Graph> {
         let mut graph = Graph {
             name: name.to_string(),
             hypers: Vec::new(),
@@ -176,7 +177,7 @@ impl Graph {
     }
 
     /// Declares a hyperparameter and returns its node.
-    pub fn add_hyper(&mut self, name: &str, default: f64) -> Result<NodeId> {
+    pub(crate) fn add_hyper(&mut self, name: &str, default: f64) -> Result<NodeId> {
         self.check_new_name(name)?;
         self.hypers.push(HyperDef {
             name: name.to_string(),
@@ -186,7 +187,7 @@ impl Graph {
     }
 
     /// Declares a state slot and returns the node of its current value.
-    pub fn add_slot(&mut self, name: &str, init: f64, kind: SlotKind) -> Result<NodeId> {
+    pub(crate) fn add_slot(&mut self, name: &str, init: f64, kind: SlotKind) -> Result<NodeId> {
         self.check_new_name(name)?;
         self.slots.push(SlotDef {
             name: name.to_string(),
@@ -197,7 +198,7 @@ impl Graph {
     }
 
     /// An empty graph with the same name, hyperparameters and slots as `self`.
-    pub fn empty_like(&self) -> Graph {
+    pub(crate) fn empty_like(&self) -> Graph {
         Graph {
             name: self.name.clone(),
             hypers: self.hypers.clone(),
@@ -258,7 +259,7 @@ impl Graph {
     ///
     /// Fails with [`Error::ScalarRequired`] when a scalar-only op gets a per-element operand;
     /// panics on operands or symbol indices that do not exist (a bug in the caller).
-    pub fn intern(&mut self, node: Node) -> Result<NodeId> {
+    pub(crate) fn intern(&mut self, node: Node) -> Result<NodeId> {
         if let Some(&id) = self.index.get(&node) {
             return Ok(id);
         }
@@ -271,7 +272,7 @@ impl Graph {
     }
 
     /// Interns a literal.
-    pub fn constant(&mut self, value: f64) -> NodeId {
+    pub(crate) fn constant(&mut self, value: f64) -> NodeId {
         self.intern(Node::Const(Literal::new(value)))
             .expect("a literal is always a valid node")
     }
@@ -310,7 +311,7 @@ impl Graph {
     /// Sets the outputs: the new param, then the new value of each slot in slot order.
     ///
     /// Fails with [`Error::ScalarRequired`] when a scalar slot gets a per-element value.
-    pub fn set_outputs(&mut self, param: NodeId, slots: Vec<NodeId>) -> Result<()> {
+    pub(crate) fn set_outputs(&mut self, param: NodeId, slots: Vec<NodeId>) -> Result<()> {
         assert_eq!(slots.len(), self.slots.len(), "one output per slot");
         for (slot, &value) in self.slots.iter().zip(&slots) {
             if slot.kind == SlotKind::Scalar && self.rank(value) == Rank::Element {

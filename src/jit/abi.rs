@@ -6,6 +6,7 @@ use crate::program::Stage;
 use crate::segment::{validate, Segment};
 use crate::{DType, Error, Float, Result};
 use cranelift_jit::JITModule;
+use cranelift_module::FuncId;
 use std::sync::Mutex;
 
 type KernelFn = unsafe extern "C" fn(table: *const u64, n_segments: u64);
@@ -17,17 +18,21 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
-    /// Wraps finalized code of `JITModule::get_finalized_function`.
-    ///
-    /// The pointer must come from a function built by `emit::build` with `emit::signature`
-    /// for `dtype`, in a module kept alive (through `CodeOwner`) as long as the entry.
-    pub(crate) fn new(ptr: *const u8, dtype: DType) -> Entry {
+    /// Finalizes `module` and returns the entry point of function `id`, which the caller
+    /// defined with `emit::build` for `dtype` and `emit::signature` in the module's default
+    /// calling convention (its only caller, `JitInner::build`, does). The module must stay
+    /// alive as long as the entry: kernels hold its `CodeOwner`.
+    pub(crate) fn finalize(module: &mut JITModule, id: FuncId, dtype: DType) -> Result<Entry> {
+        module.finalize_definitions().map_err(|e| Error::Codegen {
+            message: e.to_string(),
+        })?;
+        let ptr = module.get_finalized_function(id);
         assert!(!ptr.is_null(), "finalized code has an address");
-        // SAFETY: the pointer is the start of a finalized function whose Cranelift signature
-        // is (i64, i64) -> () in the host's default calling convention, which is the C ABI
-        // of `KernelFn` on the hosts Cranelift supports.
+        // SAFETY: `ptr` is the start of finalized, executable code of a function whose
+        // Cranelift signature is (i64, i64) -> () in the host's default calling convention,
+        // which is the C ABI of `KernelFn` on the hosts Cranelift supports.
         let code = unsafe { std::mem::transmute::<*const u8, KernelFn>(ptr) };
-        Entry { code, dtype }
+        Ok(Entry { code, dtype })
     }
 
     /// Runs the kernel compiled for `stage` on `segments`, after checking everything the
@@ -55,12 +60,13 @@ impl Entry {
                 table.push(s.as_mut_ptr() as u64);
             }
         }
-        // SAFETY: `validate` checked that every segment has `n_streams` streams of equal
-        // length and a scalar block of `n_scalars` entries, all aligned for `T`, and that no
-        // written stream overlaps any other buffer; `T` is the dtype the code was compiled
-        // for; the table has one record of `words` words per segment; the code memory lives
-        // as long as `self` (the kernel holds its `CodeOwner`); the exclusive borrows of
-        // `segments` last for the whole call.
+        // SAFETY: the code was generated from `stage`, which `Jit::compile_with` checked with
+        // `Stage::check` (operands in range, no store to the grad stream); `validate` checked
+        // that every segment has `n_streams` streams of equal length and a scalar block of
+        // `n_scalars` entries, all aligned for `T`, and that no written stream overlaps any
+        // other buffer; `T` is the dtype the code was compiled for; the table has one record
+        // of `words` words per segment; the code memory lives as long as `self` (the kernel
+        // holds its `CodeOwner`); the exclusive borrows of `segments` last for the call.
         unsafe { (self.code)(table.as_ptr(), segments.len() as u64) };
         Ok(())
     }

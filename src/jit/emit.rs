@@ -216,18 +216,18 @@ impl Translator<'_> {
                 .band_imm_u(seg.len, !(u64::from(per_iter) - 1) as i64);
             self.b.ins().jump(header, &args(&[start]));
 
-            // header(i): sealed after the body's back edge.
+            // header(i): sealed after the body's back edge. The last vector loop exits to the
+            // scalar tail, the others to a block that starts the next loop.
             self.b.switch_to_block(header);
             let more = self.b.ins().icmp(IntCC::UnsignedLessThan, i, end);
-            let exit_to = if k + 1 < loops.len() {
-                None
+            let last = k + 1 == loops.len();
+            let after = if last {
+                tail_header
             } else {
-                Some(tail_header)
+                let block = self.b.create_block();
+                self.b.append_block_param(block, types::I64);
+                block
             };
-            let after = exit_to.unwrap_or_else(|| self.b.create_block());
-            if exit_to.is_none() {
-                self.b.append_block_param(after, types::I64);
-            }
             self.b.ins().brif(more, body, &[], after, &args(&[i]));
 
             self.b.switch_to_block(body);
@@ -244,7 +244,7 @@ impl Translator<'_> {
             self.b.ins().jump(header, &args(&[next]));
             self.b.seal_block(header);
 
-            if exit_to.is_none() {
+            if !last {
                 self.b.switch_to_block(after);
                 self.b.seal_block(after);
                 start = self.b.block_params(after)[0];

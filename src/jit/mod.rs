@@ -154,11 +154,15 @@ impl Jit {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, JitInner> {
-        // A panic while compiling leaves only a half-built context behind, which the next
-        // compile clears; the cache itself is always consistent.
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.lock().unwrap_or_else(|poisoned| {
+            // A panic while compiling can only have left the reusable contexts half built
+            // (the cache is updated after a kernel is complete): start them afresh.
+            let mut inner = poisoned.into_inner();
+            inner.fctx = FunctionBuilderContext::new();
+            inner.ctx.clear();
+            self.inner.clear_poison();
+            inner
+        })
     }
 
     /// Cache counters.
@@ -190,6 +194,7 @@ impl Jit {
             inner.stats.hits += 1;
             return Ok(kernel);
         }
+        program.stage.check()?;
         let start = Instant::now();
         let kernel = inner.build(&key)?;
         inner.stats.compiles += 1;
@@ -201,8 +206,11 @@ impl Jit {
     /// The Cranelift IR of `program`'s kernel for `dtype`, before Cranelift's optimisations.
     pub fn clif(&self, program: &Program, dtype: DType, options: JitOptions) -> Result<String> {
         check_options(options)?;
+        program.stage.check()?;
         let mut inner = self.lock();
-        let (call_conv, frontend) = inner.target();
+        // A fixed calling convention, so that the printed IR is the same on every host.
+        let (_, frontend) = inner.target();
+        let call_conv = CallConv::SystemV;
         let mut func =
             Function::with_name_signature(UserFuncName::user(0, 0), emit::signature(call_conv));
         emit::build(
@@ -221,8 +229,9 @@ fn check_options(options: JitOptions) -> Result<()> {
     if matches!(options.unroll, 1 | 2 | 4 | 8) {
         Ok(())
     } else {
-        Err(Error::Codegen {
-            message: format!("unroll must be 1, 2, 4 or 8, not {}", options.unroll),
+        Err(Error::InvalidOption {
+            option: "unroll",
+            reason: "must be 1, 2, 4 or 8",
         })
     }
 }
@@ -257,8 +266,7 @@ impl JitInner {
         let defined = module.define_function(id, ctx);
         module.clear_context(ctx);
         defined.map_err(codegen)?;
-        module.finalize_definitions().map_err(codegen)?;
-        let entry = Entry::new(module.get_finalized_function(id), key.dtype);
+        let entry = Entry::finalize(module, id, key.dtype)?;
         drop(guard);
         Ok(Kernel {
             inner: Arc::new(KernelInner {

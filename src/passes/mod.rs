@@ -19,7 +19,8 @@ pub struct GraphPass {
     pub run: fn(&Graph) -> Result<Graph>,
 }
 
-/// The graph passes, in order. [`hoist`](hoist::run) then lowers the result to a [`Program`].
+/// The pipeline: these graph passes in order, then [`HOIST`], which lowers the result to a
+/// [`Program`] (the only pass whose output is not a graph).
 pub const PIPELINE: &[GraphPass] = &[
     GraphPass {
         name: "fold",

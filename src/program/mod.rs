@@ -121,15 +121,16 @@ impl Program {
             .map(|(i, _)| i)
     }
 
-    /// The name of stream `n` (`param`, `grad` or a slot name).
-    pub fn stream_name(&self, n: u32) -> &str {
+    /// The name of stream `n` (`param`, `grad`, a slot name, or `stream<n>` for a stream
+    /// the program does not have).
+    pub fn stream_name(&self, n: u32) -> String {
         match n {
-            PARAM_STREAM => "param",
-            GRAD_STREAM => "grad",
-            _ => {
-                let slot = self.element_slots().nth(n as usize - 2);
-                &self.slots[slot.expect("stream exists")].name
-            }
+            PARAM_STREAM => "param".to_string(),
+            GRAD_STREAM => "grad".to_string(),
+            _ => match self.element_slots().nth(n as usize - 2) {
+                Some(slot) => self.slots[slot].name.clone(),
+                None => format!("stream{n}"),
+            },
         }
     }
 

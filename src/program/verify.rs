@@ -1,7 +1,7 @@
 //! The program verifier: every reference points backwards, every index exists, each stream is
 //! stored at most once and the grad never. A failure is always an optjit bug.
 
-use super::{ElemArg, Program, ScalarInst, GRAD_STREAM};
+use super::{ElemArg, Program, ScalarInst, Stage, GRAD_STREAM};
 use crate::ir::SlotKind;
 use crate::{Error, Result};
 
@@ -39,12 +39,34 @@ pub fn verify_program(p: &Program, pass: &'static str) -> Result<()> {
             return fail(format!("bad scalar state update of slot {slot}"));
         }
     }
-    let stage = &p.stage;
-    if stage.n_scalars as usize != p.prologue.kernel_scalars.len() {
+    if p.stage.n_scalars as usize != p.prologue.kernel_scalars.len() {
         return fail("scalar block length differs from the prologue's list".to_string());
     }
-    if stage.n_streams as usize != 2 + p.element_slots().count() {
+    if p.stage.n_streams as usize != 2 + p.element_slots().count() {
         return fail("stream count differs from the element slots".to_string());
+    }
+    check_stage(&p.stage).or_else(fail)
+}
+
+impl Stage {
+    /// Checks that the stage is well formed, as every executor requires: at least the param
+    /// and grad streams, operands in range and referring only to earlier results, no
+    /// scalar-only op, each stream stored at most once and the grad never.
+    ///
+    /// Stages made by [`crate::passes::compile`] always are; the JIT and the interpreters
+    /// check anyway, since `Stage`'s fields are public and it can be deserialized.
+    pub fn check(&self) -> Result<()> {
+        check_stage(self).map_err(|reason| Error::InvalidProgram { reason })
+    }
+}
+
+/// The stage's own invariants; `Err` says what is wrong.
+fn check_stage(stage: &Stage) -> std::result::Result<(), String> {
+    if stage.n_streams < 2 {
+        return Err(format!(
+            "{} streams; param and grad are always there",
+            stage.n_streams
+        ));
     }
     let arg_ok = |a: &ElemArg, i: usize| match *a {
         ElemArg::Load(s) => s < stage.n_streams,
@@ -53,20 +75,22 @@ pub fn verify_program(p: &Program, pass: &'static str) -> Result<()> {
     };
     for (i, inst) in stage.body.iter().enumerate() {
         if inst.op.scalar_only() {
-            return fail(format!("%{i}: {} in the element stage", inst.op.name()));
+            return Err(format!("%{i}: {} in the element stage", inst.op.name()));
         }
         if !inst.args().iter().all(|a| arg_ok(a, i)) {
-            return fail(format!("%{i} has a bad operand"));
+            return Err(format!(
+                "%{i} has an operand out of range or not yet computed"
+            ));
         }
     }
     let mut stored = vec![false; stage.n_streams as usize];
     for (stream, value) in &stage.stores {
         if *stream == GRAD_STREAM || *stream >= stage.n_streams || stored[*stream as usize] {
-            return fail(format!("bad store to stream {stream}"));
+            return Err(format!("bad store to stream {stream}"));
         }
         stored[*stream as usize] = true;
         if !arg_ok(value, stage.body.len()) {
-            return fail(format!("store to stream {stream} has a bad value"));
+            return Err(format!("store to stream {stream} has a bad value"));
         }
     }
     Ok(())
