@@ -1,14 +1,16 @@
 //! Conformance with PyTorch: replays the `torch.optim` trajectories recorded in
 //! `tests/data/conformance/` (format and tolerances in its README) with optjit's built-ins, on
 //! every executor, and compares the parameters after every step and the state after the last.
+//! Each case's constructor kwargs (`hyper` and `torch_impl_kwargs`) go through
+//! [`optim::from_torch`], as a user's would. Run with `--nocapture` to see, per optimizer,
+//! the largest error relative to the tolerance.
 
 mod common;
 
 use common::slot_index;
-use optjit::optim::{Adam, AdamW, Sgd};
-use optjit::{DType, Executor, Float, Graph, ParamRef, ParamState, Stepper};
+use optjit::{optim, DType, Executor, Float, ParamRef, ParamState, SlotValue, Stepper};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -33,12 +35,76 @@ fn adamw_follows_torch_trajectories() {
     check_folder("adamw");
 }
 
+#[test]
+fn rmsprop_follows_torch_trajectories() {
+    check_folder("rmsprop");
+}
+
+#[test]
+fn adagrad_follows_torch_trajectories() {
+    check_folder("adagrad");
+}
+
+#[test]
+fn adadelta_follows_torch_trajectories() {
+    check_folder("adadelta");
+}
+
+#[test]
+fn adamax_follows_torch_trajectories() {
+    check_folder("adamax");
+}
+
+#[test]
+fn nadam_follows_torch_trajectories() {
+    check_folder("nadam");
+}
+
+#[test]
+fn radam_follows_torch_trajectories() {
+    check_folder("radam");
+}
+
+#[test]
+fn asgd_follows_torch_trajectories() {
+    check_folder("asgd");
+}
+
+#[test]
+fn rprop_follows_torch_trajectories() {
+    check_folder("rprop");
+}
+
+/// The optimizer folders of `tests/data/conformance/`, one test each above.
+const FOLDERS: [&str; 11] = [
+    "sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta", "adamax", "nadam", "radam", "asgd",
+    "rprop",
+];
+
+#[test]
+fn every_vendored_folder_has_a_test() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/conformance");
+    let mut found: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|entry| entry.expect("directory entry").path())
+        .filter(|path| path.is_dir())
+        .map(|path| path.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    found.sort();
+    let mut expected = FOLDERS.to_vec();
+    expected.sort_unstable();
+    assert_eq!(found, expected);
+}
+
 /// One case file. Fields as in the README; the informational ones are not read.
 #[derive(Deserialize)]
 struct Case {
     optimizer: String,
     dtype: String,
-    hyper: BTreeMap<String, Value>,
+    hyper: Map<String, Value>,
+    /// Implementation flags passed besides `hyper` (`{"foreach": false}`).
+    #[serde(default)]
+    torch_impl_kwargs: Map<String, Value>,
     steps: usize,
     params: Vec<Vec<f64>>,
     /// `grads[k][i]`: tensor `i`'s gradient in step `k + 1`; `None` skips the tensor.
@@ -61,16 +127,20 @@ fn check_folder(optimizer: &str) {
     files.sort();
     assert!(!files.is_empty(), "no case files in {}", dir.display());
 
-    let mut failures = Vec::new();
+    let mut outcome = Outcome::default();
     for file in &files {
         let name = format!(
             "{optimizer}/{}",
             file.file_name().unwrap().to_string_lossy()
         );
-        if let Err(e) = check_file(file, optimizer, &name, &mut failures) {
-            failures.push(format!("{name}: {e}"));
+        if let Err(e) = check_file(file, optimizer, &name, &mut outcome) {
+            outcome.failures.push(format!("{name}: {e}"));
         }
     }
+    for (dtype, (worst, at)) in &outcome.worst {
+        println!("{optimizer} {dtype}: largest error {worst:.2e} × tolerance, at {at}");
+    }
+    let failures = outcome.failures;
     let mut message = String::new();
     for line in failures.iter().take(MAX_REPORTED) {
         writeln!(message, "  {line}").unwrap();
@@ -86,25 +156,36 @@ fn check_folder(optimizer: &str) {
     );
 }
 
+/// Mismatches found so far, and per dtype the largest error relative to the tolerance,
+/// `|actual − expected| / (atol + rtol·|expected|)` (above 1 is a mismatch), and where.
+#[derive(Default)]
+struct Outcome {
+    failures: Vec<String>,
+    worst: BTreeMap<DType, (f64, String)>,
+}
+
 /// Parses one case file and runs it on every executor.
 fn check_file(
     path: &Path,
     optimizer: &str,
     name: &str,
-    failures: &mut Vec<String>,
+    outcome: &mut Outcome,
 ) -> Result<(), String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
     let case: Case = serde_json::from_str(&text).map_err(|e| format!("bad JSON: {e}"))?;
     check_shape(&case, optimizer, path)?;
-    let graph = graph(&case.optimizer, &case.hyper)?;
+    let mut kwargs = case.hyper.clone();
+    kwargs.extend(case.torch_impl_kwargs.clone());
+    let graph = optim::from_torch(&case.optimizer, &kwargs)
+        .map_err(|e| format!("building the graph: {e}"))?;
     for executor in EXECUTORS {
         let label = format!("{name} [{executor:?}]");
         let stepper = Stepper::new(&graph)
             .map_err(|e| format!("compiling: {e}"))?
             .with_executor(executor);
         let run = match case.dtype.as_str() {
-            "float32" => replay::<f32>(&label, &case, &stepper, failures),
-            "float64" => replay::<f64>(&label, &case, &stepper, failures),
+            "float32" => replay::<f32>(&label, &case, &stepper, outcome),
+            "float64" => replay::<f64>(&label, &case, &stepper, outcome),
             other => Err(format!("unknown dtype `{other}`")),
         };
         run.map_err(|e| format!("[{executor:?}] {e}"))?;
@@ -159,103 +240,6 @@ fn check_shape(case: &Case, optimizer: &str, path: &Path) -> Result<(), String> 
     }
 }
 
-/// The optjit built-in for a torch optimizer and its constructor kwargs.
-fn graph(optimizer: &str, hyper: &BTreeMap<String, Value>) -> Result<Graph, String> {
-    let mut kwargs = Kwargs(hyper.clone());
-    let graph = match optimizer {
-        "sgd" => {
-            let d = Sgd::default();
-            Sgd {
-                lr: kwargs.number("lr", d.lr)?,
-                momentum: kwargs.number("momentum", d.momentum)?,
-                dampening: kwargs.number("dampening", d.dampening)?,
-                weight_decay: kwargs.number("weight_decay", d.weight_decay)?,
-                nesterov: kwargs.flag("nesterov", d.nesterov)?,
-                maximize: kwargs.flag("maximize", d.maximize)?,
-            }
-            .graph()
-        }
-        "adam" => adam(&mut kwargs, Adam::default())?.graph(),
-        "adamw" => {
-            let d = AdamW::default();
-            let defaults = Adam {
-                lr: d.lr,
-                betas: d.betas,
-                eps: d.eps,
-                weight_decay: d.weight_decay,
-                amsgrad: d.amsgrad,
-                maximize: d.maximize,
-            };
-            AdamW::from(adam(&mut kwargs, defaults)?).graph()
-        }
-        other => return Err(format!("no optjit built-in for torch optimizer `{other}`")),
-    };
-    kwargs.finish()?;
-    graph.map_err(|e| format!("building the graph: {e}"))
-}
-
-/// Adam's (and AdamW's) options from torch kwargs, `defaults` for the missing ones.
-fn adam(kwargs: &mut Kwargs, defaults: Adam) -> Result<Adam, String> {
-    Ok(Adam {
-        lr: kwargs.number("lr", defaults.lr)?,
-        betas: kwargs.pair("betas", defaults.betas)?,
-        eps: kwargs.number("eps", defaults.eps)?,
-        weight_decay: kwargs.number("weight_decay", defaults.weight_decay)?,
-        amsgrad: kwargs.flag("amsgrad", defaults.amsgrad)?,
-        maximize: kwargs.flag("maximize", defaults.maximize)?,
-    })
-}
-
-/// torch constructor kwargs, taken out one by one so that the ones left over, which optjit
-/// does not map, can be reported.
-struct Kwargs(BTreeMap<String, Value>);
-
-impl Kwargs {
-    fn take(&mut self, name: &str) -> Option<Value> {
-        self.0.remove(name)
-    }
-
-    fn number(&mut self, name: &str, default: f64) -> Result<f64, String> {
-        match self.take(name) {
-            None => Ok(default),
-            Some(v) => v
-                .as_f64()
-                .ok_or_else(|| format!("kwarg `{name}` is not a number: {v}")),
-        }
-    }
-
-    fn flag(&mut self, name: &str, default: bool) -> Result<bool, String> {
-        match self.take(name) {
-            None => Ok(default),
-            Some(v) => v
-                .as_bool()
-                .ok_or_else(|| format!("kwarg `{name}` is not a bool: {v}")),
-        }
-    }
-
-    fn pair(&mut self, name: &str, default: (f64, f64)) -> Result<(f64, f64), String> {
-        let Some(v) = self.take(name) else {
-            return Ok(default);
-        };
-        match v.as_array().map(Vec::as_slice) {
-            Some([a, b]) => a
-                .as_f64()
-                .zip(b.as_f64())
-                .ok_or_else(|| format!("kwarg `{name}` is not two numbers: {v}")),
-            _ => Err(format!("kwarg `{name}` is not a pair: {v}")),
-        }
-    }
-
-    /// Fails naming every kwarg not taken.
-    fn finish(self) -> Result<(), String> {
-        if self.0.is_empty() {
-            return Ok(());
-        }
-        let names: Vec<&str> = self.0.keys().map(String::as_str).collect();
-        Err(format!("unknown torch kwarg(s): {}", names.join(", ")))
-    }
-}
-
 /// `(rtol, atol)` from the README: `|actual - expected| <= atol + rtol * |expected|`.
 fn tolerance<T: Float>() -> (f64, f64) {
     match T::DTYPE {
@@ -264,10 +248,11 @@ fn tolerance<T: Float>() -> (f64, f64) {
     }
 }
 
-/// Compares `actual` with `expected` element by element, pushing one line per mismatch.
-fn compare<T: Float>(at: &str, actual: &[T], expected: &[f64], failures: &mut Vec<String>) {
+/// Compares `actual` (values of the case's dtype `T`, or optjit's f64 scalar state) with
+/// `expected` element by element with `T`'s tolerance, pushing one line per mismatch.
+fn compare<T: Float>(at: &str, actual: &[f64], expected: &[f64], outcome: &mut Outcome) {
     if actual.len() != expected.len() {
-        failures.push(format!(
+        outcome.failures.push(format!(
             "{at}: {} values, expected {}",
             actual.len(),
             expected.len()
@@ -276,11 +261,15 @@ fn compare<T: Float>(at: &str, actual: &[T], expected: &[f64], failures: &mut Ve
     }
     let (rtol, atol) = tolerance::<T>();
     for (index, (&a, &e)) in actual.iter().zip(expected).enumerate() {
-        let a = a.to_f64();
+        let ratio = (a - e).abs() / (atol + rtol * e.abs());
+        let worst = outcome.worst.entry(T::DTYPE).or_default();
+        if ratio > worst.0 || worst.1.is_empty() {
+            *worst = (ratio, format!("{at}[{index}]"));
+        }
         // False for a NaN, which so fails.
         let close = (a - e).abs() <= atol + rtol * e.abs();
         if !close {
-            failures.push(format!(
+            outcome.failures.push(format!(
                 "{at}[{index}]: expected {e:e}, actual {a:e} (diff {:e})",
                 a - e
             ));
@@ -288,13 +277,17 @@ fn compare<T: Float>(at: &str, actual: &[T], expected: &[f64], failures: &mut Ve
     }
 }
 
-/// Replays `case` in `T` with `stepper`, pushing mismatches to `failures`; an error means the
-/// replay could not go on.
+fn to_f64<T: Float>(values: &[T]) -> Vec<f64> {
+    values.iter().map(|x| x.to_f64()).collect()
+}
+
+/// Replays `case` in `T` with `stepper`, recording mismatches in `outcome`; an error means
+/// the replay could not go on.
 fn replay<T: Float>(
     label: &str,
     case: &Case,
     stepper: &Stepper,
-    failures: &mut Vec<String>,
+    outcome: &mut Outcome,
 ) -> Result<(), String> {
     let to_t = |values: &[f64]| values.iter().map(|&x| T::from_f64(x)).collect::<Vec<T>>();
     let mut params: Vec<Vec<T>> = case.params.iter().map(|p| to_t(p)).collect();
@@ -320,7 +313,7 @@ fn replay<T: Float>(
             .map_err(|e| format!("step {step}: {e}"))?;
         for (i, (actual, expected)) in params.iter().zip(expected).enumerate() {
             let at = format!("{label} step {step} tensor {i} param");
-            compare(&at, actual, expected, failures);
+            compare::<T>(&at, &to_f64(actual), expected, outcome);
         }
     }
 
@@ -333,29 +326,35 @@ fn replay<T: Float>(
         let at = |key: &str| format!("{label} state after step {last} tensor {i} {key}");
         for slot in &stepper.program().slots {
             if !expected.contains_key(&slot.name) {
-                failures.push(format!("{}: torch keeps no such state", at(&slot.name)));
+                let line = format!("{}: torch keeps no such state", at(&slot.name));
+                outcome.failures.push(line);
             }
         }
         for (key, value) in expected {
-            if key == "step" {
-                match value.as_f64() {
-                    Some(e) => compare(&at(key), &[T::from_f64(state.step as f64)], &[e], failures),
-                    None => failures.push(format!("{}: not a number: {value}", at(key))),
+            // torch keeps `step` (and scalar state such as NAdam's `mu_product`) as a tensor
+            // of the case's dtype; optjit keeps a count and f64 scalars.
+            let actual = if key == "step" {
+                vec![state.step as f64]
+            } else {
+                let Some(n) = slot_index(stepper, key) else {
+                    outcome
+                        .failures
+                        .push(format!("{}: optjit has no such slot", at(key)));
+                    continue;
+                };
+                match &state.slots[n] {
+                    SlotValue::Buffer(buffer) => to_f64(buffer),
+                    SlotValue::Scalar(x) => vec![*x],
                 }
-                continue;
-            }
-            let Some(n) = slot_index(stepper, key) else {
-                failures.push(format!("{}: optjit has no such slot", at(key)));
-                continue;
             };
-            let Some(actual) = state.buffer(n) else {
-                failures.push(format!("{}: optjit's slot is not a buffer", at(key)));
-                continue;
+            let expected = match value {
+                Value::Number(x) => x.as_f64().map(|x| vec![x]),
+                other => serde_json::from_value::<Vec<f64>>(other.clone()).ok(),
             };
-            match serde_json::from_value::<Vec<f64>>(value.clone()) {
-                Ok(e) => compare(&at(key), actual, &e, failures),
-                Err(_) => failures.push(format!(
-                    "{}: expected a list of numbers, got {value}",
+            match expected {
+                Some(e) => compare::<T>(&at(key), &actual, &e, outcome),
+                None => outcome.failures.push(format!(
+                    "{}: expected a number or a list of numbers, got {value}",
                     at(key)
                 )),
             }

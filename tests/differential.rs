@@ -6,7 +6,7 @@
 use optjit::ir::Op;
 use optjit::{
     optim, Builder, Executor, Expr, Float, Graph, Jit, JitOptions, Kernel, ParamRef, ParamState,
-    Segment, Stepper,
+    Segment, SlotValue, Stepper,
 };
 
 /// splitmix64: a seeded, dependency-free source of test inputs.
@@ -275,6 +275,56 @@ fn builtins() -> Vec<Graph> {
             .unwrap(),
         );
     }
+    // The other torch.optim built-ins, maximizing (their defaults are in NAMES).
+    let maximize = true;
+    graphs.extend(
+        [
+            optim::Rmsprop {
+                centered: true,
+                momentum: 0.5,
+                maximize,
+                ..Default::default()
+            }
+            .graph(),
+            optim::Adagrad {
+                maximize,
+                ..Default::default()
+            }
+            .graph(),
+            optim::Adadelta {
+                maximize,
+                ..Default::default()
+            }
+            .graph(),
+            optim::Adamax {
+                maximize,
+                ..Default::default()
+            }
+            .graph(),
+            optim::NAdam {
+                decoupled_weight_decay: true,
+                maximize,
+                ..Default::default()
+            }
+            .graph(),
+            optim::RAdam {
+                maximize,
+                ..Default::default()
+            }
+            .graph(),
+            optim::Asgd {
+                maximize,
+                ..Default::default()
+            }
+            .graph(),
+            optim::Rprop {
+                maximize,
+                ..Default::default()
+            }
+            .graph(),
+        ]
+        .map(Result::unwrap),
+    );
     graphs
 }
 
@@ -326,13 +376,16 @@ fn check_steps<T: Float>(graph: &Graph, seed: u64) {
             assert_same(&format!("{} {executor:?} param {i}", graph.name()), r, a);
         }
         for (i, (r, a)) in ref_states.iter().zip(states).enumerate() {
-            for n in 0..r.slots.len() {
-                let (r, a) = (r.buffer(n).unwrap(), a.buffer(n).unwrap());
-                assert_same(
-                    &format!("{} {executor:?} state {i} slot {n}", graph.name()),
-                    r,
-                    a,
-                );
+            for (n, (r, a)) in r.slots.iter().zip(&a.slots).enumerate() {
+                let what = format!("{} {executor:?} state {i} slot {n}", graph.name());
+                match (r, a) {
+                    (SlotValue::Buffer(r), SlotValue::Buffer(a)) => assert_same(&what, r, a),
+                    // Scalar slots come from the prologue, the same code for every executor.
+                    (SlotValue::Scalar(r), SlotValue::Scalar(a)) => {
+                        assert!(same(*r, *a), "{what}: reference {r:?}, got {a:?}")
+                    }
+                    _ => panic!("{what}: a buffer and a scalar"),
+                }
             }
         }
     }

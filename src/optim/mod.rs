@@ -4,13 +4,50 @@
 //! `maximize`, momentum on/off) as choices of graph.
 //!
 //! State slots carry PyTorch's state names (`exp_avg`, `momentum_buffer`, ...).
+//!
+//! From `torch.optim`: [`Sgd`], [`Adam`], [`AdamW`], [`Rmsprop`], [`Adagrad`], [`Adadelta`],
+//! [`Adamax`], [`NAdam`], [`RAdam`], [`Asgd`] and [`Rprop`], each checked against PyTorch's
+//! recorded trajectories (`tests/conformance.rs`); [`from_torch`] builds one from a
+//! constructor's keyword arguments.
+//!
+//! Beyond `torch.optim`: [`Lion`], [`Adan`], [`AdaBelief`] and [`ScheduleFreeAdamW`], each
+//! following its authors' PyTorch implementation (named in its doc) the same way.
 
+mod adadelta;
+mod adagrad;
 mod adam;
+mod adamax;
+mod asgd;
 mod common;
+mod nadam;
+mod radam;
+mod rmsprop;
+mod rprop;
 mod sgd;
+mod torch;
 
+// Beyond torch.optim.
+mod adabelief;
+mod adan;
+mod lion;
+mod schedule_free;
+
+pub use adadelta::Adadelta;
+pub use adagrad::Adagrad;
 pub use adam::{Adam, AdamW};
+pub use adamax::Adamax;
+pub use asgd::Asgd;
+pub use nadam::NAdam;
+pub use radam::RAdam;
+pub use rmsprop::Rmsprop;
+pub use rprop::Rprop;
 pub use sgd::Sgd;
+pub use torch::from_torch;
+
+pub use adabelief::AdaBelief;
+pub use adan::Adan;
+pub use lion::Lion;
+pub use schedule_free::ScheduleFreeAdamW;
 
 use crate::Graph;
 
@@ -23,6 +60,23 @@ pub const NAMES: &[&str] = &[
     "adam_amsgrad",
     "adamw",
     "adamw_amsgrad",
+    "rmsprop",
+    "rmsprop_centered",
+    "rmsprop_momentum",
+    "rmsprop_centered_momentum",
+    "adagrad",
+    "adadelta",
+    "adamax",
+    "nadam",
+    "nadamw",
+    "radam",
+    "radamw",
+    "asgd",
+    "rprop",
+    "lion",
+    "adan",
+    "adabelief",
+    "schedule_free_adamw",
 ];
 
 /// The graph of a built-in by name (see [`NAMES`]), with default options.
@@ -51,6 +105,44 @@ pub fn by_name(name: &str) -> Option<Graph> {
             ..AdamW::default()
         }
         .graph(),
+        "rmsprop" => Rmsprop::default().graph(),
+        "rmsprop_centered" => Rmsprop {
+            centered: true,
+            ..Rmsprop::default()
+        }
+        .graph(),
+        "rmsprop_momentum" => Rmsprop {
+            momentum: 0.9,
+            ..Rmsprop::default()
+        }
+        .graph(),
+        "rmsprop_centered_momentum" => Rmsprop {
+            centered: true,
+            momentum: 0.9,
+            ..Rmsprop::default()
+        }
+        .graph(),
+        "adagrad" => Adagrad::default().graph(),
+        "adadelta" => Adadelta::default().graph(),
+        "adamax" => Adamax::default().graph(),
+        "nadam" => NAdam::default().graph(),
+        "nadamw" => NAdam {
+            decoupled_weight_decay: true,
+            ..NAdam::default()
+        }
+        .graph(),
+        "radam" => RAdam::default().graph(),
+        "radamw" => RAdam {
+            decoupled_weight_decay: true,
+            ..RAdam::default()
+        }
+        .graph(),
+        "asgd" => Asgd::default().graph(),
+        "rprop" => Rprop::default().graph(),
+        "lion" => Lion::default().graph(),
+        "adan" => Adan::default().graph(),
+        "adabelief" => AdaBelief::default().graph(),
+        "schedule_free_adamw" => ScheduleFreeAdamW::default().graph(),
         _ => return None,
     };
     Some(graph.expect("built-in defaults are valid"))
