@@ -170,6 +170,10 @@ pub enum Error {
         /// The dtype given.
         actual: DType,
     },
+    /// User mistake: `step` called in evaluation mode (after `eval()`, before `train()`),
+    /// where the parameters hold the evaluation point, not the training iterate.
+    #[error("the optimizer is in evaluation mode: call train() before step()")]
+    EvalMode,
     /// User mistake: a parameter's step count would overflow.
     #[error("the step count of a parameter would overflow")]
     StepOverflow,

@@ -286,3 +286,81 @@ fn stepper_and_optimizer_agree() {
         state.buffer(1).unwrap()
     );
 }
+
+/// Schedule-free AdamW's train/eval swaps through the runtime equal the same graphs run by
+/// hand with the Stepper, and stepping in eval mode is refused without changing anything.
+#[test]
+fn eval_and_train_modes_run_their_graphs_without_counting_a_step() {
+    use optjit::optim::ScheduleFreeAdamW;
+    let sf = ScheduleFreeAdamW {
+        lr: 0.05,
+        ..ScheduleFreeAdamW::default()
+    };
+    let (graph, train, eval) = (
+        sf.graph().unwrap(),
+        sf.train_graph().unwrap(),
+        sf.eval_graph().unwrap(),
+    );
+    let mut opt = Optimizer::new(&graph)
+        .unwrap()
+        .with_modes(&train, &eval)
+        .unwrap();
+    let g = opt.add_param_group(&[]).unwrap();
+    let w = opt.add_param(g, "w", &array![1.0f32, -2.0, 0.5]).unwrap();
+    let never = opt.add_param(g, "never", &array![3.0f32]).unwrap();
+    let stepper = Stepper::new(&graph).unwrap();
+    let (mut p, mut state) = (vec![1.0f32, -2.0, 0.5], stepper.init_state(3));
+    for k in 0..4 {
+        let grad = [0.5, -1.0 + k as f32, 2.0];
+        opt.set_grad(&w, &grad).unwrap();
+        opt.step().unwrap();
+        stepper.step(&mut p, &grad, &mut state).unwrap();
+    }
+    assert_eq!(opt.param(&w).unwrap(), p.as_slice());
+
+    opt.eval().unwrap();
+    let by_hand = |graph: &optjit::Graph, p: &mut Vec<f32>, state: &mut optjit::ParamState<f32>| {
+        let step = state.step;
+        Stepper::new(graph)
+            .unwrap()
+            .step(p, &[0.0; 3], state)
+            .unwrap();
+        state.step = step;
+    };
+    by_hand(&eval, &mut p, &mut state);
+    assert_eq!(opt.param(&w).unwrap(), p.as_slice(), "eval moved w to x");
+    assert_eq!(
+        opt.param(&never).unwrap(),
+        &[3.0],
+        "a parameter without state stays"
+    );
+    assert_eq!(opt.param_step(&w).unwrap(), 4, "a swap is not a step");
+    assert!(!opt.is_training());
+    opt.eval().unwrap();
+    assert_eq!(
+        opt.param(&w).unwrap(),
+        p.as_slice(),
+        "eval twice swaps once"
+    );
+
+    opt.set_grad(&w, &[1.0, 1.0, 1.0]).unwrap();
+    assert_eq!(opt.step().unwrap_err(), Error::EvalMode);
+    assert_eq!(opt.param(&w).unwrap(), p.as_slice());
+
+    opt.train().unwrap();
+    by_hand(&train, &mut p, &mut state);
+    assert_eq!(
+        opt.param(&w).unwrap(),
+        p.as_slice(),
+        "train moved w back to y"
+    );
+    opt.step().unwrap();
+    assert_eq!(opt.param_step(&w).unwrap(), 5);
+
+    // Mode graphs must fit the optimizer's state.
+    let adam = Adam::default().graph().unwrap();
+    assert!(matches!(
+        Optimizer::new(&graph).unwrap().with_modes(&adam, &eval),
+        Err(Error::StateMismatch { .. })
+    ));
+}

@@ -50,10 +50,11 @@ use crate::{Builder, Expr, Graph, Result};
 /// The reference's `optimizer.eval()` moves every parameter from `y` to `x`, its `train()`
 /// back to `y`. [`eval_graph`](Self::eval_graph) and [`train_graph`](Self::train_graph) are
 /// those swaps: graphs with the same state slots that only rewrite the parameter, leaving the
-/// state unchanged. Running them on `optimizer.eval()` / `.train()` (once per mode change,
-/// without counting a step) is wired in by a runtime issue, as is refusing to step in eval
-/// mode (the reference raises); until then a caller of [`Stepper`](crate::Stepper) runs the
-/// swaps itself and restores `ParamState::step` afterwards, since `Stepper` counts every call.
+/// state unchanged. [`Optimizer::with_modes`](crate::Optimizer::with_modes) attaches them, so
+/// that `optimizer.eval()` / `.train()` run them once per mode change without counting a
+/// step, and `step()` is refused in eval mode, as the reference does. A caller of
+/// [`Stepper`](crate::Stepper) runs the swaps itself and restores `ParamState::step`
+/// afterwards, since `Stepper` counts every call.
 ///
 /// Reference: A. Defazio et al., "The Road Less Scheduled", NeurIPS 2024 (arXiv:2405.15682);
 /// implementation `schedulefree/adamw_schedulefree.py` of facebookresearch/schedule_free at

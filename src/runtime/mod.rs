@@ -157,6 +157,16 @@ pub struct Optimizer {
     pre_hooks: Vec<(HookId, Hook)>,
     post_hooks: Vec<(HookId, Hook)>,
     next_hook: u64,
+    /// The graphs `train()` and `eval()` run, with their hyperparameters' indices among the
+    /// optimizer's.
+    modes: Option<Modes>,
+    training: bool,
+}
+
+/// The compiled mode-switch programs of an optimizer (see [`Optimizer::with_modes`]).
+pub(crate) struct Modes {
+    pub(crate) train: (Arc<Program>, Vec<usize>),
+    pub(crate) eval: (Arc<Program>, Vec<usize>),
 }
 
 static NEXT_OPTIMIZER: AtomicU64 = AtomicU64::new(1);
@@ -179,7 +189,69 @@ impl Optimizer {
             pre_hooks: Vec::new(),
             post_hooks: Vec::new(),
             next_hook: 0,
+            modes: None,
+            training: true,
         })
+    }
+
+    /// Attaches the graphs that [`Optimizer::train`] and [`Optimizer::eval`] run over every
+    /// parameter with state (without counting a step), e.g. schedule-free AdamW's swap
+    /// between the training iterate and the evaluation point:
+    ///
+    /// ```
+    /// use optjit::{optim::ScheduleFreeAdamW, Optimizer};
+    /// use ndarray::array;
+    ///
+    /// let sf = ScheduleFreeAdamW { lr: 0.1, ..ScheduleFreeAdamW::default() };
+    /// let mut opt = Optimizer::new(&sf.graph()?)?.with_modes(&sf.train_graph()?, &sf.eval_graph()?)?;
+    /// let g = opt.add_param_group(&[])?;
+    /// let w = opt.add_param(g, "w", &array![1.0f64, -1.0])?;
+    /// for _ in 0..3 {
+    ///     opt.set_grad(&w, &[0.5, -2.0])?;
+    ///     opt.step()?;
+    /// }
+    /// let y = opt.param(&w)?.to_vec();
+    /// opt.eval()?; // the parameter now holds x, the average
+    /// assert_ne!(opt.param(&w)?, y.as_slice());
+    /// assert!(opt.step().is_err(), "no steps in eval mode");
+    /// opt.train()?; // back to y, up to rounding
+    /// assert!(opt.param(&w)?.iter().zip(&y).all(|(a, b)| (a - b).abs() < 1e-12));
+    /// # Ok::<(), optjit::Error>(())
+    /// ```
+    ///
+    /// Both graphs must have the optimizer's state slots (same names and kinds, in order) and
+    /// only hyperparameters the optimizer has.
+    pub fn with_modes(mut self, train: &Graph, eval: &Graph) -> Result<Optimizer> {
+        let compile = |graph: &Graph| -> Result<(Arc<Program>, Vec<usize>)> {
+            let program = passes::compile(graph)?;
+            let same = |a: &crate::ir::SlotDef, b: &crate::ir::SlotDef| {
+                a.name == b.name && a.kind == b.kind
+            };
+            let slots_match = program.slots.len() == self.program.slots.len()
+                && program
+                    .slots
+                    .iter()
+                    .zip(&self.program.slots)
+                    .all(|(a, b)| same(a, b));
+            if !slots_match {
+                return Err(Error::StateMismatch {
+                    slot: graph.name().to_string(),
+                    reason: "a mode graph must have the optimizer's state slots",
+                });
+            }
+            let hypers = program
+                .hypers
+                .iter()
+                .map(|h| self.hyper_index(&h.name))
+                .collect::<Result<Vec<usize>>>()?;
+            Ok((Arc::new(program), hypers))
+        };
+        let modes = Modes {
+            train: compile(train)?,
+            eval: compile(eval)?,
+        };
+        self.modes = Some(modes);
+        Ok(self)
     }
 
     /// Runs steps with `executor` instead of the JIT.
@@ -521,12 +593,15 @@ impl Optimizer {
         if let Some(k) = cell.get() {
             return Ok(k.clone());
         }
-        let jit = match &self.jit {
-            Some(jit) => jit.clone(),
-            None => Jit::global()?,
-        };
-        let kernel = jit.compile(&self.program, dtype)?;
+        let kernel = self.jit()?.compile(&self.program, dtype)?;
         Ok(cell.get_or_init(|| kernel).clone())
+    }
+
+    fn jit(&self) -> Result<Jit> {
+        match &self.jit {
+            Some(jit) => Ok(jit.clone()),
+            None => Jit::global(),
+        }
     }
 
     fn slot_inits(&self) -> Vec<f64> {

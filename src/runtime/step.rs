@@ -4,9 +4,10 @@
 use super::store::{split_ranges_mut, AlignedBuf};
 use super::{run_parallel, Optimizer, Runner, StateInfo};
 use crate::segment::Segment;
-use crate::{DType, Error, Executor, Float, Result};
+use crate::{DType, Error, Executor, Float, Program, Result};
+use std::sync::Arc;
 
-/// What one (group, dtype) step computed before touching any buffer.
+/// What one (group, dtype) run computed before touching any buffer.
 struct Plan<T> {
     /// Parameter indices, in storage order.
     members: Vec<usize>,
@@ -16,35 +17,95 @@ struct Plan<T> {
     updates: Vec<Vec<(usize, f64)>>,
 }
 
+/// A program to run over the parameters: the optimizer's own step, or a mode swap.
+struct Pass {
+    program: Arc<Program>,
+    /// Per hyperparameter of `program`: its index among the optimizer's hyperparameters.
+    hypers: Vec<usize>,
+    /// A step updates the parameters with a gradient and counts; a swap rewrites every
+    /// parameter that has state and does not count.
+    is_step: bool,
+}
+
 impl Optimizer {
     /// Updates every parameter that has a gradient; parameters without one are skipped, their
     /// state and step count untouched.
     ///
     /// Everything is checked before the first buffer is written; on error nothing changed.
+    /// Fails with [`Error::EvalMode`] between [`Optimizer::eval`] and [`Optimizer::train`].
     pub fn step(&mut self) -> Result<()> {
+        if !self.training {
+            return Err(Error::EvalMode);
+        }
         self.run_hooks(true);
-        // Plans first (every check), then the kernels, then the bookkeeping.
+        let pass = Pass {
+            program: self.program.clone(),
+            hypers: (0..self.program.hypers.len()).collect(),
+            is_step: true,
+        };
+        self.run_pass(&pass)?;
+        self.run_hooks(false);
+        Ok(())
+    }
+
+    /// Runs `pass` over every group and dtype: plans first (every check), then the kernels,
+    /// then the bookkeeping.
+    fn run_pass(&mut self, pass: &Pass) -> Result<()> {
         let mut plans32 = Vec::new();
         let mut plans64 = Vec::new();
         for g in 0..self.groups.len() {
-            plans32.push(self.plan::<f32>(g)?);
-            plans64.push(self.plan::<f64>(g)?);
+            plans32.push(self.plan::<f32>(g, pass)?);
+            plans64.push(self.plan::<f64>(g, pass)?);
         }
         let kernels = [
-            self.runner_kernel(DType::F32, &plans32)?,
-            self.runner_kernel(DType::F64, &plans64)?,
+            self.runner_kernel(&pass.program, DType::F32, &plans32)?,
+            self.runner_kernel(&pass.program, DType::F64, &plans64)?,
         ];
         for (g, (p32, p64)) in plans32.iter().zip(&plans64).enumerate() {
-            self.execute(g, p32, kernels[0].as_ref())?;
-            self.execute(g, p64, kernels[1].as_ref())?;
+            self.execute(g, p32, &pass.program, kernels[0].as_ref())?;
+            self.execute(g, p64, &pass.program, kernels[1].as_ref())?;
         }
         for plan in &plans32 {
-            self.finish(plan);
+            self.finish(plan, pass.is_step);
         }
         for plan in &plans64 {
-            self.finish(plan);
+            self.finish(plan, pass.is_step);
         }
-        self.run_hooks(false);
+        Ok(())
+    }
+
+    /// Switches to evaluation mode, running the optimizer's eval graph (see
+    /// [`Optimizer::with_modes`]) over every parameter with state. Does nothing if already in
+    /// evaluation mode.
+    pub fn eval(&mut self) -> Result<()> {
+        self.switch_mode(false)
+    }
+
+    /// Switches back to training mode, running the train graph. Does nothing if already
+    /// training.
+    pub fn train(&mut self) -> Result<()> {
+        self.switch_mode(true)
+    }
+
+    /// Whether the optimizer is in training mode (the default).
+    pub fn is_training(&self) -> bool {
+        self.training
+    }
+
+    fn switch_mode(&mut self, training: bool) -> Result<()> {
+        if self.training == training {
+            return Ok(());
+        }
+        if let Some(modes) = &self.modes {
+            let (program, hypers) = if training { &modes.train } else { &modes.eval };
+            let pass = Pass {
+                program: program.clone(),
+                hypers: hypers.clone(),
+                is_step: false,
+            };
+            self.run_pass(&pass)?;
+        }
+        self.training = training;
         Ok(())
     }
 
@@ -79,21 +140,37 @@ impl Optimizer {
         *list = hooks;
     }
 
-    /// The JIT kernel for `dtype` if the JIT runs and some plan has work.
-    fn runner_kernel<T>(&self, dtype: DType, plans: &[Plan<T>]) -> Result<Option<crate::Kernel>> {
+    /// The JIT kernel of `program` for `dtype` if the JIT runs and some plan has work.
+    fn runner_kernel<T>(
+        &self,
+        program: &Arc<Program>,
+        dtype: DType,
+        plans: &[Plan<T>],
+    ) -> Result<Option<crate::Kernel>> {
         let needed = self.executor == Executor::Jit && plans.iter().any(|p| !p.members.is_empty());
-        needed.then(|| self.kernel(dtype)).transpose()
+        if !needed {
+            return Ok(None);
+        }
+        if Arc::ptr_eq(program, &self.program) {
+            return self.kernel(dtype).map(Some);
+        }
+        self.jit()?.compile(program, dtype).map(Some)
     }
 
     /// Checks and computes the prologue of group `g`'s parameters of dtype `T` with a gradient.
-    fn plan<T: Float>(&self, g: usize) -> Result<Plan<T>> {
-        let program = &self.program;
+    fn plan<T: Float>(&self, g: usize, pass: &Pass) -> Result<Plan<T>> {
+        let program = &pass.program;
         let group = &self.groups[g];
+        let hypers: Vec<f64> = pass.hypers.iter().map(|&h| group.hypers[h]).collect();
+        let selected = |i: usize| match pass.is_step {
+            true => self.has_grad[i],
+            false => self.state[i].is_some(),
+        };
         let members: Vec<usize> = group
             .params
             .iter()
             .copied()
-            .filter(|&i| self.has_grad[i] && self.params[i].dtype == T::DTYPE)
+            .filter(|&i| selected(i) && self.params[i].dtype == T::DTYPE)
             .collect();
         let inits = self.slot_inits();
         let mut values = Vec::new();
@@ -107,7 +184,7 @@ impl Optimizer {
             if step == u64::MAX {
                 return Err(Error::StepOverflow);
             }
-            program.eval_prologue(&group.hypers, step + 1, |n| scalars[n], &mut values);
+            program.eval_prologue(&hypers, step + 1, |n| scalars[n], &mut values);
             let block = program.prologue.kernel_scalars.iter();
             blocks.push(block.map(|&s| T::from_f64(values[s as usize])).collect());
             let state_updates = program.prologue.state_updates.iter();
@@ -129,6 +206,7 @@ impl Optimizer {
         &mut self,
         g: usize,
         plan: &Plan<T>,
+        program: &Program,
         kernel: Option<&crate::Kernel>,
     ) -> Result<()> {
         if plan.members.is_empty() {
@@ -182,20 +260,20 @@ impl Optimizer {
             .collect();
         let runner = match kernel {
             Some(k) => Runner::Jit(k),
-            None => Runner::Interp(self.executor, &self.program.stage),
+            None => Runner::Interp(self.executor, &program.stage),
         };
         run_parallel(runner, segments, self.threads)
     }
 
-    /// Counts the step and stores the new scalar state of the plan's parameters.
-    fn finish<T>(&mut self, plan: &Plan<T>) {
+    /// Counts the step (for a step) and stores the new scalar state of the plan's parameters.
+    fn finish<T>(&mut self, plan: &Plan<T>, is_step: bool) {
         let inits = self.slot_inits();
         for (&i, updates) in plan.members.iter().zip(&plan.updates) {
             let state = self.state[i].get_or_insert_with(|| StateInfo {
                 step: 0,
                 scalars: inits.clone(),
             });
-            state.step += 1;
+            state.step += u64::from(is_step);
             for &(slot, value) in updates {
                 state.scalars[slot] = value;
             }
