@@ -11,8 +11,14 @@ use optjit::runtime::TensorData;
 use optjit::Optimizer;
 
 fn main() -> optjit::Result<()> {
-    let path = std::env::args().nth(1).unwrap_or_else(|| "checkpoint.safetensors".into());
-    let graph = Adam { amsgrad: true, ..Adam::default() }.graph()?;
+    let path = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "checkpoint.safetensors".into());
+    let graph = Adam {
+        amsgrad: true,
+        ..Adam::default()
+    }
+    .graph()?;
     let mut opt = Optimizer::new(&graph)?;
     let body = opt.add_param_group(&[])?;
     let head = opt.add_param_group(&[("lr", 1e-4)])?;
