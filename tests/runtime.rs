@@ -170,15 +170,22 @@ fn bad_handles_names_and_lengths_are_typed_errors_and_change_nothing() {
         opt.add_param(g, "w", &array![1.0f32]).unwrap_err(),
         Error::DuplicateParam { name: "w".into() }
     );
+    // Across groups too: a parameter lives in one group only.
+    let g1 = opt.add_param_group(&[("lr", 0.5)]).unwrap();
+    assert_eq!(
+        opt.add_param(g1, "w", &array![1.0f64]).unwrap_err(),
+        Error::DuplicateParam { name: "w".into() }
+    );
+    assert_eq!(opt.group_params(g1).unwrap().len(), 0);
     assert_eq!(
         opt.add_param(7, "z", &array![1.0f32]).unwrap_err(),
-        Error::UnknownGroup { index: 7, count: 1 }
+        Error::UnknownGroup { index: 7, count: 2 }
     );
     assert!(matches!(
         opt.add_param_group(&[("betas", 0.1)]),
         Err(Error::UnknownHyper { .. })
     ));
-    assert_eq!(opt.num_groups(), 1);
+    assert_eq!(opt.num_groups(), 2);
     let err = opt.set_grad(&w, &[1.0, 2.0, 3.0]).unwrap_err();
     assert!(matches!(
         err,
