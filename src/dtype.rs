@@ -81,6 +81,8 @@ pub trait Float:
     fn ln(self) -> Self;
     /// `self^e` (the platform's `pow`).
     fn powf(self, e: Self) -> Self;
+    /// `self·a + b` with one rounding (correctly rounded in hardware or software).
+    fn mul_add(self, a: Self, b: Self) -> Self;
     /// True for any NaN.
     fn is_nan(self) -> bool;
     /// True when the sign bit is set (also for −0 and negative NaNs).
@@ -122,6 +124,10 @@ macro_rules! impl_float {
             #[inline]
             fn powf(self, e: Self) -> Self {
                 <$t>::powf(self, e)
+            }
+            #[inline]
+            fn mul_add(self, a: Self, b: Self) -> Self {
+                <$t>::mul_add(self, a, b)
             }
             #[inline]
             fn is_nan(self) -> bool {

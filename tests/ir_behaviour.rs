@@ -2,6 +2,7 @@
 //! state, and the checks that keep malformed programs away from generated code.
 
 use optjit::interp::eval_op;
+use optjit::ir::GraphFlags;
 use optjit::ir::Op;
 use optjit::program::{verify_program, ElemArg, ElemInst};
 use optjit::{passes, Builder, DType, Error, Executor, Graph, Jit, SlotValue, Stepper};
@@ -276,4 +277,78 @@ fn builder_misuse_is_reported_not_panicked() {
     let chosen = b.select(other.grad(), b.grad(), b.param());
     b.set_param(chosen * 2.0 + b.grad());
     assert_eq!(b.finish().unwrap_err(), Error::ForeignExpr);
+}
+
+#[test]
+fn reciprocal_flag_turns_scalar_divisions_into_products() {
+    let build = |flags: GraphFlags| {
+        let b = Builder::new("t");
+        b.set_flags(flags);
+        let s = b.hyper("s", 3.0);
+        b.set_param(b.grad() / s + b.param() / b.grad());
+        b.finish().unwrap()
+    };
+    let plain = stage_of(&build(GraphFlags::default()));
+    assert_eq!(plain.matches("= div.f32").count(), 2, "{plain}");
+    let flagged = build(GraphFlags {
+        reciprocal: true,
+        ..GraphFlags::default()
+    });
+    let text = stage_of(&flagged);
+    // Only the division by the per-step scalar goes; element / element stays.
+    assert_eq!(text.matches("= div.f32").count(), 1, "{text}");
+    assert!(text.contains("= mul.f32 grad[i], $"), "{text}");
+    let (p, _) = agree(&flagged);
+    let exact: Vec<f64> = [1.0f64, -2.0, 0.5, 3.0, 0.0].to_vec();
+    assert_eq!(p.len(), exact.len());
+}
+
+fn stage_of(graph: &Graph) -> String {
+    passes::compile(graph)
+        .unwrap()
+        .display(DType::F32)
+        .to_string()
+}
+
+#[test]
+fn fast_math_contracts_multiply_adds_within_tolerance() {
+    let adam = optjit::optim::Adam {
+        weight_decay: 0.01,
+        ..Default::default()
+    }
+    .graph()
+    .unwrap();
+    let fast = adam.clone().with_flags(GraphFlags {
+        fast_math: true,
+        ..adam.flags()
+    });
+    let text = stage_of(&fast);
+    assert!(text.matches("= fma.f32").count() >= 3, "{text}");
+    assert!(!stage_of(&adam).contains("fma"));
+    agree(&fast);
+    // Tolerance-tested against the exact program: 20 steps on varied data.
+    let (exact, contracted) = (Stepper::new(&adam).unwrap(), Stepper::new(&fast).unwrap());
+    let n = 4096;
+    let mut p = (vec![0.0f32; n], vec![0.0f32; n]);
+    for (i, (a, b)) in p.0.iter_mut().zip(p.1.iter_mut()).enumerate() {
+        *a = ((i * 37 % 101) as f32 - 50.0) * 0.013;
+        *b = *a;
+    }
+    let (mut s0, mut s1) = (exact.init_state::<f32>(n), contracted.init_state::<f32>(n));
+    for k in 0..20 {
+        let g: Vec<f32> = (0..n)
+            .map(|i| (((i * 7 + k * 13) % 97) as f32 - 48.0) * 0.021)
+            .collect();
+        exact.step(&mut p.0, &g, &mut s0).unwrap();
+        contracted.step(&mut p.1, &g, &mut s1).unwrap();
+    }
+    let mut differing = 0;
+    for (a, b) in p.0.iter().zip(&p.1) {
+        assert!((a - b).abs() <= 1e-7 + 1e-5 * a.abs(), "{a} vs {b}");
+        differing += usize::from(a != b);
+    }
+    assert!(
+        differing > 0,
+        "fast_math changed nothing: no contraction happened"
+    );
 }

@@ -72,7 +72,7 @@ fn apply<T: Float>(op: Op, args: &[ArrayView1<'_, T>]) -> Array1<T> {
     }
     dispatch!(
         Neg, Abs, Sqrt, Sign, Exp, Ln, Add, Sub, Mul, Div, Min, Max, Pow, Eq, Ne, Lt, Le, Gt, Ge,
-        Select
+        Select, Fma
     )
 }
 

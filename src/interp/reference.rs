@@ -76,6 +76,7 @@ pub fn eval_op<T: Float>(op: Op, a: T, b: T, c: T) -> T {
                 c
             }
         }
+        Op::Fma => a.mul_add(b, c),
     }
 }
 

@@ -5,7 +5,7 @@
 //! of `pow`, an expression from another builder) is remembered and returned by
 //! [`Builder::finish`]; declaration mistakes are returned where they happen.
 
-use super::{Graph, Node, NodeId, Op, SlotKind};
+use super::{Graph, GraphFlags, Node, NodeId, Op, SlotKind};
 use crate::{Error, Result};
 use std::cell::RefCell;
 use std::ops::{Add, Div, Mul, Neg, Sub};
@@ -179,6 +179,11 @@ impl Builder {
         }
     }
 
+    /// Opts the graph into numerical rewrites (see [`GraphFlags`]).
+    pub fn set_flags(&self, flags: GraphFlags) {
+        self.inner.borrow_mut().graph.set_flags(flags);
+    }
+
     /// Sets the new parameter value. A later call replaces an earlier one.
     pub fn set_param(&self, value: Expr<'_>) {
         if !std::ptr::eq(value.builder, self) {
@@ -289,6 +294,11 @@ impl<'b> Expr<'b> {
     /// `self^exponent`, scalars only ([`Op::Pow`]).
     pub fn pow(self, exponent: impl IntoExpr<'b>) -> Expr<'b> {
         self.binary(Op::Pow, exponent)
+    }
+    /// `self · a + b` with one rounding ([`Op::Fma`]).
+    pub fn mul_add(self, a: impl IntoExpr<'b>, b: impl IntoExpr<'b>) -> Expr<'b> {
+        let (a, b) = (a.into_expr(self.builder), b.into_expr(self.builder));
+        self.builder.apply(Op::Fma, &[self, a, b])
     }
     /// `min(self, other)` ([`Op::Min`]).
     pub fn min(self, other: impl IntoExpr<'b>) -> Expr<'b> {

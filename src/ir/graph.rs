@@ -127,6 +127,22 @@ pub struct SlotDef {
     pub kind: SlotKind,
 }
 
+/// Opt-in numerical rewrites of a graph. All are off by default: the program then performs
+/// exactly the operations written. With any of them the JIT and the interpreters still agree
+/// bit for bit (the rewrite happens in the program they all run); only the distance to the
+/// written formula changes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GraphFlags {
+    /// `x / s` with `x` per element and `s` a per-step scalar becomes `x · (1/s)`, the
+    /// reciprocal computed once per step in f64 and rounded once: one division fewer per
+    /// element, at most about one more rounding (pass `recip`). The built-ins set it; their
+    /// results stay well within the PyTorch conformance tolerances.
+    pub reciprocal: bool,
+    /// Per-element `a·b ± c` becomes a fused multiply-add (pass `contract`): fewer
+    /// instructions and one rounding instead of two, so results move by about an ulp.
+    pub fast_math: bool,
+}
+
 /// An optimizer as a graph. Build one with [`crate::Builder`] (the only way outside the
 /// crate, so every `Graph` a user holds is well formed).
 #[derive(Clone, Debug, PartialEq)]
@@ -139,6 +155,7 @@ pub struct Graph {
     index: HashMap<Node, NodeId>,
     /// New param first, then one per slot; empty until set.
     outputs: Vec<NodeId>,
+    flags: GraphFlags,
 }
 
 impl Graph {
@@ -152,6 +169,7 @@ impl Graph {
             ranks: Vec::new(),
             index: HashMap::new(),
             outputs: Vec::new(),
+            flags: GraphFlags::default(),
         };
         for h in hypers {
             graph.add_hyper(&h.name, h.default)?;
@@ -207,7 +225,24 @@ impl Graph {
             ranks: Vec::new(),
             index: HashMap::new(),
             outputs: Vec::new(),
+            flags: self.flags,
         }
+    }
+
+    /// The opt-in rewrites the pipeline applies to this graph.
+    pub fn flags(&self) -> GraphFlags {
+        self.flags
+    }
+
+    /// The graph with these rewrites (see [`GraphFlags`]), e.g. to run a built-in with
+    /// `fast_math`.
+    pub fn with_flags(mut self, flags: GraphFlags) -> Graph {
+        self.set_flags(flags);
+        self
+    }
+
+    pub(crate) fn set_flags(&mut self, flags: GraphFlags) {
+        self.flags = flags;
     }
 
     /// The optimizer's name.

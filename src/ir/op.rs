@@ -58,6 +58,10 @@ pub enum Op {
     /// `select(c, a, b)`: `a` where `c != 0` (NaN counts as non-zero), else `b`. Only the
     /// chosen operand's value is returned, bit for bit.
     Select,
+    /// `fma(a, b, c) = a·b + c` with a single rounding (IEEE fusedMultiplyAdd): `fma(0, inf, c)`
+    /// is NaN, and the result may differ from `a·b + c` rounded twice. Only the `fast_math`
+    /// contraction pass (or the user) creates it; never in the default pipeline.
+    Fma,
 }
 
 /// The groups of [`Op`], by shape.
@@ -69,13 +73,13 @@ pub enum OpGroup {
     Binary,
     /// Two operands, `1.0`/`0.0` result.
     Compare,
-    /// Three operands (`select`).
+    /// Three operands (`select`, `fma`).
     Ternary,
 }
 
 impl Op {
     /// Every op, in declaration order.
-    pub const ALL: [Op; 20] = [
+    pub const ALL: [Op; 21] = [
         Op::Neg,
         Op::Abs,
         Op::Sqrt,
@@ -96,6 +100,7 @@ impl Op {
         Op::Gt,
         Op::Ge,
         Op::Select,
+        Op::Fma,
     ];
 
     /// The op's shape.
@@ -104,7 +109,7 @@ impl Op {
             Op::Neg | Op::Abs | Op::Sqrt | Op::Sign | Op::Exp | Op::Ln => OpGroup::Unary,
             Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Min | Op::Max | Op::Pow => OpGroup::Binary,
             Op::Eq | Op::Ne | Op::Lt | Op::Le | Op::Gt | Op::Ge => OpGroup::Compare,
-            Op::Select => OpGroup::Ternary,
+            Op::Select | Op::Fma => OpGroup::Ternary,
         }
     }
 
@@ -145,6 +150,7 @@ impl Op {
             Op::Gt => "gt",
             Op::Ge => "ge",
             Op::Select => "select",
+            Op::Fma => "fma",
         }
     }
 

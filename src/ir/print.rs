@@ -33,6 +33,18 @@ impl fmt::Display for Graph {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "graph ")?;
         print_signature(f, self.name(), self.hypers(), self.slots())?;
+        let flags = self.flags();
+        let on: Vec<&str> = [
+            ("reciprocal", flags.reciprocal),
+            ("fast_math", flags.fast_math),
+        ]
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(name, _)| *name)
+        .collect();
+        if !on.is_empty() {
+            writeln!(f, "  flags {}", on.join(", "))?;
+        }
         let mut names: Vec<String> = Vec::with_capacity(self.nodes().len());
         let (mut scalars, mut elements) = (0, 0);
         for (i, node) in self.nodes().iter().enumerate() {

@@ -143,7 +143,7 @@ impl Translator<'_> {
 
     fn emit_consts(&mut self) {
         let ops = || self.stage.body.iter().map(|inst| inst.op);
-        let masks = ops().any(|op| matches!(op.group(), OpGroup::Compare | OpGroup::Ternary));
+        let masks = ops().any(|op| op.group() == OpGroup::Compare || op == Op::Select);
         let sign = ops().any(|op| op == Op::Sign);
         let mut pair = |wanted: bool, v: f64| {
             wanted.then(|| {
@@ -406,6 +406,7 @@ impl Translator<'_> {
                 let cond = self.mask(width, ops[0]);
                 self.choose(width, cond, f[0], f[1])
             }
+            Op::Fma => self.b.ins().fma(f[0], f[1], f[2]),
             Op::Exp | Op::Ln | Op::Pow => unreachable!("scalar-only ops never reach a stage"),
         })
     }

@@ -65,25 +65,14 @@ const IDENTITIES: &[Identity] = &[
 
 /// Runs the pass.
 pub fn run(graph: &Graph) -> Result<Graph> {
-    let mut out = graph.empty_like();
-    let mut map: Vec<NodeId> = Vec::with_capacity(graph.nodes().len());
-    for node in graph.nodes() {
-        let id = match *node {
-            Node::Apply(op, _) => {
-                let args: Vec<NodeId> = node.args().iter().map(|a| map[a.index()]).collect();
-                simplify(&mut out, op, &args)?
-            }
-            leaf => out.intern(leaf)?,
+    super::rebuild(graph, |out, id, map| {
+        let node = graph.node(id);
+        let Node::Apply(op, _) = node else {
+            return Ok(None);
         };
-        map.push(id);
-    }
-    if let Some((param, slots)) = graph.outputs().split_first() {
-        out.set_outputs(
-            map[param.index()],
-            slots.iter().map(|s| map[s.index()]).collect(),
-        )?;
-    }
-    Ok(out)
+        let args: Vec<NodeId> = node.args().iter().map(|a| map[a.index()]).collect();
+        simplify(out, op, &args).map(Some)
+    })
 }
 
 fn literal(graph: &Graph, id: NodeId) -> Option<f64> {

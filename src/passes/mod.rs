@@ -3,11 +3,13 @@
 //! The verifier runs after every pass in debug builds. [`compile_traced`] returns the printed
 //! result of each pass, for dumps and snapshots.
 
+mod contract;
 mod dce;
 mod fold;
 mod hoist;
+mod recip;
 
-use crate::ir::{verify_graph, Graph};
+use crate::ir::{verify_graph, Graph, Node, NodeId};
 use crate::program::{verify_program, Program};
 use crate::{DType, Result};
 
@@ -23,8 +25,16 @@ pub struct GraphPass {
 /// [`Program`] (the only pass whose output is not a graph).
 pub const PIPELINE: &[GraphPass] = &[
     GraphPass {
+        name: "recip",
+        run: recip::run,
+    },
+    GraphPass {
         name: "fold",
         run: fold::run,
+    },
+    GraphPass {
+        name: "contract",
+        run: contract::run,
     },
     GraphPass {
         name: "dce",
@@ -73,4 +83,35 @@ fn compile_with(graph: &Graph, mut observe: impl FnMut(&'static str, String)) ->
         verify_program(&program, HOIST)?;
     }
     Ok(program)
+}
+
+/// Rebuilds `graph` node by node into a fresh arena. `rewrite(out, id, map)` may return the
+/// new node standing for old node `id` (`map` holds the new id of every earlier node);
+/// otherwise the node is copied with its operands mapped. The outputs are remapped.
+pub(crate) fn rebuild(
+    graph: &Graph,
+    mut rewrite: impl FnMut(&mut Graph, NodeId, &[NodeId]) -> Result<Option<NodeId>>,
+) -> Result<Graph> {
+    let mut out = graph.empty_like();
+    let mut map: Vec<NodeId> = Vec::with_capacity(graph.nodes().len());
+    for (i, node) in graph.nodes().iter().enumerate() {
+        let new = match rewrite(&mut out, NodeId(i as u32), &map)? {
+            Some(id) => id,
+            None => match *node {
+                Node::Apply(op, _) => {
+                    let args: Vec<NodeId> = node.args().iter().map(|a| map[a.index()]).collect();
+                    out.intern(Node::apply(op, &args))?
+                }
+                leaf => out.intern(leaf)?,
+            },
+        };
+        map.push(new);
+    }
+    if let Some((param, slots)) = graph.outputs().split_first() {
+        out.set_outputs(
+            map[param.index()],
+            slots.iter().map(|s| map[s.index()]).collect(),
+        )?;
+    }
+    Ok(out)
 }
