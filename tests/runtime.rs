@@ -259,6 +259,8 @@ fn threads_and_executors_agree_bit_for_bit() {
         (Executor::Jit, 2),
         (Executor::Jit, 3),
         (Executor::Eager, 2),
+        (Executor::Chunked, 1),
+        (Executor::Chunked, 2),
     ] {
         let got = run(executor, threads);
         for (k, (r, g)) in reference.iter().zip(&got).enumerate() {
@@ -370,4 +372,75 @@ fn eval_and_train_modes_run_their_graphs_without_counting_a_step() {
         Optimizer::new(&graph).unwrap().with_modes(&adam, &eval),
         Err(Error::StateMismatch { .. })
     ));
+}
+
+/// Many small parameters, some skipping steps (so their step counts and scalar state differ),
+/// merged into few segments by the runtime: each equals the same parameter stepped alone.
+#[test]
+fn merged_segments_equal_parameters_stepped_one_by_one() {
+    for graph in [
+        optjit::optim::NAdam::default().graph().unwrap(),
+        Adam {
+            weight_decay: 0.1,
+            ..Adam::default()
+        }
+        .graph()
+        .unwrap(),
+    ] {
+        let stepper = Stepper::new(&graph).unwrap();
+        let mut opt = Optimizer::new(&graph).unwrap();
+        let groups = [
+            opt.add_param_group(&[]).unwrap(),
+            opt.add_param_group(&[("lr", 0.01)]).unwrap(),
+        ];
+        let sizes: Vec<usize> = (0..60).map(|k| 1 + (k * 37) % 50).collect();
+        let mut alone: Vec<(Vec<f64>, optjit::ParamState<f64>)> = Vec::new();
+        let mut handles = Vec::new();
+        for (k, &n) in sizes.iter().enumerate() {
+            let values: Vec<f64> = (0..n).map(|i| ((i + k) % 7) as f64 - 3.0).collect();
+            handles.push(
+                opt.add_param(
+                    groups[k % 2],
+                    &format!("p{k}"),
+                    &Array1::from(values.clone()),
+                )
+                .unwrap(),
+            );
+            alone.push((values, stepper.init_state(n)));
+        }
+        let mut lone = Stepper::new(&graph).unwrap();
+        for step in 0..5 {
+            opt.zero_grad();
+            for (k, h) in handles.iter().enumerate() {
+                if (k + step) % 4 == 0 {
+                    continue; // skipped this step
+                }
+                let grad: Vec<f64> = (0..sizes[k])
+                    .map(|i| ((i * 3 + k + step) % 5) as f64 * 0.2 - 0.4)
+                    .collect();
+                opt.set_grad(h, &grad).unwrap();
+                lone.set_hyper(
+                    "lr",
+                    if k % 2 == 0 {
+                        stepper.hyper("lr").unwrap()
+                    } else {
+                        0.01
+                    },
+                )
+                .unwrap();
+                let (p, s) = &mut alone[k];
+                lone.step(p, &grad, s).unwrap();
+            }
+            opt.step().unwrap();
+        }
+        for (k, h) in handles.iter().enumerate() {
+            assert_eq!(
+                opt.param(h).unwrap(),
+                alone[k].0.as_slice(),
+                "{} parameter {k}",
+                graph.name()
+            );
+            assert_eq!(opt.param_step(h).unwrap(), alone[k].1.step);
+        }
+    }
 }

@@ -169,6 +169,6 @@ mod tests {
         for op in Op::ALL {
             assert_eq!(Op::from_name(op.name()), Some(op));
         }
-        assert_eq!(Op::from_name("fma"), None);
+        assert_eq!(Op::from_name("lerp"), None);
     }
 }

@@ -81,7 +81,6 @@ pub(crate) struct StateInfo {
 }
 
 /// The buffers of one (group, dtype).
-#[derive(Default)]
 pub(crate) struct FlatStore<T> {
     params: AlignedBuf<T>,
     grads: AlignedBuf<T>,
@@ -89,6 +88,26 @@ pub(crate) struct FlatStore<T> {
     slots: Vec<AlignedBuf<T>>,
     /// Elements in use, padding included.
     len: usize,
+}
+
+impl<T: Float> FlatStore<T> {
+    fn new() -> Self {
+        FlatStore {
+            params: AlignedBuf::filled(0, T::ZERO, 0),
+            grads: AlignedBuf::filled(0, T::ZERO, 1),
+            slots: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// Allocates the `n` element-slot buffers (streams 2.. of the kernel) if not yet there.
+    pub(crate) fn ensure_slots(&mut self, n: usize) {
+        if self.slots.len() != n {
+            self.slots = (0..n)
+                .map(|k| AlignedBuf::filled(self.len, T::ZERO, 2 + k))
+                .collect();
+        }
+    }
 }
 
 /// A parameter group: hyperparameter values and its stores.
@@ -288,8 +307,8 @@ impl Optimizer {
         self.groups.push(Group {
             hypers,
             params: Vec::new(),
-            f32: FlatStore::default(),
-            f64: FlatStore::default(),
+            f32: FlatStore::new(),
+            f64: FlatStore::new(),
         });
         Ok(self.groups.len() - 1)
     }

@@ -531,11 +531,7 @@ fn write_buffers<T: Float>(
     range: std::ops::Range<usize>,
     buffers: &[TensorData],
 ) {
-    if store.slots.len() != n_elem {
-        store.slots = (0..n_elem)
-            .map(|_| super::AlignedBuf::filled(store.len, T::ZERO))
-            .collect();
-    }
+    store.ensure_slots(n_elem);
     for (slot, data) in store.slots.iter_mut().zip(buffers) {
         slot.as_mut_slice()[range.clone()].copy_from_slice(&data.to_vec::<T>());
     }

@@ -1,7 +1,7 @@
 //! `step`: the update of every parameter that has a gradient, one kernel call per
 //! (group, dtype), with hooks and the closure form.
 
-use super::store::{split_ranges_mut, AlignedBuf};
+use super::store::{round_up, split_ranges_mut};
 use super::{run_parallel, Optimizer, Runner, StateInfo};
 use crate::segment::Segment;
 use crate::{DType, Error, Executor, Float, Program, Result};
@@ -11,10 +11,18 @@ use std::sync::Arc;
 struct Plan<T> {
     /// Parameter indices, in storage order.
     members: Vec<usize>,
-    /// Their scalar blocks.
+    /// Each member's scalar block (index into `blocks`).
+    member_block: Vec<usize>,
+    /// The distinct scalar blocks: members with the same step and scalar state share one,
+    /// so the prologue runs once per distinct block, not once per parameter.
     blocks: Vec<Vec<T>>,
-    /// Their scalar state updates: `(slot, value)`.
+    /// Per block: the new values of scalar state slots, `(slot, value)`.
     updates: Vec<Vec<(usize, f64)>>,
+    /// Segments to run: `(offset, len, block)`. Neighbouring members in storage with the same
+    /// block form one segment, padding between them included (its values are never read).
+    runs: Vec<(usize, usize, usize)>,
+    /// Ranges of members without state yet.
+    fresh: Vec<(usize, usize)>,
 }
 
 /// A program to run over the parameters: the optimizer's own step, or a mode swap.
@@ -48,8 +56,8 @@ impl Optimizer {
         Ok(())
     }
 
-    /// Runs `pass` over every group and dtype: plans first (every check), then the kernels,
-    /// then the bookkeeping.
+    /// Runs `pass` over every group and dtype: plans first (every check), then one parallel
+    /// region per dtype over the segments of every group, then the bookkeeping.
     fn run_pass(&mut self, pass: &Pass) -> Result<()> {
         let mut plans32 = Vec::new();
         let mut plans64 = Vec::new();
@@ -57,14 +65,10 @@ impl Optimizer {
             plans32.push(self.plan::<f32>(g, pass)?);
             plans64.push(self.plan::<f64>(g, pass)?);
         }
-        let kernels = [
-            self.runner_kernel(&pass.program, DType::F32, &plans32)?,
-            self.runner_kernel(&pass.program, DType::F64, &plans64)?,
-        ];
-        for (g, (p32, p64)) in plans32.iter().zip(&plans64).enumerate() {
-            self.execute(g, p32, &pass.program, kernels[0].as_ref())?;
-            self.execute(g, p64, &pass.program, kernels[1].as_ref())?;
-        }
+        let kernel32 = self.runner_kernel(&pass.program, DType::F32, &plans32)?;
+        let kernel64 = self.runner_kernel(&pass.program, DType::F64, &plans64)?;
+        self.execute(&plans32, &pass.program, kernel32.as_ref())?;
+        self.execute(&plans64, &pass.program, kernel64.as_ref())?;
         for plan in &plans32 {
             self.finish(plan, pass.is_step);
         }
@@ -157,7 +161,8 @@ impl Optimizer {
         self.jit()?.compile(program, dtype).map(Some)
     }
 
-    /// Checks and computes the prologue of group `g`'s parameters of dtype `T` with a gradient.
+    /// Checks and computes the prologue of group `g`'s parameters of dtype `T` that `pass`
+    /// runs on (with a gradient for a step, with state for a swap).
     fn plan<T: Float>(&self, g: usize, pass: &Pass) -> Result<Plan<T>> {
         let program = &pass.program;
         let group = &self.groups[g];
@@ -166,98 +171,119 @@ impl Optimizer {
             true => self.has_grad[i],
             false => self.state[i].is_some(),
         };
-        let members: Vec<usize> = group
-            .params
-            .iter()
-            .copied()
-            .filter(|&i| selected(i) && self.params[i].dtype == T::DTYPE)
-            .collect();
         let inits = self.slot_inits();
+        let mut plan = Plan {
+            members: Vec::new(),
+            member_block: Vec::new(),
+            blocks: Vec::new(),
+            updates: Vec::new(),
+            runs: Vec::new(),
+            fresh: Vec::new(),
+        };
         let mut values = Vec::new();
-        let mut blocks = Vec::with_capacity(members.len());
-        let mut updates = Vec::with_capacity(members.len());
-        for &i in &members {
+        // The key of the last block: consecutive members usually share it.
+        let mut last: Option<(u64, &[f64])> = None;
+        for &i in &group.params {
+            let info = &self.params[i];
+            if info.dtype != T::DTYPE || !selected(i) {
+                continue;
+            }
             let (step, scalars) = match &self.state[i] {
                 Some(s) => (s.step, s.scalars.as_slice()),
-                None => (0, inits.as_slice()),
+                None => {
+                    plan.fresh.push((info.offset, info.len));
+                    (0, inits.as_slice())
+                }
             };
             if step == u64::MAX {
                 return Err(Error::StepOverflow);
             }
-            program.eval_prologue(&hypers, step + 1, |n| scalars[n], &mut values);
-            let block = program.prologue.kernel_scalars.iter();
-            blocks.push(block.map(|&s| T::from_f64(values[s as usize])).collect());
-            let state_updates = program.prologue.state_updates.iter();
-            updates.push(
-                state_updates
-                    .map(|&(slot, v)| (slot as usize, values[v as usize]))
-                    .collect(),
-            );
+            let same_key = last.is_some_and(|(s, sc)| {
+                s == step
+                    && sc
+                        .iter()
+                        .zip(scalars)
+                        .all(|(a, b)| a.to_bits() == b.to_bits())
+            });
+            if !same_key {
+                program.eval_prologue(&hypers, step + 1, |n| scalars[n], &mut values);
+                let block = program.prologue.kernel_scalars.iter();
+                plan.blocks
+                    .push(block.map(|&s| T::from_f64(values[s as usize])).collect());
+                let updates = program.prologue.state_updates.iter();
+                plan.updates.push(
+                    updates
+                        .map(|&(slot, v)| (slot as usize, values[v as usize]))
+                        .collect(),
+                );
+                last = Some((step, scalars));
+            }
+            let block = plan.blocks.len() - 1;
+            plan.members.push(i);
+            plan.member_block.push(block);
+            match plan.runs.last_mut() {
+                // The next parameter in storage, with the same block: extend the segment.
+                Some((offset, len, b))
+                    if *b == block && info.offset == *offset + round_up::<T>(*len) =>
+                {
+                    *len = info.offset + info.len - *offset;
+                }
+                _ => plan.runs.push((info.offset, info.len, block)),
+            }
         }
-        Ok(Plan {
-            members,
-            blocks,
-            updates,
-        })
+        Ok(plan)
     }
 
-    /// Initialises new state and runs the stage over the plan's parameters.
+    /// Initialises new state and runs the stage over the plans' segments of every group in
+    /// one parallel region.
     fn execute<T: Float>(
         &mut self,
-        g: usize,
-        plan: &Plan<T>,
+        plans: &[Plan<T>],
         program: &Program,
         kernel: Option<&crate::Kernel>,
     ) -> Result<()> {
-        if plan.members.is_empty() {
+        if plans.iter().all(|p| p.members.is_empty()) {
             return Ok(());
         }
-        let elem_inits = self.element_slot_inits();
-        let ranges: Vec<(usize, usize)> = plan
-            .members
-            .iter()
-            .map(|&i| (self.params[i].offset, self.params[i].len))
-            .collect();
-        let fresh: Vec<(usize, usize)> = plan
-            .members
-            .iter()
-            .zip(&ranges)
-            .filter(|(&i, _)| self.state[i].is_none())
-            .map(|(_, &r)| r)
-            .collect();
-        let store = self.groups[g].store_mut::<T>();
-        if store.slots.len() != elem_inits.len() {
-            store.slots = elem_inits
-                .iter()
-                .map(|_| AlignedBuf::filled(store.len, T::ZERO))
-                .collect();
-        }
-        for (slot, &init) in store.slots.iter_mut().zip(&elem_inits) {
-            for &(offset, len) in &fresh {
-                slot.as_mut_slice()[offset..offset + len].fill(T::from_f64(init));
-            }
-        }
-        let params = split_ranges_mut(store.params.as_mut_slice(), &ranges);
-        let grads = store.grads.as_slice();
-        let mut slots: Vec<_> = store
-            .slots
-            .iter_mut()
-            .map(|s| split_ranges_mut(s.as_mut_slice(), &ranges).into_iter())
-            .collect();
-        let segments: Vec<Segment<'_, T>> = params
+        let elem_inits: Vec<T> = self
+            .element_slot_inits()
             .into_iter()
-            .zip(&ranges)
-            .zip(&plan.blocks)
-            .map(|((param, &(offset, len)), block)| Segment {
-                param,
-                grad: &grads[offset..offset + len],
-                state: slots
-                    .iter_mut()
-                    .map(|s| s.next().expect("one range per member"))
-                    .collect(),
-                scalars: block,
-            })
+            .map(T::from_f64)
             .collect();
+        let mut segments: Vec<Segment<'_, T>> = Vec::new();
+        for (group, plan) in self.groups.iter_mut().zip(plans) {
+            if plan.members.is_empty() {
+                continue;
+            }
+            let store = group.store_mut::<T>();
+            store.ensure_slots(elem_inits.len());
+            for (slot, &init) in store.slots.iter_mut().zip(&elem_inits) {
+                for &(offset, len) in &plan.fresh {
+                    slot.as_mut_slice()[offset..offset + len].fill(init);
+                }
+            }
+            let ranges: Vec<(usize, usize)> = plan.runs.iter().map(|&(o, l, _)| (o, l)).collect();
+            let params = split_ranges_mut(store.params.as_mut_slice(), &ranges);
+            let grads = store.grads.as_slice();
+            let mut slots: Vec<_> = store
+                .slots
+                .iter_mut()
+                .map(|s| split_ranges_mut(s.as_mut_slice(), &ranges).into_iter())
+                .collect();
+            segments.extend(params.into_iter().zip(&plan.runs).map(
+                |(param, &(offset, len, block))| {
+                    Segment {
+                        param,
+                        grad: &grads[offset..offset + len],
+                        state: slots
+                            .iter_mut()
+                            .map(|s| s.next().expect("one range per run"))
+                            .collect(),
+                        scalars: &plan.blocks[block],
+                    }
+                },
+            ));
+        }
         let runner = match kernel {
             Some(k) => Runner::Jit(k),
             None => Runner::Interp(self.executor, &program.stage),
@@ -268,13 +294,13 @@ impl Optimizer {
     /// Counts the step (for a step) and stores the new scalar state of the plan's parameters.
     fn finish<T>(&mut self, plan: &Plan<T>, is_step: bool) {
         let inits = self.slot_inits();
-        for (&i, updates) in plan.members.iter().zip(&plan.updates) {
+        for (&i, &block) in plan.members.iter().zip(&plan.member_block) {
             let state = self.state[i].get_or_insert_with(|| StateInfo {
                 step: 0,
                 scalars: inits.clone(),
             });
             state.step += u64::from(is_step);
-            for &(slot, value) in updates {
+            for &(slot, value) in &plan.updates[block] {
                 state.scalars[slot] = value;
             }
         }
