@@ -28,10 +28,30 @@ pub struct JitOptions {
 }
 
 impl JitOptions {
-    /// The unroll factor chosen by measurement (`cargo bench --bench adam_step`): at an
-    /// L2-resident size, ×4 runs SGD 1.55× and SGD-momentum 1.4× faster than ×1 and within 10 %
-    /// of ×8, which compiles 45 % slower; Adam is divider-bound and the same at every factor.
+    /// The unroll factor for stages without division or square root, chosen by measurement
+    /// (`cargo bench --bench adam_step`): at an L2-resident size, ×4 runs SGD 1.55× and
+    /// SGD-momentum 1.4× faster than ×1 and within 10 % of ×8, which compiles 45 % slower.
     pub const DEFAULT_UNROLL: u32 = 4;
+
+    /// The unroll factor for stages with a division or a square root: these are bound by the
+    /// divider, and Adam runs at the same speed at every factor, so ×2 (which compiles 25 %
+    /// faster than ×4).
+    pub const DIVIDER_BOUND_UNROLL: u32 = 2;
+
+    /// The options [`Jit::compile`] uses for `stage`: the unroll factor by the stage's kind.
+    pub fn for_stage(stage: &Stage) -> JitOptions {
+        let divides = stage
+            .body
+            .iter()
+            .any(|i| matches!(i.op, crate::ir::Op::Div | crate::ir::Op::Sqrt));
+        JitOptions {
+            unroll: if divides {
+                Self::DIVIDER_BOUND_UNROLL
+            } else {
+                Self::DEFAULT_UNROLL
+            },
+        }
+    }
 }
 
 impl Default for JitOptions {
@@ -170,9 +190,10 @@ impl Jit {
         self.lock().stats
     }
 
-    /// The kernel of `program` for `dtype`, from the cache or compiled now.
+    /// The kernel of `program` for `dtype`, from the cache or compiled now, with the options
+    /// [`JitOptions::for_stage`] chooses.
     pub fn compile(&self, program: &Program, dtype: DType) -> Result<Kernel> {
-        self.compile_with(program, dtype, JitOptions::default())
+        self.compile_with(program, dtype, JitOptions::for_stage(&program.stage))
     }
 
     /// Like [`Jit::compile`], with explicit code generation options.
