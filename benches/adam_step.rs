@@ -1,6 +1,7 @@
 //! Adam f32 step time per element at 2^20 (in cache) and 2^26 (DRAM), one thread:
-//! the JIT at each unroll factor, the reference interpreter, the eager evaluator, and a
-//! handwritten Rust loop of the same algorithm compiled by rustc in this benchmark.
+//! the JIT at each unroll factor, the reference interpreter, the eager evaluator, the chunked
+//! interpreter, and a handwritten Rust loop of the same algorithm compiled by rustc in this
+//! benchmark.
 //! Also the cold compile time of one Adam kernel.
 //!
 //! Run with `cargo bench --bench adam_step` (add `-- 20` to run only 2^20).
@@ -151,7 +152,7 @@ fn main() {
             );
         }
 
-        for executor in [Executor::Reference, Executor::Eager] {
+        for executor in [Executor::Reference, Executor::Eager, Executor::Chunked] {
             let stepper = Stepper::new(&graph).unwrap().with_executor(executor);
             let mut p = vec![1.0f32; n];
             let mut state = stepper.init_state(n);

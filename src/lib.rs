@@ -39,6 +39,7 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+pub mod bench;
 pub mod conformance;
 mod dtype;
 mod error;

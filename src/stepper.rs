@@ -21,6 +21,9 @@ pub enum Executor {
     Reference,
     /// One op at a time over whole arrays (ndarray), like an unfused framework.
     Eager,
+    /// One op at a time over cache-sized blocks, in loops rustc vectorizes: the fastest
+    /// executor without code generation, for platforms where JIT code cannot run.
+    Chunked,
 }
 
 /// The value of one state slot of one parameter.

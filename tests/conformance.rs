@@ -15,7 +15,12 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-const EXECUTORS: [Executor; 3] = [Executor::Jit, Executor::Reference, Executor::Eager];
+const EXECUTORS: [Executor; 4] = [
+    Executor::Jit,
+    Executor::Reference,
+    Executor::Eager,
+    Executor::Chunked,
+];
 
 /// Failure lines printed in full; the rest are counted.
 const MAX_REPORTED: usize = 60;

@@ -1,7 +1,7 @@
-//! JIT ≡ reference interpreter ≡ eager evaluator, bit for bit (NaN canonicalised), for every
-//! op and every built-in, f32 and f64, every unroll factor, lengths around the vector width,
-//! several segments per call, and inputs full of ±0, subnormals, ±inf, NaN, huge and tiny
-//! values.
+//! JIT ≡ reference interpreter ≡ eager evaluator ≡ chunked interpreter, bit for bit (NaN
+//! canonicalised), for every op and every built-in, f32 and f64, every unroll factor, lengths
+//! around the vector width and the chunked interpreter's block, several segments per call, and
+//! inputs full of ±0, subnormals, ±inf, NaN, huge and tiny values.
 
 use optjit::ir::Op;
 use optjit::{
@@ -76,13 +76,15 @@ fn assert_same<T: Float>(what: &str, expected: &[T], actual: &[T]) {
 
 const UNROLLS: [u32; 4] = [1, 2, 4, 8];
 
-/// Lengths around the vector width `lanes` and the unrolled width.
-fn lengths(lanes: usize) -> Vec<usize> {
+/// Lengths around the vector width `lanes`, the unrolled width and the chunked
+/// interpreter's block of `block` elements.
+fn lengths(lanes: usize, block: usize) -> Vec<usize> {
     let mut v = vec![0, 1, lanes - 1, lanes, lanes + 1, 2 * lanes + 3, 1027];
     for u in UNROLLS {
         let w = lanes * u as usize;
         v.extend([w - 1, w, w + 1, 2 * w + 1]);
     }
+    v.extend([block - 1, block, block + 1, 2 * block + 3]);
     v.sort_unstable();
     v.dedup();
     v
@@ -109,7 +111,7 @@ fn segments<T: Float>(bufs: &mut [Buffers<T>]) -> Vec<Segment<'_, T>> {
 }
 
 /// Runs `program`'s stage on copies of `bufs` with the reference interpreter, the eager
-/// evaluator and `kernel`, and asserts all outputs agree.
+/// evaluator, the chunked interpreter and `kernel`, and asserts all outputs agree.
 fn check_stage<T: Float>(
     what: &str,
     program: &optjit::Program,
@@ -120,15 +122,21 @@ fn check_stage<T: Float>(
     optjit::interp::run_reference(&program.stage, &mut segments(&mut reference)).unwrap();
     let mut eager = bufs.to_vec();
     optjit::interp::run_eager(&program.stage, &mut segments(&mut eager)).unwrap();
+    let mut chunked = bufs.to_vec();
+    optjit::interp::run_chunked(&program.stage, &mut segments(&mut chunked)).unwrap();
     let mut jit = bufs.to_vec();
     kernel.run(&mut segments(&mut jit)).unwrap();
-    for (s, ((r, e), j)) in reference.iter().zip(&eager).zip(&jit).enumerate() {
+    for (s, r) in reference.iter().enumerate() {
         let what = format!("{what}, segment {s} (len {})", r.param.len());
-        assert_same(&format!("{what}: eager param"), &r.param, &e.param);
-        assert_same(&format!("{what}: jit param"), &r.param, &j.param);
-        for (k, ((rs, es), js)) in r.state.iter().zip(&e.state).zip(&j.state).enumerate() {
-            assert_same(&format!("{what}: eager state {k}"), rs, es);
-            assert_same(&format!("{what}: jit state {k}"), rs, js);
+        for (name, got) in [
+            ("eager", &eager[s]),
+            ("chunked", &chunked[s]),
+            ("jit", &jit[s]),
+        ] {
+            assert_same(&format!("{what}: {name} param"), &r.param, &got.param);
+            for (k, (rs, gs)) in r.state.iter().zip(&got.state).enumerate() {
+                assert_same(&format!("{what}: {name} state {k}"), rs, gs);
+            }
         }
     }
 }
@@ -155,7 +163,7 @@ fn check_graph_for<T: Float>(jit: &Jit, graph: &Graph, seed: u64) {
             .unwrap();
         let what = format!("{} {} unroll {unroll}", graph.name(), T::DTYPE);
         let mut all = Vec::new();
-        for len in lengths(lanes) {
+        for len in lengths(lanes, optjit::interp::chunked_block_len::<T>()) {
             let bufs = vec![random_buffers::<T>(&mut rng, &program, len)];
             check_stage(&what, &program, &kernel, &bufs);
             all.extend(bufs);
@@ -336,12 +344,18 @@ fn every_builtin_stage_agrees_across_executors() {
     }
 }
 
-/// Whole steps through the Stepper (prologue included) on realistic values: three executors,
+/// Whole steps through the Stepper (prologue included) on realistic values: every executor,
 /// several parameters with different step counts in one call.
 fn check_steps<T: Float>(graph: &Graph, seed: u64) {
-    let executors = [Executor::Reference, Executor::Eager, Executor::Jit];
+    let executors = [
+        Executor::Reference,
+        Executor::Eager,
+        Executor::Chunked,
+        Executor::Jit,
+    ];
     let mut rng = Rng(seed);
-    let lens = [1usize, 7, 64, 1027];
+    let block = optjit::interp::chunked_block_len::<T>();
+    let lens = [1, 7, 64, 1027, block - 1, block, block + 1, 2 * block + 3];
     let params: Vec<Vec<T>> = lens.iter().map(|&n| rng.vec(n)).collect();
     let grads: Vec<Vec<Vec<T>>> = (0..4)
         .map(|_| lens.iter().map(|&n| rng.vec(n)).collect())

@@ -354,7 +354,8 @@ fn adam<T: Float>(o: &Adam, decoupled: bool, t: &mut Tensor<T>, grad: &[T]) {
     let bias_correction1 = 1.0 - beta1.powf(step);
     let bias_correction2 = 1.0 - beta2.powf(step);
     let step_size = T::from_f64(o.lr / bias_correction1);
-    let bias_correction2_sqrt = T::from_f64(bias_correction2.sqrt());
+    // The built-ins divide by per-step scalars through their reciprocal (GraphFlags::reciprocal).
+    let inv_bias_correction2_sqrt = T::from_f64(1.0 / bias_correction2.sqrt());
     let decay = T::from_f64(1.0 - o.lr * o.weight_decay);
     let weight_decay = T::from_f64(o.weight_decay);
     let one_minus_beta1 = T::from_f64(1.0 - beta1);
@@ -379,7 +380,7 @@ fn adam<T: Float>(o: &Adam, decoupled: bool, t: &mut Tensor<T>, grad: &[T]) {
         } else {
             v
         };
-        let denom = v_hat.sqrt() / bias_correction2_sqrt + eps;
+        let denom = v_hat.sqrt() * inv_bias_correction2_sqrt + eps;
         t.param[i] = p - (step_size * m) / denom;
     }
 }

@@ -1,8 +1,8 @@
 //! AdaBelief: Adam whose denominator tracks the variance of the gradient around its moving
 //! average (the "belief"), with decoupled decay, AMSGrad and RAdam's rectification.
 
-use super::common::{bias_correction, ema, ema_sq, l2_penalty, signed_grad};
-use crate::{Builder, Graph, Result};
+use super::common::{bias_correction, builder, ema, ema_sq, l2_penalty, signed_grad};
+use crate::{Graph, Result};
 
 /// AdaBelief as `adabelief_pytorch.AdaBelief`, version 0.2.1 (the 0.2.x defaults).
 ///
@@ -103,7 +103,7 @@ impl Default for AdaBelief {
 impl AdaBelief {
     /// The optimizer graph; the option values become the hyperparameters' defaults.
     pub fn graph(&self) -> Result<Graph> {
-        let b = Builder::new("adabelief");
+        let b = builder("adabelief");
         let lr = b.hyper("lr", self.lr);
         let b1 = b.hyper("b1", self.betas.0);
         let b2 = b.hyper("b2", self.betas.1);

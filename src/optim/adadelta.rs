@@ -1,7 +1,7 @@
 //! Adadelta, with weight decay and maximize.
 
-use super::common::{ema_sq, l2_penalty, signed_grad};
-use crate::{Builder, Graph, Result};
+use super::common::{builder, ema_sq, l2_penalty, signed_grad};
+use crate::{Graph, Result};
 
 /// Adadelta as `torch.optim.Adadelta` (single-tensor algorithm).
 ///
@@ -56,7 +56,7 @@ impl Default for Adadelta {
 impl Adadelta {
     /// The optimizer graph; the option values become the hyperparameters' defaults.
     pub fn graph(&self) -> Result<Graph> {
-        let b = Builder::new("adadelta");
+        let b = builder("adadelta");
         let lr = b.hyper("lr", self.lr);
         let rho = b.hyper("rho", self.rho);
         let eps = b.hyper("eps", self.eps);

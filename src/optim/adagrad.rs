@@ -1,7 +1,7 @@
 //! Adagrad, with learning-rate decay, an initial accumulator value, weight decay and maximize.
 
-use super::common::{initialized, l2_penalty, signed_grad};
-use crate::{Builder, Graph, Result};
+use super::common::{builder, initialized, l2_penalty, signed_grad};
+use crate::{Graph, Result};
 
 /// Adagrad as `torch.optim.Adagrad` (single-tensor algorithm, dense gradients).
 ///
@@ -61,7 +61,7 @@ impl Default for Adagrad {
 impl Adagrad {
     /// The optimizer graph; the option values become the hyperparameters' defaults.
     pub fn graph(&self) -> Result<Graph> {
-        let b = Builder::new("adagrad");
+        let b = builder("adagrad");
         let lr = b.hyper("lr", self.lr);
         let lr_decay = b.hyper("lr_decay", self.lr_decay);
         let weight_decay = b.hyper("weight_decay", self.weight_decay);

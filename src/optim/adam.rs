@@ -1,7 +1,7 @@
 //! Adam and AdamW, with AMSGrad, L2 or decoupled weight decay, and maximize.
 
-use super::common::{bias_correction, l2_penalty, lerp, signed_grad};
-use crate::{Builder, Graph, Result};
+use super::common::{bias_correction, builder, l2_penalty, lerp, signed_grad};
+use crate::{Graph, Result};
 
 /// Adam as `torch.optim.Adam` (single-tensor algorithm).
 ///
@@ -138,7 +138,7 @@ fn adam_graph(o: &Adam, decoupled: bool) -> Result<Graph> {
         (true, false) => "adamw",
         (true, true) => "adamw_amsgrad",
     };
-    let b = Builder::new(name);
+    let b = builder(name);
     let lr = b.hyper("lr", o.lr);
     let b1 = b.hyper("b1", o.betas.0);
     let b2 = b.hyper("b2", o.betas.1);

@@ -1,7 +1,7 @@
 //! Adamax: Adam with the infinity norm, with weight decay and maximize.
 
-use super::common::{bias_correction, l2_penalty, lerp, signed_grad};
-use crate::{Builder, Graph, Result};
+use super::common::{bias_correction, builder, l2_penalty, lerp, signed_grad};
+use crate::{Graph, Result};
 
 /// Adamax as `torch.optim.Adamax` (single-tensor algorithm).
 ///
@@ -55,7 +55,7 @@ impl Default for Adamax {
 impl Adamax {
     /// The optimizer graph; the option values become the hyperparameters' defaults.
     pub fn graph(&self) -> Result<Graph> {
-        let b = Builder::new("adamax");
+        let b = builder("adamax");
         let lr = b.hyper("lr", self.lr);
         let b1 = b.hyper("b1", self.betas.0);
         let b2 = b.hyper("b2", self.betas.1);

@@ -1,7 +1,7 @@
 //! Adan: adaptive Nesterov momentum, with a moving average of gradient differences.
 
-use super::common::{bias_correction, ema, ema_sq, initialized, signed_grad};
-use crate::{Builder, Graph, Result};
+use super::common::{bias_correction, builder, ema, ema_sq, initialized, signed_grad};
+use crate::{Graph, Result};
 
 /// Adan as `adan.Adan` of sail-sg/Adan (its single-tensor path, `_single_tensor_adan`).
 ///
@@ -82,7 +82,7 @@ impl Default for Adan {
 impl Adan {
     /// The optimizer graph; the option values become the hyperparameters' defaults.
     pub fn graph(&self) -> Result<Graph> {
-        let b = Builder::new(if self.no_prox { "adan_no_prox" } else { "adan" });
+        let b = builder(if self.no_prox { "adan_no_prox" } else { "adan" });
         let lr = b.hyper("lr", self.lr);
         let b1 = b.hyper("b1", self.betas.0);
         let b2 = b.hyper("b2", self.betas.1);

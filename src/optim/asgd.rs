@@ -1,7 +1,7 @@
 //! Averaged SGD, with its decaying step size, weight decay and maximize.
 
-use super::common::{initialized, l2_penalty, signed_grad};
-use crate::{Builder, Graph, Result};
+use super::common::{builder, initialized, l2_penalty, signed_grad};
+use crate::{Graph, Result};
 
 /// ASGD as `torch.optim.ASGD` (single-tensor algorithm).
 ///
@@ -67,7 +67,7 @@ impl Default for Asgd {
 impl Asgd {
     /// The optimizer graph; the option values become the hyperparameters' defaults.
     pub fn graph(&self) -> Result<Graph> {
-        let b = Builder::new("asgd");
+        let b = builder("asgd");
         let lr = b.hyper("lr", self.lr);
         let lambd = b.hyper("lambd", self.lambd);
         let alpha = b.hyper("alpha", self.alpha);

@@ -1,5 +1,6 @@
 //! Helpers shared by the built-ins, named after the quantities of the papers.
 
+use crate::ir::GraphFlags;
 use crate::{Builder, Expr};
 
 /// `start + weight · (end − start)`: PyTorch's `lerp_` for weights below 0.5, which is how
@@ -76,4 +77,16 @@ pub fn initialized<'b>(b: &'b Builder, slot: Expr<'b>, init: Expr<'b>) -> Expr<'
 /// NaN (optjit's own `sign` keeps ±0 and NaN).
 pub fn torch_sign(x: Expr<'_>) -> Expr<'_> {
     x.gt(0.0) - x.lt(0.0)
+}
+
+/// The builder of a built-in: divisions by per-step scalars become products with their
+/// reciprocals (see [`GraphFlags::reciprocal`]), one division fewer per element wherever a
+/// bias correction divides; every built-in stays within PyTorch's conformance tolerances.
+pub fn builder(name: &str) -> Builder {
+    let b = Builder::new(name);
+    b.set_flags(GraphFlags {
+        reciprocal: true,
+        ..GraphFlags::default()
+    });
+    b
 }

@@ -1,7 +1,7 @@
 //! Lion: a step of fixed size lr along the sign of an interpolated momentum.
 
-use super::common::{ema, signed_grad, torch_sign};
-use crate::{Builder, Graph, Result};
+use super::common::{builder, ema, signed_grad, torch_sign};
+use crate::{Graph, Result};
 
 /// Lion (EvoLved Sign Momentum) as `lion_pytorch.Lion`.
 ///
@@ -62,7 +62,7 @@ impl Default for Lion {
 impl Lion {
     /// The optimizer graph; the option values become the hyperparameters' defaults.
     pub fn graph(&self) -> Result<Graph> {
-        let b = Builder::new("lion");
+        let b = builder("lion");
         let lr = b.hyper("lr", self.lr);
         let b1 = b.hyper("b1", self.betas.0);
         let b2 = b.hyper("b2", self.betas.1);

@@ -1,8 +1,8 @@
 //! NAdam: Adam with Nesterov momentum and a momentum schedule, with L2 or decoupled weight
 //! decay (NAdamW) and maximize.
 
-use super::common::{bias_correction, ema_sq, l2_penalty, lerp, signed_grad};
-use crate::{Builder, Graph, Result};
+use super::common::{bias_correction, builder, ema_sq, l2_penalty, lerp, signed_grad};
+use crate::{Graph, Result};
 
 /// NAdam as `torch.optim.NAdam` (single-tensor algorithm).
 ///
@@ -75,7 +75,7 @@ impl Default for NAdam {
 impl NAdam {
     /// The optimizer graph; the option values become the hyperparameters' defaults.
     pub fn graph(&self) -> Result<Graph> {
-        let b = Builder::new(if self.decoupled_weight_decay {
+        let b = builder(if self.decoupled_weight_decay {
             "nadamw"
         } else {
             "nadam"

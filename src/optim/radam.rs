@@ -1,8 +1,8 @@
 //! RAdam: Adam with a rectified adaptive learning rate, with L2 or decoupled weight decay
 //! (RAdamW) and maximize.
 
-use super::common::{bias_correction, ema_sq, l2_penalty, lerp, signed_grad};
-use crate::{Builder, Graph, Result};
+use super::common::{bias_correction, builder, ema_sq, l2_penalty, lerp, signed_grad};
+use crate::{Graph, Result};
 
 /// RAdam as `torch.optim.RAdam` (single-tensor algorithm).
 ///
@@ -70,7 +70,7 @@ impl Default for RAdam {
 impl RAdam {
     /// The optimizer graph; the option values become the hyperparameters' defaults.
     pub fn graph(&self) -> Result<Graph> {
-        let b = Builder::new(if self.decoupled_weight_decay {
+        let b = builder(if self.decoupled_weight_decay {
             "radamw"
         } else {
             "radam"

@@ -1,7 +1,7 @@
 //! RMSprop, plain or centered, with momentum, weight decay and maximize.
 
-use super::common::{ema_sq, l2_penalty, lerp, signed_grad};
-use crate::{Builder, Graph, Result};
+use super::common::{builder, ema_sq, l2_penalty, lerp, signed_grad};
+use crate::{Graph, Result};
 
 /// RMSprop as `torch.optim.RMSprop` (single-tensor algorithm).
 ///
@@ -79,7 +79,7 @@ impl Rmsprop {
             (false, true) => "rmsprop_momentum",
             (true, true) => "rmsprop_centered_momentum",
         };
-        let b = Builder::new(name);
+        let b = builder(name);
         let lr = b.hyper("lr", self.lr);
         let alpha = b.hyper("alpha", self.alpha);
         let eps = b.hyper("eps", self.eps);

@@ -1,7 +1,7 @@
 //! Rprop: per-element step sizes adapted to the sign agreement of successive gradients.
 
-use super::common::{initialized, signed_grad, torch_sign};
-use crate::{Builder, Graph, Result};
+use super::common::{builder, initialized, signed_grad, torch_sign};
+use crate::{Graph, Result};
 
 /// Rprop as `torch.optim.Rprop` (single-tensor algorithm).
 ///
@@ -63,7 +63,7 @@ impl Default for Rprop {
 impl Rprop {
     /// The optimizer graph; the option values become the hyperparameters' defaults.
     pub fn graph(&self) -> Result<Graph> {
-        let b = Builder::new("rprop");
+        let b = builder("rprop");
         let lr = b.hyper("lr", self.lr);
         let etaminus = b.hyper("etaminus", self.etas.0);
         let etaplus = b.hyper("etaplus", self.etas.1);

@@ -3,7 +3,7 @@
 //! evaluation.
 
 use super::common::{
-    bias_correction, ema, ema_sq, initialized, l2_penalty, lerp_torch, signed_grad,
+    bias_correction, builder, ema, ema_sq, initialized, l2_penalty, lerp_torch, signed_grad,
 };
 use crate::{Builder, Expr, Graph, Result};
 
@@ -149,7 +149,7 @@ impl<'b> Slots<'b> {
 impl ScheduleFreeAdamW {
     /// The training step's graph; the option values become the hyperparameters' defaults.
     pub fn graph(&self) -> Result<Graph> {
-        let b = Builder::new("schedule_free_adamw");
+        let b = builder("schedule_free_adamw");
         let lr = b.hyper("lr", self.lr);
         let b1 = b.hyper("b1", self.betas.0);
         let b2 = b.hyper("b2", self.betas.1);
@@ -211,7 +211,7 @@ impl ScheduleFreeAdamW {
     }
 
     fn swap_graph(&self, name: &str, weight: fn(Expr<'_>) -> Expr<'_>) -> Result<Graph> {
-        let b = Builder::new(name);
+        let b = builder(name);
         let b1 = b.hyper("b1", self.betas.0);
         let slots = Slots::declare(&b, self.inner_momentum != 0.0);
         slots.keep(&b)?;

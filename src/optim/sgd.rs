@@ -1,7 +1,7 @@
 //! Stochastic gradient descent with momentum, dampening, Nesterov and weight decay.
 
-use super::common::{l2_penalty, signed_grad};
-use crate::{Builder, Error, Graph, Result};
+use super::common::{builder, l2_penalty, signed_grad};
+use crate::{Error, Graph, Result};
 
 /// SGD as `torch.optim.SGD`.
 ///
@@ -68,7 +68,7 @@ impl Sgd {
                 reason: "Nesterov momentum requires a momentum and zero dampening",
             });
         }
-        let b = Builder::new(if self.nesterov { "sgd_nesterov" } else { "sgd" });
+        let b = builder(if self.nesterov { "sgd_nesterov" } else { "sgd" });
         let lr = b.hyper("lr", self.lr);
         let weight_decay = b.hyper("weight_decay", self.weight_decay);
         let param = b.param();

@@ -2,7 +2,7 @@
 //! of at least [`GRAIN`] elements, dealt into one batch per thread, and each batch is one
 //! kernel (or interpreter) call on rayon's persistent pool.
 
-use crate::interp::{run_eager, run_reference};
+use crate::interp::{run_chunked, run_eager, run_reference};
 use crate::program::Stage;
 use crate::segment::Segment;
 use crate::{Executor, Float, Kernel, Result};
@@ -16,7 +16,7 @@ pub(crate) const GRAIN: usize = 1 << 15;
 pub(crate) enum Runner<'a> {
     /// A compiled kernel.
     Jit(&'a Kernel),
-    /// The reference interpreter or the eager evaluator, on this stage.
+    /// An interpreter (reference, eager or chunked), on this stage.
     Interp(Executor, &'a Stage),
 }
 
@@ -25,6 +25,7 @@ impl Runner<'_> {
         match self {
             Runner::Jit(kernel) => kernel.run(segments),
             Runner::Interp(Executor::Eager, stage) => run_eager(stage, segments),
+            Runner::Interp(Executor::Chunked, stage) => run_chunked(stage, segments),
             Runner::Interp(_, stage) => run_reference(stage, segments),
         }
     }

@@ -141,7 +141,8 @@ pub fn adan<T: Float>(o: &Adan, t: &mut Tensor<T>, grad: &[T]) {
         neg_grad_or_diff = neg_grad_or_diff * c(beta2) + g;
         exp_avg_sq[i] =
             exp_avg_sq[i] * c(beta3) + c::<T>(1.0 - beta3) * neg_grad_or_diff * neg_grad_or_diff;
-        let denom = exp_avg_sq[i].sqrt() / c(bias_correction3_sqrt) + c(o.eps);
+        // The built-ins divide by per-step scalars through their reciprocal.
+        let denom = exp_avg_sq[i].sqrt() * c(1.0 / bias_correction3_sqrt) + c(o.eps);
         let mut p = t.param[i];
         if o.no_prox {
             p = p * c(1.0 - o.lr * o.weight_decay);
@@ -150,7 +151,7 @@ pub fn adan<T: Float>(o: &Adan, t: &mut Tensor<T>, grad: &[T]) {
         } else {
             p = p + c::<T>(-step_size) * exp_avg[i] / denom;
             p = p + c::<T>(-step_size_diff) * exp_avg_diff[i] / denom;
-            p = p / c(1.0 + o.lr * o.weight_decay);
+            p = p * c(1.0 / (1.0 + o.lr * o.weight_decay));
         }
         t.param[i] = p;
         neg_pre_grad[i] = -g; // zero_().add_(grad, alpha=-1.0), but as -g: see above
@@ -205,9 +206,9 @@ pub fn adabelief<T: Float>(o: &AdaBelief, t: &mut Tensor<T>, grad: &[T]) {
         exp_avg_var[i] = exp_avg_var[i] + c(o.eps);
         let denom = if o.amsgrad {
             max_exp_avg_var[i] = maximum(max_exp_avg_var[i], exp_avg_var[i]);
-            max_exp_avg_var[i].sqrt() / c(bias_correction2.sqrt()) + c(o.eps)
+            max_exp_avg_var[i].sqrt() * c(1.0 / bias_correction2.sqrt()) + c(o.eps)
         } else {
-            exp_avg_var[i].sqrt() / c(bias_correction2.sqrt()) + c(o.eps)
+            exp_avg_var[i].sqrt() * c(1.0 / bias_correction2.sqrt()) + c(o.eps)
         };
         if !o.rectify {
             p = p + c::<T>(-(o.lr / bias_correction1)) * exp_avg[i] / denom;
@@ -258,10 +259,10 @@ pub fn schedule_free<T: Float>(o: &ScheduleFreeAdamW, t: &mut Tensor<T>, grad: &
         let g = if o.maximize { -grad } else { grad };
         let y = t.param[i];
         exp_avg_sq[i] = exp_avg_sq[i] * c(beta2) + c::<T>(1.0 - beta2) * g * g;
-        let denom = (exp_avg_sq[i] / c(bias_correction2)).sqrt() + c(o.eps);
+        let denom = (exp_avg_sq[i] * c(1.0 / bias_correction2)).sqrt() + c(o.eps);
         let mut grad_normalized = if o.inner_momentum != 0.0 {
             exp_avg[i] = exp_avg[i] * c(o.inner_momentum) + c::<T>(1.0 - o.inner_momentum) * g;
-            exp_avg[i] / c(bias_correction1) / denom
+            exp_avg[i] * c(1.0 / bias_correction1) / denom
         } else {
             g / denom
         };

@@ -1,0 +1,405 @@
+//! The benchmark suite behind `optjit bench`: every implementation of a set of optimizers at a
+//! set of sizes and thread counts, in one process, with the bandwidth floor and the
+//! handwritten native loop measured in the same run; plus many small tensors against one big
+//! one, and compile times.
+//!
+//! Times are medians of repeated steps. Ratios are what to read: absolute times drift with
+//! the machine's load.
+
+use super::floor::{self, Floor};
+use super::native::NativeOptimizer;
+use crate::{optim, DType, Executor, Graph, Jit, Optimizer, Result};
+use ndarray::Array1;
+use serde::Serialize;
+use std::time::{Duration, Instant};
+
+/// An implementation the suite measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Impl {
+    /// The Cranelift kernel through [`Optimizer::step`].
+    Jit,
+    /// The reference interpreter through [`Optimizer::step`].
+    Interp,
+    /// The chunked interpreter through [`Optimizer::step`].
+    Chunked,
+    /// The eager evaluator through [`Optimizer::step`].
+    Eager,
+    /// The handwritten loop compiled for this CPU ([`NativeOptimizer`]).
+    Native,
+    /// `dst = src`: the bandwidth floor.
+    Copy,
+    /// `y = a·x + y`: the bandwidth floor.
+    Axpy,
+}
+
+impl Impl {
+    /// Every implementation, in table order.
+    pub const ALL: [Impl; 7] = [
+        Impl::Jit,
+        Impl::Native,
+        Impl::Chunked,
+        Impl::Eager,
+        Impl::Interp,
+        Impl::Copy,
+        Impl::Axpy,
+    ];
+
+    /// The name in tables and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Impl::Jit => "jit",
+            Impl::Interp => "interp",
+            Impl::Chunked => "chunked",
+            Impl::Eager => "eager",
+            Impl::Native => "native",
+            Impl::Copy => "copy",
+            Impl::Axpy => "axpy",
+        }
+    }
+
+    fn executor(self) -> Option<Executor> {
+        match self {
+            Impl::Jit => Some(Executor::Jit),
+            Impl::Interp => Some(Executor::Reference),
+            Impl::Chunked => Some(Executor::Chunked),
+            Impl::Eager => Some(Executor::Eager),
+            _ => None,
+        }
+    }
+}
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Optimizers: built-in names (see [`optim::NAMES`]) or `(name, graph)` pairs.
+    pub optimizers: Vec<(String, Graph)>,
+    /// Element counts of the single tensor.
+    pub sizes: Vec<usize>,
+    /// Thread counts.
+    pub threads: Vec<usize>,
+    /// Implementations.
+    pub impls: Vec<Impl>,
+    /// The interpreters (slow) only run up to this size.
+    pub interp_max: usize,
+    /// Many small tensors: `(count, elements each)`, against one tensor of the same total.
+    pub many_small: Option<(usize, usize)>,
+    /// Measure compile times.
+    pub compile: bool,
+    /// Repeat each measurement for at least this long (and at least 3 times).
+    pub min_time: Duration,
+}
+
+impl Config {
+    /// The full suite: Adam, AdamW, SGD-momentum, Lion and RMSprop at 2^12 … 2^26 elements,
+    /// on 1 thread and all, every implementation, 10,000 × 1,000 tensors, compile times.
+    pub fn full(all_threads: usize) -> Result<Config> {
+        let optimizers = ["adam", "adamw", "sgd_momentum", "lion", "rmsprop"]
+            .iter()
+            .map(|n| Ok((n.to_string(), optim::by_name(n).expect("a built-in"))))
+            .collect::<Result<Vec<_>>>()?;
+        let mut threads = vec![1];
+        if all_threads > 1 {
+            threads.push(all_threads);
+        }
+        Ok(Config {
+            optimizers,
+            sizes: [12, 16, 20, 24, 26].iter().map(|&l| 1usize << l).collect(),
+            threads,
+            impls: Impl::ALL.to_vec(),
+            interp_max: 1 << 24,
+            many_small: Some((10_000, 1_000)),
+            compile: true,
+            min_time: Duration::from_millis(200),
+        })
+    }
+}
+
+/// One measurement.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Record {
+    /// Optimizer name (`copy`/`axpy` rows carry the optimizer they are the floor for).
+    pub optimizer: String,
+    /// Implementation: `jit`, `interp`, `chunked`, `eager`, `native`, `copy`, `axpy`, or
+    /// `compile_cold` / `compile_hit` (then `ns_per_elem` is the time per compile).
+    #[serde(rename = "impl")]
+    pub implementation: String,
+    /// Elements per step (all tensors together).
+    pub n: usize,
+    /// Number of tensors.
+    pub tensors: usize,
+    /// Threads used.
+    pub threads: usize,
+    /// Element type.
+    pub dtype: String,
+    /// Median time per element and step, in nanoseconds.
+    pub ns_per_elem: f64,
+    /// Bytes moved per second at the optimizer's byte count per element (the floor rows at
+    /// their own), in GB/s.
+    pub gbps: f64,
+    /// GB/s over the best floor (copy or axpy) at the same size and threads.
+    pub of_floor: Option<f64>,
+    /// Speed relative to the native loop at the same size and threads (above 1: faster).
+    pub vs_native: Option<f64>,
+}
+
+/// Bytes a step of `graph` moves per element at f32: every stream loaded or stored, 4 bytes
+/// per access.
+pub fn bytes_per_element(graph: &Graph) -> Result<usize> {
+    let program = crate::passes::compile(graph)?;
+    let stage = &program.stage;
+    let mut loaded = vec![false; stage.n_streams as usize];
+    let operands = stage
+        .body
+        .iter()
+        .flat_map(|i| i.args())
+        .chain(stage.stores.iter().map(|(_, v)| v));
+    for a in operands {
+        if let crate::program::ElemArg::Load(s) = a {
+            loaded[*s as usize] = true;
+        }
+    }
+    Ok(4 * (loaded.iter().filter(|&&l| l).count() + stage.stores.len()))
+}
+
+/// Median duration of `f`, repeated for at least `min_time` and 3 times (1 time when one run
+/// takes longer than `min_time`), after one warm-up call.
+fn median(min_time: Duration, mut f: impl FnMut() -> Result<()>) -> Result<Duration> {
+    let start = Instant::now();
+    f()?;
+    let first = start.elapsed();
+    let mut times = Vec::new();
+    let started = Instant::now();
+    let want = if first > min_time { 1 } else { 3 };
+    while times.len() < want || (started.elapsed() < min_time && times.len() < 1000) {
+        let t = Instant::now();
+        f()?;
+        times.push(t.elapsed());
+    }
+    times.sort();
+    Ok(times[times.len() / 2])
+}
+
+fn ns_per_elem(t: Duration, n: usize) -> f64 {
+    t.as_secs_f64() * 1e9 / n as f64
+}
+
+/// An optimizer over `tensors` tensors of `each` elements with gradients set, ready to step.
+fn optimizer(
+    graph: &Graph,
+    executor: Executor,
+    threads: usize,
+    tensors: usize,
+    each: usize,
+) -> Result<Optimizer> {
+    let mut opt = Optimizer::new(graph)?
+        .with_executor(executor)
+        .with_threads(threads);
+    let g = opt.add_param_group(&[])?;
+    let values = Array1::from_shape_fn(each, |i| ((i % 1000) as f32 - 500.0) * 1e-3);
+    let grad: Vec<f32> = (0..each)
+        .map(|i| ((i % 997) as f32 - 498.0) * 1e-3)
+        .collect();
+    for t in 0..tensors {
+        let h = opt.add_param(g, &format!("p{t}"), &values)?;
+        opt.set_grad(&h, &grad)?;
+    }
+    Ok(opt)
+}
+
+/// Runs the suite, calling `progress(done, total, what)` before each measurement.
+pub fn run(config: &Config, mut progress: impl FnMut(usize, usize, &str)) -> Result<Vec<Record>> {
+    let mut records = Vec::new();
+    let per_point = config.impls.len();
+    let total = config.optimizers.len() * config.sizes.len() * config.threads.len() * per_point
+        + usize::from(config.many_small.is_some()) * config.optimizers.len() * 2
+        + usize::from(config.compile) * config.optimizers.len();
+    let mut done = 0;
+    for (name, graph) in &config.optimizers {
+        let bytes = bytes_per_element(graph)?;
+        let native = NativeOptimizer::ALL.into_iter().find(|o| o.name() == name);
+        for &n in &config.sizes {
+            for &threads in &config.threads {
+                let mut point: Vec<Record> = Vec::new();
+                for &imp in &config.impls {
+                    progress(
+                        done,
+                        total,
+                        &format!("{name} {} n={n} threads={threads}", imp.name()),
+                    );
+                    done += 1;
+                    let record = |time: Duration, bytes: usize| Record {
+                        optimizer: name.clone(),
+                        implementation: imp.name().to_string(),
+                        n,
+                        tensors: 1,
+                        threads,
+                        dtype: DType::F32.name().to_string(),
+                        ns_per_elem: ns_per_elem(time, n),
+                        gbps: (bytes * n) as f64 / time.as_secs_f64() / 1e9,
+                        of_floor: None,
+                        vs_native: None,
+                    };
+                    let time = match imp {
+                        Impl::Copy => {
+                            let (mut dst, src) = (vec![0.0f32; n], vec![1.0f32; n]);
+                            Some((
+                                measured(config, || floor::copy(&mut dst, &src, threads))?,
+                                Floor::Copy.bytes_per_element(),
+                            ))
+                        }
+                        Impl::Axpy => {
+                            let (x, mut y) = (vec![1.0f32; n], vec![0.5f32; n]);
+                            Some((
+                                measured(config, || floor::axpy(1e-3, &x, &mut y, threads))?,
+                                Floor::Axpy.bytes_per_element(),
+                            ))
+                        }
+                        Impl::Native => match native {
+                            Some(native) => Some((native_time(config, native, n, threads)?, bytes)),
+                            None => None,
+                        },
+                        _ if n > config.interp_max && imp != Impl::Jit => None,
+                        _ => {
+                            let executor = imp.executor().expect("an executor");
+                            let mut opt = optimizer(graph, executor, threads, 1, n)?;
+                            Some((median(config.min_time, || opt.step())?, bytes))
+                        }
+                    };
+                    if let Some((time, bytes)) = time {
+                        point.push(record(time, bytes));
+                    }
+                }
+                annotate(&mut point);
+                records.extend(point);
+            }
+        }
+        if let Some((count, each)) = config.many_small {
+            for (tensors, per) in [(count, each), (1, count * each)] {
+                progress(done, total, &format!("{name} jit {tensors} tensors"));
+                done += 1;
+                let threads = *config.threads.iter().max().unwrap_or(&1);
+                let mut opt = optimizer(graph, Executor::Jit, threads, tensors, per)?;
+                let time = median(config.min_time, || opt.step())?;
+                let n = count * each;
+                records.push(Record {
+                    optimizer: name.clone(),
+                    implementation: "jit".into(),
+                    n,
+                    tensors,
+                    threads,
+                    dtype: "f32".into(),
+                    ns_per_elem: ns_per_elem(time, n),
+                    gbps: (bytes * n) as f64 / time.as_secs_f64() / 1e9,
+                    of_floor: None,
+                    vs_native: None,
+                });
+            }
+        }
+        if config.compile {
+            progress(done, total, &format!("{name} compile"));
+            done += 1;
+            records.extend(compile_times(name, graph)?);
+        }
+    }
+    progress(total, total, "done");
+    Ok(records)
+}
+
+/// A floor measurement: the floor functions time themselves (excluding thread start).
+fn measured(config: &Config, mut f: impl FnMut() -> Result<Duration>) -> Result<Duration> {
+    let mut best = Vec::new();
+    let started = Instant::now();
+    f()?;
+    while best.len() < 3 || (started.elapsed() < config.min_time && best.len() < 1000) {
+        best.push(f()?);
+    }
+    best.sort();
+    Ok(best[best.len() / 2])
+}
+
+/// The native loop on `threads` threads of rayon's pool, each on its share of the tensor.
+fn native_time(
+    config: &Config,
+    native: NativeOptimizer,
+    n: usize,
+    threads: usize,
+) -> Result<Duration> {
+    let slots = native.slots().len();
+    let mut param = vec![1.0f32; n];
+    let grad: Vec<f32> = (0..n).map(|i| ((i % 997) as f32 - 498.0) * 1e-3).collect();
+    let mut state: Vec<Vec<f32>> = vec![vec![0.0f32; n]; slots];
+    let mut step = 0u64;
+    let chunk = n.div_ceil(threads).div_ceil(16) * 16;
+    median(config.min_time, || {
+        step += 1;
+        // (param, grad, state) of each thread's share.
+        type Piece<'a> = (&'a mut [f32], &'a [f32], Vec<&'a mut [f32]>);
+        let mut pieces: Vec<Piece<'_>> = Vec::new();
+        let mut state_chunks: Vec<_> = state.iter_mut().map(|s| s.chunks_mut(chunk)).collect();
+        for (p, g) in param.chunks_mut(chunk).zip(grad.chunks(chunk)) {
+            let s: Vec<&mut [f32]> = state_chunks
+                .iter_mut()
+                .map(|c| c.next().expect("same length"))
+                .collect();
+            pieces.push((p, g, s));
+        }
+        use rayon::prelude::*;
+        pieces
+            .into_par_iter()
+            .map(|(p, g, mut s)| native.step(step, p, g, &mut s))
+            .collect::<Result<Vec<()>>>()?;
+        Ok(())
+    })
+}
+
+/// Fills the ratios of one (optimizer, n, threads) point.
+fn annotate(point: &mut [Record]) {
+    let floor = point
+        .iter()
+        .filter(|r| r.implementation == "copy" || r.implementation == "axpy")
+        .map(|r| r.gbps)
+        .fold(None, |m: Option<f64>, g| Some(m.map_or(g, |m| m.max(g))));
+    let native = point
+        .iter()
+        .find(|r| r.implementation == "native")
+        .map(|r| r.ns_per_elem);
+    for r in point.iter_mut() {
+        r.of_floor = floor.map(|f| r.gbps / f);
+        if r.implementation != "copy" && r.implementation != "axpy" {
+            r.vs_native = native.map(|t| t / r.ns_per_elem);
+        }
+    }
+}
+
+/// Cold compile (a fresh JIT each time) and cache hit, per compile, in `ns_per_elem`.
+fn compile_times(name: &str, graph: &Graph) -> Result<Vec<Record>> {
+    let program = crate::passes::compile(graph)?;
+    let mut cold = Vec::new();
+    for _ in 0..21 {
+        let jit = Jit::new()?;
+        jit.compile(&program, DType::F32)?;
+        cold.push(jit.stats().compile_time);
+    }
+    cold.sort();
+    let jit = Jit::new()?;
+    jit.compile(&program, DType::F32)?;
+    let hits = 10_000;
+    let start = Instant::now();
+    for _ in 0..hits {
+        jit.compile(&program, DType::F32)?;
+    }
+    let hit = start.elapsed() / hits;
+    let row = |what: &str, t: Duration| Record {
+        optimizer: name.to_string(),
+        implementation: what.to_string(),
+        n: 1,
+        tensors: 1,
+        threads: 1,
+        dtype: "f32".into(),
+        ns_per_elem: t.as_secs_f64() * 1e9,
+        gbps: 0.0,
+        of_floor: None,
+        vs_native: None,
+    };
+    Ok(vec![row("compile_cold", cold[10]), row("compile_hit", hit)])
+}
