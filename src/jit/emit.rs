@@ -74,8 +74,10 @@ enum Val {
 struct SegmentVals {
     len: Value,
     streams: Vec<Value>,
+    /// The scalar block's address.
+    block: Value,
+    /// The scalars for the scalar tail, loaded in its preheader (empty before).
     scalars: Vec<Value>,
-    splats: Vec<Value>,
 }
 
 /// `0`, `1`, `-1` as `[scalar, vector]`, created in the entry block only when the stage
@@ -173,21 +175,11 @@ impl Translator<'_> {
         let streams = (0..self.stage.n_streams as usize)
             .map(|k| word(self, RECORD_HEADER + k))
             .collect();
-        let scalars: Vec<Value> = (0..self.stage.n_scalars)
-            .map(|k| {
-                let offset = (k * self.size) as i32;
-                self.b.ins().load(self.scalar_ty, self.flags, block, offset)
-            })
-            .collect();
-        let splats = scalars
-            .iter()
-            .map(|&v| self.b.ins().splat(self.vector_ty, v))
-            .collect();
         SegmentVals {
             len,
             streams,
-            scalars,
-            splats,
+            block,
+            scalars: Vec::new(),
         }
     }
 
@@ -254,9 +246,30 @@ impl Translator<'_> {
         done
     }
 
-    /// The scalar tail: one element per iteration until `len`, then `done`.
-    fn emit_tail(&mut self, seg: &SegmentVals, header: Block, i: Value, done: Block) {
+    /// The scalar tail: one element per iteration until `len`, then `done`. `entry(i)` loads
+    /// the scalars once, so they are live neither during the vector loops nor reloaded per
+    /// element.
+    fn emit_tail(&mut self, seg: &SegmentVals, entry: Block, start: Value, done: Block) {
+        let header = self.b.create_block();
+        let i = self.b.append_block_param(header, types::I64);
         let body = self.b.create_block();
+        self.b.switch_to_block(entry);
+        self.b.seal_block(entry);
+        let scalars: Vec<Value> = (0..self.stage.n_scalars)
+            .map(|k| {
+                let offset = (k * self.size) as i32;
+                self.b
+                    .ins()
+                    .load(self.scalar_ty, self.flags, seg.block, offset)
+            })
+            .collect();
+        let seg = &SegmentVals {
+            scalars,
+            streams: seg.streams.clone(),
+            ..*seg
+        };
+        self.b.ins().jump(header, &args(&[start]));
+
         self.b.switch_to_block(header);
         let more = self.b.ins().icmp(IntCC::UnsignedLessThan, i, seg.len);
         self.b.ins().brif(more, body, &[], done, &[]);
@@ -304,10 +317,34 @@ impl Translator<'_> {
                 }
             }
         }
+        // Vector code broadcasts each scalar it uses straight from the scalar block, once per
+        // body copy (`vbroadcastss mem`: one load, no register held across the loop). Splats
+        // made once per segment get rematerialised into the loop by Cranelift anyway, from
+        // scalars held in registers, and spill when a stage has many scalars.
+        let mut broadcast: Vec<Option<Value>> = vec![None; stage.n_scalars as usize];
+        if width == Width::Vector {
+            let operands = stage
+                .body
+                .iter()
+                .flat_map(|inst| inst.args())
+                .chain(stage.stores.iter().map(|(_, v)| v));
+            for a in operands {
+                if let ElemArg::Scalar(k) = *a {
+                    if broadcast[k as usize].is_none() {
+                        let offset = (k * self.size) as i32;
+                        let scalar =
+                            self.b
+                                .ins()
+                                .load(self.scalar_ty, self.flags, seg.block, offset);
+                        broadcast[k as usize] = Some(self.b.ins().splat(self.vector_ty, scalar));
+                    }
+                }
+            }
+        }
         let operand = |a: &ElemArg, vals: &[Val]| match *a {
             ElemArg::Load(s) => Val::Float(loaded[s as usize].expect("loaded above")),
             ElemArg::Scalar(k) => Val::Float(match width {
-                Width::Vector => seg.splats[k as usize],
+                Width::Vector => broadcast[k as usize].expect("broadcast above"),
                 Width::Scalar => seg.scalars[k as usize],
             }),
             ElemArg::Value(v) => vals[v as usize],

@@ -38,19 +38,24 @@ impl JitOptions {
     /// faster than ×4).
     pub const DIVIDER_BOUND_UNROLL: u32 = 2;
 
+    /// Stages reading at least this many scalars are not unrolled: with 16 vector registers,
+    /// a second copy of RAdam, Adan or schedule-free AdamW (11–12 scalars) spills.
+    pub const MANY_SCALARS: u32 = 10;
+
     /// The options [`Jit::compile`] uses for `stage`: the unroll factor by the stage's kind.
     pub fn for_stage(stage: &Stage) -> JitOptions {
         let divides = stage
             .body
             .iter()
             .any(|i| matches!(i.op, crate::ir::Op::Div | crate::ir::Op::Sqrt));
-        JitOptions {
-            unroll: if divides {
-                Self::DIVIDER_BOUND_UNROLL
-            } else {
-                Self::DEFAULT_UNROLL
-            },
-        }
+        let unroll = if stage.n_scalars >= Self::MANY_SCALARS {
+            1
+        } else if divides {
+            Self::DIVIDER_BOUND_UNROLL
+        } else {
+            Self::DEFAULT_UNROLL
+        };
+        JitOptions { unroll }
     }
 }
 
@@ -222,6 +227,41 @@ impl Jit {
         inner.stats.compile_time += start.elapsed();
         inner.cache.insert(key, kernel.clone());
         Ok(kernel)
+    }
+
+    /// The machine code of `program`'s kernel for `dtype`, as Cranelift's disassembly of its
+    /// lowered instructions (register-allocated, before encoding), for this host.
+    pub fn disassemble(
+        &self,
+        program: &Program,
+        dtype: DType,
+        options: JitOptions,
+    ) -> Result<String> {
+        check_options(options)?;
+        program.stage.check()?;
+        let mut inner = self.lock();
+        let JitInner { code, fctx, .. } = &mut *inner;
+        let guard = code.module.lock().unwrap_or_else(|p| p.into_inner());
+        let module = guard.as_ref().expect("module lives as long as the Jit");
+        let isa = module.isa();
+        let mut ctx = Context::new();
+        ctx.func = Function::with_name_signature(
+            UserFuncName::user(0, 0),
+            emit::signature(isa.default_call_conv()),
+        );
+        emit::build(
+            &mut ctx.func,
+            fctx,
+            &program.stage,
+            dtype,
+            options.unroll,
+            module.target_config(),
+        );
+        ctx.set_disasm(true);
+        let compiled = ctx
+            .compile(isa, &mut Default::default())
+            .map_err(|e| codegen(format!("{:?}", e.inner)))?;
+        Ok(compiled.vcode.clone().unwrap_or_default())
     }
 
     /// The Cranelift IR of `program`'s kernel for `dtype`, before Cranelift's optimisations.
