@@ -73,6 +73,10 @@ enum Command {
         /// rmsprop).
         #[arg(long, value_delimiter = ',')]
         optimizer: Option<Vec<String>>,
+        /// Implementations (comma-separated: jit, native, chunked, eager, interp, copy, axpy;
+        /// default: all).
+        #[arg(long = "impl", value_delimiter = ',')]
+        impls: Option<Vec<String>>,
         /// Only the per-size table: no many-small-tensors run, no compile times.
         #[arg(long)]
         quick: bool,
@@ -114,8 +118,9 @@ fn main() -> ExitCode {
             threads,
             n,
             optimizer,
+            impls,
             quick,
-        } => bench(json, threads, n, optimizer, quick),
+        } => bench(json, threads, n, optimizer, impls, quick),
     }
 }
 
@@ -124,6 +129,7 @@ fn bench(
     threads: Option<Vec<usize>>,
     n: Option<Vec<usize>>,
     names: Option<Vec<String>>,
+    impls: Option<Vec<String>>,
     quick: bool,
 ) -> ExitCode {
     let all = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -152,6 +158,19 @@ fn bench(
             }
         }
         config.optimizers = optimizers;
+    }
+    if let Some(impls) = impls {
+        let mut chosen = Vec::new();
+        for name in impls {
+            match suite::Impl::ALL.into_iter().find(|i| i.name() == name) {
+                Some(i) => chosen.push(i),
+                None => {
+                    eprintln!("error: unknown implementation `{name}`");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        config.impls = chosen;
     }
     if quick {
         config.many_small = None;
