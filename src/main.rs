@@ -207,7 +207,7 @@ fn print_table(records: &[suite::Record]) {
     );
     for r in records
         .iter()
-        .filter(|r| !r.implementation.starts_with("compile"))
+        .filter(|r| !r.implementation.starts_with("compile") && r.implementation != "step_overhead")
     {
         println!(
             "{:<13} {:>9} {:>7} {:>3} {:<8} {:>10.3} {:>8.1} {:>7} {:>7}",
@@ -224,7 +224,7 @@ fn print_table(records: &[suite::Record]) {
     }
     for r in records
         .iter()
-        .filter(|r| r.implementation.starts_with("compile"))
+        .filter(|r| r.implementation.starts_with("compile") || r.implementation == "step_overhead")
     {
         println!(
             "{:<13} {:<13} {:>10.1} µs",

@@ -119,8 +119,9 @@ impl Config {
 pub struct Record {
     /// Optimizer name (`copy`/`axpy` rows carry the optimizer they are the floor for).
     pub optimizer: String,
-    /// Implementation: `jit`, `interp`, `chunked`, `eager`, `native`, `copy`, `axpy`, or
-    /// `compile_cold` / `compile_hit` (then `ns_per_elem` is the time per compile).
+    /// Implementation: `jit`, `interp`, `chunked`, `eager`, `native`, `copy`, `axpy`;
+    /// `compile_cold` / `compile_hit` (then `ns_per_elem` is the time per compile) or
+    /// `step_overhead` (the whole `Optimizer::step` of one 16-element tensor).
     #[serde(rename = "impl")]
     pub implementation: String,
     /// Elements per step (all tensors together).
@@ -299,6 +300,21 @@ pub fn run(config: &Config, mut progress: impl FnMut(usize, usize, &str)) -> Res
             progress(done, total, &format!("{name} compile"));
             done += 1;
             records.extend(compile_times(name, graph)?);
+            // The fixed cost of a step: one tensor of 16 elements, one thread.
+            let mut opt = optimizer(graph, Executor::Jit, 1, 1, 16)?;
+            let t = median(config.min_time, || opt.step())?;
+            records.push(Record {
+                optimizer: name.clone(),
+                implementation: "step_overhead".into(),
+                n: 16,
+                tensors: 1,
+                threads: 1,
+                dtype: "f32".into(),
+                ns_per_elem: t.as_secs_f64() * 1e9,
+                gbps: 0.0,
+                of_floor: None,
+                vs_native: None,
+            });
         }
     }
     progress(total, total, "done");
@@ -329,6 +345,8 @@ fn native_time(
     let grad: Vec<f32> = (0..n).map(|i| ((i % 997) as f32 - 498.0) * 1e-3).collect();
     let mut state: Vec<Vec<f32>> = vec![vec![0.0f32; n]; slots];
     let mut step = 0u64;
+    // Threads only where the runtime would use them too (see `runtime::exec::GRAIN`).
+    let threads = threads.min(n / crate::runtime::GRAIN).max(1);
     let chunk = n.div_ceil(threads).div_ceil(16) * 16;
     median(config.min_time, || {
         step += 1;

@@ -12,7 +12,7 @@ use rayon::prelude::*;
 /// --threads 1,2` at 2^15 … 2^19 elements: below 2^16 per thread a second thread never
 /// helped (waking a pool thread costs tens of µs); Adam gains from 2^17 elements in all,
 /// SGD-momentum (4× cheaper per element) from 2^19.
-pub(crate) const GRAIN: usize = 1 << 16;
+pub const GRAIN: usize = 1 << 16;
 
 /// What runs a batch of segments.
 #[derive(Clone, Copy)]

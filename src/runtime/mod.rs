@@ -13,6 +13,7 @@ mod state_dict;
 mod step;
 pub(crate) mod store;
 
+pub use exec::GRAIN;
 pub(crate) use exec::{default_threads, run_parallel, Runner};
 pub use state_dict::{LoadReport, StateDict, StateEntry, TensorData};
 
