@@ -4,8 +4,9 @@
 use crate::program::Stage;
 use crate::{Error, Float, Result};
 
-/// One parameter (or a slice of one) for one step: the streams of the kernel contract and
-/// the scalar block of its prologue.
+/// A run of elements that share one scalar block for one step: a parameter, a slice of one,
+/// or (in the runtime) neighbouring parameters with the padding between them. It holds the
+/// streams of the kernel contract and the scalar block of its prologue.
 pub struct Segment<'a, T> {
     /// Stream 0, read and written.
     pub param: &'a mut [T],

@@ -1,5 +1,6 @@
 //! The chunked interpreter: the fastest executor without code generation, and the portable
-//! fallback where JIT code cannot run.
+//! choice (`Executor::Chunked`) where JIT code cannot run — nothing switches to it
+//! automatically: there, `Executor::Jit` fails with `Error::HostUnsupported`.
 //!
 //! Each segment is cut into blocks of [`block_len`] elements. For each block the stage runs
 //! one instruction at a time: the op is chosen once, then one tight loop (monomorphic in the

@@ -127,8 +127,10 @@ pub struct SlotDef {
     pub kind: SlotKind,
 }
 
-/// Opt-in numerical rewrites of a graph. All are off by default: the program then performs
-/// exactly the operations written. With any of them the JIT and the interpreters still agree
+/// Opt-in numerical rewrites of a graph. All are off for a graph built with
+/// [`crate::Builder`] unless it sets them: the program then performs exactly the operations
+/// written. The built-in optimizers set `reciprocal` (see each one's doc); clear it with
+/// [`Graph::with_flags`] to get their formulas division for division. With any of them the JIT and the interpreters still agree
 /// bit for bit (the rewrite happens in the program they all run); only the distance to the
 /// written formula changes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]

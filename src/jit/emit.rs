@@ -2,10 +2,11 @@
 //!
 //! The function is `kernel(table: *const u64, n_segments: u64)`; the table holds one record
 //! per segment: `[len, scalar block pointer, stream pointer 0, 1, ...]` (see `abi.rs`). Per
-//! segment it loads and splats the scalars once, runs an unrolled 128-bit main loop, a
-//! single-vector loop (when unrolled), then a scalar tail, all computing exactly the
-//! reference interpreter's IEEE operations. No FMA is formed: Cranelift never fuses
-//! `fmul`+`fadd`.
+//! segment it splats the scalars once when they fit in registers (else broadcasts them from
+//! the block where used), runs an unrolled 128-bit main loop, a single-vector loop (when
+//! unrolled), then a scalar tail, all computing exactly the reference interpreter's IEEE
+//! operations. An FMA appears only where the stage has `Op::Fma`: Cranelift never fuses
+//! `fmul`+`fadd` on its own.
 
 use crate::ir::{Op, OpGroup};
 use crate::program::{ElemArg, Stage};
@@ -209,7 +210,8 @@ impl Translator<'_> {
         };
     }
 
-    /// Loads the segment record: length, stream pointers, scalars (splatted once).
+    /// Loads the segment record: length, stream pointers, the scalar block's address, and the
+    /// splats when [`splat_once`] says they fit.
     fn emit_segment_setup(&mut self, table: Value, s: Value) -> SegmentVals {
         let words = RECORD_HEADER + self.stage.n_streams as usize;
         let record_bytes = self.b.ins().imul_imm_u(s, (words * 8) as i64);
@@ -376,7 +378,7 @@ impl Translator<'_> {
                 }
             }
         }
-        // With many scalars, vector code broadcasts each scalar it uses straight from the
+        // When the splats do not fit (see `splat_once`), vector code broadcasts each scalar it uses straight from the
         // scalar block, once per body copy: no register held across the loop. (Splats made
         // once per segment get rematerialised into the loop by Cranelift from scalars held
         // in registers, and those spill when a stage has many scalars.)

@@ -1,4 +1,5 @@
-//! The pass pipeline, top to bottom: graph → fold → dce → hoist → program.
+//! The pass pipeline, top to bottom: graph → recip → fold → contract → dce → hoist → program
+//! (`recip` and `contract` only act on graphs that opt in through their flags).
 //!
 //! The verifier runs after every pass in debug builds. [`compile_traced`] returns the printed
 //! result of each pass, for dumps and snapshots.

@@ -50,7 +50,8 @@ pub(crate) fn run_parallel<T: Float>(
         let mut segments = segments;
         return runner.run(&mut segments);
     }
-    let per_batch = total.div_ceil(threads);
+    // Whole 64-byte blocks per batch, so that cutting on block boundaries adds no batch.
+    let per_batch = crate::runtime::store::round_up::<T>(total.div_ceil(threads));
     let mut batches: Vec<Vec<Segment<'_, T>>> = vec![Vec::new()];
     let mut room = per_batch;
     for mut seg in segments {

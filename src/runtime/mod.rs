@@ -5,8 +5,8 @@
 //!
 //! The optimizer owns its parameters and gradients in flat, aligned buffers per
 //! (group, dtype); a typed [`Param`] handle gives a slice or ndarray view of each. One step
-//! is one kernel call per (group, dtype) over the list of parameters that have a gradient,
-//! split across threads. For buffers the caller owns, use [`crate::Stepper`].
+//! runs one parallel region per dtype over the segments of every group: neighbouring
+//! parameters with a gradient and the same per-step scalars form one segment. For buffers the caller owns, use [`crate::Stepper`].
 
 mod exec;
 mod state_dict;
@@ -85,7 +85,7 @@ pub(crate) struct StateInfo {
 pub(crate) struct FlatStore<T> {
     params: AlignedBuf<T>,
     grads: AlignedBuf<T>,
-    /// One per element slot, allocated at the store's first step.
+    /// One per element slot, allocated at the store's first step or state load.
     slots: Vec<AlignedBuf<T>>,
     /// Elements in use, padding included.
     len: usize,
@@ -103,7 +103,11 @@ impl<T: Float> FlatStore<T> {
 
     /// Allocates the `n` element-slot buffers (streams 2.. of the kernel) if not yet there.
     pub(crate) fn ensure_slots(&mut self, n: usize) {
-        if self.slots.len() != n {
+        debug_assert!(
+            self.slots.is_empty() || self.slots.len() == n,
+            "slot count is fixed"
+        );
+        if self.slots.is_empty() && n > 0 {
             self.slots = (0..n)
                 .map(|k| AlignedBuf::filled(self.len, T::ZERO, 2 + k))
                 .collect();
@@ -171,6 +175,8 @@ pub struct Optimizer {
     kernels: [OnceLock<Kernel>; 2],
     threads: usize,
     params: Vec<ParamInfo>,
+    /// Parameter index by name.
+    names: std::collections::HashMap<String, usize>,
     has_grad: Vec<bool>,
     state: Vec<Option<StateInfo>>,
     groups: Vec<Group>,
@@ -203,6 +209,7 @@ impl Optimizer {
             kernels: Default::default(),
             threads: default_threads(),
             params: Vec::new(),
+            names: std::collections::HashMap::new(),
             has_grad: Vec::new(),
             state: Vec::new(),
             groups: Vec::new(),
@@ -324,7 +331,7 @@ impl Optimizer {
         values: &ArrayBase<S, D>,
     ) -> Result<Param<T>> {
         self.check_group(group)?;
-        if self.params.iter().any(|p| p.name == name) {
+        if self.names.contains_key(name) {
             return Err(Error::DuplicateParam {
                 name: name.to_string(),
             });
@@ -345,6 +352,7 @@ impl Optimizer {
             *dst = *src;
         }
         let index = self.params.len();
+        self.names.insert(name.to_string(), self.params.len());
         self.params.push(ParamInfo {
             name: name.to_string(),
             group,
@@ -395,6 +403,17 @@ impl Optimizer {
             .iter()
             .map(|&i| &self.params[i])
             .collect())
+    }
+
+    /// The handle of parameter number `index` (in the order parameters were added), if it
+    /// exists and has dtype `T`.
+    pub fn handle<T: Float>(&self, index: usize) -> Option<Param<T>> {
+        let info = self.params.get(index)?;
+        (info.dtype == T::DTYPE).then_some(Param {
+            optimizer: self.id,
+            index,
+            _dtype: PhantomData,
+        })
     }
 
     /// Every parameter, in the order they were added.

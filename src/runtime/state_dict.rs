@@ -369,9 +369,7 @@ impl Optimizer {
             }
             for (j, &index) in group.params.iter().enumerate() {
                 let ours = if by_name {
-                    self.params
-                        .iter()
-                        .position(|p| p.name == group.param_names[j])
+                    self.names.get(&group.param_names[j]).copied()
                 } else {
                     self.groups.get(k).and_then(|g| g.params.get(j)).copied()
                 };

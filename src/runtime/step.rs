@@ -1,5 +1,6 @@
-//! `step`: the update of every parameter that has a gradient, one kernel call per
-//! (group, dtype), with hooks and the closure form.
+//! `step`: the update of every parameter that has a gradient, with hooks and the closure
+//! form; and the mode swaps of `train()`/`eval()`. One parallel region per dtype covers the
+//! segments of every group.
 
 use super::store::{round_up, split_ranges_mut};
 use super::{run_parallel, Optimizer, Runner, StateInfo};
@@ -19,7 +20,9 @@ struct Plan<T> {
     /// Per block: the new values of scalar state slots, `(slot, value)`.
     updates: Vec<Vec<(usize, f64)>>,
     /// Segments to run: `(offset, len, block)`. Neighbouring members in storage with the same
-    /// block form one segment, padding between them included (its values are never read).
+    /// block form one segment, the alignment padding between them included: the kernel
+    /// computes on the padding too and nothing ever reads the result (stages have no
+    /// reductions; one that did would have to exclude it).
     runs: Vec<(usize, usize, usize)>,
     /// Ranges of members without state yet.
     fresh: Vec<(usize, usize)>,
@@ -67,11 +70,14 @@ impl Optimizer {
         }
         let kernel32 = self.runner_kernel(&pass.program, DType::F32, &plans32)?;
         let kernel64 = self.runner_kernel(&pass.program, DType::F64, &plans64)?;
+        // Every user mistake has been reported by now; an error below would be an internal
+        // bug. Each dtype's bookkeeping follows its own run, so state and step counts always
+        // describe the buffers.
         self.execute(&plans32, &pass.program, kernel32.as_ref())?;
-        self.execute(&plans64, &pass.program, kernel64.as_ref())?;
         for plan in &plans32 {
             self.finish(plan, pass.is_step);
         }
+        self.execute(&plans64, &pass.program, kernel64.as_ref())?;
         for plan in &plans64 {
             self.finish(plan, pass.is_step);
         }
@@ -181,8 +187,11 @@ impl Optimizer {
             fresh: Vec::new(),
         };
         let mut values = Vec::new();
-        // The key of the last block: consecutive members usually share it.
-        let mut last: Option<(u64, &[f64])> = None;
+        // The keys (step, scalar state) of the blocks made so far. A group has few distinct ones
+        // (parameters skipped now and then fall a step behind): the last few are searched,
+        // which keeps planning linear whatever the steps are.
+        let mut keys: Vec<(u64, &[f64])> = Vec::new();
+        let same = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
         for &i in &group.params {
             let info = &self.params[i];
             if info.dtype != T::DTYPE || !selected(i) {
@@ -198,27 +207,30 @@ impl Optimizer {
             if step == u64::MAX {
                 return Err(Error::StepOverflow);
             }
-            let same_key = last.is_some_and(|(s, sc)| {
-                s == step
-                    && sc
-                        .iter()
-                        .zip(scalars)
-                        .all(|(a, b)| a.to_bits() == b.to_bits())
-            });
-            if !same_key {
-                program.eval_prologue(&hypers, step + 1, |n| scalars[n], &mut values);
-                let block = program.prologue.kernel_scalars.iter();
-                plan.blocks
-                    .push(block.map(|&s| T::from_f64(values[s as usize])).collect());
-                let updates = program.prologue.state_updates.iter();
-                plan.updates.push(
-                    updates
-                        .map(|&(slot, v)| (slot as usize, values[v as usize]))
-                        .collect(),
-                );
-                last = Some((step, scalars));
-            }
-            let block = plan.blocks.len() - 1;
+            let known = keys
+                .iter()
+                .enumerate()
+                .rev()
+                .take(8)
+                .find(|(_, &(s, sc))| s == step && same(sc, scalars))
+                .map(|(k, _)| k);
+            let block = match known {
+                Some(block) => block,
+                None => {
+                    program.eval_prologue(&hypers, step + 1, |n| scalars[n], &mut values);
+                    let block = program.prologue.kernel_scalars.iter();
+                    plan.blocks
+                        .push(block.map(|&s| T::from_f64(values[s as usize])).collect());
+                    let updates = program.prologue.state_updates.iter();
+                    plan.updates.push(
+                        updates
+                            .map(|&(slot, v)| (slot as usize, values[v as usize]))
+                            .collect(),
+                    );
+                    keys.push((step, scalars));
+                    keys.len() - 1
+                }
+            };
             plan.members.push(i);
             plan.member_block.push(block);
             match plan.runs.last_mut() {
