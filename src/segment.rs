@@ -85,8 +85,8 @@ pub(crate) fn validate<T: Float>(stage: &Stage, segments: &[Segment<'_, T>]) -> 
         actual,
     };
     let slots = stage.n_streams as usize - 2;
-    let mut written: Vec<Range> = Vec::with_capacity(segments.len() * (1 + slots));
-    let mut read: Vec<Range> = Vec::with_capacity(segments.len() * 2);
+    // Ranges per stream (param, grad, each state slot, scalars), in segment order.
+    let mut streams: Vec<Vec<Range>> = vec![Vec::with_capacity(segments.len()); slots + 3];
     for (n, seg) in segments.iter().enumerate() {
         let len = seg.param.len();
         if seg.grad.len() != len {
@@ -109,19 +109,57 @@ pub(crate) fn validate<T: Float>(stage: &Stage, segments: &[Segment<'_, T>]) -> 
                 seg.scalars.len(),
             ));
         }
-        push_range(&mut written, seg.param.as_ptr(), len, Buffer::Param(n))?;
-        push_range(&mut read, seg.grad.as_ptr(), len, Buffer::Grad(n))?;
+        push_range(&mut streams[0], seg.param.as_ptr(), len, Buffer::Param(n))?;
+        push_range(&mut streams[1], seg.grad.as_ptr(), len, Buffer::Grad(n))?;
         for (k, s) in seg.state.iter().enumerate() {
-            push_range(&mut written, s.as_ptr(), len, Buffer::State(n, k))?;
+            push_range(&mut streams[2 + k], s.as_ptr(), len, Buffer::State(n, k))?;
         }
+        let scalars = &mut streams[slots + 2];
         push_range(
-            &mut read,
+            scalars,
             seg.scalars.as_ptr(),
             seg.scalars.len(),
             Buffer::Scalars(n),
         )?;
     }
+    // Streams 1 (grad) and the last (scalars) are read only.
+    let written_stream = |k: usize| k != 1 && k != slots + 2;
+    if disjoint_by_stream(&streams, written_stream) {
+        return Ok(());
+    }
+    let mut written: Vec<Range> = Vec::new();
+    let mut read: Vec<Range> = Vec::new();
+    for (k, list) in streams.into_iter().enumerate() {
+        if written_stream(k) {
+            written.extend(list);
+        } else {
+            read.extend(list);
+        }
+    }
     check_disjoint(&mut written, &read)
+}
+
+/// The linear-time check that covers the usual layout (each stream's ranges in increasing
+/// order within its own buffer): every written stream's ranges are increasing and disjoint,
+/// and the hull of each written stream meets no other stream's hull. `false` means "not
+/// shown", and the caller falls back to the exact check.
+fn disjoint_by_stream(streams: &[Vec<Range>], written: impl Fn(usize) -> bool) -> bool {
+    let mut hulls = Vec::with_capacity(streams.len());
+    for (k, list) in streams.iter().enumerate() {
+        if written(k) && !list.windows(2).all(|w| w[0].1 <= w[1].0) {
+            return false;
+        }
+        let start = list.iter().map(|r| r.0).min();
+        let end = list.iter().map(|r| r.1).max();
+        if let (Some(start), Some(end)) = (start, end) {
+            hulls.push((start, end, written(k)));
+        }
+    }
+    hulls.iter().enumerate().all(|(i, a)| {
+        hulls[i + 1..]
+            .iter()
+            .all(|b| !(a.2 || b.2) || a.1 <= b.0 || b.1 <= a.0)
+    })
 }
 
 /// Records the byte range of a buffer after checking its alignment; empty buffers occupy
@@ -168,6 +206,32 @@ fn check_disjoint(written: &mut [Range], read: &[Range]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_linear_check_accepts_ordered_streams_and_defers_anything_else() {
+        let (p, g, s) = (Buffer::Param, Buffer::Grad, Buffer::Scalars);
+        let written = |k: usize| k != 1;
+        // Three streams in three buffers, each in increasing order: shown disjoint.
+        let ok = vec![
+            vec![(0, 10, p(0)), (16, 20, p(1))],
+            vec![(100, 110, g(0)), (116, 120, g(1))],
+            vec![(200, 210, s(0))],
+        ];
+        assert!(disjoint_by_stream(&ok, written));
+        // Out of order within a written stream: not shown (the exact check decides).
+        let unordered = vec![vec![(16, 20, p(1)), (0, 10, p(0))], vec![], vec![]];
+        assert!(!disjoint_by_stream(&unordered, written));
+        // A written hull meeting a read hull: not shown.
+        let meeting = vec![vec![(0, 10, p(0))], vec![(5, 6, g(0))], vec![]];
+        assert!(!disjoint_by_stream(&meeting, written));
+        // Two read hulls may meet (a shared gradient).
+        let shared = vec![
+            vec![(0, 10, p(0))],
+            vec![(100, 110, g(0)), (100, 110, g(1))],
+            vec![(104, 105, s(0))],
+        ];
+        assert!(disjoint_by_stream(&shared, |k| k == 0));
+    }
 
     #[test]
     fn disjoint_ranges_pass_and_overlaps_are_named() {
