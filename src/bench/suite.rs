@@ -143,6 +143,40 @@ pub struct Record {
     pub vs_native: Option<f64>,
 }
 
+impl Record {
+    /// A step of `n` elements in `tensors` tensors on `threads` threads that took `time` and
+    /// moves `bytes` per element.
+    fn step(
+        optimizer: &str,
+        implementation: &str,
+        (n, tensors, threads): (usize, usize, usize),
+        time: Duration,
+        bytes: usize,
+    ) -> Record {
+        Record {
+            optimizer: optimizer.to_string(),
+            implementation: implementation.to_string(),
+            n,
+            tensors,
+            threads,
+            dtype: DType::F32.name().to_string(),
+            ns_per_elem: ns_per_elem(time, n),
+            gbps: (bytes * n) as f64 / time.as_secs_f64() / 1e9,
+            of_floor: None,
+            vs_native: None,
+        }
+    }
+
+    /// A duration that is not per element (compile, fixed cost), in `ns_per_elem`.
+    fn duration(optimizer: &str, implementation: &str, time: Duration) -> Record {
+        Record {
+            ns_per_elem: time.as_secs_f64() * 1e9,
+            gbps: 0.0,
+            ..Record::step(optimizer, implementation, (1, 1, 1), time, 0)
+        }
+    }
+}
+
 /// Bytes a step of `graph` moves per element at f32: every stream loaded or stored, 4 bytes
 /// per access.
 pub fn bytes_per_element(graph: &Graph) -> Result<usize> {
@@ -228,17 +262,8 @@ pub fn run(config: &Config, mut progress: impl FnMut(usize, usize, &str)) -> Res
                         &format!("{name} {} n={n} threads={threads}", imp.name()),
                     );
                     done += 1;
-                    let record = |time: Duration, bytes: usize| Record {
-                        optimizer: name.clone(),
-                        implementation: imp.name().to_string(),
-                        n,
-                        tensors: 1,
-                        threads,
-                        dtype: DType::F32.name().to_string(),
-                        ns_per_elem: ns_per_elem(time, n),
-                        gbps: (bytes * n) as f64 / time.as_secs_f64() / 1e9,
-                        of_floor: None,
-                        vs_native: None,
+                    let record = |time: Duration, bytes: usize| {
+                        Record::step(name, imp.name(), (n, 1, threads), time, bytes)
                     };
                     let time = match imp {
                         Impl::Copy => {
@@ -297,18 +322,13 @@ pub fn run(config: &Config, mut progress: impl FnMut(usize, usize, &str)) -> Res
                 }
                 let time = median(config.min_time, || opt.step())?;
                 let n = count * each;
-                records.push(Record {
-                    optimizer: name.clone(),
-                    implementation: "jit".into(),
-                    n,
-                    tensors,
-                    threads,
-                    dtype: "f32".into(),
-                    ns_per_elem: ns_per_elem(time, n),
-                    gbps: (bytes * n) as f64 / time.as_secs_f64() / 1e9,
-                    of_floor: None,
-                    vs_native: None,
-                });
+                records.push(Record::step(
+                    name,
+                    "jit",
+                    (n, tensors, threads),
+                    time,
+                    bytes,
+                ));
             }
         }
         if config.compile {
@@ -318,18 +338,7 @@ pub fn run(config: &Config, mut progress: impl FnMut(usize, usize, &str)) -> Res
             // The fixed cost of a step: one tensor of 16 elements, one thread.
             let mut opt = optimizer(graph, Executor::Jit, 1, 1, 16)?;
             let t = median(config.min_time, || opt.step())?;
-            records.push(Record {
-                optimizer: name.clone(),
-                implementation: "step_overhead".into(),
-                n: 16,
-                tensors: 1,
-                threads: 1,
-                dtype: "f32".into(),
-                ns_per_elem: t.as_secs_f64() * 1e9,
-                gbps: 0.0,
-                of_floor: None,
-                vs_native: None,
-            });
+            records.push(Record::duration(name, "step_overhead", t));
         }
     }
     progress(total, total, "done");
@@ -429,17 +438,8 @@ fn compile_times(name: &str, graph: &Graph) -> Result<Vec<Record>> {
         jit.compile(&program, DType::F32)?;
     }
     let hit = start.elapsed() / hits;
-    let row = |what: &str, t: Duration| Record {
-        optimizer: name.to_string(),
-        implementation: what.to_string(),
-        n: 1,
-        tensors: 1,
-        threads: 1,
-        dtype: "f32".into(),
-        ns_per_elem: t.as_secs_f64() * 1e9,
-        gbps: 0.0,
-        of_floor: None,
-        vs_native: None,
-    };
-    Ok(vec![row("compile_cold", cold[10]), row("compile_hit", hit)])
+    Ok(vec![
+        Record::duration(name, "compile_cold", cold[10]),
+        Record::duration(name, "compile_hit", hit),
+    ])
 }

@@ -127,6 +127,12 @@ struct SegmentVals {
     scalars: Vec<Value>,
 }
 
+/// Every operand of the stage, in order: instruction operands, then stored values.
+fn operands(stage: &Stage) -> impl Iterator<Item = &ElemArg> {
+    let stored = stage.stores.iter().map(|(_, v)| v);
+    stage.body.iter().flat_map(|inst| inst.args()).chain(stored)
+}
+
 /// `0`, `1`, `-1` as `[scalar, vector]`, created in the entry block only when the stage
 /// needs them (comparisons and select need `0` and `1`, sign all three).
 #[derive(Clone, Copy, Default)]
@@ -365,12 +371,7 @@ impl Translator<'_> {
 
         // Each stream the stage reads is loaded once, before any op.
         let mut loaded: Vec<Option<Value>> = vec![None; stage.n_streams as usize];
-        let operands = stage
-            .body
-            .iter()
-            .flat_map(|inst| inst.args())
-            .chain(stage.stores.iter().map(|(_, v)| v));
-        for a in operands {
+        for a in operands(stage) {
             if let ElemArg::Load(s) = *a {
                 if loaded[s as usize].is_none() {
                     let addr = self.b.ins().iadd(seg.streams[s as usize], byte_index);
@@ -378,26 +379,18 @@ impl Translator<'_> {
                 }
             }
         }
-        // When the splats do not fit (see `splat_once`), vector code broadcasts each scalar it uses straight from the
-        // scalar block, once per body copy: no register held across the loop. (Splats made
-        // once per segment get rematerialised into the loop by Cranelift from scalars held
-        // in registers, and those spill when a stage has many scalars.)
+        // When the splats do not fit (see `splat_once`), vector code broadcasts each scalar it
+        // uses straight from the scalar block, once per body copy: no register held across
+        // the loop. (Splats made once per segment get rematerialised into the loop by
+        // Cranelift from scalars held in registers, and those spill when a stage has many.)
         let mut broadcast: Vec<Option<Value>> = seg.splats.iter().map(|&s| Some(s)).collect();
         if width == Width::Vector && seg.splats.is_empty() {
             broadcast = vec![None; stage.n_scalars as usize];
-            let operands = stage
-                .body
-                .iter()
-                .flat_map(|inst| inst.args())
-                .chain(stage.stores.iter().map(|(_, v)| v));
-            for a in operands {
+            for a in operands(stage) {
                 if let ElemArg::Scalar(k) = *a {
                     if broadcast[k as usize].is_none() {
-                        let offset = (k * self.size) as i32;
-                        let scalar =
-                            self.b
-                                .ins()
-                                .load(self.scalar_ty, self.flags, seg.block, offset);
+                        let at = (k * self.size) as i32;
+                        let scalar = self.b.ins().load(self.scalar_ty, self.flags, seg.block, at);
                         broadcast[k as usize] = Some(self.b.ins().splat(self.vector_ty, scalar));
                     }
                 }
