@@ -1,6 +1,6 @@
 //! Adam and AdamW, with AMSGrad, L2 or decoupled weight decay, and maximize.
 
-use super::common::{bias_correction, builder, l2_penalty, lerp, signed_grad};
+use super::common::{bias_correction, builder, lerp, signed_grad, weight_decay};
 use crate::{Graph, Result};
 
 /// Adam as `torch.optim.Adam` (single-tensor algorithm).
@@ -143,15 +143,15 @@ fn adam_graph(o: &Adam, decoupled: bool) -> Result<Graph> {
     let b1 = b.hyper("b1", o.betas.0);
     let b2 = b.hyper("b2", o.betas.1);
     let eps = b.hyper("eps", o.eps);
-    let weight_decay = b.hyper("weight_decay", o.weight_decay);
+    let lambda = b.hyper("weight_decay", o.weight_decay);
 
-    let mut param = b.param();
-    let mut g = signed_grad(&b, o.maximize);
-    if decoupled {
-        param = param * (1.0 - lr * weight_decay);
-    } else {
-        g = l2_penalty(&b, g, weight_decay, param);
-    }
+    let (param, g) = weight_decay(
+        &b,
+        (b.param(), signed_grad(&b, o.maximize)),
+        lr,
+        lambda,
+        decoupled,
+    );
     let m = lerp(b.state("exp_avg", 0.0), g, 1.0 - b1);
     let v = b2 * b.state("exp_avg_sq", 0.0) + (1.0 - b2) * g * g;
     b.set_state("exp_avg", m)?;

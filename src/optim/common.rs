@@ -90,3 +90,19 @@ pub fn builder(name: &str) -> Builder {
     });
     b
 }
+
+/// The parameter and gradient after PyTorch's weight decay: decoupled (`θ ← θ·(1 − lr·λ)`,
+/// the AdamW form) or as an L2 penalty on the gradient (see [`l2_penalty`]).
+pub fn weight_decay<'b>(
+    b: &'b Builder,
+    (param, grad): (Expr<'b>, Expr<'b>),
+    lr: Expr<'b>,
+    weight_decay: Expr<'b>,
+    decoupled: bool,
+) -> (Expr<'b>, Expr<'b>) {
+    if decoupled {
+        (param * (1.0 - lr * weight_decay), grad)
+    } else {
+        (param, l2_penalty(b, grad, weight_decay, param))
+    }
+}

@@ -1,7 +1,7 @@
 //! NAdam: Adam with Nesterov momentum and a momentum schedule, with L2 or decoupled weight
 //! decay (NAdamW) and maximize.
 
-use super::common::{bias_correction, builder, ema_sq, l2_penalty, lerp, signed_grad};
+use super::common::{bias_correction, builder, ema_sq, lerp, signed_grad, weight_decay};
 use crate::{Graph, Result};
 
 /// NAdam as `torch.optim.NAdam` (single-tensor algorithm).
@@ -84,16 +84,16 @@ impl NAdam {
         let b1 = b.hyper("b1", self.betas.0);
         let b2 = b.hyper("b2", self.betas.1);
         let eps = b.hyper("eps", self.eps);
-        let weight_decay = b.hyper("weight_decay", self.weight_decay);
+        let lambda = b.hyper("weight_decay", self.weight_decay);
         let momentum_decay = b.hyper("momentum_decay", self.momentum_decay);
 
-        let mut param = b.param();
-        let mut g = signed_grad(&b, self.maximize);
-        if self.decoupled_weight_decay {
-            param = param * (1.0 - lr * weight_decay);
-        } else {
-            g = l2_penalty(&b, g, weight_decay, param);
-        }
+        let (param, g) = weight_decay(
+            &b,
+            (b.param(), signed_grad(&b, self.maximize)),
+            lr,
+            lambda,
+            self.decoupled_weight_decay,
+        );
         let t = b.step();
         let mu = b1 * (1.0 - 0.5 * b.constant(0.96).pow(t * momentum_decay));
         let mu_next = b1 * (1.0 - 0.5 * b.constant(0.96).pow((t + 1.0) * momentum_decay));

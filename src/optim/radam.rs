@@ -1,7 +1,7 @@
 //! RAdam: Adam with a rectified adaptive learning rate, with L2 or decoupled weight decay
 //! (RAdamW) and maximize.
 
-use super::common::{bias_correction, builder, ema_sq, l2_penalty, lerp, signed_grad};
+use super::common::{bias_correction, builder, ema_sq, lerp, signed_grad, weight_decay};
 use crate::{Graph, Result};
 
 /// RAdam as `torch.optim.RAdam` (single-tensor algorithm).
@@ -79,15 +79,15 @@ impl RAdam {
         let b1 = b.hyper("b1", self.betas.0);
         let b2 = b.hyper("b2", self.betas.1);
         let eps = b.hyper("eps", self.eps);
-        let weight_decay = b.hyper("weight_decay", self.weight_decay);
+        let lambda = b.hyper("weight_decay", self.weight_decay);
 
-        let mut param = b.param();
-        let mut g = signed_grad(&b, self.maximize);
-        if self.decoupled_weight_decay {
-            param = param * (1.0 - lr * weight_decay);
-        } else {
-            g = l2_penalty(&b, g, weight_decay, param);
-        }
+        let (param, g) = weight_decay(
+            &b,
+            (b.param(), signed_grad(&b, self.maximize)),
+            lr,
+            lambda,
+            self.decoupled_weight_decay,
+        );
         let m = lerp(b.state("exp_avg", 0.0), g, 1.0 - b1);
         let v = ema_sq(b.state("exp_avg_sq", 0.0), g, b2);
         b.set_state("exp_avg", m)?;
