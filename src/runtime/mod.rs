@@ -177,6 +177,10 @@ pub struct Optimizer {
     params: Vec<ParamInfo>,
     /// Parameter index by name.
     names: std::collections::HashMap<String, usize>,
+    /// Initial value of every slot, in slot order (the scalar state of a fresh parameter).
+    slot_inits: Vec<f64>,
+    /// Initial value of every element slot, in stream order.
+    element_inits: Vec<f64>,
     has_grad: Vec<bool>,
     state: Vec<Option<StateInfo>>,
     groups: Vec<Group>,
@@ -201,9 +205,17 @@ impl Optimizer {
     /// An optimizer running `graph` (compiled now; machine code at the first step of each
     /// dtype), with no parameter groups yet.
     pub fn new(graph: &Graph) -> Result<Optimizer> {
+        let program = passes::compile(graph)?;
+        let slot_inits = program.slots.iter().map(|s| s.init).collect();
+        let element_inits = program
+            .element_slots()
+            .map(|s| program.slots[s].init)
+            .collect();
         Ok(Optimizer {
             id: NEXT_OPTIMIZER.fetch_add(1, Ordering::Relaxed),
-            program: Arc::new(passes::compile(graph)?),
+            program: Arc::new(program),
+            slot_inits,
+            element_inits,
             executor: Executor::Jit,
             jit: None,
             kernels: Default::default(),
@@ -641,15 +653,6 @@ impl Optimizer {
             Some(jit) => Ok(jit.clone()),
             None => Jit::global(),
         }
-    }
-
-    fn slot_inits(&self) -> Vec<f64> {
-        self.program.slots.iter().map(|s| s.init).collect()
-    }
-
-    fn element_slot_inits(&self) -> Vec<f64> {
-        let p = &self.program;
-        p.element_slots().map(|s| p.slots[s].init).collect()
     }
 
     fn is_scalar_slot(&self, n: usize) -> bool {

@@ -465,7 +465,7 @@ impl Optimizer {
     /// Checks one state entry against parameter `i` and converts it.
     fn check_entry(&self, i: usize, entry: &StateEntry) -> std::result::Result<Loaded, String> {
         let p = &self.params[i];
-        let mut scalars = self.slot_inits();
+        let mut scalars = self.slot_inits.clone();
         let mut buffers = Vec::new();
         for (n, slot) in self.program.slots.iter().enumerate() {
             if self.is_scalar_slot(n) {
@@ -513,7 +513,7 @@ impl Optimizer {
 
     fn apply_loaded(&mut self, l: Loaded) {
         let p = self.params[l.param].clone();
-        let n_elem = self.element_slot_inits().len();
+        let n_elem = self.element_inits.len();
         let range = p.offset..p.offset + p.len;
         match p.dtype {
             DType::F32 => write_buffers(&mut self.groups[p.group].f32, n_elem, range, &l.buffers),

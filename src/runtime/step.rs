@@ -177,7 +177,7 @@ impl Optimizer {
             true => self.has_grad[i],
             false => self.state[i].is_some(),
         };
-        let inits = self.slot_inits();
+        let inits = self.slot_inits.as_slice();
         let mut plan = Plan {
             members: Vec::new(),
             member_block: Vec::new(),
@@ -201,7 +201,7 @@ impl Optimizer {
                 Some(s) => (s.step, s.scalars.as_slice()),
                 None => {
                     plan.fresh.push((info.offset, info.len));
-                    (0, inits.as_slice())
+                    (0, inits)
                 }
             };
             if step == u64::MAX {
@@ -257,11 +257,7 @@ impl Optimizer {
         if plans.iter().all(|p| p.members.is_empty()) {
             return Ok(());
         }
-        let elem_inits: Vec<T> = self
-            .element_slot_inits()
-            .into_iter()
-            .map(T::from_f64)
-            .collect();
+        let elem_inits: Vec<T> = self.element_inits.iter().map(|&v| T::from_f64(v)).collect();
         let mut segments: Vec<Segment<'_, T>> = Vec::new();
         for (group, plan) in self.groups.iter_mut().zip(plans) {
             if plan.members.is_empty() {
@@ -305,8 +301,8 @@ impl Optimizer {
 
     /// Counts the step (for a step) and stores the new scalar state of the plan's parameters.
     fn finish<T>(&mut self, plan: &Plan<T>, is_step: bool) {
-        let inits = self.slot_inits();
         for (&i, &block) in plan.members.iter().zip(&plan.member_block) {
+            let inits = &self.slot_inits;
             let state = self.state[i].get_or_insert_with(|| StateInfo {
                 step: 0,
                 scalars: inits.clone(),
