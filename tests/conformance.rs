@@ -12,7 +12,6 @@ use optjit::{optim, DType, Executor, Float, ParamRef, ParamState, SlotValue, Ste
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 const EXECUTORS: [Executor; 4] = [
@@ -146,13 +145,7 @@ fn check_folder(optimizer: &str) {
         println!("{optimizer} {dtype}: largest error {worst:.2e} × tolerance, at {at}");
     }
     let failures = outcome.failures;
-    let mut message = String::new();
-    for line in failures.iter().take(MAX_REPORTED) {
-        writeln!(message, "  {line}").unwrap();
-    }
-    if failures.len() > MAX_REPORTED {
-        writeln!(message, "  ... and {} more", failures.len() - MAX_REPORTED).unwrap();
-    }
+    let message = common::failure_report(&failures, MAX_REPORTED);
     assert!(
         failures.is_empty(),
         "{} mismatches with torch in {} case files of {optimizer}:\n{message}",

@@ -3,26 +3,29 @@
 //! around the vector width and the chunked interpreter's block, several segments per call, and
 //! inputs full of ±0, subnormals, ±inf, NaN, huge and tiny values.
 
+mod common;
+
+use common::SplitMix64;
 use optjit::ir::Op;
 use optjit::{
     optim, Builder, Executor, Expr, Float, Graph, Jit, JitOptions, Kernel, ParamRef, ParamState,
     Segment, SlotValue, Stepper,
 };
 
-/// splitmix64: a seeded, dependency-free source of test inputs.
-struct Rng(u64);
+/// Seeded test inputs full of IEEE edge cases, on the shared SplitMix64 generator.
+struct Rng(SplitMix64);
 
 impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(SplitMix64::new(seed))
+    }
+
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        self.0.unit()
     }
 
     /// A value from a pool of IEEE edge cases or a random magnitude, either sign.
@@ -156,7 +159,7 @@ fn random_buffers<T: Float>(rng: &mut Rng, program: &optjit::Program, len: usize
 fn check_graph_for<T: Float>(jit: &Jit, graph: &Graph, seed: u64) {
     let program = optjit::passes::compile(graph).unwrap();
     let lanes = 16 / std::mem::size_of::<T>();
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     for unroll in UNROLLS {
         let kernel = jit
             .compile_with(&program, T::DTYPE, JitOptions { unroll })
@@ -353,7 +356,7 @@ fn check_steps<T: Float>(graph: &Graph, seed: u64) {
         Executor::Chunked,
         Executor::Jit,
     ];
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let block = optjit::interp::chunked_block_len::<T>();
     let lens = [1, 7, 64, 1027, block - 1, block, block + 1, 2 * block + 3];
     let params: Vec<Vec<T>> = lens.iter().map(|&n| rng.vec(n)).collect();

@@ -16,7 +16,6 @@ mod common;
 use common::{slot_index, SplitMix64};
 use optjit::optim::{Adam, AdamW, Sgd};
 use optjit::{Executor, Float, ParamRef, ParamState, Stepper};
-use std::fmt::Write as _;
 
 /// Lengths of the parameters updated together by one `step_many` call: around the 128-bit
 /// vector widths (4 × f32, 2 × f64) and the unrolled main loop, and one long parameter.
@@ -412,13 +411,7 @@ fn check_all(configs: &[(&str, Options)]) {
             check::<f64>(&label("f64"), options, executor, seed, &mut failures);
         }
     }
-    let mut message = String::new();
-    for line in failures.iter().take(MAX_REPORTED) {
-        writeln!(message, "  {line}").unwrap();
-    }
-    if failures.len() > MAX_REPORTED {
-        writeln!(message, "  ... and {} more", failures.len() - MAX_REPORTED).unwrap();
-    }
+    let message = common::failure_report(&failures, MAX_REPORTED);
     assert!(
         failures.is_empty(),
         "{} differences from the textbook loops:\n{message}",

@@ -24,7 +24,6 @@ mod textbook;
 use common::{slot_index, SplitMix64};
 use optjit::optim::{self, AdaBelief, Adan, Lion, ScheduleFreeAdamW};
 use optjit::{DType, Executor, Float, ParamRef, ParamState, SlotValue, Stepper};
-use std::fmt::Write as _;
 use textbook::{torch_lerp, Tensor};
 
 /// Lengths of the parameters updated together by one `step_many` call: around the 128-bit
@@ -406,13 +405,7 @@ fn check_all(configs: &[(&str, Options, [f64; STEPS])]) {
             }
         }
     }
-    let mut message = String::new();
-    for line in failures.iter().take(MAX_REPORTED) {
-        writeln!(message, "  {line}").unwrap();
-    }
-    if failures.len() > MAX_REPORTED {
-        writeln!(message, "  ... and {} more", failures.len() - MAX_REPORTED).unwrap();
-    }
+    let message = common::failure_report(&failures, MAX_REPORTED);
     assert!(
         failures.is_empty(),
         "{} differences from the textbook loops:\n{message}",

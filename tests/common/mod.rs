@@ -72,3 +72,17 @@ impl SplitMix64 {
 pub fn slot_index(stepper: &Stepper, name: &str) -> Option<usize> {
     stepper.program().slots.iter().position(|s| s.name == name)
 }
+
+/// The first `max` failure lines, indented, and how many more there are: the body of a
+/// failing test's message.
+pub fn failure_report(failures: &[String], max: usize) -> String {
+    let mut message: String = failures
+        .iter()
+        .take(max)
+        .map(|l| format!("  {l}\n"))
+        .collect();
+    if failures.len() > max {
+        message.push_str(&format!("  ... and {} more\n", failures.len() - max));
+    }
+    message
+}
