@@ -183,6 +183,17 @@ pub enum Error {
         /// Cranelift's explanation.
         message: String,
     },
+    /// User mistake: optimizer text that does not parse or does not define a valid
+    /// optimizer; the error shows where and what was expected.
+    #[error("{0}")]
+    Text(Box<crate::text::TextError>),
+    /// User mistake: an optimizer, hyperparameter or state name that is not an identifier
+    /// (`[A-Za-z_][A-Za-z0-9_]*`) or is a keyword of the text form.
+    #[error("`{name}` is not a valid name: expected an identifier that is not a keyword")]
+    InvalidName {
+        /// The name.
+        name: String,
+    },
     /// Internal bug: a pass produced an ill-formed graph or program.
     #[error("internal error: verifier failed after pass `{pass}`: {message}")]
     Verify {

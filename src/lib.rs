@@ -52,6 +52,7 @@ pub mod program;
 pub mod runtime;
 mod segment;
 mod stepper;
+pub mod text;
 
 pub use dtype::{DType, Float};
 pub use error::{Error, Result};

@@ -1,6 +1,8 @@
 //! The `optjit` command line: list the built-in optimizers, print their IR, and replay
 //! PyTorch conformance cases through the runtime.
 
+mod cli;
+
 use clap::{Parser, Subcommand, ValueEnum};
 use optjit::bench::suite;
 use optjit::conformance::{run_dir, CaseReport, Errors};
@@ -81,6 +83,11 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// Train a small network on handwritten digits with several optimizers, one of them
+    /// read from an `.opt` file; print the loss per epoch and write a chart.
+    ///
+    /// Example: optjit demo
+    Demo(cli::demo::DemoArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -121,6 +128,7 @@ fn main() -> ExitCode {
             impls,
             quick,
         } => bench(json, threads, n, optimizer, impls, quick),
+        Command::Demo(args) => cli::demo::run(&args),
     }
 }
 

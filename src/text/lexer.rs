@@ -1,0 +1,1 @@
+//! The lexer (in progress).
