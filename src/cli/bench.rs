@@ -91,23 +91,15 @@ fn config(args: &BenchArgs) -> Result<suite::Config, CliError> {
     Ok(config)
 }
 
-/// The optimizers to measure: a built-in labelled by its name as given, a file by the name
-/// in its header, or by its path when an earlier item already took that name
-/// (`--optimizer lion,examples/lion.opt`).
+/// The optimizers to measure, labelled as [`load`] does, or by the item as given when an
+/// earlier one already took that label (`--optimizer lion,examples/lion.opt`).
 fn optimizers(items: &[String]) -> Result<Vec<(String, optjit::Graph)>, CliError> {
     let mut chosen: Vec<(String, optjit::Graph)> = Vec::new();
     for item in items {
-        let graph = load(item)?;
-        let name = if optjit::optim::by_name(item).is_some() {
-            item.as_str()
-        } else {
-            graph.name()
-        };
-        let label = if chosen.iter().any(|(l, _)| l == name) {
-            item.clone()
-        } else {
-            name.to_string()
-        };
+        let (mut label, graph) = load(item)?;
+        if chosen.iter().any(|(l, _)| *l == label) {
+            label.clone_from(item);
+        }
         chosen.push((label, graph));
     }
     Ok(chosen)
@@ -123,18 +115,25 @@ fn progress_bar() -> ProgressBar {
 }
 
 /// The results as a table: per-size rows, then compile times and the fixed cost of a step.
+/// The optimizer column is as wide as the longest label (a file's path can be one).
 fn print_table(records: &[suite::Record]) {
     let ratio = |r: Option<f64>| r.map_or(String::new(), |r| format!("{r:.2}"));
     let is_duration = |r: &suite::Record| {
         r.implementation.starts_with("compile") || r.implementation == "step_overhead"
     };
+    let w = records
+        .iter()
+        .map(|r| r.optimizer.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(13);
     outln(format_args!(
-        "{:<13} {:>9} {:>7} {:>3} {:<8} {:>10} {:>8} {:>7} {:>7}",
+        "{:<w$} {:>9} {:>7} {:>3} {:<8} {:>10} {:>8} {:>7} {:>7}",
         "optimizer", "n", "tensors", "thr", "impl", "ns/elem", "GB/s", "/floor", "/native"
     ));
     for r in records.iter().filter(|r| !is_duration(r)) {
         outln(format_args!(
-            "{:<13} {:>9} {:>7} {:>3} {:<8} {:>10.3} {:>8.1} {:>7} {:>7}",
+            "{:<w$} {:>9} {:>7} {:>3} {:<8} {:>10.3} {:>8.1} {:>7} {:>7}",
             r.optimizer,
             r.n,
             r.tensors,
@@ -148,7 +147,7 @@ fn print_table(records: &[suite::Record]) {
     }
     for r in records.iter().filter(|r| is_duration(r)) {
         outln(format_args!(
-            "{:<13} {:<13} {:>10.1} µs",
+            "{:<w$} {:<13} {:>10.1} µs",
             r.optimizer,
             r.implementation,
             r.ns_per_elem / 1e3

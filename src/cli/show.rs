@@ -9,15 +9,20 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-/// The optimizer `source` names: a built-in (see [`optim::NAMES`]), or else an `.opt` file
-/// when a file of that name exists or the name ends in `.opt`.
-pub fn load(source: &str) -> Result<Graph, CliError> {
+/// The optimizer `source` names, and its label in output: a built-in (see [`optim::NAMES`])
+/// under that name, or else an `.opt` file, when a file of that name exists or the name ends
+/// in `.opt`, under the name in its header.
+///
+/// The label of a built-in is not always its graph's name: `sgd_momentum` is a graph named
+/// `sgd`.
+pub fn load(source: &str) -> Result<(String, Graph), CliError> {
     if let Some(graph) = optim::by_name(source) {
-        return Ok(graph);
+        return Ok((source.to_string(), graph));
     }
     let path = Path::new(source);
     if path.exists() || path.extension().is_some_and(|e| e == "opt") {
-        return Ok(text::parse_file(path)?);
+        let graph = text::parse_file(path)?;
+        return Ok((graph.name().to_string(), graph));
     }
     Err(CliError::UnknownOptimizer(source.to_string()))
 }
@@ -170,15 +175,16 @@ pub struct ShowArgs {
 
 /// Prints one stage of an optimizer's compilation.
 pub fn show(args: &ShowArgs) -> ExitCode {
-    exit(load(&args.optimizer).and_then(|graph| {
-        let text = stage_text(&graph, args.stage, args.dtype.into())?;
+    exit(load(&args.optimizer).and_then(|(label, graph)| {
+        let text = stage_text(&label, &graph, args.stage, args.dtype.into())?;
         out(text);
         Ok(())
     }))
 }
 
-/// The text of `stage` for `graph`; every stage but `graph` and `text` compiles it.
-fn stage_text(graph: &Graph, stage: Stage, dtype: DType) -> Result<String, CliError> {
+/// The text of `stage` for `graph` (called `label` in headers); every stage but `graph` and
+/// `text` compiles it.
+fn stage_text(label: &str, graph: &Graph, stage: Stage, dtype: DType) -> Result<String, CliError> {
     let compiled = |graph: &Graph| -> Result<(Program, JitOptions), Error> {
         let program = passes::compile(graph)?;
         let options = JitOptions::for_stage(&program.stage);
@@ -200,8 +206,7 @@ fn stage_text(graph: &Graph, stage: Stage, dtype: DType) -> Result<String, CliEr
             let (program, options) = compiled(graph)?;
             let clif = Jit::global()?.clif(&program, dtype, options)?;
             format!(
-                "; {}: {dtype} kernel, unroll {}, before Cranelift's optimisations\n{clif}",
-                graph.name(),
+                "; {label}: {dtype} kernel, unroll {}, before Cranelift's optimisations\n{clif}",
                 options.unroll
             )
         }
