@@ -224,6 +224,7 @@ impl Builder {
         if let Some(e) = error {
             return Err(e);
         }
+        super::graph::check_name(graph.name())?;
         let param = param_out.ok_or_else(|| Error::OutputNotSet {
             output: "param".to_string(),
         })?;

@@ -145,6 +145,18 @@ pub struct GraphFlags {
     pub fast_math: bool,
 }
 
+/// Fails with [`Error::InvalidName`] unless `name` is an identifier that is not a keyword of
+/// the text form (so every graph can be written as text, and state dict keys stay parsable).
+pub(crate) fn check_name(name: &str) -> Result<()> {
+    if crate::text::is_identifier(name) && !crate::text::KEYWORDS.contains(&name) {
+        Ok(())
+    } else {
+        Err(Error::InvalidName {
+            name: name.to_string(),
+        })
+    }
+}
+
 /// An optimizer as a graph. Build one with [`crate::Builder`] (the only way outside the
 /// crate, so every `Graph` a user holds is well formed).
 #[derive(Clone, Debug, PartialEq)]
@@ -183,6 +195,7 @@ impl Graph {
     }
 
     fn check_new_name(&self, name: &str) -> Result<()> {
+        check_name(name)?;
         if matches!(name, "param" | "grad" | "step") {
             return Err(Error::ReservedName {
                 name: name.to_string(),

@@ -84,6 +84,7 @@ impl Rmsprop {
         let alpha = b.hyper("alpha", self.alpha);
         let eps = b.hyper("eps", self.eps);
         let weight_decay = b.hyper("weight_decay", self.weight_decay);
+        let momentum = with_momentum.then(|| b.hyper("momentum", self.momentum));
 
         let param = b.param();
         let g = l2_penalty(&b, signed_grad(&b, self.maximize), weight_decay, param);
@@ -96,8 +97,7 @@ impl Rmsprop {
         } else {
             v.sqrt() + eps
         };
-        if with_momentum {
-            let momentum = b.hyper("momentum", self.momentum);
+        if let Some(momentum) = momentum {
             let buf = momentum * b.state("momentum_buffer", 0.0) + g / denom;
             b.set_state("momentum_buffer", buf)?;
             b.set_param(param - lr * buf);

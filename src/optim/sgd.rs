@@ -71,11 +71,15 @@ impl Sgd {
         let b = builder(if self.nesterov { "sgd_nesterov" } else { "sgd" });
         let lr = b.hyper("lr", self.lr);
         let weight_decay = b.hyper("weight_decay", self.weight_decay);
+        // Every hyperparameter is declared before any value, so the graph prints with all
+        // of them in the text form's header (see `text::print`).
+        let momentum = (self.momentum != 0.0).then(|| {
+            let momentum = b.hyper("momentum", self.momentum);
+            (momentum, b.hyper("dampening", self.dampening))
+        });
         let param = b.param();
         let mut g = l2_penalty(&b, signed_grad(&b, self.maximize), weight_decay, param);
-        if self.momentum != 0.0 {
-            let momentum = b.hyper("momentum", self.momentum);
-            let dampening = b.hyper("dampening", self.dampening);
+        if let Some((momentum, dampening)) = momentum {
             let buf = b.state("momentum_buffer", 0.0);
             let first = b.step().eq(1.0);
             let buf = b.select(first, g, momentum * buf + (1.0 - dampening) * g);

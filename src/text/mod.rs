@@ -35,6 +35,7 @@ mod parser;
 mod printer;
 
 pub use error::{TextError, TextErrorKind};
+pub(crate) use lexer::{is_identifier, KEYWORDS};
 pub use printer::print;
 
 use crate::{Error, Graph, Result};
