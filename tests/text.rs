@@ -1,7 +1,10 @@
 //! The text form: every built-in round-trips through the printer and the parser, node for
 //! node; hand-written text builds the graph its builder twin builds.
 
-use optjit::{optim, text, Graph};
+mod common;
+
+use optjit::ir::Op;
+use optjit::{optim, text, Builder, Graph};
 
 fn round_trip(graph: &Graph) {
     let printed = text::print(graph).unwrap();
@@ -26,4 +29,203 @@ fn every_built_in_round_trips_node_for_node() {
         }
     }
     assert!(bad.is_empty(), "{bad:?}");
+}
+
+/// Builds a graph with `body` over a builder with hyperparameters `lr` and `b1` declared first.
+fn built(body: impl FnOnce(&Builder)) -> Graph {
+    let b = Builder::new("t");
+    b.hyper("lr", 0.1);
+    b.hyper("b1", 0.9);
+    body(&b);
+    b.finish().unwrap()
+}
+
+#[test]
+fn awkward_arena_orders_round_trip() {
+    // A negated constant (not the literal −2), used beside the literal 2.
+    round_trip(&built(|b| {
+        let two = b.constant(2.0);
+        b.set_param(b.param() * -two + b.grad() * 2.0);
+    }));
+    // Leaves created long before their first use, a dead value, an unused leaf.
+    round_trip(&built(|b| {
+        let g = b.grad();
+        let p = b.param();
+        let _dead = g * 3.0 + 1.0;
+        let _unused = b.step();
+        let m = b.state("m", 0.5);
+        b.set_state("m", m + g).unwrap();
+        b.set_param(p - m);
+    }));
+    // The param assigned before the input param is ever read; a state reads it afterwards.
+    round_trip(&built(|b| {
+        let m = b.state("m", 0.0);
+        b.set_param(b.grad() * 2.0);
+        b.set_state("m", b.param() + m).unwrap();
+    }));
+    // Two states swapping their values, and a state kept as it is.
+    round_trip(&built(|b| {
+        let x = b.state("x", 1.0);
+        let y = b.state("y", 2.0);
+        let z = b.state("z", 3.0);
+        b.set_state("x", y).unwrap();
+        b.set_state("y", x).unwrap();
+        b.set_state("z", z).unwrap();
+        b.set_param(b.param() + x + y);
+    }));
+    // One value for several outputs; outputs that are a constant, a hyperparameter, a leaf.
+    round_trip(&built(|b| {
+        let v = b.grad() * 0.5;
+        let s = b.scalar_state("s", 0.0);
+        let u = b.state("u", 0.0);
+        let w = b.state("w", 0.0);
+        b.set_state("s", b.step()).unwrap();
+        b.set_state("u", v).unwrap();
+        b.set_state("w", b.constant(-0.0)).unwrap();
+        let _ = (s, u, w);
+        b.set_param(v);
+    }));
+}
+
+#[test]
+fn every_operator_and_literal_prints_with_the_right_grouping() {
+    round_trip(&built(|b| {
+        let (p, g, t) = (b.param(), b.grad(), b.step());
+        let base = b.constant(-2.0).pow(t).pow(2.0); // (−2 ^ t) ^ 2, left-nested
+        let right = 2.0f64.pow_expr(b, t);
+        let neg_pow = -(base.pow(0.5));
+        let cmp = (p.lt(g)).eq(g.ge(p)) - p.ne(1.0) * g.le(t);
+        let sel = b.select(
+            cmp,
+            p.min(g).max(f64::INFINITY),
+            (g - (p - g)) / (p / (g * t)),
+        );
+        let fused = p.mul_add(g, f64::NAN) + (-(-p)) + p.abs().sign().sqrt();
+        let scalar = (t.ln() * -t.exp()) - (t - -0.0);
+        b.set_param(sel + fused * scalar + neg_pow + right + f64::NEG_INFINITY);
+    }));
+}
+
+trait PowExpr {
+    fn pow_expr<'b>(self, b: &'b Builder, e: optjit::Expr<'b>) -> optjit::Expr<'b>;
+}
+
+impl PowExpr for f64 {
+    fn pow_expr<'b>(self, b: &'b Builder, e: optjit::Expr<'b>) -> optjit::Expr<'b> {
+        b.constant(self).pow(b.constant(self).pow(e)) // right-nested: 2 ^ (2 ^ t)
+    }
+}
+
+#[test]
+fn a_hyperparameter_declared_late_prints_in_the_header_and_compiles_the_same() {
+    let b = Builder::new("late");
+    let g = b.grad();
+    let lr = b.hyper("lr", 0.1);
+    b.set_param(b.param() - lr * g);
+    let graph = b.finish().unwrap();
+    let parsed = text::parse(&text::print(&graph).unwrap()).unwrap();
+    assert_eq!(parsed.hypers(), graph.hypers());
+    assert_eq!(
+        optjit::passes::compile(&parsed)
+            .unwrap()
+            .display(optjit::DType::F32)
+            .to_string(),
+        optjit::passes::compile(&graph)
+            .unwrap()
+            .display(optjit::DType::F32)
+            .to_string()
+    );
+}
+
+/// A random graph: leaves, states, constants and operations created in a random order
+/// (with dead values and late leaves), outputs set at random points, some more than once.
+fn random_graph(seed: u64) -> Graph {
+    let mut rng = common::SplitMix64::new(seed);
+    let b = Builder::new("random");
+    // Each value with whether it is a per-step scalar.
+    let mut pool = vec![(b.hyper("lr", 0.1), true), (b.hyper("b1", 0.9), true)];
+    let mut slots: Vec<(String, bool, bool)> = Vec::new(); // name, scalar, assigned
+    let mut param_set = false;
+    let constants = [0.0, -0.0, 1.0, -2.0, 0.5, 1e-8, f64::INFINITY, f64::NAN];
+    for _ in 0..(5 + rng.below(40)) {
+        let pick = |rng: &mut common::SplitMix64| pool[rng.below(pool.len() as u64) as usize];
+        match rng.below(10) {
+            0 => {
+                let leaf = rng.below(3);
+                pool.push(([b.param(), b.grad(), b.step()][leaf as usize], leaf == 2));
+            }
+            1 if slots.len() < 4 => {
+                let name = format!("s{}", slots.len());
+                let scalar = rng.below(3) == 0;
+                let init = constants[rng.below(8) as usize];
+                let value = if scalar {
+                    b.scalar_state(&name, init)
+                } else {
+                    b.state(&name, init)
+                };
+                pool.push((value, scalar));
+                slots.push((name, scalar, false));
+            }
+            2 => pool.push((b.constant(constants[rng.below(8) as usize]), true)),
+            3 if !slots.is_empty() => {
+                let slot = rng.below(slots.len() as u64) as usize;
+                let (value, scalar) = pick(&mut rng);
+                if scalar || !slots[slot].1 {
+                    b.set_state(&slots[slot].0, value).unwrap();
+                    slots[slot].2 = true;
+                }
+            }
+            4 => {
+                b.set_param(pick(&mut rng).0);
+                param_set = true;
+            }
+            _ => {
+                let op = Op::ALL[rng.below(Op::ALL.len() as u64) as usize];
+                let mut args: Vec<_> = (0..op.arity()).map(|_| pick(&mut rng)).collect();
+                if op.scalar_only() && args.iter().any(|a| !a.1) {
+                    args = vec![(b.step(), true); op.arity()];
+                }
+                let scalar = args.iter().all(|a| a.1);
+                let exprs: Vec<_> = args.iter().map(|a| a.0).collect();
+                pool.push((b.apply(op, &exprs), scalar));
+            }
+        }
+    }
+    if !param_set {
+        b.set_param(pool.last().unwrap().0);
+    }
+    for (name, _, assigned) in &slots {
+        if !assigned {
+            b.set_state(name, b.step()).unwrap();
+        }
+    }
+    b.finish().unwrap()
+}
+
+#[test]
+fn random_graphs_round_trip_node_for_node() {
+    for seed in 0..500 {
+        round_trip(&random_graph(seed));
+    }
+}
+
+#[test]
+fn graphs_after_each_pass_print_and_parse_to_the_same_program() {
+    for name in optim::NAMES {
+        let mut graph = optim::by_name(name).unwrap();
+        for pass in optjit::passes::PIPELINE {
+            graph = (pass.run)(&graph).unwrap();
+            let parsed = text::parse(&text::print(&graph).unwrap()).unwrap();
+            let program = |g: &Graph| {
+                let p = optjit::passes::compile(g).unwrap();
+                p.display(optjit::DType::F64).to_string()
+            };
+            assert_eq!(
+                program(&parsed),
+                program(&graph),
+                "{name} after {}",
+                pass.name
+            );
+        }
+    }
 }

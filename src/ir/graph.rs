@@ -98,8 +98,9 @@ impl Node {
     }
 }
 
-/// A hyperparameter: a named runtime input with a default value.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// A hyperparameter: a named runtime input with a default value. Equality compares the
+/// default's bits, like [`Literal`] (so a NaN default equals itself and `-0.0 != 0.0`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct HyperDef {
     /// Name (`lr`, `b1`, ...).
     pub name: String,
@@ -116,8 +117,9 @@ pub enum SlotKind {
     Scalar,
 }
 
-/// A named piece of per-parameter optimizer state.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// A named piece of per-parameter optimizer state. Equality compares the initial value's
+/// bits, like [`Literal`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SlotDef {
     /// Name (`exp_avg`, `momentum_buffer`, ...).
     pub name: String,
@@ -125,6 +127,20 @@ pub struct SlotDef {
     pub init: f64,
     /// Buffer or scalar.
     pub kind: SlotKind,
+}
+
+impl PartialEq for HyperDef {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && self.default.to_bits() == other.default.to_bits()
+    }
+}
+
+impl PartialEq for SlotDef {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+            && self.init.to_bits() == other.init.to_bits()
+            && self.kind == other.kind
+    }
 }
 
 /// Opt-in numerical rewrites of a graph. All are off for a graph built with

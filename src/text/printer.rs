@@ -135,6 +135,13 @@ impl<'g> Printer<'g> {
         if !on.is_empty() {
             self.line(format!("flags {}", on.join(", ")));
         }
+        // A state whose value is never read (a graph after `dce`) has no node: declare it
+        // first. Its parse holds the node, unused.
+        for t in 1..self.targets.len() {
+            if self.current[t].is_none() {
+                self.declare(t - 1);
+            }
+        }
         let mut pos = 0;
         while pos < self.g.nodes().len() {
             if self.interned[pos] {
@@ -142,13 +149,8 @@ impl<'g> Printer<'g> {
                 continue;
             }
             if let Node::State(s) = self.g.nodes()[pos] {
-                let slot = &self.g.slots()[s as usize];
-                let kind = match slot.kind {
-                    SlotKind::Element => "state",
-                    SlotKind::Scalar => "scalar state",
-                };
-                self.line(format!("{kind} {} = {}", slot.name, literal(slot.init)));
-                self.name[pos] = Some(slot.name.clone());
+                self.declare(s as usize);
+                self.name[pos] = Some(self.g.slots()[s as usize].name.clone());
                 self.interned[pos] = true;
                 continue;
             }
@@ -197,6 +199,16 @@ impl<'g> Printer<'g> {
         out.push_str(&self.body);
         out.push_str("}\n");
         out
+    }
+
+    fn declare(&mut self, slot: usize) {
+        let slot = &self.g.slots()[slot];
+        let kind = match slot.kind {
+            SlotKind::Element => "state",
+            SlotKind::Scalar => "scalar state",
+        };
+        let text = format!("{kind} {} = {}", slot.name, literal(slot.init));
+        self.line(text);
     }
 
     fn line(&mut self, text: String) {
@@ -385,7 +397,7 @@ impl<'g> Printer<'g> {
         for i in self.inlined_tree(r).into_iter().chain([r]) {
             if let Node::Apply(Op::Neg, args) = self.g.nodes()[i] {
                 let a = args[0].index();
-                if self.name[a].is_none() {
+                if matches!(self.g.nodes()[a], Node::Const(_)) && self.name[a].is_none() {
                     let t = self.fresh();
                     let text = self.reference(a, false);
                     self.line(format!("let {t} = {text}"));
@@ -402,9 +414,11 @@ impl<'g> Printer<'g> {
             .targets
             .iter()
             .position(|&(_, out)| out == id)
-            .filter(|&t| match self.current[t] {
-                Some(old) => self.interned[old.index()] || !self.needed_after(old, r),
-                None => true,
+            .filter(|&t| match (self.targets[t].0, self.current[t]) {
+                // A state is assigned after its declaration; the param after the input param
+                // was created (once `param` is assigned, the text cannot name the input).
+                (_, Some(old)) => self.interned[old.index()],
+                (_, None) => true,
             });
         let Some(t) = first else {
             let name = self.fresh();
