@@ -229,3 +229,27 @@ fn graphs_after_each_pass_print_and_parse_to_the_same_program() {
         }
     }
 }
+
+#[path = "../examples/custom_optimizer.rs"]
+mod custom_optimizer;
+
+#[test]
+fn the_custom_optimizer_example_runs_its_assertions() {
+    custom_optimizer::main().unwrap();
+}
+
+#[test]
+fn every_example_opt_file_parses_compiles_and_round_trips() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "opt") {
+            let graph = text::parse_file(&path).unwrap();
+            optjit::passes::compile(&graph).unwrap();
+            round_trip(&graph);
+            seen += 1;
+        }
+    }
+    assert!(seen >= 3, "{seen} .opt examples");
+}

@@ -202,6 +202,27 @@ pub(crate) struct Modes {
 static NEXT_OPTIMIZER: AtomicU64 = AtomicU64::new(1);
 
 impl Optimizer {
+    /// An optimizer read from an `.opt` file at run time (see [`crate::text`]), with no
+    /// parameter groups yet. Fails with [`crate::Error::Io`] when the file cannot be read
+    /// and [`crate::Error::Text`] (line, column and caret) when it does not parse.
+    ///
+    /// ```
+    /// use optjit::Optimizer;
+    /// use ndarray::array;
+    ///
+    /// let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/signsgd.opt");
+    /// let mut opt = Optimizer::from_file(path).unwrap();
+    /// opt.add_param_group(&[("lr", 0.5)]).unwrap();
+    /// let w = opt.add_param(0, "w", &array![1.0f32, 2.0]).unwrap();
+    /// opt.set_grad(&w, &[3.0, -4.0]).unwrap();
+    /// opt.step().unwrap();
+    /// // The momentum is 0.1·g, so each weight moves by lr against its gradient's sign.
+    /// assert_eq!(opt.param(&w).unwrap(), &[0.5, 2.5]);
+    /// ```
+    pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Optimizer> {
+        Optimizer::new(&crate::text::parse_file(path)?)
+    }
+
     /// An optimizer running `graph` (compiled now; machine code at the first step of each
     /// dtype), with no parameter groups yet.
     pub fn new(graph: &Graph) -> Result<Optimizer> {
