@@ -9,6 +9,7 @@
 mod chart;
 mod mlp;
 
+use super::output::outln;
 use indicatif::{ProgressBar, ProgressStyle};
 use mlp::{Digits, Mlp};
 use optjit::optim::{Adam, AdamW, Sgd};
@@ -100,19 +101,19 @@ pub fn run(args: &DemoArgs) -> ExitCode {
 fn demo(args: &DemoArgs) -> Result<(), DemoError> {
     let mut runs = runs(args)?;
     let data = Digits::load();
-    println!(
+    outln(format_args!(
         "UCI handwritten digits: {} images of 8x8 pixels, {} to train, {} to test",
         data.len(),
         mlp::TRAIN,
         data.len() - mlp::TRAIN
-    );
-    println!(
+    ));
+    outln(format_args!(
         "MLP 64-{}-10 (ReLU, softmax cross-entropy), batch {}, {} epochs, seeded",
         args.hidden,
         mlp::BATCH,
         args.epochs
-    );
-    println!();
+    ));
+    outln("");
 
     let progress = ProgressBar::new((runs.len() * args.epochs) as u64).with_style(
         ProgressStyle::with_template("{msg:>28} [{bar:30}] {pos}/{len} epochs")
@@ -139,9 +140,6 @@ fn demo(args: &DemoArgs) -> Result<(), DemoError> {
     progress.finish_and_clear();
     let total = start.elapsed().as_secs_f64();
 
-    print_table(&runs, &outcomes);
-    println!("total {total:.2} s");
-
     let curves: Vec<chart::Curve<'_>> = runs
         .iter()
         .zip(&outcomes)
@@ -157,7 +155,11 @@ fn demo(args: &DemoArgs) -> Result<(), DemoError> {
     let svg = chart::svg(&title, &curves).map_err(|e| format!("cannot draw the chart: {e}"))?;
     std::fs::write(&args.out, svg)
         .map_err(|e| format!("cannot write {}: {e}", args.out.display()))?;
-    println!("chart: {}", args.out.display());
+    // The chart is written before anything is printed, so a reader that stops early
+    // (`optjit demo | head`) still gets it.
+    print_table(&runs, &outcomes);
+    outln(format_args!("total {total:.2} s"));
+    outln(format_args!("chart: {}", args.out.display()));
     Ok(())
 }
 
@@ -280,7 +282,7 @@ fn print_table(runs: &[Run], outcomes: &[Outcome]) {
         for (cell, w) in cells.iter().zip(&widths) {
             line += &format!("  {cell:>w$}");
         }
-        println!("{}", line.trim_end());
+        outln(line.trim_end());
     };
     row("epoch", runs.iter().map(|r| r.label.clone()).collect());
     row("", runs.iter().map(|r| r.hypers.clone()).collect());
