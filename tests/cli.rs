@@ -6,26 +6,13 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// What one run of the binary did.
-struct Run {
-    /// Exit status (`None` if killed by a signal).
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
+mod common;
+
+use common::Run;
 
 /// Runs `optjit args...` in the crate's root, so that `examples/...` paths resolve.
 fn optjit(args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_optjit"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("the binary runs");
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8(out.stdout).expect("UTF-8 stdout"),
-        stderr: String::from_utf8(out.stderr).expect("UTF-8 stderr"),
-    }
+    common::run_optjit(Path::new(env!("CARGO_MANIFEST_DIR")), args)
 }
 
 /// Runs a command expected to succeed with no message on stderr; returns its stdout.

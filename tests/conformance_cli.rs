@@ -1,19 +1,14 @@
 //! `optjit conformance`: every vendored PyTorch case passes through the optimizer runtime,
 //! and cases that cannot run are named and make the command fail.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
+use std::path::{Path, PathBuf};
+
+/// Runs `optjit args...`: whether it succeeded, its stdout and its stderr.
 fn optjit(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_optjit"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
+    let run = common::run_optjit(Path::new(env!("CARGO_MANIFEST_DIR")), args);
+    (run.code == Some(0), run.stdout, run.stderr)
 }
 
 fn data() -> PathBuf {

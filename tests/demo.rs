@@ -2,28 +2,14 @@
 //! it reads from text, and its errors.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-/// What a run of the binary gave.
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
+mod common;
+
+use common::Run;
 
 /// Runs `optjit demo ARGS` in `dir`.
 fn demo(dir: &Path, args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_optjit"))
-        .arg("demo")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("the binary runs");
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8(out.stdout).expect("stdout is UTF-8"),
-        stderr: String::from_utf8(out.stderr).expect("stderr is UTF-8"),
-    }
+    common::run_optjit(dir, &[&["demo"], args].concat())
 }
 
 /// A fresh, empty directory for one test.

@@ -5,6 +5,8 @@
 #![allow(dead_code)]
 
 use optjit::{DType, Float, Stepper};
+use std::path::Path;
+use std::process::Command;
 
 /// SplitMix64 (Steele, Lea and Flood, 2014): a tiny seeded generator, so that tests are
 /// deterministic without a `rand` dependency.
@@ -85,4 +87,28 @@ pub fn failure_report(failures: &[String], max: usize) -> String {
         message.push_str(&format!("  ... and {} more\n", failures.len() - max));
     }
     message
+}
+
+/// What one run of the `optjit` binary did.
+pub struct Run {
+    /// Exit status (`None` if killed by a signal).
+    pub code: Option<i32>,
+    /// Everything it printed on stdout.
+    pub stdout: String,
+    /// Everything it printed on stderr.
+    pub stderr: String,
+}
+
+/// Runs the `optjit` binary with `args` in the directory `dir`.
+pub fn run_optjit(dir: &Path, args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_optjit"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the binary runs");
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8(out.stdout).expect("UTF-8 stdout"),
+        stderr: String::from_utf8(out.stderr).expect("UTF-8 stderr"),
+    }
 }
