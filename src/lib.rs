@@ -5,7 +5,8 @@
 //! Cranelift into a 128-bit SIMD loop per dtype. A reference interpreter runs the same
 //! program bit for bit, so every kernel can be checked.
 //!
-//! - [`Builder`] writes an optimizer like its paper; [`optim`] holds the built-ins.
+//! - [`Builder`] writes an optimizer like its paper; [`text`] reads and prints the same
+//!   graphs as `.opt` text, loaded at run time; [`optim`] holds the built-ins.
 //! - [`passes::compile`] turns the [`Graph`] into a [`Program`] (prologue + fused stage),
 //!   printable at every step.
 //! - [`Jit`] compiles the stage; [`interp`] runs it without code generation.
