@@ -394,6 +394,33 @@ fn arity_errors_cover_the_whole_call() {
     assert_at(&e, 3, 9, "fma(m,");
 }
 
+/// Regression: past three arguments the parser stopped reading them and reported
+/// "unexpected `d`, expected `)`" instead of the arity.
+#[test]
+fn four_arguments_were_an_unexpected_token_not_an_arity_error() {
+    let kind = |function: &str, expected, actual| TextErrorKind::Arity {
+        function: function.into(),
+        expected,
+        actual,
+    };
+    let call = "fma(m, grad, m, grad)";
+    assert_error(
+        &opt(&format!("    m = {call}")),
+        kind("fma", 3, 4),
+        3,
+        9,
+        call,
+    );
+    let call = "min(m, grad, m, grad, 1, 2)";
+    assert_error(
+        &opt(&format!("    m = {call}")),
+        kind("min", 2, 6),
+        3,
+        9,
+        call,
+    );
+}
+
 #[test]
 fn not_assignable_hyperparameters_grad_step_and_let_names() {
     let kind = |name: &str, what| TextErrorKind::NotAssignable {

@@ -621,9 +621,6 @@ impl<'s> Parser<'s> {
         self.enter()?;
         let mut args = Vec::new();
         while !self.is_punct(")") {
-            if args.len() == 3 {
-                break; // no function takes more; the arity error below says so
-            }
             args.push(self.expression()?);
             if !self.is_punct(")") {
                 self.expect_punct(",", "`,` or `)`")?;
