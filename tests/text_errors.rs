@@ -598,6 +598,23 @@ fn scalar_required_for_powers_exp_ln_and_scalar_state() {
     );
 }
 
+/// Regression: `pow(grad, 2)` was reported as "the base of `^`", an operator the text does
+/// not contain.
+#[test]
+fn pow_called_with_grad_was_reported_as_the_base_of_caret() {
+    let kind = |what: &str| TextErrorKind::ScalarRequired { what: what.into() };
+    let first = kind("the first argument of `pow`");
+    assert_error(&opt("    m = pow(grad, 2)"), first, 3, 13, "grad");
+    let second = kind("the second argument of `pow`");
+    assert_error(&opt("    m = pow(2, m * lr)"), second, 3, 16, "m * lr");
+    let e = error(&opt("    m = pow(grad, 2)"));
+    assert!(
+        e.to_string()
+            .starts_with("the first argument of `pow` must be"),
+        "{e}"
+    );
+}
+
 #[test]
 fn chained_comparisons_point_at_the_second_operator() {
     let kind = TextErrorKind::ChainedComparison;

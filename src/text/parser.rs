@@ -196,6 +196,19 @@ impl<'s> Parser<'s> {
     /// `op(args)`: literals interned in operand order after every operand was read, then
     /// the operation. A per-element operand of a scalar-only op is reported where it is.
     fn apply(&mut self, op: Op, args: &[Spanned], start: usize, end: usize) -> PResult<Spanned> {
+        self.apply_as(op, args, start, end, false)
+    }
+
+    /// [`Self::apply`], naming a per-element operand of a scalar-only op by its argument
+    /// position when the op was `called` (`pow(a, b)`) rather than written as `a ^ b`.
+    fn apply_as(
+        &mut self,
+        op: Op,
+        args: &[Spanned],
+        start: usize,
+        end: usize,
+        called: bool,
+    ) -> PResult<Spanned> {
         let mut ids = Vec::with_capacity(args.len());
         for a in args {
             ids.push(self.materialize(*a)?);
@@ -203,10 +216,14 @@ impl<'s> Parser<'s> {
         if op.scalar_only() {
             for (i, (a, id)) in args.iter().zip(&ids).enumerate() {
                 if self.graph.rank(*id) == Rank::Element {
-                    let what = match (op, i) {
-                        (Op::Pow, 0) => "the base of `^`".to_string(),
-                        (Op::Pow, _) => "the exponent of `^`".to_string(),
-                        _ => format!("the argument of `{}`", op.name()),
+                    let what = match (op, i, called) {
+                        (Op::Pow, 0, false) => "the base of `^`".to_string(),
+                        (Op::Pow, _, false) => "the exponent of `^`".to_string(),
+                        _ if op.arity() == 1 => format!("the argument of `{}`", op.name()),
+                        _ => {
+                            let nth = ["first", "second", "third"][i];
+                            format!("the {nth} argument of `{}`", op.name())
+                        }
                     };
                     let kind = TextErrorKind::ScalarRequired { what };
                     return Err(self.error(kind, a.start, a.end));
@@ -636,6 +653,6 @@ impl<'s> Parser<'s> {
             };
             return Err(self.error(kind, callee.start, close.end));
         }
-        self.apply(op, &args, callee.start, close.end)
+        self.apply_as(op, &args, callee.start, close.end, true)
     }
 }
