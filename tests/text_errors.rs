@@ -660,6 +660,32 @@ fn bad_flags_unknown_repeated_or_a_second_flags_line() {
     );
 }
 
+/// Regression: a second `flags` line was reported as "unknown or repeated flag `flags`",
+/// as if `flags` were a flag name.
+#[test]
+fn a_second_flags_line_was_called_an_unknown_flag_named_flags() {
+    let e = error(&opt("    flags fast_math\n    flags reciprocal"));
+    assert_eq!(
+        e.kind,
+        TextErrorKind::BadFlag {
+            name: "flags".into()
+        }
+    );
+    let message = e.to_string();
+    assert!(message.starts_with("`flags` is given twice\n"), "{message}");
+    assert!(
+        message.ends_with("^^^^^ expected one `flags` line listing every flag"),
+        "{message}"
+    );
+    // A real flag keeps the general message.
+    let e = error(&opt("    flags fast_math, fast_math"));
+    assert!(
+        e.to_string()
+            .starts_with("unknown or repeated flag `fast_math`"),
+        "{e}"
+    );
+}
+
 // ---- valid edge cases ----
 
 #[test]

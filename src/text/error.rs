@@ -132,6 +132,8 @@ impl fmt::Display for TextErrorKind {
                 "{what} must be a per-step scalar, but it depends on a per-element value"
             ),
             ChainedComparison => write!(f, "comparisons cannot be chained"),
+            // `flags` is a keyword, never a flag: this is the statement given twice.
+            BadFlag { name } if name == "flags" => write!(f, "`flags` is given twice"),
             BadFlag { name } => write!(f, "unknown or repeated flag `{name}`"),
         }
     }
@@ -166,6 +168,9 @@ impl TextErrorKind {
                 "expected an expression of hyperparameters, step, scalar state and numbers".into()
             }
             ChainedComparison => "expected parentheses, e.g. `(a < b) * (b < c)`".into(),
+            BadFlag { name } if name == "flags" => {
+                "expected one `flags` line listing every flag".into()
+            }
             BadFlag { .. } => "expected `reciprocal` or `fast_math`, each at most once".into(),
         }
     }
