@@ -186,6 +186,23 @@ fn too_many_nodes_from_many_let_lines() {
     assert_eq!(parses(&fewer).nodes().len(), limits::MAX_NODES);
 }
 
+/// Regression: hyperparameters were not counted against the node limit, so a header of
+/// `MAX_NODES + 1` of them and a body that made no node gave a graph over the limit.
+///
+/// Slow in a debug build (half a minute): `Graph::add_hyper` compares each new name with
+/// every earlier one, so 100 001 hyperparameters cost 5·10⁹ comparisons.
+#[test]
+#[cfg_attr(debug_assertions, ignore = "30 s in a debug build; run with --release")]
+fn hyperparameters_alone_could_exceed_the_node_limit() {
+    let names: Vec<String> = (0..=limits::MAX_NODES).map(|i| format!("h{i:x}")).collect();
+    let header: Vec<String> = names.iter().map(|name| format!("{name}=0")).collect();
+    let source = format!("optimizer t({}) {{ param = h0 }}", header.join(","));
+    assert!(source.len() < limits::MAX_SOURCE_BYTES);
+    let last = names.last().unwrap();
+    let column = source.find(&format!(",{last}=")).unwrap() + 2;
+    assert_error(&source, TextErrorKind::TooManyNodes, 1, column, last);
+}
+
 #[test]
 fn unexpected_characters() {
     let at = opt("    param = param @ grad");

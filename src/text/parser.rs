@@ -263,6 +263,7 @@ impl<'s> Parser<'s> {
                     end,
                 )
             })?;
+            self.intern_check(start, end)?;
             self.scope.insert(hyper, Binding::Hyper(id));
             if !self.is_punct(")") {
                 self.expect_punct(",", "`,` or `)`")?;
