@@ -757,6 +757,25 @@ fn crlf_line_endings_parse_and_errors_show_the_line_without_its_cr() {
     assert_eq!(e.source_line, "    param = grad @");
 }
 
+/// Regression: with CRLF line endings, a span running onto the next line counted the `\r`
+/// in its width, so the caret ran one column past the shown line.
+#[test]
+fn crlf_caret_of_a_span_over_two_lines_counted_the_cr() {
+    let e = error("optimizer t() {\r\n    param = exp(grad\r\n        + 1)\r\n}\r\n");
+    assert_eq!(
+        e.kind,
+        TextErrorKind::ScalarRequired {
+            what: "the argument of `exp`".into()
+        }
+    );
+    assert_at(&e, 2, 17, "grad");
+    assert!(
+        e.to_string()
+            .contains("\n  |                 ^^^^ expected"),
+        "{e}"
+    );
+}
+
 #[test]
 fn inf_nan_and_negative_zero_literals() {
     let graph = parses(

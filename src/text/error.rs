@@ -214,7 +214,9 @@ impl TextError {
             .map_or(source.len(), |i| start + i);
         let line = source[..start].matches('\n').count() + 1;
         let column = source[line_start..start].chars().count() + 1;
-        let width = source[start..end.min(line_end).max(start)]
+        // The caret stops where the shown line does: before a CRLF's `\r`.
+        let text_end = line_end - usize::from(source[..line_end].ends_with('\r'));
+        let width = source[start..end.min(text_end).max(start)]
             .chars()
             .count()
             .max(1);
