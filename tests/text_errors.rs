@@ -333,10 +333,11 @@ fn unexpected_tokens_say_what_was_expected() {
             assert_at(&e, line, column, text);
         }
     }
-    // A missing `}`: the end of the file is where the body was expected to close.
-    let e = error("optimizer t() {\n    param = grad\n");
+    // A missing `}`: the caret goes after the last token, where the body should close.
+    let e = error("optimizer t() {\n    param = grad\n\n# the end\n");
     assert_eq!(e.kind, unexpected("end of file", "a statement or `}`"));
-    assert_eq!((e.line, e.column, e.source_line.as_str()), (3, 1, ""));
+    assert_eq!((e.line, e.column, e.width), (2, 17, 1), "\n{e}");
+    assert_eq!(e.source_line, "    param = grad");
     // Keywords are not statements and not names.
     assert_error(
         &opt("    inf = 1"),
@@ -352,6 +353,80 @@ fn unexpected_tokens_say_what_was_expected() {
         9,
         "state",
     );
+}
+
+/// Regression: a token missing at the end of a line was reported at the next token, on the
+/// next line: `state m` without `= 0` showed the statement after it, a `(` never closed
+/// showed the `}` below it. Now the caret goes right after the name, number or `)` that
+/// ends the line; a token that starts something new on its line is still shown itself.
+#[test]
+fn a_token_missing_at_the_end_of_a_line_was_reported_on_the_next_line() {
+    let after = |source: &str, found: &str, expected: &str, line, column| {
+        let e = error(source);
+        assert_eq!(e.kind, unexpected(found, expected), "\n{e}");
+        assert_eq!((e.line, e.column, e.width), (line, column, 1), "\n{e}");
+    };
+    let init = "`=` and the state's initial value";
+    after(
+        &opt("    state v\n    v = grad"),
+        "`v` on line 4",
+        init,
+        3,
+        12,
+    );
+    after(
+        &opt("    state v  # no init\n"),
+        "`}` on line 5",
+        init,
+        3,
+        12,
+    );
+    after(
+        &opt("    m = (grad + m\n    m = m"),
+        "`m` on line 4",
+        "`)`",
+        3,
+        18,
+    );
+    after(
+        &opt("    m = min(m, 2\n}"),
+        "`}` on line 4",
+        "`,` or `)`",
+        3,
+        17,
+    );
+    let header = "optimizer t(lr = 1)\n    param = grad\n}";
+    let body = "`{` and the optimizer's body";
+    after(header, "`param` on line 2", body, 1, 20);
+    let header = "optimizer t(lr = 1\n    b1 = 2) {}";
+    after(header, "`b1` on line 2", "`,` or `)`", 1, 19);
+    after(
+        &opt("    scalar\n    m = 1"),
+        "`m` on line 4",
+        "`state` after `scalar`",
+        3,
+        11,
+    );
+
+    // After an operator, a comma or an opening bracket the next token is shown.
+    let expression = "an expression: a name, a number, `-`, `(` or a function call";
+    assert_error(
+        &opt("    m = m +\n"),
+        unexpected("`}`", expression),
+        5,
+        1,
+        "}",
+    );
+    let header = "optimizer t(lr = 1,\n    2 = 3) {}";
+    let name = "a hyperparameter name or `)`";
+    assert_error(header, unexpected("a number", name), 2, 5, "2");
+    // So is a token that cannot start a statement, or anything after the closing `}`.
+    let statement = "a statement: `let`, `state`, `flags` or an assignment";
+    let source = opt("    m = m\n    2 = m");
+    assert_error(&source, unexpected("a number", statement), 4, 5, "2");
+    let trailing = "optimizer t() { param = grad }\nx";
+    let end = "end of file after the optimizer's `}`";
+    assert_error(trailing, unexpected("`x`", end), 2, 1, "x");
 }
 
 #[test]
@@ -668,13 +743,10 @@ fn bad_flags_unknown_repeated_or_a_second_flags_line() {
         5,
         "flags",
     );
-    assert_error(
-        &opt("    flags"),
-        unexpected("`}`", "a flag name"),
-        4,
-        1,
-        "}",
-    );
+    // Nothing after `flags`: the caret goes right after it.
+    let e = error(&opt("    flags"));
+    assert_eq!(e.kind, unexpected("`}` on line 4", "a flag name"));
+    assert_eq!((e.line, e.column, e.width), (3, 10, 1), "\n{e}");
 }
 
 /// Regression: a second `flags` line was reported as "unknown or repeated flag `flags`",

@@ -30,7 +30,7 @@ pub enum TextErrorKind {
     },
     /// A token other than the grammar allows here.
     Unexpected {
-        /// The token found.
+        /// The token found, and its line when the caret is on an earlier one.
         found: String,
         /// What the grammar allows.
         expected: String,

@@ -114,13 +114,30 @@ impl<'s> Parser<'s> {
         TextError::at(kind, self.source, start, end)
     }
 
+    /// The next token is not what the grammar allows. When it starts a later line than a
+    /// name, number or `)` before it, the caret goes just after that token instead: what is
+    /// missing (the `= 0` of `state m`, the `)` of `(a + b`) is missing there.
     fn unexpected(&self, expected: &str) -> TextError {
         let t = self.peek();
+        let before = self.pos.checked_sub(1).map(|i| &self.tokens[i]);
+        let Some(before) = before.filter(|b| {
+            matches!(b.tok, Tok::Ident(_) | Tok::Number(_) | Tok::Punct(")"))
+                && self.source[b.end..t.start].contains('\n')
+        }) else {
+            return self.unexpected_at(t, expected);
+        };
+        let found = match t.tok {
+            Tok::Eof => t.tok.describe(),
+            _ => {
+                let line = self.source[..t.start].matches('\n').count() + 1;
+                format!("{} on line {line}", t.tok.describe())
+            }
+        };
         let kind = TextErrorKind::Unexpected {
-            found: t.tok.describe(),
+            found,
             expected: expected.to_string(),
         };
-        self.error(kind, t.start, t.end)
+        self.error(kind, before.end, before.end)
     }
 
     fn is_punct(&self, p: &str) -> bool {
@@ -279,7 +296,8 @@ impl<'s> Parser<'s> {
         }
         let close = self.next();
         if self.peek().tok != Tok::Eof {
-            return Err(self.unexpected("end of file after the optimizer's `}`"));
+            let t = self.peek();
+            return Err(self.unexpected_at(t, "end of file after the optimizer's `}`"));
         }
         self.finish(close)
     }
@@ -332,7 +350,8 @@ impl<'s> Parser<'s> {
             return Ok(());
         }
         let Tok::Ident(word) = self.peek().tok.clone() else {
-            return Err(self.unexpected("a statement: `let`, `state`, `flags` or an assignment"));
+            let expected = "a statement: `let`, `state`, `flags` or an assignment";
+            return Err(self.unexpected_at(self.peek(), expected));
         };
         match word.as_str() {
             "let" => {
