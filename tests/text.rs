@@ -253,3 +253,11 @@ fn every_example_opt_file_parses_compiles_and_round_trips() {
     }
     assert!(seen >= 3, "{seen} .opt examples");
 }
+
+#[test]
+fn a_leading_byte_order_mark_is_ignored() {
+    let source = "\u{feff}optimizer sgd(lr = 0.1) {\n    param = param - lr * grad\n}\n";
+    let graph = text::parse(source).unwrap();
+    assert_eq!(graph, text::parse(&source[3..]).unwrap());
+    assert_eq!(text::parse_bytes(source.as_bytes()).unwrap(), graph);
+}

@@ -8,7 +8,7 @@
 use super::Op;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 /// Index of a node in its graph's arena.
@@ -180,6 +180,8 @@ pub struct Graph {
     name: String,
     hypers: Vec<HyperDef>,
     slots: Vec<SlotDef>,
+    /// The names of `hypers` and `slots`, so a new name is checked in constant time.
+    names: HashSet<String>,
     nodes: Vec<Node>,
     ranks: Vec<Rank>,
     index: HashMap<Node, NodeId>,
@@ -195,6 +197,7 @@ impl Graph {
             name: name.to_string(),
             hypers: Vec::new(),
             slots: Vec::new(),
+            names: HashSet::new(),
             nodes: Vec::new(),
             ranks: Vec::new(),
             index: HashMap::new(),
@@ -217,7 +220,7 @@ impl Graph {
                 name: name.to_string(),
             });
         }
-        if self.hyper_index(name).is_some() || self.slot_index(name).is_some() {
+        if self.names.contains(name) {
             return Err(Error::DuplicateName {
                 name: name.to_string(),
             });
@@ -228,6 +231,7 @@ impl Graph {
     /// Declares a hyperparameter and returns its node.
     pub(crate) fn add_hyper(&mut self, name: &str, default: f64) -> Result<NodeId> {
         self.check_new_name(name)?;
+        self.names.insert(name.to_string());
         self.hypers.push(HyperDef {
             name: name.to_string(),
             default,
@@ -238,6 +242,7 @@ impl Graph {
     /// Declares a state slot and returns the node of its current value.
     pub(crate) fn add_slot(&mut self, name: &str, init: f64, kind: SlotKind) -> Result<NodeId> {
         self.check_new_name(name)?;
+        self.names.insert(name.to_string());
         self.slots.push(SlotDef {
             name: name.to_string(),
             init,
@@ -252,6 +257,7 @@ impl Graph {
             name: self.name.clone(),
             hypers: self.hypers.clone(),
             slots: self.slots.clone(),
+            names: self.names.clone(),
             nodes: Vec::new(),
             ranks: Vec::new(),
             index: HashMap::new(),

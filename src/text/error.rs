@@ -178,10 +178,11 @@ impl TextErrorKind {
 
 /// An error in optimizer text, with its position.
 ///
-/// Its display is the message, the position, the offending line and a caret:
+/// Its display is the message, the position, the offending line and a caret (the command
+/// line prefixes it with `error: `):
 ///
 /// ```text
-/// error: unknown name `mm`
+/// unknown name `mm`
 ///  --> lion.opt:3:9
 ///   |
 /// 3 |     m = mm * b1

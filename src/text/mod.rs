@@ -65,6 +65,8 @@ pub mod limits {
 /// assert_eq!(optjit::text::parse(&optjit::text::print(&graph).unwrap()).unwrap(), graph);
 /// ```
 pub fn parse(source: &str) -> Result<Graph> {
+    // Some editors start UTF-8 files with an invisible byte-order mark.
+    let source = source.strip_prefix('\u{feff}').unwrap_or(source);
     parser::parse(source).map_err(|e| Error::Text(Box::new(e)))
 }
 

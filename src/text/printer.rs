@@ -54,6 +54,9 @@ struct Printer<'g> {
     body: String,
 }
 
+/// Most operations nested in one written expression; deeper ones are named by `let`.
+const MAX_INLINE_HEIGHT: usize = 8;
+
 /// Binding strength of what an expression's text is, loosest first.
 const CMP: u8 = 0;
 const SUM: u8 = 1;
@@ -76,13 +79,31 @@ impl<'g> Printer<'g> {
             .chain(slot_outs.iter().enumerate().map(|(i, &o)| (Some(i), o)))
             .collect();
         let is_output: HashSet<NodeId> = g.outputs().iter().copied().collect();
-        let inline = (0..n)
+        let mut inline: Vec<bool> = (0..n)
             .map(|i| {
                 matches!(g.nodes()[i], Node::Apply(..))
                     && users[i].len() == 1
                     && !is_output.contains(&NodeId(i as u32))
             })
             .collect();
+        // Cap the height of written expressions, so that printed text stays far within the
+        // parser's nesting limit and the printer's recursion stays shallow.
+        let mut height = vec![0usize; n];
+        for (i, node) in g.nodes().iter().enumerate() {
+            if inline[i] {
+                let h = 1 + node
+                    .args()
+                    .iter()
+                    .map(|a| height[a.index()])
+                    .max()
+                    .unwrap_or(0);
+                if h > MAX_INLINE_HEIGHT {
+                    inline[i] = false;
+                } else {
+                    height[i] = h;
+                }
+            }
+        }
         let mut name = vec![None; n];
         let mut interned = vec![false; n];
         let mut current = vec![None; targets.len()];
@@ -406,20 +427,26 @@ impl<'g> Printer<'g> {
             }
         }
         let text = self.expr(r, true).0;
-        for i in self.reading_order(r) {
-            self.interned[i] = true;
-        }
+        let reading = self.reading_order(r);
         let id = NodeId(r as u32);
         let first = self
             .targets
             .iter()
             .position(|&(_, out)| out == id)
-            .filter(|&t| match (self.targets[t].0, self.current[t]) {
-                // A state is assigned after its declaration; the param after the input param
-                // was created (once `param` is assigned, the text cannot name the input).
-                (_, Some(old)) => self.interned[old.index()],
-                (_, None) => true,
+            .filter(|&t| match self.current[t] {
+                // A state is assigned after its declaration, the param after the input param
+                // was created (once `param` is assigned, the text cannot name the input). An
+                // old value still needed later is saved by a `let` before the assignment,
+                // which is only possible when it existed before this statement.
+                Some(old) => {
+                    let before = self.interned[old.index()];
+                    before || (reading.contains(&old.index()) && !self.needed_after(old, r))
+                }
+                None => true,
             });
+        for i in reading {
+            self.interned[i] = true;
+        }
         let Some(t) = first else {
             let name = self.fresh();
             self.line(format!("let {name} = {text}"));
