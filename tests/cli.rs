@@ -124,6 +124,17 @@ fn show_program() {
 }
 
 #[test]
+fn show_text_of_built_ins() {
+    // The text form of a few built-ins, as a reader sees it; each parses back to the same
+    // graph (tests/text.rs checks every built-in).
+    let texts: Vec<String> = ["sgd_nesterov", "adamw", "nadam", "lion"]
+        .iter()
+        .map(|name| ok(&["show", name, "--stage", "text"]))
+        .collect();
+    snapshot!("cli__show_text", texts.join("\n"));
+}
+
+#[test]
 fn show_program_in_f64() {
     let out = ok(&["show", "lion", "--stage", "program", "--dtype", "f64"]);
     assert!(out.contains("mul.f64 param[i]"), "{out}");
