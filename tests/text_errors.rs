@@ -428,8 +428,17 @@ fn a_token_missing_at_the_end_of_a_line_was_reported_on_the_next_line() {
 
 #[test]
 fn unknown_names() {
-    let kind = |name: &str| TextErrorKind::UnknownName { name: name.into() };
-    assert_error(&opt("    m = mm * b1"), kind("mm"), 3, 9, "mm");
+    let kind = |name: &str| TextErrorKind::UnknownName {
+        name: name.into(),
+        suggestion: None,
+    };
+    // A near miss of a name in scope is suggested.
+    let typo = TextErrorKind::UnknownName {
+        name: "mm".into(),
+        suggestion: Some("m".into()),
+    };
+    assert_error(&opt("    m = mm * b1"), typo, 3, 9, "mm");
+    assert_error(&opt("    m = zzz * b1"), kind("zzz"), 3, 9, "zzz");
     // Not yet declared: names are in scope from their declaration on.
     let late = opt("    param = param - lr * v\n    state v = 0");
     assert_error(&late, kind("v"), 3, 26, "v");
@@ -441,10 +450,26 @@ fn unknown_names() {
 
 #[test]
 fn unknown_functions() {
-    let kind = |name: &str| TextErrorKind::UnknownFunction { name: name.into() };
-    assert_error(&opt("    m = sqr(m)"), kind("sqr"), 3, 9, "sqr");
-    assert_error(&opt("    m = lr(2)"), kind("lr"), 3, 9, "lr");
-    assert_error(&opt("    m = Sqrt(m)"), kind("Sqrt"), 3, 9, "Sqrt");
+    let kind = |name: &str, suggestion: Option<&str>| TextErrorKind::UnknownFunction {
+        name: name.into(),
+        suggestion: suggestion.map(String::from),
+    };
+    assert_error(
+        &opt("    m = sqr(m)"),
+        kind("sqr", Some("sqrt")),
+        3,
+        9,
+        "sqr",
+    );
+    assert_error(&opt("    m = lr(2)"), kind("lr", Some("ln")), 3, 9, "lr");
+    assert_error(
+        &opt("    m = Sqrt(m)"),
+        kind("Sqrt", Some("sqrt")),
+        3,
+        9,
+        "Sqrt",
+    );
+    assert_error(&opt("    m = lerp(m)"), kind("lerp", None), 3, 9, "lerp");
 }
 
 #[test]

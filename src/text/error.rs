@@ -39,11 +39,15 @@ pub enum TextErrorKind {
     UnknownName {
         /// The name.
         name: String,
+        /// A name in scope spelled almost the same, if there is one.
+        suggestion: Option<String>,
     },
     /// A call of a function optjit does not have.
     UnknownFunction {
         /// The name called.
         name: String,
+        /// A function spelled almost the same, if there is one.
+        suggestion: Option<String>,
     },
     /// A function called with the wrong number of arguments.
     Arity {
@@ -112,8 +116,8 @@ impl fmt::Display for TextErrorKind {
             UnexpectedChar { found } => write!(f, "unexpected character {found:?}"),
             BadNumber { text } => write!(f, "invalid number `{text}`"),
             Unexpected { found, .. } => write!(f, "unexpected {found}"),
-            UnknownName { name } => write!(f, "unknown name `{name}`"),
-            UnknownFunction { name } => write!(f, "unknown function `{name}`"),
+            UnknownName { name, .. } => write!(f, "unknown name `{name}`"),
+            UnknownFunction { name, .. } => write!(f, "unknown function `{name}`"),
             Arity {
                 function,
                 expected,
@@ -153,17 +157,24 @@ impl TextErrorKind {
             }
             BadNumber { .. } => "expected a finite decimal number such as 0.9 or 1e-8".into(),
             Unexpected { expected, .. } => format!("expected {expected}"),
-            UnknownName { .. } => {
-                "expected a hyperparameter, a state, a `let` name, `param`, `grad` or `step`".into()
-            }
-            UnknownFunction { .. } => {
-                "expected one of sqrt, abs, sign, exp, ln, min, max, pow, select, fma".into()
-            }
+            UnknownName { suggestion, .. } => with_suggestion(
+                "expected a hyperparameter, a state, a `let` name, `param`, `grad` or `step`",
+                suggestion,
+            ),
+            UnknownFunction { suggestion, .. } => with_suggestion(
+                "expected one of sqrt, abs, sign, exp, ln, min, max, pow, select, fma",
+                suggestion,
+            ),
             Arity { expected, .. } => format!("expected {expected} argument(s)"),
             NotAssignable { .. } => "expected `param` or a state on the left of `=`".into(),
             Redefined { .. } => "expected a new name".into(),
             MissingParamUpdate => "expected `param = ...` in the body".into(),
             MissingStateUpdate { name } => format!("expected `{name} = ...` in the body"),
+            ScalarRequired { what } if what == "the base of `^`" => {
+                "expected an expression of hyperparameters, step, scalar state and numbers \
+                 (square a per-element value as `x * x`)"
+                    .into()
+            }
             ScalarRequired { .. } => {
                 "expected an expression of hyperparameters, step, scalar state and numbers".into()
             }
@@ -174,6 +185,48 @@ impl TextErrorKind {
             BadFlag { .. } => "expected `reciprocal` or `fast_math`, each at most once".into(),
         }
     }
+}
+
+fn with_suggestion(expected: &str, suggestion: &Option<String>) -> String {
+    match suggestion {
+        Some(s) => format!("did you mean `{s}`? ({expected})"),
+        None => expected.to_string(),
+    }
+}
+
+/// The candidate closest to `name` in edit distance, if it is a plausible typo: none for a
+/// one-letter name, one edit for names of up to four letters, two for longer ones.
+pub(crate) fn closest<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
+    let budget = match name.chars().count() {
+        0 | 1 => return None,
+        2..=4 => 1,
+        _ => 2,
+    };
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(name, c), c))
+        .filter(|&(d, _)| d <= budget)
+        .min()
+        .map(|(_, c)| c.to_string())
+}
+
+/// Levenshtein distance (insertions, deletions and substitutions of characters).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let substitute = diagonal + usize::from(ca != cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
 }
 
 /// An error in optimizer text, with its position.

@@ -7,7 +7,7 @@
 //! an assignment) consumes it, after the other operands: `-2` is the literal −2, and
 //! `1 - b1` interns `b1`'s operands before the constant 1, as the builder's `1.0 - b1` does.
 
-use super::error::{TextError, TextErrorKind};
+use super::error::{closest, TextError, TextErrorKind};
 use super::lexer::{lex, Tok, Token, KEYWORDS};
 use super::limits;
 use crate::ir::{GraphFlags, Node, NodeId, Op, Rank, SlotKind};
@@ -467,7 +467,7 @@ impl<'s> Parser<'s> {
                 return Err(self.unexpected_at(&target, "a statement"));
             }
             (_, None) => {
-                let kind = TextErrorKind::UnknownName { name: name.clone() };
+                let kind = self.unknown_name(&name);
                 return Err(self.error(kind, target.start, target.end));
             }
         };
@@ -636,7 +636,7 @@ impl<'s> Parser<'s> {
                     ("step", _) => self.intern(Node::Step, t.start, t.end)?,
                     (_, Some(Binding::Hyper(id) | Binding::Slot(_, id) | Binding::Let(id))) => *id,
                     (_, None) => {
-                        let kind = TextErrorKind::UnknownName { name: name.clone() };
+                        let kind = self.unknown_name(name);
                         return Err(self.error(kind, t.start, t.end));
                     }
                 };
@@ -648,10 +648,21 @@ impl<'s> Parser<'s> {
         }
     }
 
+    /// The error for `name`, suggesting a name in scope spelled almost the same.
+    fn unknown_name(&self, name: &str) -> TextErrorKind {
+        let in_scope = self.scope.keys().map(String::as_str);
+        let suggestion = closest(name, in_scope.chain(["param", "grad", "step"]));
+        TextErrorKind::UnknownName {
+            name: name.to_string(),
+            suggestion,
+        }
+    }
+
     fn call(&mut self, name: String) -> PResult<Spanned> {
         let callee = self.next();
         let Some(&(_, op)) = FUNCTIONS.iter().find(|(f, _)| *f == name) else {
-            let kind = TextErrorKind::UnknownFunction { name };
+            let suggestion = closest(&name, FUNCTIONS.iter().map(|(f, _)| *f));
+            let kind = TextErrorKind::UnknownFunction { name, suggestion };
             return Err(self.error(kind, callee.start, callee.end));
         };
         self.next(); // `(`
