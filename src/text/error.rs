@@ -258,8 +258,14 @@ pub struct TextError {
 }
 
 impl TextError {
-    /// An error of `kind` covering the bytes `start..end` of `source`.
-    pub(crate) fn at(kind: TextErrorKind, source: &str, start: usize, end: usize) -> TextError {
+    /// An error of `kind` covering the bytes `start..end` of `source`, boxed: errors are
+    /// rare, and a boxed one keeps the parser's `Result`s one word wide.
+    pub(crate) fn at(
+        kind: TextErrorKind,
+        source: &str,
+        start: usize,
+        end: usize,
+    ) -> Box<TextError> {
         let start = floor_char_boundary(source, start.min(source.len()));
         let end = floor_char_boundary(source, end.clamp(start, source.len()));
         let line_start = source[..start].rfind('\n').map_or(0, |i| i + 1);
@@ -274,7 +280,7 @@ impl TextError {
             .chars()
             .count()
             .max(1);
-        TextError {
+        Box::new(TextError {
             kind,
             file: None,
             line,
@@ -283,7 +289,7 @@ impl TextError {
             source_line: source[line_start..line_end]
                 .trim_end_matches('\r')
                 .to_string(),
-        }
+        })
     }
 }
 
@@ -322,9 +328,9 @@ impl fmt::Display for TextError {
 impl std::error::Error for TextError {}
 
 /// The source as text, or the error for invalid UTF-8 or an oversized source.
-pub(crate) fn check_source(source: &[u8]) -> Result<&str, TextError> {
+pub(crate) fn check_source(source: &[u8]) -> Result<&str, Box<TextError>> {
     if source.len() > limits::MAX_SOURCE_BYTES {
-        return Err(TextError {
+        return Err(Box::new(TextError {
             kind: TextErrorKind::TooLarge {
                 bytes: source.len(),
             },
@@ -333,7 +339,7 @@ pub(crate) fn check_source(source: &[u8]) -> Result<&str, TextError> {
             column: 1,
             width: 1,
             source_line: String::new(),
-        });
+        }));
     }
     std::str::from_utf8(source).map_err(|e| {
         let valid = std::str::from_utf8(&source[..e.valid_up_to()]).expect("valid prefix");

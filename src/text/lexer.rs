@@ -54,7 +54,7 @@ pub(crate) const KEYWORDS: [&str; 7] =
     ["optimizer", "let", "state", "scalar", "flags", "inf", "nan"];
 
 /// Splits `source` into tokens, ending with [`Tok::Eof`].
-pub(super) fn lex(source: &str) -> Result<Vec<Token>, TextError> {
+pub(super) fn lex(source: &str) -> Result<Vec<Token>, Box<TextError>> {
     let bytes = source.as_bytes();
     let mut tokens = Vec::new();
     let mut i = 0;

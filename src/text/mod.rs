@@ -67,12 +67,12 @@ pub mod limits {
 pub fn parse(source: &str) -> Result<Graph> {
     // Some editors start UTF-8 files with an invisible byte-order mark.
     let source = source.strip_prefix('\u{feff}').unwrap_or(source);
-    parser::parse(source).map_err(|e| Error::Text(Box::new(e)))
+    parser::parse(source).map_err(Error::Text)
 }
 
 /// [`parse`] for raw bytes: invalid UTF-8 is an error at its position.
 pub fn parse_bytes(source: &[u8]) -> Result<Graph> {
-    let text = error::check_source(source).map_err(|e| Error::Text(Box::new(e)))?;
+    let text = error::check_source(source).map_err(Error::Text)?;
     parse(text)
 }
 

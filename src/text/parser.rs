@@ -14,7 +14,7 @@ use crate::ir::{GraphFlags, Node, NodeId, Op, Rank, SlotKind};
 use crate::{Error, Graph};
 use std::collections::HashMap;
 
-type PResult<T> = Result<T, TextError>;
+type PResult<T> = Result<T, Box<TextError>>;
 
 /// A value while an expression is read: a node, or a literal not interned yet.
 #[derive(Clone, Copy)]
@@ -110,14 +110,14 @@ impl<'s> Parser<'s> {
         t
     }
 
-    fn error(&self, kind: TextErrorKind, start: usize, end: usize) -> TextError {
+    fn error(&self, kind: TextErrorKind, start: usize, end: usize) -> Box<TextError> {
         TextError::at(kind, self.source, start, end)
     }
 
     /// The next token is not what the grammar allows. When it starts a later line than a
     /// name, number or `)` before it, the caret goes just after that token instead: what is
     /// missing (the `= 0` of `state m`, the `)` of `(a + b`) is missing there.
-    fn unexpected(&self, expected: &str) -> TextError {
+    fn unexpected(&self, expected: &str) -> Box<TextError> {
         let t = self.peek();
         let before = self.pos.checked_sub(1).map(|i| &self.tokens[i]);
         let Some(before) = before.filter(|b| {
@@ -490,7 +490,7 @@ impl<'s> Parser<'s> {
         Ok(())
     }
 
-    fn unexpected_at(&self, t: &Token, expected: &str) -> TextError {
+    fn unexpected_at(&self, t: &Token, expected: &str) -> Box<TextError> {
         let kind = TextErrorKind::Unexpected {
             found: t.tok.describe(),
             expected: expected.to_string(),
