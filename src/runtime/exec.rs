@@ -1,12 +1,15 @@
 //! Running a stage over segments on every core: segments are cut into (segment, range) pieces
 //! of at least [`GRAIN`] elements, dealt into one batch per thread, and each batch is one
-//! kernel (or interpreter) call on rayon's persistent pool.
+//! kernel (or interpreter) call on a persistent pool: rayon's, or optjit's pinned one (see
+//! [`PoolKind`]). Both run the same batches, so their results are identical bit for bit.
 
 use crate::interp::{run_chunked, run_eager, run_reference};
 use crate::program::Stage;
 use crate::segment::Segment;
 use crate::{Executor, Float, Kernel, Result};
 use rayon::prelude::*;
+
+use super::pool::{PoolKind, Threads};
 
 /// Fewest elements worth a thread of their own. Measured with `optjit bench --impl jit
 /// --threads 1,2` at 2^15 … 2^19 elements: below 2^16 per thread a second thread never
@@ -34,7 +37,8 @@ impl Runner<'_> {
     }
 }
 
-/// Runs `segments` with `runner`, split over at most `threads` threads.
+/// Runs `segments` with `runner`, split over at most `threads.count` threads of
+/// `threads.pool`.
 ///
 /// Every segment is validated by the runner before it touches memory; since all batches are
 /// built from already checked buffers, a batch failing while another succeeds would be an
@@ -42,10 +46,11 @@ impl Runner<'_> {
 pub(crate) fn run_parallel<T: Float>(
     runner: Runner<'_>,
     segments: Vec<Segment<'_, T>>,
-    threads: usize,
+    threads: Threads,
 ) -> Result<()> {
     let total: usize = segments.iter().map(Segment::len).sum();
-    let threads = threads.min(total / GRAIN).max(1);
+    let pool = threads.pool;
+    let threads = threads.count.min(total / GRAIN).max(1);
     if threads == 1 {
         let mut segments = segments;
         return runner.run(&mut segments);
@@ -70,11 +75,15 @@ pub(crate) fn run_parallel<T: Float>(
         room -= seg.len();
         batches.last_mut().expect("one batch exists").push(seg);
     }
-    batches
-        .into_par_iter()
-        .map(|mut batch| runner.run(&mut batch))
-        .collect::<Result<Vec<()>>>()?;
-    Ok(())
+    let run = || {
+        batches
+            .into_par_iter()
+            .try_for_each(|mut batch| runner.run(&mut batch))
+    };
+    match pool.pool() {
+        Some(pool) => pool.install(run),
+        None => run(),
+    }
 }
 
 /// `seg` as its first `k` elements and the rest.
@@ -99,7 +108,10 @@ fn split_segment<'a, T>(seg: Segment<'a, T>, k: usize) -> (Segment<'a, T>, Segme
     )
 }
 
-/// The number of threads to use by default: rayon's pool size.
-pub(crate) fn default_threads() -> usize {
-    rayon::current_num_threads()
+/// The threads a step uses by default: as many as rayon's pool has, from the default pool.
+pub(crate) fn default_threads() -> Threads {
+    Threads {
+        count: rayon::current_num_threads(),
+        pool: PoolKind::default(),
+    }
 }

@@ -9,12 +9,14 @@
 //! parameters with a gradient and the same per-step scalars form one segment. For buffers the caller owns, use [`crate::Stepper`].
 
 mod exec;
+mod pool;
 mod state_dict;
 mod step;
 pub(crate) mod store;
 
 pub use exec::GRAIN;
 pub(crate) use exec::{default_threads, run_parallel, Runner};
+pub use pool::PoolKind;
 pub use state_dict::{LoadReport, StateDict, StateEntry, TensorData};
 
 use crate::ir::SlotKind;
@@ -173,7 +175,7 @@ pub struct Optimizer {
     executor: Executor,
     jit: Option<Jit>,
     kernels: [OnceLock<Kernel>; 2],
-    threads: usize,
+    threads: pool::Threads,
     params: Vec<ParamInfo>,
     /// Parameter index by name.
     names: std::collections::HashMap<String, usize>,
@@ -329,7 +331,14 @@ impl Optimizer {
 
     /// Uses at most `threads` threads per step (default: all of rayon's pool).
     pub fn with_threads(mut self, threads: usize) -> Optimizer {
-        self.threads = threads.max(1);
+        self.threads.count = threads.max(1);
+        self
+    }
+
+    /// Runs steps on `pool` (default: [`PoolKind::Rayon`]); results are identical on every
+    /// pool, bit for bit.
+    pub fn with_pool(mut self, pool: PoolKind) -> Optimizer {
+        self.threads.pool = pool;
         self
     }
 
