@@ -381,7 +381,7 @@ fn check_reports_position_and_caret_and_goes_on() {
     assert_eq!(run.code, Some(1));
     let expected = format!(
         "error: unknown name `gradd`\n --> {bad}:2:26\n  |\n2 |     param = param - lr * gradd\n  \
-         |                          ^^^^^ expected"
+         |                          ^^^^^ did you mean `grad`? (expected"
     );
     assert!(run.stderr.starts_with(&expected), "{}", run.stderr);
     assert!(
