@@ -46,7 +46,9 @@ use std::path::Path;
 pub mod limits {
     /// Largest source accepted, in bytes.
     pub const MAX_SOURCE_BYTES: usize = 1 << 20;
-    /// Deepest nesting of parentheses, calls and unary operators.
+    /// Deepest nesting of expressions: a statement's expression is the first level, and each
+    /// parenthesis, sign or exponent inside it one more (a call two: itself and its
+    /// arguments), so 63 nested parentheses are accepted.
     pub const MAX_DEPTH: usize = 64;
     /// Most nodes a parsed graph may hold.
     pub const MAX_NODES: usize = 100_000;
