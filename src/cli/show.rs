@@ -192,7 +192,7 @@ fn stage_text(label: &str, graph: &Graph, stage: Stage, dtype: DType) -> Result<
     };
     Ok(match stage {
         Stage::Graph => graph.to_string(),
-        Stage::Text => text::print(graph)?,
+        Stage::Text => text::print(graph),
         Stage::Passes => {
             let (trace, _) = passes::compile_traced(graph, dtype)?;
             let mut text = format!("== built ==\n{graph}");

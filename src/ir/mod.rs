@@ -7,7 +7,6 @@ mod print;
 mod verify;
 
 pub use builder::{Builder, Expr, IntoExpr};
-pub(crate) use graph::check_name;
 pub use graph::{Graph, GraphFlags, HyperDef, Literal, Node, NodeId, Rank, SlotDef, SlotKind};
 pub use op::{Op, OpGroup};
 pub(crate) use print::print_signature;

@@ -6,6 +6,7 @@ use std::fmt;
 
 /// What is wrong with a piece of optimizer text. Every kind is a user mistake.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TextErrorKind {
     /// The source is not valid UTF-8.
     InvalidUtf8,
@@ -194,19 +195,26 @@ fn with_suggestion(expected: &str, suggestion: &Option<String>) -> String {
     }
 }
 
+/// Longest name for which a near miss is looked for.
+const MAX_SUGGESTED_LEN: usize = 40;
+
 /// The candidate closest to `name` in edit distance, if it is a plausible typo: none for a
 /// one-letter name, one edit for names of up to four letters, two for longer ones.
 pub(crate) fn closest<'a>(
     name: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<String> {
-    let budget = match name.chars().count() {
+    let len = name.chars().count();
+    let budget = match len {
         0 | 1 => return None,
         2..=4 => 1,
-        _ => 2,
+        // Long names are not typed by hand: no suggestion, and no quadratic distance.
+        5..=MAX_SUGGESTED_LEN => 2,
+        _ => return None,
     };
     candidates
         .into_iter()
+        .filter(|c| c.chars().count().abs_diff(len) <= budget)
         .map(|c| (edit_distance(name, c), c))
         .filter(|&(d, _)| d <= budget)
         .min()
@@ -300,27 +308,51 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
     i
 }
 
+/// Most characters of the offending line an error shows.
+const SHOWN_CHARS: usize = 160;
+
+/// `text` cut to [`SHOWN_CHARS`] characters (a name in a message can be very long).
+fn clip(text: &str) -> String {
+    match text.char_indices().nth(SHOWN_CHARS) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
+}
+
 impl fmt::Display for TextError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let file = self.file.as_deref().unwrap_or("<text>");
         let number = self.line.to_string();
         let gutter = " ".repeat(number.len());
-        // Tabs would move the caret: show them as single spaces.
-        let shown: String = self
+        // Tabs would move the caret: show them as single spaces. A long line is shown as a
+        // window around the caret.
+        let chars: Vec<char> = self
             .source_line
             .chars()
             .map(|c| if c.is_control() { ' ' } else { c })
             .collect();
-        writeln!(f, "{}", self.kind)?;
+        let caret = self.column.saturating_sub(1);
+        let first = if chars.len() > SHOWN_CHARS {
+            caret.saturating_sub(SHOWN_CHARS / 3)
+        } else {
+            0
+        };
+        let last = (first + SHOWN_CHARS).min(chars.len());
+        let before = if first > 0 { "…" } else { "" };
+        let after = if last < chars.len() { "…" } else { "" };
+        let shown: String = chars[first.min(last)..last].iter().collect();
+        let offset = caret - first + before.chars().count();
+        let width = self.width.clamp(1, (last + 1).saturating_sub(caret).max(1));
+        writeln!(f, "{}", clip(&self.kind.to_string()))?;
         writeln!(f, "{gutter}--> {file}:{}:{}", self.line, self.column)?;
         writeln!(f, "{gutter} |")?;
-        writeln!(f, "{number} | {shown}")?;
+        writeln!(f, "{number} | {before}{shown}{after}")?;
         write!(
             f,
             "{gutter} | {}{} {}",
-            " ".repeat(self.column - 1),
-            "^".repeat(self.width),
-            self.kind.expected()
+            " ".repeat(offset),
+            "^".repeat(width),
+            clip(&self.kind.expected())
         )
     }
 }

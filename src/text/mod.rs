@@ -22,9 +22,10 @@
 //! - `let NAME = EXPR` names a value; `param = EXPR` and `STATE = EXPR` assign, in order:
 //!   later lines see earlier updates. The param must be assigned, and so must every state.
 //! - Operators, loosest first: comparisons `== != < <= > >=` (yielding 1 or 0, not chained),
-//!   `+ -`, `* /`, unary `-`, `^` (power, right-associative, per-step scalars only).
-//!   Functions: `sqrt abs sign exp ln min max pow select fma`. Literals: decimal numbers,
-//!   `inf`, `nan`. `#` starts a comment.
+//!   `+ -`, `* /`, unary `-`, `^` (power, right-associative). Functions: `sqrt abs sign exp
+//!   ln min max pow select fma`. `^`, `pow`, `exp` and `ln` take per-step scalars only
+//!   (hyperparameters, `step`, scalar state, numbers). Literals: decimal numbers, `inf`,
+//!   `nan`. `#` starts a comment.
 //!
 //! Errors carry the line and column, the offending line with a caret under the offending
 //! text, and what was expected. Hostile input is bounded: see [`limits`].
@@ -64,7 +65,7 @@ pub mod limits {
 /// )
 /// .unwrap();
 /// assert_eq!(graph.name(), "sgd");
-/// assert_eq!(optjit::text::parse(&optjit::text::print(&graph).unwrap()).unwrap(), graph);
+/// assert_eq!(optjit::text::parse(&optjit::text::print(&graph)).unwrap(), graph);
 /// ```
 pub fn parse(source: &str) -> Result<Graph> {
     // Some editors start UTF-8 files with an invisible byte-order mark.
@@ -93,9 +94,18 @@ pub fn parse_file(path: impl AsRef<Path>) -> Result<Graph> {
         &mut bytes,
     )
     .map_err(io)?;
-    parse_bytes(&bytes).map_err(|e| match e {
+    named(parse_bytes(&bytes), &path.display().to_string())
+}
+
+/// [`parse`] of text read from `file`: errors name it.
+pub fn parse_named(source: &str, file: &str) -> Result<Graph> {
+    named(parse(source), file)
+}
+
+fn named(parsed: Result<Graph>, file: &str) -> Result<Graph> {
+    parsed.map_err(|e| match e {
         Error::Text(mut t) => {
-            t.file = Some(path.display().to_string());
+            t.file = Some(file.to_string());
             Error::Text(t)
         }
         other => other,

@@ -9,26 +9,21 @@
 //! written, so the reading order is not a guess.
 
 use crate::ir::{Node, NodeId, Op, SlotKind};
-use crate::{Graph, Result};
+use crate::Graph;
 use std::collections::HashSet;
 use std::fmt::Write;
 
 /// The text form of `graph`.
 ///
-/// `parse(&print(g)?)` is a graph equal to `g` (same arena, node for node) whenever `g`'s
-/// hyperparameters are its first nodes, as in every built-in, every graph that declares its
-/// hyperparameters before anything else and every parsed graph; otherwise it computes the same
-/// outputs with the hyperparameters moved first. NaN literals print as `nan` (their payload is
-/// not kept). Fails with [`crate::Error::InvalidName`] for a graph whose names are not identifiers
-/// (only possible for graphs made before names were checked).
-pub fn print(graph: &Graph) -> Result<String> {
-    let names = std::iter::once(graph.name())
-        .chain(graph.hypers().iter().map(|h| h.name.as_str()))
-        .chain(graph.slots().iter().map(|s| s.name.as_str()));
-    for name in names {
-        crate::ir::check_name(name)?;
-    }
-    Ok(Printer::new(graph).run())
+/// `parse(&print(g))` is a graph equal to `g` (same arena, node for node) whenever `g`'s
+/// hyperparameters are its first nodes — as in every built-in, every graph that declares its
+/// hyperparameters before anything else and every parsed graph — and the text fits within
+/// [`super::limits`]; with a hyperparameter declared later it computes the same outputs with
+/// the hyperparameters moved first. NaN literals print as `nan` (their payload is not kept).
+/// Every name of a graph is an identifier (checked when it is declared), so printing cannot
+/// fail.
+pub fn print(graph: &Graph) -> String {
+    Printer::new(graph).run()
 }
 
 /// Where an output goes: the param (`None`) or a state slot.

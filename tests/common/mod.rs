@@ -4,6 +4,8 @@
 // Each test crate compiles this module and uses its own subset of it.
 #![allow(dead_code)]
 
+pub mod text;
+
 use optjit::{DType, Float, Stepper};
 use std::path::Path;
 use std::process::Command;
