@@ -23,8 +23,10 @@ fn ok(args: &[&str]) -> String {
     run.stdout
 }
 
-/// A file under Cargo's scratch directory for integration tests, holding `text`.
+/// A file under Cargo's scratch directory for integration tests, holding `text`; the name
+/// carries the process id, so that concurrent test runs do not share it.
 fn scratch(name: &str, text: &str) -> PathBuf {
+    let name = format!("{}-{name}", std::process::id());
     let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
     std::fs::write(&path, text).expect("scratch file written");
     path
@@ -327,6 +329,45 @@ fn bench_labels_files_by_their_header() {
         .collect();
     // The file that repeats a name is labelled by its path.
     assert_eq!(labels, ["lion", "examples/lion.opt", "signsgd"]);
+}
+
+/// Regression: the native baseline was chosen by label, so a file naming its optimizer
+/// `adam` was compared with the handwritten Adam loop whatever its maths.
+#[test]
+fn bench_compares_only_built_ins_with_their_native_loop() {
+    let file = scratch(
+        "cli_not_adam.opt",
+        "optimizer adam(lr = 0.001) {\n    param = param - lr * grad\n}\n",
+    );
+    let items = format!("adam,{}", file.display());
+    let args = [
+        "bench",
+        "--optimizer",
+        &items,
+        "--n",
+        "4096",
+        "--threads",
+        "1",
+        "--impl",
+        "jit,native",
+        "--quick",
+        "--json",
+    ];
+    let records: Vec<serde_json::Value> = ok(&args)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    let of = |label: &str, imp: &str| {
+        records
+            .iter()
+            .find(|r| r["optimizer"] == label && r["impl"] == imp)
+            .cloned()
+    };
+    let file_label = file.display().to_string();
+    assert!(of("adam", "native").is_some(), "{records:?}");
+    assert!(of("adam", "jit").unwrap()["vs_native"].is_number());
+    assert!(of(&file_label, "native").is_none(), "{records:?}");
+    assert!(of(&file_label, "jit").unwrap()["vs_native"].is_null());
 }
 
 #[test]

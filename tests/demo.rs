@@ -263,10 +263,16 @@ fn two_runs_print_the_same_table_and_draw_the_same_chart() {
 }
 
 #[test]
-fn zero_epochs_is_a_usage_error() {
+fn zero_or_huge_sizes_are_usage_errors() {
     let dir = scratch("zero");
-    let run = demo(&dir, &["--epochs", "0"]);
-    assert_eq!(run.code, Some(2), "{}{}", run.stdout, run.stderr);
-    assert!(run.stderr.contains("at least 1"), "{}", run.stderr);
+    for (flag, value) in [("--epochs", "0"), ("--hidden", "100000000000")] {
+        let run = demo(&dir, &[flag, value]);
+        assert_eq!(run.code, Some(2), "{}{}", run.stdout, run.stderr);
+        assert!(
+            run.stderr.contains("expected a whole number from 1 to"),
+            "{}",
+            run.stderr
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -14,10 +14,11 @@ pub struct BenchArgs {
     #[arg(long)]
     json: bool,
     /// Thread counts (comma-separated; default: 1 and all cores).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = super::count_in(1, 1024))]
     threads: Option<Vec<usize>>,
-    /// Element counts (comma-separated; default: 2^12, 2^16, 2^20, 2^24, 2^26).
-    #[arg(long, value_delimiter = ',')]
+    /// Element counts (comma-separated, at most 2^28; default: 2^12, 2^16, 2^20, 2^24,
+    /// 2^26).
+    #[arg(long, value_delimiter = ',', value_parser = super::count_in(1, 1 << 28))]
     n: Option<Vec<usize>>,
     /// Optimizers, comma-separated: built-in names or `.opt` files, labelled in the report by
     /// the name in their header (default: adam, adamw, sgd_momentum, lion, rmsprop).

@@ -13,7 +13,7 @@ use super::output::outln;
 use indicatif::{ProgressBar, ProgressStyle};
 use mlp::{Digits, Mlp};
 use optjit::optim::{Adam, AdamW, Sgd};
-use optjit::{text, Error, Graph, Optimizer};
+use optjit::{text, Graph, Optimizer};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -41,22 +41,14 @@ pub struct DemoArgs {
     #[arg(long)]
     pub builtins_only: bool,
     /// Passes over the training set.
-    #[arg(long, default_value_t = 30, value_parser = at_least_one)]
+    #[arg(long, default_value_t = 30, value_parser = super::count_in(1, 10_000))]
     pub epochs: usize,
     /// Width of the hidden layer.
-    #[arg(long, default_value_t = 128, value_parser = at_least_one)]
+    #[arg(long, default_value_t = 128, value_parser = super::count_in(1, 4096))]
     pub hidden: usize,
     /// Where to write the chart.
     #[arg(long, value_name = "FILE", default_value = "demo-loss.svg")]
     pub out: PathBuf,
-}
-
-/// Parses a count that must be at least 1.
-fn at_least_one(text: &str) -> Result<usize, String> {
-    match text.parse::<usize>() {
-        Ok(n) if n >= 1 => Ok(n),
-        _ => Err("expected a whole number, at least 1".to_string()),
-    }
 }
 
 /// One optimizer, ready to train a fresh MLP.
@@ -155,8 +147,8 @@ fn demo(args: &DemoArgs) -> Result<(), DemoError> {
     let svg = chart::svg(&title, &curves).map_err(|e| format!("cannot draw the chart: {e}"))?;
     std::fs::write(&args.out, svg)
         .map_err(|e| format!("cannot write {}: {e}", args.out.display()))?;
-    // The chart is written before anything is printed, so a reader that stops early
-    // (`optjit demo | head`) still gets it.
+    // The chart is written before the table, so a reader that stops after the table's first
+    // lines (`optjit demo | head`) still gets it.
     print_table(&runs, &outcomes);
     outln(format_args!("total {total:.2} s"));
     outln(format_args!("chart: {}", args.out.display()));
@@ -210,13 +202,7 @@ fn runs(args: &DemoArgs) -> Result<Vec<Run>, DemoError> {
 
 /// The embedded examples/lion.opt, parsed; errors name that file.
 fn parse_embedded_lion() -> optjit::Result<Graph> {
-    text::parse(LION_OPT).map_err(|e| match e {
-        Error::Text(mut t) => {
-            t.file = Some(LION_PATH.to_string());
-            Error::Text(t)
-        }
-        other => other,
-    })
+    text::parse_named(LION_OPT, LION_PATH)
 }
 
 /// An optimizer running `graph` with `overrides` over a freshly initialised MLP.
