@@ -99,6 +99,9 @@ fn finishes<F: FnOnce() + Send + 'static>(what: &str, f: F) {
 
 #[test]
 fn pinned_pool_matches_rayon_bit_for_bit_around_grain_multiples() {
+    // The pinned pool really runs (it falls back to rayon's if its threads cannot start,
+    // which would make the comparison below vacuous).
+    assert!(PoolKind::Pinned.is_running());
     let g = GRAIN;
     // One tensor at sizes where the batch count changes (below 2·GRAIN: one batch), and cuts
     // that fall inside a 64-byte block or on one.
@@ -182,6 +185,7 @@ fn pinned_workers_are_each_on_a_cpu_of_their_own_when_the_os_allows() {
         .collect();
     let quota = std::thread::available_parallelism().map_or(1, |n| n.get());
     let workers = PoolKind::Pinned.worker_cpus();
+    assert!(PoolKind::Pinned.is_running());
     assert_eq!(PoolKind::Pinned.max_threads(), workers.len());
     assert_eq!(workers.len(), allowed.len().min(quota).max(1));
     for cpus in &workers {
@@ -197,6 +201,17 @@ fn pinned_workers_are_each_on_a_cpu_of_their_own_when_the_os_allows() {
         .map(|cpus| cpus[0])
         .collect();
     let count = pinned.len();
+    // Where the OS allows pinning (a mask of several CPUs), every worker took it.
+    // (The probe pins this test's own thread, which ends with the test.)
+    let pinning_allowed = allowed.len() > 1
+        && core_affinity::set_for_current(core_affinity::CoreId { id: allowed[0] });
+    if pinning_allowed {
+        assert_eq!(
+            count,
+            workers.len(),
+            "some worker was not pinned: {workers:?}"
+        );
+    }
     pinned.sort();
     pinned.dedup();
     assert_eq!(
