@@ -194,11 +194,19 @@ impl<'g> Printer<'g> {
             } else if matches!(self.g.nodes()[pos], Node::Apply(..)) {
                 self.inline[pos] = false;
             } else {
+                // A leaf or constant due before any statement can use it: its own `let`. The
+                // gradient and the input param keep the short name given here (`g`, `p`),
+                // which also names the input param once `param` is assigned.
+                let node = self.g.nodes()[pos];
                 let text = self.reference(pos, false);
-                let t = self.fresh();
+                let t = match node {
+                    Node::Grad => self.short_name("g"),
+                    Node::Param => self.short_name("p"),
+                    _ => self.fresh(),
+                };
                 self.line(format!("let {t} = {text}"));
                 self.interned[pos] = true;
-                if matches!(self.g.nodes()[pos], Node::Const(_)) {
+                if !matches!(node, Node::Step) {
                     self.name[pos] = Some(t);
                 }
             }
@@ -229,6 +237,16 @@ impl<'g> Printer<'g> {
 
     fn line(&mut self, text: String) {
         let _ = writeln!(self.body, "    {text}");
+    }
+
+    /// `base` as a `let` name if no hyperparameter, state or earlier `let` has it, else a
+    /// fresh one.
+    fn short_name(&mut self, base: &str) -> String {
+        if self.taken.insert(base.to_string()) {
+            base.to_string()
+        } else {
+            self.fresh()
+        }
     }
 
     fn fresh(&mut self) -> String {
@@ -450,7 +468,12 @@ impl<'g> Printer<'g> {
         };
         let target = self.target_name(t);
         if let Some(old) = self.current[t] {
-            if self.needed_after(old, r) {
+            let named_otherwise = self.name[old.index()]
+                .as_deref()
+                .is_some_and(|name| name != target);
+            if named_otherwise {
+                // Still readable under its other name (`p` for the input param).
+            } else if self.needed_after(old, r) {
                 let saved = self.fresh();
                 self.line(format!("let {saved} = {target}"));
                 self.name[old.index()] = Some(saved);
