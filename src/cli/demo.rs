@@ -9,7 +9,7 @@
 mod chart;
 mod mlp;
 
-use super::output::outln;
+use super::output::{exit, outln, CliError};
 use indicatif::{ProgressBar, ProgressStyle};
 use mlp::{Digits, Mlp};
 use optjit::optim::{Adam, AdamW, Sgd};
@@ -73,24 +73,14 @@ struct Outcome {
     seconds: f64,
 }
 
-/// The error of the demo: a text optimizer that cannot be read, parsed or compiled, an
-/// `--lr` it has no use for, or a chart that cannot be written.
-type DemoError = Box<dyn std::error::Error>;
-
 /// Runs the demo.
 pub fn run(args: &DemoArgs) -> ExitCode {
-    match demo(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    exit(demo(args))
 }
 
 /// The demo; every optimizer is built before the first is trained, so that a mistake in
 /// the text one is reported at once.
-fn demo(args: &DemoArgs) -> Result<(), DemoError> {
+fn demo(args: &DemoArgs) -> Result<(), CliError> {
     let mut runs = runs(args)?;
     let data = Digits::load();
     outln(format_args!(
@@ -144,9 +134,11 @@ fn demo(args: &DemoArgs) -> Result<(), DemoError> {
         "optjit demo: MLP 64-{}-10 on the UCI digits, training loss",
         args.hidden
     );
-    let svg = chart::svg(&title, &curves).map_err(|e| format!("cannot draw the chart: {e}"))?;
-    std::fs::write(&args.out, svg)
-        .map_err(|e| format!("cannot write {}: {e}", args.out.display()))?;
+    let svg = chart::svg(&title, &curves).map_err(|e| CliError::Chart(e.to_string()))?;
+    std::fs::write(&args.out, svg).map_err(|e| CliError::Write {
+        path: args.out.display().to_string(),
+        message: e.to_string(),
+    })?;
     // The chart is written before the table, so a reader that stops after the table's first
     // lines (`optjit demo | head`) still gets it.
     print_table(&runs, &outcomes);
@@ -156,7 +148,7 @@ fn demo(args: &DemoArgs) -> Result<(), DemoError> {
 }
 
 /// The optimizers to train: the built-ins, then the text one unless `--builtins-only`.
-fn runs(args: &DemoArgs) -> Result<Vec<Run>, DemoError> {
+fn runs(args: &DemoArgs) -> Result<Vec<Run>, CliError> {
     let sgd = Sgd {
         lr: 0.05,
         momentum: 0.9,
@@ -188,11 +180,10 @@ fn runs(args: &DemoArgs) -> Result<Vec<Run>, DemoError> {
         let label = format!("{} ({source})", graph.name());
         if lr.is_some() && graph.hyper_index("lr").is_none() {
             let names: Vec<&str> = graph.hypers().iter().map(|h| h.name.as_str()).collect();
-            return Err(format!(
-                "--lr: {label} has no hyperparameter `lr` (it has: {})",
-                names.join(", ")
-            )
-            .into());
+            return Err(CliError::NoLr {
+                label,
+                hypers: names.join(", "),
+            });
         }
         let overrides: Vec<(&str, f64)> = lr.iter().map(|&lr| ("lr", lr)).collect();
         runs.push(prepare(&label, &graph, &overrides, args.hidden)?);

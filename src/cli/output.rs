@@ -48,6 +48,25 @@ pub enum CliError {
         /// The implementations, comma-separated.
         expected: String,
     },
+    /// User mistake: `demo --lr` for an optimizer without an `lr` hyperparameter.
+    #[error("--lr: {label} has no hyperparameter `lr` (it has: {hypers})")]
+    NoLr {
+        /// The optimizer's label.
+        label: String,
+        /// Its hyperparameters, comma-separated.
+        hypers: String,
+    },
+    /// Environment: the demo's chart could not be drawn.
+    #[error("cannot draw the chart: {0}")]
+    Chart(String),
+    /// Environment: an output file could not be written.
+    #[error("cannot write {path}: {message}")]
+    Write {
+        /// The file.
+        path: String,
+        /// The system's message.
+        message: String,
+    },
     /// An error of the library: a file that cannot be read or parsed, a graph that does not
     /// compile.
     #[error(transparent)]
