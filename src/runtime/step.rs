@@ -258,7 +258,8 @@ impl Optimizer {
             return Ok(());
         }
         let elem_inits: Vec<T> = self.element_inits.iter().map(|&v| T::from_f64(v)).collect();
-        let mut segments: Vec<Segment<'_, T>> = Vec::new();
+        let runs = plans.iter().map(|p| p.runs.len()).sum();
+        let mut segments: Vec<Segment<'_, T>> = Vec::with_capacity(runs);
         for (group, plan) in self.groups.iter_mut().zip(plans) {
             if plan.members.is_empty() {
                 continue;
