@@ -511,7 +511,11 @@ proptest! {
 fn the_generators_produce_programs_that_parse() {
     use proptest::strategy::ValueTree;
     use proptest::test_runner::TestRunner;
-    let mut runner = TestRunner::new(config(6));
+    // A fixed seed whatever FUZZ_SEED says: the minimums below are about these 200 draws.
+    let mut runner = TestRunner::new(ProptestConfig {
+        rng_seed: RngSeed::Fixed(6),
+        ..config(6)
+    });
     let mut count = |strategy: BoxedStrategy<String>| {
         (0..200)
             .filter(|_| {
