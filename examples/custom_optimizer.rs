@@ -32,6 +32,8 @@ fn adabelief() -> optjit::Result<Graph> {
     b.finish()
 }
 
+/// Builds AdaBelief both ways, checks that they are one graph and one program, and trains
+/// both side by side (also run by `tests/text.rs`).
 pub fn main() -> optjit::Result<()> {
     let from_rust = adabelief()?;
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/adabelief.opt");
