@@ -94,6 +94,7 @@ pub(crate) fn build(
         size: scalar_ty.bytes(),
         flags: MemFlagsData::new().with_notrap(),
         consts: Consts::default(),
+        fixed: vec![None; stage.n_scalars as usize],
     };
     t.emit_kernel(unroll);
     t.b.finalize(frontend);
@@ -151,6 +152,24 @@ struct Translator<'a> {
     size: u32,
     flags: MemFlagsData,
     consts: Consts,
+    /// Scalars whose truth the loop being emitted is specialised for (see [`unswitched`]):
+    /// `select`s on them take one operand without a per-element choice.
+    fixed: Vec<Option<bool>>,
+}
+
+/// The per-step scalar that the first `select` on one takes as its condition, if any. Such a
+/// condition is the same for every element of a segment (e.g. `weight_decay != 0`), so each
+/// segment branches once to a main loop in which the select is simply one of its operands:
+/// the other operand's work leaves the loop. One condition only: each doubles the main loop
+/// emitted, and the compile time with it.
+fn unswitched(stage: &Stage) -> Option<u32> {
+    stage
+        .body
+        .iter()
+        .find_map(|inst| match (inst.op, inst.args()[0]) {
+            (Op::Select, ElemArg::Scalar(k)) => Some(k),
+            _ => None,
+        })
 }
 
 fn args(values: &[Value]) -> Vec<BlockArg> {
@@ -183,7 +202,7 @@ impl Translator<'_> {
         self.b.switch_to_block(seg_body);
         self.b.seal_block(seg_body);
         let seg = self.emit_segment_setup(table, s);
-        let seg_end = self.emit_loops(&seg, unroll);
+        let seg_end = self.emit_loops(&seg, unroll, unswitched(self.stage));
 
         self.b.switch_to_block(seg_end);
         self.b.seal_block(seg_end);
@@ -250,66 +269,83 @@ impl Translator<'_> {
     }
 
     /// Emits the main, single-vector and scalar loops of one segment; returns the block
-    /// reached when the segment is done (unsealed, not yet switched to).
-    fn emit_loops(&mut self, seg: &SegmentVals, unroll: u32) -> Block {
+    /// reached when the segment is done (unsealed, not yet switched to). With a condition to
+    /// specialise for (see [`unswitched`]), the main loop is emitted twice behind one branch
+    /// on it; the short loops after it stay general.
+    fn emit_loops(&mut self, seg: &SegmentVals, unroll: u32, cond: Option<u32>) -> Block {
         let step = self.lanes * unroll;
         let done = self.b.create_block();
         let tail_header = self.b.create_block();
         let tail_i = self.b.append_block_param(tail_header, types::I64);
-
-        // Vector loops: (elements per iteration, copies of the body).
-        let mut loops = vec![(step, unroll)];
-        if unroll > 1 {
-            loops.push((self.lanes, 1));
-        }
+        let main_done = if unroll > 1 {
+            let block = self.b.create_block();
+            self.b.append_block_param(block, types::I64);
+            block
+        } else {
+            tail_header
+        };
         let zero = self.b.ins().iconst(types::I64, 0);
-        let mut start = zero;
-        for (k, &(per_iter, copies)) in loops.iter().enumerate() {
-            let header = self.b.create_block();
-            let body = self.b.create_block();
-            let i = self.b.append_block_param(header, types::I64);
-            let end = self
-                .b
-                .ins()
-                .band_imm_u(seg.len, !(u64::from(per_iter) - 1) as i64);
-            self.b.ins().jump(header, &args(&[start]));
-
-            // header(i): sealed after the body's back edge. The last vector loop exits to the
-            // scalar tail, the others to a block that starts the next loop.
-            self.b.switch_to_block(header);
-            let more = self.b.ins().icmp(IntCC::UnsignedLessThan, i, end);
-            let last = k + 1 == loops.len();
-            let after = if last {
-                tail_header
-            } else {
-                let block = self.b.create_block();
-                self.b.append_block_param(block, types::I64);
-                block
-            };
-            self.b.ins().brif(more, body, &[], after, &args(&[i]));
-
-            self.b.switch_to_block(body);
-            self.b.seal_block(body);
-            for copy in 0..copies {
-                self.emit_body(
-                    Width::Vector,
-                    seg,
-                    i,
-                    (copy * self.lanes * self.size) as i32,
-                );
+        match cond {
+            Some(k) => {
+                let at = (k * self.size) as i32;
+                let scalar = self.b.ins().load(self.scalar_ty, self.flags, seg.block, at);
+                let zero_f = self.konst(Width::Scalar, |c| c.zero);
+                // True when non-zero, NaN included: how `select` reads a condition.
+                let truth = self.b.ins().fcmp(FloatCC::NotEqual, scalar, zero_f);
+                let (when_true, when_false) = (self.b.create_block(), self.b.create_block());
+                self.b.ins().brif(truth, when_true, &[], when_false, &[]);
+                for (block, value) in [(when_true, true), (when_false, false)] {
+                    self.b.switch_to_block(block);
+                    self.b.seal_block(block);
+                    self.fixed[k as usize] = Some(value);
+                    self.emit_vector_loop(seg, zero, (step, unroll), main_done);
+                }
+                self.fixed[k as usize] = None;
             }
-            let next = self.b.ins().iadd_imm_u(i, i64::from(per_iter));
-            self.b.ins().jump(header, &args(&[next]));
-            self.b.seal_block(header);
-
-            if !last {
-                self.b.switch_to_block(after);
-                self.b.seal_block(after);
-                start = self.b.block_params(after)[0];
-            }
+            None => self.emit_vector_loop(seg, zero, (step, unroll), main_done),
+        }
+        if unroll > 1 {
+            self.b.switch_to_block(main_done);
+            self.b.seal_block(main_done);
+            let start = self.b.block_params(main_done)[0];
+            self.emit_vector_loop(seg, start, (self.lanes, 1), tail_header);
         }
         self.emit_tail(seg, tail_header, tail_i, done);
         done
+    }
+
+    /// A vector loop from element `start` while `per_iter` more elements remain, `copies`
+    /// body copies per iteration; then jumps to `after(i)` (not sealed here).
+    fn emit_vector_loop(
+        &mut self,
+        seg: &SegmentVals,
+        start: Value,
+        (per_iter, copies): (u32, u32),
+        after: Block,
+    ) {
+        let header = self.b.create_block();
+        let body = self.b.create_block();
+        let i = self.b.append_block_param(header, types::I64);
+        let end = self
+            .b
+            .ins()
+            .band_imm_u(seg.len, !(u64::from(per_iter) - 1) as i64);
+        self.b.ins().jump(header, &args(&[start]));
+
+        // header(i): sealed after the body's back edge.
+        self.b.switch_to_block(header);
+        let more = self.b.ins().icmp(IntCC::UnsignedLessThan, i, end);
+        self.b.ins().brif(more, body, &[], after, &args(&[i]));
+
+        self.b.switch_to_block(body);
+        self.b.seal_block(body);
+        for copy in 0..copies {
+            let offset = (copy * self.lanes * self.size) as i32;
+            self.emit_body(Width::Vector, seg, i, offset);
+        }
+        let next = self.b.ins().iadd_imm_u(i, i64::from(per_iter));
+        self.b.ins().jump(header, &args(&[next]));
+        self.b.seal_block(header);
     }
 
     /// The scalar tail: one element per iteration until `len`, then `done`. `entry(i)` loads
@@ -407,8 +443,23 @@ impl Translator<'_> {
 
         let mut vals: Vec<Val> = Vec::with_capacity(stage.body.len());
         for inst in &stage.body {
-            let ops: Vec<Val> = inst.args().iter().map(|a| operand(a, &vals)).collect();
-            let result = self.emit_op(width, inst.op, &ops);
+            let args = inst.args();
+            let result = match (inst.op, args[0]) {
+                // A select on a condition these loops are specialised for: one operand.
+                (Op::Select, ElemArg::Scalar(k)) if self.fixed[k as usize].is_some() => {
+                    let chosen = if self.fixed[k as usize] == Some(true) {
+                        1
+                    } else {
+                        2
+                    };
+                    let v = operand(&args[chosen], &vals);
+                    Val::Float(self.float(width, v))
+                }
+                _ => {
+                    let ops: Vec<Val> = args.iter().map(|a| operand(a, &vals)).collect();
+                    self.emit_op(width, inst.op, &ops)
+                }
+            };
             vals.push(result);
         }
         for (stream, value) in &stage.stores {
