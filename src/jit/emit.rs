@@ -3,8 +3,9 @@
 //! The function is `kernel(table: *const u64, n_segments: u64)`; the table holds one record
 //! per segment: `[len, scalar block pointer, stream pointer 0, 1, ...]` (see `abi.rs`). Per
 //! segment it splats the scalars once when they fit in registers (else broadcasts them from
-//! the block where used), runs an unrolled 128-bit main loop, a single-vector loop (when
-//! unrolled), then a scalar tail, all computing exactly the reference interpreter's IEEE
+//! the block where used), runs an unrolled 128-bit main loop — twice-emitted behind one branch
+//! when a `select` takes a per-step condition (see [`unswitched`]) — a single-vector loop
+//! (when unrolled), then a scalar tail, all computing exactly the reference interpreter's IEEE
 //! operations. An FMA appears only where the stage has `Op::Fma`: Cranelift never fuses
 //! `fmul`+`fadd` on its own.
 
