@@ -95,7 +95,7 @@ pub(crate) fn build(
         size: scalar_ty.bytes(),
         flags: MemFlagsData::new().with_notrap(),
         consts: Consts::default(),
-        fixed: vec![None; stage.n_scalars as usize],
+        fixed: None,
     };
     t.emit_kernel(unroll);
     t.b.finalize(frontend);
@@ -153,9 +153,9 @@ struct Translator<'a> {
     size: u32,
     flags: MemFlagsData,
     consts: Consts,
-    /// Scalars whose truth the loop being emitted is specialised for (see [`unswitched`]):
-    /// `select`s on them take one operand without a per-element choice.
-    fixed: Vec<Option<bool>>,
+    /// The scalar whose truth the loop being emitted is specialised for, and that truth (see
+    /// [`unswitched`]): `select`s on it take one operand without a per-element choice.
+    fixed: Option<(u32, bool)>,
 }
 
 /// The per-step scalar that the first `select` on one takes as its condition, if any. Such a
@@ -298,10 +298,10 @@ impl Translator<'_> {
                 for (block, value) in [(when_true, true), (when_false, false)] {
                     self.b.switch_to_block(block);
                     self.b.seal_block(block);
-                    self.fixed[k as usize] = Some(value);
+                    self.fixed = Some((k, value));
                     self.emit_vector_loop(seg, zero, (step, unroll), main_done);
                 }
-                self.fixed[k as usize] = None;
+                self.fixed = None;
             }
             None => self.emit_vector_loop(seg, zero, (step, unroll), main_done),
         }
@@ -447,12 +447,8 @@ impl Translator<'_> {
             let args = inst.args();
             let result = match (inst.op, args[0]) {
                 // A select on a condition these loops are specialised for: one operand.
-                (Op::Select, ElemArg::Scalar(k)) if self.fixed[k as usize].is_some() => {
-                    let chosen = if self.fixed[k as usize] == Some(true) {
-                        1
-                    } else {
-                        2
-                    };
+                (Op::Select, ElemArg::Scalar(k)) if self.fixed.is_some_and(|(f, _)| f == k) => {
+                    let chosen = if self.fixed == Some((k, true)) { 1 } else { 2 };
                     let v = operand(&args[chosen], &vals);
                     Val::Float(self.float(width, v))
                 }
