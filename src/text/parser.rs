@@ -189,16 +189,13 @@ impl<'s> Parser<'s> {
     // ---- graph building ----
 
     fn intern(&mut self, node: Node, start: usize, end: usize) -> PResult<NodeId> {
-        let before = self.graph.nodes().len();
         let id = self.graph.intern(node).map_err(|e| match e {
             Error::ScalarRequired { what } => {
                 self.error(TextErrorKind::ScalarRequired { what }, start, end)
             }
             other => panic!("interning a checked node failed: {other}"),
         })?;
-        if self.graph.nodes().len() > before && self.graph.nodes().len() > limits::MAX_NODES {
-            return Err(self.error(TextErrorKind::TooManyNodes, start, end));
-        }
+        self.check_node_limit(start, end)?;
         Ok(id)
     }
 
@@ -280,7 +277,7 @@ impl<'s> Parser<'s> {
                     end,
                 )
             })?;
-            self.intern_check(start, end)?;
+            self.check_node_limit(start, end)?;
             self.scope.insert(hyper, Binding::Hyper(id));
             if !self.is_punct(")") {
                 self.expect_punct(",", "`,` or `)`")?;
@@ -385,7 +382,7 @@ impl<'s> Parser<'s> {
                     .add_slot(&name, init, kind)
                     .expect("the name is free");
                 let index = self.graph.slots().len() - 1;
-                self.intern_check(start, end)?;
+                self.check_node_limit(start, end)?;
                 self.scope.insert(name, Binding::Slot(index, id));
                 self.slot_assigned.push(false);
                 self.slot_decl.push((start, end));
@@ -429,8 +426,9 @@ impl<'s> Parser<'s> {
         Ok(())
     }
 
-    /// A declaration may add a node; keep the node limit.
-    fn intern_check(&self, start: usize, end: usize) -> PResult<()> {
+    /// Fails once the graph holds more than [`limits::MAX_NODES`] nodes: every node comes
+    /// through [`Parser::intern`] or a declaration, and each checks right after adding one.
+    fn check_node_limit(&self, start: usize, end: usize) -> PResult<()> {
         if self.graph.nodes().len() > limits::MAX_NODES {
             return Err(self.error(TextErrorKind::TooManyNodes, start, end));
         }
