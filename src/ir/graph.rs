@@ -117,6 +117,16 @@ pub enum SlotKind {
     Scalar,
 }
 
+impl SlotKind {
+    /// The words declaring a slot of this kind, in printed IR and in the text form.
+    pub(crate) fn keyword(self) -> &'static str {
+        match self {
+            SlotKind::Element => "state",
+            SlotKind::Scalar => "scalar state",
+        }
+    }
+}
+
 /// A named piece of per-parameter optimizer state. Equality compares the initial value's
 /// bits, like [`Literal`].
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -3,7 +3,7 @@
 //! Scalar nodes print as `$N`, per-element nodes as `%N`, each numbered in arena order.
 //! Literals use the shortest round-trip form.
 
-use super::{Graph, HyperDef, Node, NodeId, Rank, SlotDef, SlotKind};
+use super::{Graph, HyperDef, Node, NodeId, Rank, SlotDef};
 use std::fmt;
 
 /// Writes `name(a = 1, b = 2)` and one line per state slot.
@@ -20,10 +20,7 @@ pub(crate) fn print_signature(
     }
     writeln!(f, ")")?;
     for s in slots {
-        let kind = match s.kind {
-            SlotKind::Element => "state",
-            SlotKind::Scalar => "scalar state",
-        };
+        let kind = s.kind.keyword();
         writeln!(f, "  {kind} {} = {:?}", s.name, s.init)?;
     }
     Ok(())

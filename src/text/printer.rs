@@ -8,7 +8,7 @@
 //! own. Each statement is checked against the arena by simulating the parser before it is
 //! written, so the reading order is not a guess.
 
-use crate::ir::{Node, NodeId, Op, SlotKind};
+use crate::ir::{Node, NodeId, Op};
 use crate::Graph;
 use std::collections::HashSet;
 use std::fmt::Write;
@@ -227,10 +227,7 @@ impl<'g> Printer<'g> {
 
     fn declare(&mut self, slot: usize) {
         let slot = &self.g.slots()[slot];
-        let kind = match slot.kind {
-            SlotKind::Element => "state",
-            SlotKind::Scalar => "scalar state",
-        };
+        let kind = slot.kind.keyword();
         let text = format!("{kind} {} = {}", slot.name, literal(slot.init));
         self.line(text);
     }
