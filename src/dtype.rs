@@ -59,6 +59,7 @@ pub trait Float:
     + Mul<Output = Self>
     + Div<Output = Self>
     + Neg<Output = Self>
+    + bytemuck::Pod
     + 'static
 {
     /// The dtype tag of this type.

@@ -8,6 +8,7 @@
 
 use super::floor::{self, Floor};
 use super::native::NativeOptimizer;
+use crate::runtime::store::AlignedBuf;
 use crate::{optim, DType, Executor, Graph, Jit, Optimizer, Result};
 use ndarray::Array1;
 use serde::Serialize;
@@ -272,16 +273,18 @@ pub fn run(config: &Config, mut progress: impl FnMut(usize, usize, &str)) -> Res
                     };
                     let time = match imp {
                         Impl::Copy => {
-                            let (mut dst, src) = (vec![0.0f32; n], vec![1.0f32; n]);
+                            let (mut dst, src) = (stream(n, 0.0, 0), stream(n, 1.0, 1));
+                            let (dst, src) = (dst.as_mut_slice(), src.as_slice());
                             Some((
-                                measured(config, || floor::copy(&mut dst, &src, threads))?,
+                                measured(config, || floor::copy(dst, src, threads))?,
                                 Floor::Copy.bytes_per_element(),
                             ))
                         }
                         Impl::Axpy => {
-                            let (x, mut y) = (vec![1.0f32; n], vec![0.5f32; n]);
+                            let (x, mut y) = (stream(n, 1.0, 1), stream(n, 0.5, 0));
+                            let (x, y) = (x.as_slice(), y.as_mut_slice());
                             Some((
-                                measured(config, || floor::axpy(1e-3, &x, &mut y, threads))?,
+                                measured(config, || floor::axpy(1e-3, x, y, threads))?,
                                 Floor::Axpy.bytes_per_element(),
                             ))
                         }
@@ -369,6 +372,13 @@ fn measured(config: &Config, mut f: impl FnMut() -> Result<Duration>) -> Result<
     Ok(best[best.len() / 2])
 }
 
+/// Stream `k` of `n` elements set to `value`, laid out as the flat store lays out its own
+/// (aligned, staggered by stream, on huge pages where the OS allows), so that the floor and
+/// native loops run on the same kind of memory as the JIT.
+fn stream(n: usize, value: f32, k: usize) -> AlignedBuf<f32> {
+    AlignedBuf::filled(n, value, k, true)
+}
+
 /// The native loop on `threads` threads of rayon's pool, each on its share of the tensor.
 fn native_time(
     config: &Config,
@@ -377,9 +387,13 @@ fn native_time(
     threads: usize,
 ) -> Result<Duration> {
     let slots = native.slots().len();
-    let mut param = vec![1.0f32; n];
-    let grad: Vec<f32> = (0..n).map(|i| ((i % 997) as f32 - 498.0) * 1e-3).collect();
-    let mut state: Vec<Vec<f32>> = vec![vec![0.0f32; n]; slots];
+    let mut param = stream(n, 1.0, 0);
+    let mut grad = stream(n, 0.0, 1);
+    for (i, g) in grad.as_mut_slice().iter_mut().enumerate() {
+        *g = ((i % 997) as f32 - 498.0) * 1e-3;
+    }
+    let mut state: Vec<AlignedBuf<f32>> = (0..slots).map(|k| stream(n, 0.0, 2 + k)).collect();
+    let (param, grad) = (param.as_mut_slice(), grad.as_slice());
     let mut step = 0u64;
     // Threads only where the runtime would use them too (see `runtime::exec::GRAIN`).
     let threads = threads.min(n / crate::runtime::GRAIN).max(1);
@@ -389,7 +403,10 @@ fn native_time(
         // (param, grad, state) of each thread's share.
         type Piece<'a> = (&'a mut [f32], &'a [f32], Vec<&'a mut [f32]>);
         let mut pieces: Vec<Piece<'_>> = Vec::new();
-        let mut state_chunks: Vec<_> = state.iter_mut().map(|s| s.chunks_mut(chunk)).collect();
+        let mut state_chunks: Vec<_> = state
+            .iter_mut()
+            .map(|s| s.as_mut_slice().chunks_mut(chunk))
+            .collect();
         for (p, g) in param.chunks_mut(chunk).zip(grad.chunks(chunk)) {
             let s: Vec<&mut [f32]> = state_chunks
                 .iter_mut()

@@ -91,15 +91,18 @@ pub(crate) struct FlatStore<T> {
     slots: Vec<AlignedBuf<T>>,
     /// Elements in use, padding included.
     len: usize,
+    /// Whether big streams ask for huge pages (see [`Optimizer::with_huge_pages`]).
+    huge: bool,
 }
 
 impl<T: Float> FlatStore<T> {
-    fn new() -> Self {
+    fn new(huge: bool) -> Self {
         FlatStore {
-            params: AlignedBuf::filled(0, T::ZERO, 0),
-            grads: AlignedBuf::filled(0, T::ZERO, 1),
+            params: AlignedBuf::filled(0, T::ZERO, 0, huge),
+            grads: AlignedBuf::filled(0, T::ZERO, 1, huge),
             slots: Vec::new(),
             len: 0,
+            huge,
         }
     }
 
@@ -111,7 +114,7 @@ impl<T: Float> FlatStore<T> {
         );
         if self.slots.is_empty() && n > 0 {
             self.slots = (0..n)
-                .map(|k| AlignedBuf::filled(self.len, T::ZERO, 2 + k))
+                .map(|k| AlignedBuf::filled(self.len, T::ZERO, 2 + k, self.huge))
                 .collect();
         }
     }
@@ -176,6 +179,8 @@ pub struct Optimizer {
     jit: Option<Jit>,
     kernels: [OnceLock<Kernel>; 2],
     threads: pool::Threads,
+    /// Whether big flat-store streams ask for transparent huge pages.
+    huge_pages: bool,
     params: Vec<ParamInfo>,
     /// Parameter index by name.
     names: std::collections::HashMap<String, usize>,
@@ -243,6 +248,7 @@ impl Optimizer {
             jit: None,
             kernels: Default::default(),
             threads: default_threads(),
+            huge_pages: true,
             params: Vec::new(),
             names: std::collections::HashMap::new(),
             has_grad: Vec::new(),
@@ -342,6 +348,22 @@ impl Optimizer {
         self
     }
 
+    /// Whether the flat store backs its big streams (4 MiB and more) with transparent huge
+    /// pages (default: yes). On Linux with THP in `always` or `madvise` mode such a stream
+    /// is mapped on its own and advised (`MADV_HUGEPAGE`) before its first write, so that
+    /// it gets 2 MiB pages: fewer TLB misses, and prefetchers that run on across what would
+    /// be 4 KiB page boundaries. Elsewhere, or when the OS refuses, the memory is an ordinary
+    /// allocation. Applies to buffers allocated from now on (call it before adding
+    /// parameters); results are identical either way.
+    pub fn with_huge_pages(mut self, huge: bool) -> Optimizer {
+        self.huge_pages = huge;
+        for group in &mut self.groups {
+            group.f32.huge = huge;
+            group.f64.huge = huge;
+        }
+        self
+    }
+
     /// The compiled program.
     pub fn program(&self) -> &Program {
         &self.program
@@ -357,8 +379,8 @@ impl Optimizer {
         self.groups.push(Group {
             hypers,
             params: Vec::new(),
-            f32: FlatStore::new(),
-            f64: FlatStore::new(),
+            f32: FlatStore::new(self.huge_pages),
+            f64: FlatStore::new(self.huge_pages),
         });
         Ok(self.groups.len() - 1)
     }
@@ -382,10 +404,11 @@ impl Optimizer {
         let store = self.groups[group].store_mut::<T>();
         let offset = store.len;
         store.len = offset + round_up::<T>(len);
-        store.params.resize(store.len, T::ZERO);
-        store.grads.resize(store.len, T::ZERO);
+        let huge = store.huge;
+        store.params.resize(store.len, T::ZERO, huge);
+        store.grads.resize(store.len, T::ZERO, huge);
         for slot in &mut store.slots {
-            slot.resize(store.len, T::ZERO);
+            slot.resize(store.len, T::ZERO, huge);
         }
         for (dst, src) in store.params.as_mut_slice()[offset..offset + len]
             .iter_mut()

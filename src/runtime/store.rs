@@ -1,6 +1,7 @@
 //! Flat, aligned storage for the parameters, gradients and element state of one
 //! (group, dtype): every tensor is a range of one buffer per stream, each range starting on a
-//! 64-byte boundary, so a whole group is a few long streams.
+//! 64-byte boundary, so a whole group is a few long streams. Big streams are backed by
+//! transparent huge pages where the OS allows (see [`HUGE_MIN`]).
 
 use crate::Float;
 
@@ -11,11 +12,45 @@ pub(crate) const ALIGN: usize = 64;
 /// not a power of two.
 pub(crate) const STAGGER: usize = 25 * ALIGN;
 
-/// A buffer whose element `0` sits on an [`ALIGN`]-byte boundary (a `Vec` with a skipped
-/// prefix; no custom allocation).
-#[derive(Clone, Debug, Default)]
+/// Size of a transparent huge page on x86-64 and (with 4 KiB base pages) AArch64 Linux.
+const HUGE_PAGE: usize = 2 << 20;
+
+/// Smallest stream, in bytes, given huge pages: below, the page-aligned slack a huge-page
+/// mapping needs would be a large share of the buffer, and a few 4 KiB pages cost little.
+pub(crate) const HUGE_MIN: usize = 4 << 20;
+
+/// Where a buffer's memory comes from.
+#[derive(Debug)]
+enum Memory<T> {
+    /// The global allocator.
+    Heap(Vec<T>),
+    /// An anonymous mapping advised to use transparent huge pages (Linux), whole mapping
+    /// viewed as elements.
+    Mapped(memmap2::MmapMut),
+}
+
+impl<T: Float> Memory<T> {
+    fn elems(&self) -> &[T] {
+        match self {
+            Memory::Heap(v) => v,
+            Memory::Mapped(m) => bytemuck::cast_slice(m),
+        }
+    }
+
+    fn elems_mut(&mut self) -> &mut [T] {
+        match self {
+            Memory::Heap(v) => v,
+            Memory::Mapped(m) => bytemuck::cast_slice_mut(m),
+        }
+    }
+}
+
+/// A buffer whose element `0` sits on an [`ALIGN`]-byte boundary: a `Vec` with a skipped
+/// prefix, or for big streams (when asked) a huge-page mapping whose element `0` sits just
+/// after a huge-page boundary.
+#[derive(Debug)]
 pub(crate) struct AlignedBuf<T> {
-    data: Vec<T>,
+    memory: Memory<T>,
     start: usize,
     len: usize,
     /// Which stream of its store it is (sets the stagger).
@@ -27,14 +62,37 @@ impl<T: Float> AlignedBuf<T> {
     /// address, so that the streams of one kernel do not all sit at the same offset within
     /// a page (large allocations all start on a page boundary, and streams a power of two
     /// apart contend for the same cache sets: up to 9× slower at 2^26 elements).
-    pub(crate) fn filled(len: usize, value: T, stream: usize) -> Self {
+    ///
+    /// With `huge`, a stream of at least [`HUGE_MIN`] bytes is mapped and advised to use
+    /// transparent huge pages before its first write, so that the kernel backs it with 2 MiB
+    /// pages where it can (Linux with THP in `always` or `madvise` mode); anywhere else, or
+    /// if the OS refuses, it is an ordinary allocation.
+    pub(crate) fn filled(len: usize, value: T, stream: usize, huge: bool) -> Self {
         let size = std::mem::size_of::<T>();
-        let pad = ALIGN / size + stream * STAGGER / size;
-        let data = vec![value; len + pad];
+        let stagger = stream * STAGGER / size;
+        if huge && len * size >= HUGE_MIN {
+            if let Some(memory) = huge_mapping::<T>(len + stagger + HUGE_PAGE / size) {
+                let base = memory.elems().as_ptr() as usize;
+                let start = (HUGE_PAGE - base % HUGE_PAGE) % HUGE_PAGE / size + stagger;
+                let mut buf = AlignedBuf {
+                    memory,
+                    start,
+                    len,
+                    stream,
+                };
+                // A fresh mapping reads as zeros: filling with zeros would only make every
+                // page resident before its first use.
+                if value.to_bits_u64() != 0 {
+                    buf.as_mut_slice().fill(value);
+                }
+                return buf;
+            }
+        }
+        let data = vec![value; len + ALIGN / size + stagger];
         let misalign = (data.as_ptr() as usize % ALIGN) / size;
-        let start = (ALIGN / size - misalign) % (ALIGN / size) + stream * STAGGER / size;
+        let start = (ALIGN / size - misalign) % (ALIGN / size) + stagger;
         AlignedBuf {
-            data,
+            memory: Memory::Heap(data),
             start,
             len,
             stream,
@@ -42,19 +100,28 @@ impl<T: Float> AlignedBuf<T> {
     }
 
     pub(crate) fn as_slice(&self) -> &[T] {
-        &self.data[self.start..self.start + self.len]
+        &self.memory.elems()[self.start..self.start + self.len]
     }
 
     pub(crate) fn as_mut_slice(&mut self) -> &mut [T] {
-        &mut self.data[self.start..self.start + self.len]
+        &mut self.memory.elems_mut()[self.start..self.start + self.len]
+    }
+
+    /// Whether the buffer lives in a huge-page mapping (the OS still decides whether the
+    /// pages are huge).
+    #[cfg(test)]
+    fn is_mapped(&self) -> bool {
+        matches!(self.memory, Memory::Mapped(_))
     }
 
     /// Grows (or shrinks) to `len` elements, keeping the content and the alignment; new
     /// elements are `value`. Growth doubles the capacity, so adding parameters one by one
-    /// costs amortised constant time per element.
-    pub(crate) fn resize(&mut self, len: usize, value: T) {
-        if self.start + len > self.data.len() {
-            let mut grown = AlignedBuf::filled(len.max(2 * self.len), value, self.stream);
+    /// costs amortised constant time per element; grown memory follows `huge` (see
+    /// [`AlignedBuf::filled`]).
+    pub(crate) fn resize(&mut self, len: usize, value: T, huge: bool) {
+        if self.start + len > self.memory.elems().len() {
+            let capacity = len.max(2 * self.len);
+            let mut grown = AlignedBuf::filled(capacity, value, self.stream, huge);
             grown.as_mut_slice()[..self.len].copy_from_slice(self.as_slice());
             *self = grown;
         }
@@ -64,6 +131,21 @@ impl<T: Float> AlignedBuf<T> {
             self.as_mut_slice()[old..].fill(value);
         }
     }
+}
+
+/// An anonymous mapping of `elems` elements advised to use transparent huge pages, or `None`
+/// where that is not possible (not Linux, no THP, mapping refused).
+#[cfg(target_os = "linux")]
+fn huge_mapping<T: Float>(elems: usize) -> Option<Memory<T>> {
+    let bytes = elems.checked_mul(std::mem::size_of::<T>())?;
+    let map = memmap2::MmapOptions::new().len(bytes).map_anon().ok()?;
+    map.advise(memmap2::Advice::HugePage).ok()?;
+    Some(Memory::Mapped(map))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn huge_mapping<T: Float>(_elems: usize) -> Option<Memory<T>> {
+    None
 }
 
 /// Elements per [`ALIGN`] bytes.
@@ -100,18 +182,59 @@ mod tests {
 
     #[test]
     fn buffers_are_aligned_and_keep_content_when_resized() {
-        let mut b = AlignedBuf::filled(5, 1.0f32, 3);
+        let mut b = AlignedBuf::filled(5, 1.0f32, 3, true);
         assert_eq!(b.as_slice().as_ptr() as usize % ALIGN, 0);
         assert_eq!(b.as_slice(), &[1.0; 5]);
         b.as_mut_slice()[4] = 7.0;
-        b.resize(40, 2.0);
+        b.resize(40, 2.0, true);
         assert_eq!(b.as_slice().as_ptr() as usize % ALIGN, 0);
         assert_eq!(b.as_slice().len(), 40);
         assert_eq!(&b.as_slice()[3..6], &[1.0, 7.0, 2.0]);
         b.as_mut_slice()[39] = 9.0;
-        b.resize(39, 0.0);
-        b.resize(41, 3.0);
+        b.resize(39, 0.0, true);
+        b.resize(41, 3.0, true);
         assert_eq!(&b.as_slice()[37..], &[2.0, 2.0, 3.0, 3.0]);
+    }
+
+    #[test]
+    fn big_streams_are_mapped_for_huge_pages_only_when_asked() {
+        let big = HUGE_MIN / 4;
+        for stream in [0, 3] {
+            let heap = AlignedBuf::filled(big, 1.5f32, stream, false);
+            assert!(!heap.is_mapped());
+            let mut b = AlignedBuf::filled(big, 1.5f32, stream, true);
+            assert_eq!(b.is_mapped(), cfg!(target_os = "linux"));
+            let addr = b.as_slice().as_ptr() as usize;
+            assert_eq!(addr % ALIGN, 0);
+            if b.is_mapped() {
+                // Element 0 sits `stream` staggers after a huge-page boundary.
+                assert_eq!(addr % HUGE_PAGE, stream * STAGGER);
+            }
+            assert_eq!(b.as_slice().len(), big);
+            assert!(b.as_slice().iter().all(|&x| x == 1.5));
+            b.as_mut_slice()[big - 1] = 4.0;
+            b.resize(big + 1, 2.0, true);
+            assert_eq!(&b.as_slice()[big - 2..], &[1.5, 4.0, 2.0]);
+            assert_eq!(b.as_slice().as_ptr() as usize % ALIGN, 0);
+        }
+        // Zeros come from the fresh mapping, not from a fill; −0 is written.
+        let zeros = AlignedBuf::filled(big, 0.0f32, 2, true);
+        assert!(zeros.as_slice().iter().all(|&x| x.to_bits() == 0));
+        let negative = AlignedBuf::filled(big, -0.0f32, 2, true);
+        assert!(negative
+            .as_slice()
+            .iter()
+            .all(|&x| x.to_bits() == 0x8000_0000));
+        // Small streams, and a small stream growing past the threshold.
+        let mut small = AlignedBuf::filled(16, 1.0f64, 1, true);
+        assert!(!small.is_mapped());
+        small.resize(HUGE_MIN / 8, 3.0, true);
+        assert_eq!(small.is_mapped(), cfg!(target_os = "linux"));
+        assert_eq!(&small.as_slice()[14..18], &[1.0, 1.0, 3.0, 3.0]);
+        small.resize(HUGE_MIN / 4, 5.0, false);
+        assert!(!small.is_mapped());
+        assert_eq!(small.as_slice()[HUGE_MIN / 8 - 1], 3.0);
+        assert_eq!(small.as_slice()[HUGE_MIN / 8], 5.0);
     }
 
     #[test]
