@@ -376,6 +376,8 @@ fn eval_and_train_modes_run_their_graphs_without_counting_a_step() {
 
 /// Many small parameters, some skipping steps (so their step counts and scalar state differ),
 /// merged into few segments by the runtime: each equals the same parameter stepped alone.
+/// SGD-momentum (whose scalars differ only at the first step) and Lion (whose scalars never
+/// depend on the step) merge parameters at different steps into one segment.
 #[test]
 fn merged_segments_equal_parameters_stepped_one_by_one() {
     for graph in [
@@ -386,6 +388,15 @@ fn merged_segments_equal_parameters_stepped_one_by_one() {
         }
         .graph()
         .unwrap(),
+        Sgd {
+            lr: 0.1,
+            momentum: 0.9,
+            dampening: 0.1,
+            ..Sgd::default()
+        }
+        .graph()
+        .unwrap(),
+        optjit::optim::Lion::default().graph().unwrap(),
     ] {
         let stepper = Stepper::new(&graph).unwrap();
         let mut opt = Optimizer::new(&graph).unwrap();

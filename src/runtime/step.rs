@@ -12,12 +12,15 @@ use std::sync::Arc;
 struct Plan<T> {
     /// Parameter indices, in storage order.
     members: Vec<usize>,
-    /// Each member's scalar block (index into `blocks`).
-    member_block: Vec<usize>,
-    /// The distinct scalar blocks: members with the same step and scalar state share one,
-    /// so the prologue runs once per distinct block, not once per parameter.
+    /// Each member's prologue (index into `updates`).
+    member_key: Vec<usize>,
+    /// The distinct scalar blocks. Members with the same step and scalar state share a
+    /// prologue, so it runs once per distinct (step, scalar state), not once per parameter;
+    /// prologues whose kernel scalars come out bit for bit the same share a block (an
+    /// optimizer whose scalars do not depend on the step, such as SGD-momentum after its
+    /// first step or Lion, has one block whatever the members' steps).
     blocks: Vec<Vec<T>>,
-    /// Per block: the new values of scalar state slots, `(slot, value)`.
+    /// Per prologue: the new values of scalar state slots, `(slot, value)`.
     updates: Vec<Vec<(usize, f64)>>,
     /// Segments to run: `(offset, len, block)`. Neighbouring members in storage with the same
     /// block form one segment, the alignment padding between them included: the kernel
@@ -180,18 +183,24 @@ impl Optimizer {
         let inits = self.slot_inits.as_slice();
         let mut plan = Plan {
             members: Vec::new(),
-            member_block: Vec::new(),
+            member_key: Vec::new(),
             blocks: Vec::new(),
             updates: Vec::new(),
             runs: Vec::new(),
             fresh: Vec::new(),
         };
         let mut values = Vec::new();
-        // The keys (step, scalar state) of the blocks made so far. A group has few distinct ones
-        // (parameters skipped now and then fall a step behind): the last few are searched,
-        // which keeps planning linear whatever the steps are.
-        let mut keys: Vec<(u64, &[f64])> = Vec::new();
+        // The keys (step, scalar state) of the prologues run so far, with the block each
+        // gave. A group has few distinct ones (parameters skipped now and then fall a step
+        // behind): the last few are searched, which keeps planning linear whatever the steps
+        // are. Blocks are searched the same way.
+        let mut keys: Vec<(u64, &[f64], usize)> = Vec::new();
         let same = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+        let same_block = |a: &[T], b: &[T]| {
+            a.iter()
+                .zip(b)
+                .all(|(x, y)| x.to_bits_u64() == y.to_bits_u64())
+        };
         for &i in &group.params {
             let info = &self.params[i];
             if info.dtype != T::DTYPE || !selected(i) {
@@ -212,27 +221,34 @@ impl Optimizer {
                 .enumerate()
                 .rev()
                 .take(8)
-                .find(|(_, &(s, sc))| s == step && same(sc, scalars))
+                .find(|(_, &(s, sc, _))| s == step && same(sc, scalars))
                 .map(|(k, _)| k);
-            let block = match known {
-                Some(block) => block,
+            let key = match known {
+                Some(key) => key,
                 None => {
                     program.eval_prologue(&hypers, step + 1, |n| scalars[n], &mut values);
                     let block = program.prologue.kernel_scalars.iter();
-                    plan.blocks
-                        .push(block.map(|&s| T::from_f64(values[s as usize])).collect());
+                    let block: Vec<T> = block.map(|&s| T::from_f64(values[s as usize])).collect();
                     let updates = program.prologue.state_updates.iter();
                     plan.updates.push(
                         updates
                             .map(|&(slot, v)| (slot as usize, values[v as usize]))
                             .collect(),
                     );
-                    keys.push((step, scalars));
+                    let found = (plan.blocks.len().saturating_sub(8)..plan.blocks.len())
+                        .rev()
+                        .find(|&b| same_block(&plan.blocks[b], &block));
+                    let index = found.unwrap_or_else(|| {
+                        plan.blocks.push(block);
+                        plan.blocks.len() - 1
+                    });
+                    keys.push((step, scalars, index));
                     keys.len() - 1
                 }
             };
+            let block = keys[key].2;
             plan.members.push(i);
-            plan.member_block.push(block);
+            plan.member_key.push(key);
             match plan.runs.last_mut() {
                 // The next parameter in storage, with the same block: extend the segment.
                 Some((offset, len, b))
@@ -302,16 +318,73 @@ impl Optimizer {
 
     /// Counts the step (for a step) and stores the new scalar state of the plan's parameters.
     fn finish<T>(&mut self, plan: &Plan<T>, is_step: bool) {
-        for (&i, &block) in plan.members.iter().zip(&plan.member_block) {
+        for (&i, &key) in plan.members.iter().zip(&plan.member_key) {
             let inits = &self.slot_inits;
             let state = self.state[i].get_or_insert_with(|| StateInfo {
                 step: 0,
                 scalars: inits.clone(),
             });
             state.step += u64::from(is_step);
-            for &(slot, value) in &plan.updates[block] {
+            for &(slot, value) in &plan.updates[key] {
                 state.scalars[slot] = value;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optim::{Adam, Lion, Sgd};
+    use ndarray::Array1;
+
+    /// An optimizer over ten neighbouring parameters where every other one skipped the second
+    /// step, so that neighbours are one step apart (and none at its first); then the plan of
+    /// the next step.
+    fn plan_one_step_apart(graph: &crate::Graph) -> Plan<f32> {
+        let mut opt = Optimizer::new(graph).unwrap();
+        let g = opt.add_param_group(&[]).unwrap();
+        let handles: Vec<_> = (0..10)
+            .map(|k| {
+                let values = Array1::from_elem(20, 1.0f32);
+                opt.add_param(g, &format!("p{k}"), &values).unwrap()
+            })
+            .collect();
+        for h in &handles {
+            opt.set_grad(h, &[0.5; 20]).unwrap();
+        }
+        opt.step().unwrap();
+        opt.zero_grad();
+        for h in handles.iter().step_by(2) {
+            opt.set_grad(h, &[0.5; 20]).unwrap();
+        }
+        opt.step().unwrap();
+        for h in &handles {
+            opt.set_grad(h, &[0.5; 20]).unwrap();
+        }
+        let pass = Pass {
+            program: opt.program.clone(),
+            hypers: (0..opt.program.hypers.len()).collect(),
+            is_step: true,
+        };
+        opt.plan::<f32>(g, &pass).unwrap()
+    }
+
+    #[test]
+    fn parameters_at_different_steps_share_a_segment_when_their_scalars_agree() {
+        let sgd = Sgd {
+            momentum: 0.9,
+            ..Sgd::default()
+        };
+        for graph in [sgd.graph().unwrap(), Lion::default().graph().unwrap()] {
+            let plan = plan_one_step_apart(&graph);
+            assert_eq!(plan.members.len(), 10, "{}", graph.name());
+            assert_eq!(plan.updates.len(), 2, "two (step, scalar state) keys");
+            assert_eq!(plan.blocks.len(), 1, "{}: one block", graph.name());
+            assert_eq!(plan.runs.len(), 1, "{}: one segment", graph.name());
+        }
+        // Adam's bias corrections differ from step to step: one segment per parameter.
+        let plan = plan_one_step_apart(&Adam::default().graph().unwrap());
+        assert_eq!((plan.blocks.len(), plan.runs.len()), (2, 10));
     }
 }
