@@ -103,11 +103,11 @@ fn main() {
             let (grad, scalars) = (grad.clone(), scalars.clone());
             names.push(format!("jit, unroll {unroll}"));
             runs.push(Box::new(move || {
-                let state = vec![m.as_mut_slice(), v.as_mut_slice()];
+                let mut state = [m.as_mut_slice(), v.as_mut_slice()];
                 let mut seg = [Segment {
                     param: &mut p,
                     grad: &grad,
-                    state,
+                    state: &mut state,
                     scalars: &scalars,
                 }];
                 kernel.run(&mut seg).unwrap();
@@ -181,11 +181,11 @@ fn unroll_sweep(jit: &Jit, name: &str, n: usize, rounds: usize) {
     let mut state = vec![vec![0.0f32; n]; slots];
     for round in 0..=rounds {
         for (kernel, t) in kernels.iter().zip(&mut times) {
-            let bufs = state.iter_mut().map(|s| s.as_mut_slice()).collect();
+            let mut bufs: Vec<&mut [f32]> = state.iter_mut().map(|s| s.as_mut_slice()).collect();
             let mut seg = [Segment {
                 param: &mut p,
                 grad: &grad,
-                state: bufs,
+                state: &mut bufs,
                 scalars: &scalars,
             }];
             let start = Instant::now();

@@ -12,10 +12,106 @@ pub struct Segment<'a, T> {
     pub param: &'a mut [T],
     /// Stream 1, read only.
     pub grad: &'a [T],
-    /// Streams 2.., the element state slots in slot order, read and written.
-    pub state: Vec<&'a mut [T]>,
+    /// Streams 2.., the element state slots in slot order, read and written. A borrowed list,
+    /// so that the segments of one call can share a single list of all their state buffers.
+    pub state: &'a mut [&'a mut [T]],
     /// The prologue values the stage reads, rounded to `T`.
     pub scalars: &'a [T],
+}
+
+/// The streams of a call's segments, gathered piece by piece before the segments are made:
+/// piece `i` has `params[i]`, `grads[i]`, `scalars[i]` and the `slots` state buffers
+/// `state[i * slots..(i + 1) * slots]`. The segments then borrow one list of all the state
+/// buffers instead of owning one list each.
+pub(crate) struct Pieces<'a, T> {
+    params: Vec<&'a mut [T]>,
+    grads: Vec<&'a [T]>,
+    scalars: Vec<&'a [T]>,
+    state: Vec<&'a mut [T]>,
+    slots: usize,
+}
+
+impl<'a, T> Pieces<'a, T> {
+    /// Room for `pieces` pieces of `slots` state buffers each.
+    pub(crate) fn with_capacity(pieces: usize, slots: usize) -> Self {
+        Pieces {
+            params: Vec::with_capacity(pieces),
+            grads: Vec::with_capacity(pieces),
+            scalars: Vec::with_capacity(pieces),
+            state: Vec::with_capacity(pieces * slots),
+            slots,
+        }
+    }
+
+    /// Appends the pieces `(offset, len, scalars)` of one set of buffers (its param, grad and
+    /// `slots` state buffers, all of the same length); `ranges` are sorted and disjoint.
+    pub(crate) fn cut(
+        &mut self,
+        param: &'a mut [T],
+        grad: &'a [T],
+        state: impl Iterator<Item = &'a mut [T]>,
+        ranges: &[(usize, usize, &'a [T])],
+    ) {
+        let spans: Vec<(usize, usize)> = ranges.iter().map(|&(o, len, _)| (o, len)).collect();
+        self.params.extend(split_ranges_mut(param, &spans));
+        self.grads
+            .extend(spans.iter().map(|&(o, len)| &grad[o..o + len]));
+        self.scalars.extend(ranges.iter().map(|r| r.2));
+        let mut cut: Vec<_> = state
+            .map(|s| split_ranges_mut(s, &spans).into_iter())
+            .collect();
+        debug_assert_eq!(cut.len(), self.slots);
+        for _ in &spans {
+            let buffers = cut
+                .iter_mut()
+                .map(|c| c.next().expect("one slice per range"));
+            self.state.extend(buffers);
+        }
+    }
+
+    /// The segments, one per piece, in order; their state lists are slices of `storage`.
+    pub(crate) fn into_segments<'s>(self, storage: &'s mut Vec<&'s mut [T]>) -> Vec<Segment<'s, T>>
+    where
+        'a: 's,
+    {
+        storage.clear();
+        storage.extend(self.state);
+        let mut rest = storage.as_mut_slice();
+        let slots = self.slots;
+        self.params
+            .into_iter()
+            .zip(self.grads)
+            .zip(self.scalars)
+            .map(|((param, grad), scalars)| {
+                let (state, tail) = std::mem::take(&mut rest).split_at_mut(slots);
+                rest = tail;
+                Segment {
+                    param,
+                    grad,
+                    state,
+                    scalars,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Splits `buf` into the mutable sub-slices `ranges` (sorted by offset, disjoint).
+pub(crate) fn split_ranges_mut<'a, T>(
+    mut buf: &'a mut [T],
+    ranges: &[(usize, usize)],
+) -> Vec<&'a mut [T]> {
+    let mut out = Vec::with_capacity(ranges.len());
+    let mut consumed = 0;
+    for &(offset, len) in ranges {
+        let rest = std::mem::take(&mut buf);
+        let (_, rest) = rest.split_at_mut(offset - consumed);
+        let (range, rest) = rest.split_at_mut(len);
+        out.push(range);
+        buf = rest;
+        consumed = offset + len;
+    }
+    out
 }
 
 impl<T: Float> Segment<'_, T> {
@@ -248,5 +344,15 @@ mod tests {
         );
         let mut w = vec![(20, 30, b), (0, 21, a)];
         assert!(check_disjoint(&mut w, &[]).is_err());
+    }
+
+    #[test]
+    fn ranges_split_disjointly() {
+        let mut v: Vec<u32> = (0..10).collect();
+        let parts = split_ranges_mut(&mut v, &[(1, 2), (5, 0), (6, 3)]);
+        assert_eq!(
+            parts.iter().map(|p| p.to_vec()).collect::<Vec<_>>(),
+            vec![vec![1, 2], vec![], vec![6, 7, 8]]
+        );
     }
 }

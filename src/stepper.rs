@@ -6,8 +6,8 @@
 
 use crate::ir::SlotKind;
 use crate::program::Program;
-use crate::runtime::{default_threads, run_parallel, Runner};
-use crate::segment::Segment;
+use crate::runtime::{batches, default_threads, run_batches, Runner};
+use crate::segment::Pieces;
 use crate::{passes, DType, Error, Float, Graph, Jit, Kernel, Result};
 use std::sync::OnceLock;
 
@@ -169,7 +169,14 @@ impl Stepper {
     /// no parameter and no state is changed.
     pub fn step_many<T: Float>(&self, params: &mut [ParamRef<'_, T>]) -> Result<()> {
         let program = &self.program;
-        for p in params.iter() {
+        for (i, p) in params.iter().enumerate() {
+            if p.grad.len() != p.param.len() {
+                return Err(Error::LengthMismatch {
+                    what: format!("grad of parameter {i}"),
+                    expected: p.param.len(),
+                    actual: p.grad.len(),
+                });
+            }
             self.check_state(p.state, p.param.len())?;
             if p.state.step == u64::MAX {
                 return Err(Error::StepOverflow);
@@ -203,24 +210,26 @@ impl Stepper {
                     .collect(),
             );
         }
-        let segments: Vec<Segment<'_, T>> = params
-            .iter_mut()
-            .zip(&blocks)
-            .map(|(p, block)| Segment {
-                param: &mut *p.param,
-                grad: p.grad,
-                state: p
-                    .state
-                    .slots
-                    .iter_mut()
-                    .filter_map(|s| match s {
-                        SlotValue::Buffer(b) => Some(b.as_mut_slice()),
-                        SlotValue::Scalar(_) => None,
-                    })
-                    .collect(),
-                scalars: block,
-            })
-            .collect();
+        // Each parameter's buffers, cut into one batch per thread.
+        let lens: Vec<usize> = params.iter().map(|p| p.param.len()).collect();
+        let threads = default_threads();
+        let batches = batches::<T>(&lens, threads.count);
+        let slots = program.element_slots().count();
+        let mut pieces = Pieces::with_capacity(batches.pieces.len(), slots);
+        let mut next = batches.pieces.iter().peekable();
+        for (i, (p, block)) in params.iter_mut().zip(&blocks).enumerate() {
+            let mut ranges = Vec::new();
+            while let Some(piece) = next.next_if(|piece| piece.segment == i) {
+                ranges.push((piece.start, piece.len, block.as_slice()));
+            }
+            let buffers = p.state.slots.iter_mut().filter_map(|s| match s {
+                SlotValue::Buffer(b) => Some(b.as_mut_slice()),
+                SlotValue::Scalar(_) => None,
+            });
+            pieces.cut(&mut *p.param, p.grad, buffers, &ranges);
+        }
+        let mut storage = Vec::new();
+        let mut segments = pieces.into_segments(&mut storage);
         let kernel = match self.executor {
             Executor::Jit => Some(self.kernel(T::DTYPE)?),
             _ => None,
@@ -229,7 +238,7 @@ impl Stepper {
             Some(k) => Runner::Jit(k),
             None => Runner::Interp(self.executor, &program.stage),
         };
-        run_parallel(runner, segments, default_threads())?;
+        run_batches(runner, &mut segments, &batches.ends, threads.pool)?;
         for (p, updates) in params.iter_mut().zip(updates) {
             p.state.step += 1;
             for (slot, v) in updates {

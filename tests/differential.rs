@@ -102,13 +102,23 @@ struct Buffers<T> {
     scalars: Vec<T>,
 }
 
-fn segments<T: Float>(bufs: &mut [Buffers<T>]) -> Vec<Segment<'_, T>> {
-    bufs.iter_mut()
-        .map(|b| Segment {
-            param: &mut b.param,
-            grad: &b.grad,
-            state: b.state.iter_mut().map(|s| s.as_mut_slice()).collect(),
-            scalars: &b.scalars,
+/// The segments over `bufs`; their state lists are kept in `lists`.
+fn segments<'a, T: Float>(
+    bufs: &'a mut [Buffers<T>],
+    lists: &'a mut Vec<Vec<&'a mut [T]>>,
+) -> Vec<Segment<'a, T>> {
+    let mut rest = Vec::new();
+    for b in bufs {
+        lists.push(b.state.iter_mut().map(|s| s.as_mut_slice()).collect());
+        rest.push((&mut b.param[..], &b.grad[..], &b.scalars[..]));
+    }
+    rest.into_iter()
+        .zip(lists)
+        .map(|((param, grad, scalars), state)| Segment {
+            param,
+            grad,
+            state,
+            scalars,
         })
         .collect()
 }
@@ -122,13 +132,20 @@ fn check_stage<T: Float>(
     bufs: &[Buffers<T>],
 ) {
     let mut reference = bufs.to_vec();
-    optjit::interp::run_reference(&program.stage, &mut segments(&mut reference)).unwrap();
+    optjit::interp::run_reference(
+        &program.stage,
+        &mut segments(&mut reference, &mut Vec::new()),
+    )
+    .unwrap();
     let mut eager = bufs.to_vec();
-    optjit::interp::run_eager(&program.stage, &mut segments(&mut eager)).unwrap();
+    optjit::interp::run_eager(&program.stage, &mut segments(&mut eager, &mut Vec::new())).unwrap();
     let mut chunked = bufs.to_vec();
-    optjit::interp::run_chunked(&program.stage, &mut segments(&mut chunked)).unwrap();
+    optjit::interp::run_chunked(&program.stage, &mut segments(&mut chunked, &mut Vec::new()))
+        .unwrap();
     let mut jit = bufs.to_vec();
-    kernel.run(&mut segments(&mut jit)).unwrap();
+    kernel
+        .run(&mut segments(&mut jit, &mut Vec::new()))
+        .unwrap();
     for (s, r) in reference.iter().enumerate() {
         let what = format!("{what}, segment {s} (len {})", r.param.len());
         for (name, got) in [

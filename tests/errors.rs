@@ -204,7 +204,7 @@ fn a_kernel_rejects_the_wrong_dtype_and_stream_count() {
         .run(&mut [optjit::Segment {
             param: &mut p,
             grad: &g,
-            state: vec![&mut m, &mut v],
+            state: &mut [&mut m, &mut v],
             scalars: &scalars,
         }])
         .unwrap_err();
@@ -220,7 +220,7 @@ fn a_kernel_rejects_the_wrong_dtype_and_stream_count() {
         .run(&mut [optjit::Segment {
             param: &mut p,
             grad: &g,
-            state: vec![&mut m],
+            state: &mut [&mut m],
             scalars: &scalars,
         }])
         .unwrap_err();

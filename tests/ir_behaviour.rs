@@ -242,7 +242,7 @@ fn malformed_stages_never_reach_generated_code() {
         let mut seg = [optjit::Segment {
             param: &mut p,
             grad: &g,
-            state: vec![&mut m, &mut v],
+            state: &mut [&mut m, &mut v],
             scalars: &scalars,
         }];
         assert!(matches!(

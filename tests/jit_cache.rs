@@ -78,7 +78,7 @@ fn kernels_outlive_their_jit() {
             .map(|&k| values[k as usize])
             .collect()
     };
-    let state_bufs: Vec<&mut [f64]> = state
+    let mut state_bufs: Vec<&mut [f64]> = state
         .slots
         .iter_mut()
         .map(|s| match s {
@@ -90,7 +90,7 @@ fn kernels_outlive_their_jit() {
         .run(&mut [optjit::Segment {
             param: &mut p,
             grad: &g,
-            state: state_bufs,
+            state: &mut state_bufs,
             scalars: &scalars,
         }])
         .unwrap();

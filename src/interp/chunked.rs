@@ -340,12 +340,23 @@ mod tests {
     /// Param, grad and state of one segment.
     type Buffers = (Vec<f32>, Vec<f32>, Vec<Vec<f32>>);
 
-    fn segments<'a>(bufs: &'a mut [Buffers], scalars: &'a [f32]) -> Vec<Segment<'a, f32>> {
-        bufs.iter_mut()
-            .map(|(p, g, s)| Segment {
-                param: p,
-                grad: g,
-                state: s.iter_mut().map(|s| s.as_mut_slice()).collect(),
+    /// The segments over `bufs`; their state lists are kept in `lists`.
+    fn segments<'a>(
+        bufs: &'a mut [Buffers],
+        scalars: &'a [f32],
+        lists: &'a mut Vec<Vec<&'a mut [f32]>>,
+    ) -> Vec<Segment<'a, f32>> {
+        let mut rest = Vec::new();
+        for (p, g, s) in bufs {
+            lists.push(s.iter_mut().map(|s| s.as_mut_slice()).collect());
+            rest.push((&mut p[..], &g[..]));
+        }
+        rest.into_iter()
+            .zip(lists)
+            .map(|((param, grad), state)| Segment {
+                param,
+                grad,
+                state,
                 scalars,
             })
             .collect()
@@ -421,10 +432,18 @@ mod tests {
                 .map(|k| 0.5 + k as f32 * 0.125)
                 .collect();
             let mut expected = fresh();
-            run_reference(stage, &mut segments(&mut expected, &scalars)).unwrap();
+            run_reference(
+                stage,
+                &mut segments(&mut expected, &scalars, &mut Vec::new()),
+            )
+            .unwrap();
             for block in [1, 2, 3, 8, 64] {
                 let mut got = fresh();
-                run_blocks(stage, &mut segments(&mut got, &scalars), block);
+                run_blocks(
+                    stage,
+                    &mut segments(&mut got, &scalars, &mut Vec::new()),
+                    block,
+                );
                 assert_eq!(bits(&expected), bits(&got), "{name}, block {block}");
             }
         }

@@ -37,48 +37,101 @@ impl Runner<'_> {
     }
 }
 
-/// Runs `segments` with `runner`, split over at most `threads.count` threads of
-/// `threads.pool`.
-///
-/// Every segment is validated by the runner before it touches memory; since all batches are
-/// built from already checked buffers, a batch failing while another succeeds would be an
-/// optjit bug, not a user error.
-pub(crate) fn run_parallel<T: Float>(
-    runner: Runner<'_>,
-    segments: Vec<Segment<'_, T>>,
-    threads: Threads,
-) -> Result<()> {
-    let total: usize = segments.iter().map(Segment::len).sum();
-    let pool = threads.pool;
-    let threads = threads.count.min(total / GRAIN).max(1);
+/// A stretch of one segment that one batch runs: elements `start..start + len` of segment
+/// `segment`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Piece {
+    pub(crate) segment: usize,
+    pub(crate) start: usize,
+    pub(crate) len: usize,
+}
+
+/// How the segments of one parallel run are cut and dealt to threads: the pieces in segment
+/// order, and the index one past each batch's last piece.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Batches {
+    pub(crate) pieces: Vec<Piece>,
+    pub(crate) ends: Vec<usize>,
+}
+
+/// Cuts segments of lengths `lens` (elements of `T`) into one batch per thread, at most
+/// `threads` of them and no more than [`GRAIN`] elements allow: each batch gets about the
+/// same number of elements, and a segment is cut only on a 64-byte boundary, so that every
+/// piece keeps its buffers' alignment. With one batch, each segment is one piece.
+pub(crate) fn batches<T>(lens: &[usize], threads: usize) -> Batches {
+    let whole = |(segment, &len): (usize, &usize)| Piece {
+        segment,
+        start: 0,
+        len,
+    };
+    let total: usize = lens.iter().sum();
+    let threads = threads.min(total / GRAIN).max(1);
     if threads == 1 {
-        let mut segments = segments;
-        return runner.run(&mut segments);
+        return Batches {
+            pieces: lens.iter().enumerate().map(whole).collect(),
+            ends: vec![lens.len()],
+        };
     }
     // Whole 64-byte blocks per batch, so that cutting on block boundaries adds no batch.
     let per_batch = crate::runtime::store::round_up::<T>(total.div_ceil(threads));
-    let mut batches: Vec<Vec<Segment<'_, T>>> = vec![Vec::new()];
+    let block = crate::runtime::store::align_elems::<T>();
+    let mut pieces = Vec::with_capacity(lens.len() + threads);
+    let mut ends = Vec::with_capacity(threads + 1);
     let mut room = per_batch;
-    for mut seg in segments {
-        while seg.len() > room {
-            // Cut on a 64-byte boundary so that every piece keeps the buffers' alignment.
-            let block = crate::runtime::store::align_elems::<T>();
+    for (segment, &len) in lens.iter().enumerate() {
+        let mut start = 0;
+        while len - start > room {
             let cut = room / block * block;
             if cut > 0 {
-                let (head, tail) = split_segment(seg, cut);
-                batches.last_mut().expect("one batch exists").push(head);
-                seg = tail;
+                pieces.push(Piece {
+                    segment,
+                    start,
+                    len: cut,
+                });
+                start += cut;
             }
-            batches.push(Vec::new());
+            ends.push(pieces.len());
             room = per_batch;
         }
-        room -= seg.len();
-        batches.last_mut().expect("one batch exists").push(seg);
+        room -= len - start;
+        pieces.push(Piece {
+            segment,
+            start,
+            len: len - start,
+        });
+    }
+    ends.push(pieces.len());
+    Batches { pieces, ends }
+}
+
+/// Runs `segments` (one per piece of `ends`'s batches, see [`batches`]) with `runner`, each
+/// batch one call on a thread of `pool`.
+///
+/// Every segment is validated by the runner before it touches memory; since all batches are
+/// cut from already checked buffers, a batch failing while another succeeds would be an
+/// optjit bug, not a user error.
+pub(crate) fn run_batches<T: Float>(
+    runner: Runner<'_>,
+    segments: &mut [Segment<'_, T>],
+    ends: &[usize],
+    pool: PoolKind,
+) -> Result<()> {
+    if ends.len() <= 1 {
+        return runner.run(segments);
+    }
+    let mut batches = Vec::with_capacity(ends.len());
+    let mut rest = segments;
+    let mut done = 0;
+    for &end in ends {
+        let (batch, tail) = std::mem::take(&mut rest).split_at_mut(end - done);
+        batches.push(batch);
+        rest = tail;
+        done = end;
     }
     let run = || {
         batches
             .into_par_iter()
-            .try_for_each(|mut batch| runner.run(&mut batch))
+            .try_for_each(|batch| runner.run(batch))
     };
     match pool.pool() {
         Some(pool) => pool.install(run),
@@ -86,32 +139,58 @@ pub(crate) fn run_parallel<T: Float>(
     }
 }
 
-/// `seg` as its first `k` elements and the rest.
-fn split_segment<'a, T>(seg: Segment<'a, T>, k: usize) -> (Segment<'a, T>, Segment<'a, T>) {
-    let (p0, p1) = seg.param.split_at_mut(k);
-    let (g0, g1) = seg.grad.split_at(k);
-    let (s0, s1): (Vec<&mut [T]>, Vec<&mut [T]>) =
-        seg.state.into_iter().map(|s| s.split_at_mut(k)).unzip();
-    (
-        Segment {
-            param: p0,
-            grad: g0,
-            state: s0,
-            scalars: seg.scalars,
-        },
-        Segment {
-            param: p1,
-            grad: g1,
-            state: s1,
-            scalars: seg.scalars,
-        },
-    )
-}
-
 /// The threads a step uses by default: as many as rayon's pool has, from the default pool.
 pub(crate) fn default_threads() -> Threads {
     Threads {
         count: rayon::current_num_threads(),
         pool: PoolKind::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pieces of `b` cover segments of `lens` exactly once, in order; cuts fall on 64-byte
+    /// boundaries; there are at most `threads` batches, none empty.
+    fn check(lens: &[usize], threads: usize) {
+        let b = batches::<f32>(lens, threads);
+        let mut next = vec![0; lens.len()];
+        let mut last = 0;
+        for p in &b.pieces {
+            assert!(p.segment >= last, "{lens:?}: pieces in segment order");
+            last = p.segment;
+            assert_eq!(p.start, next[p.segment], "{lens:?}: no gap, no overlap");
+            assert_eq!(p.start % 16, 0, "{lens:?}: cut on a 64-byte boundary");
+            next[p.segment] += p.len;
+        }
+        assert_eq!(next, lens, "every element once");
+        assert!(b.ends.len() <= threads.max(1));
+        assert_eq!(b.ends.last(), Some(&b.pieces.len()));
+        assert!(
+            b.ends.windows(2).all(|w| w[0] < w[1]),
+            "{lens:?}: no empty batch"
+        );
+    }
+
+    #[test]
+    fn batches_cover_every_element_once_on_aligned_cuts() {
+        check(&[], 2);
+        check(&[0, 5], 4);
+        check(&[GRAIN * 2], 2);
+        check(&[GRAIN * 2 + 3], 2);
+        check(&[GRAIN * 4 + 7], 3);
+        check(&[1000; 600], 2);
+        check(&[GRAIN - 1, 5, GRAIN * 3, 17, 0, GRAIN + 1], 4);
+        // One thread, or too little work for two: each segment is one whole piece.
+        let one = batches::<f32>(&[GRAIN, 3], 1);
+        assert_eq!((one.pieces.len(), one.ends.clone()), (2, vec![2]));
+        let small = batches::<f32>(&[GRAIN / 2, GRAIN / 2 + 15], 8);
+        assert_eq!(small.ends, vec![2]);
+        // Two threads share a big segment about evenly.
+        let big = batches::<f32>(&[GRAIN * 8 + 32], 2);
+        assert_eq!(big.ends.len(), 2);
+        let first: usize = big.pieces[..big.ends[0]].iter().map(|p| p.len).sum();
+        assert!(first.abs_diff(GRAIN * 4) <= 16, "{first}");
     }
 }

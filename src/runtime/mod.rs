@@ -15,7 +15,7 @@ mod step;
 pub(crate) mod store;
 
 pub use exec::GRAIN;
-pub(crate) use exec::{default_threads, run_parallel, Runner};
+pub(crate) use exec::{batches, default_threads, run_batches, Runner};
 pub use pool::PoolKind;
 pub use state_dict::{LoadReport, StateDict, StateEntry, TensorData};
 

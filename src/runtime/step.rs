@@ -2,9 +2,9 @@
 //! form; and the mode swaps of `train()`/`eval()`. One parallel region per dtype covers the
 //! segments of every group.
 
-use super::store::{round_up, split_ranges_mut};
-use super::{run_parallel, Optimizer, Runner, StateInfo};
-use crate::segment::Segment;
+use super::store::round_up;
+use super::{batches, run_batches, Optimizer, Runner, StateInfo};
+use crate::segment::Pieces;
 use crate::{DType, Error, Executor, Float, Program, Result};
 use std::sync::Arc;
 
@@ -274,46 +274,54 @@ impl Optimizer {
             return Ok(());
         }
         let elem_inits: Vec<T> = self.element_inits.iter().map(|&v| T::from_f64(v)).collect();
-        let runs = plans.iter().map(|p| p.runs.len()).sum();
-        let mut segments: Vec<Segment<'_, T>> = Vec::with_capacity(runs);
+        let slots = elem_inits.len();
+        // The runs of every group, cut into one batch per thread.
+        let lens: Vec<usize> = plans
+            .iter()
+            .flat_map(|p| p.runs.iter().map(|r| r.1))
+            .collect();
+        let batches = batches::<T>(&lens, self.threads.count);
+        let mut pieces = Pieces::with_capacity(batches.pieces.len(), slots);
+        let mut next = batches.pieces.iter().peekable();
+        let mut first_run = 0;
         for (group, plan) in self.groups.iter_mut().zip(plans) {
+            let runs = first_run..first_run + plan.runs.len();
+            first_run = runs.end;
             if plan.members.is_empty() {
                 continue;
             }
             let store = group.store_mut::<T>();
-            store.ensure_slots(elem_inits.len());
+            store.ensure_slots(slots);
             for (slot, &init) in store.slots.iter_mut().zip(&elem_inits) {
                 for &(offset, len) in &plan.fresh {
                     slot.as_mut_slice()[offset..offset + len].fill(init);
                 }
             }
-            let ranges: Vec<(usize, usize)> = plan.runs.iter().map(|&(o, l, _)| (o, l)).collect();
-            let params = split_ranges_mut(store.params.as_mut_slice(), &ranges);
-            let grads = store.grads.as_slice();
-            let mut slots: Vec<_> = store
-                .slots
-                .iter_mut()
-                .map(|s| split_ranges_mut(s.as_mut_slice(), &ranges).into_iter())
-                .collect();
-            segments.extend(params.into_iter().zip(&plan.runs).map(
-                |(param, &(offset, len, block))| {
-                    Segment {
-                        param,
-                        grad: &grads[offset..offset + len],
-                        state: slots
-                            .iter_mut()
-                            .map(|s| s.next().expect("one range per run"))
-                            .collect(),
-                        scalars: &plan.blocks[block],
-                    }
-                },
-            ));
+            // This group's pieces, as ranges of its streams.
+            let mut ranges = Vec::new();
+            while let Some(piece) = next.next_if(|p| runs.contains(&p.segment)) {
+                let (offset, _, block) = plan.runs[piece.segment - runs.start];
+                ranges.push((
+                    offset + piece.start,
+                    piece.len,
+                    plan.blocks[block].as_slice(),
+                ));
+            }
+            let slots = store.slots.iter_mut().map(|s| s.as_mut_slice());
+            pieces.cut(
+                store.params.as_mut_slice(),
+                store.grads.as_slice(),
+                slots,
+                &ranges,
+            );
         }
+        let mut storage = Vec::new();
+        let mut segments = pieces.into_segments(&mut storage);
         let runner = match kernel {
             Some(k) => Runner::Jit(k),
             None => Runner::Interp(self.executor, &program.stage),
         };
-        run_parallel(runner, segments, self.threads)
+        run_batches(runner, &mut segments, &batches.ends, self.threads.pool)
     }
 
     /// Counts the step (for a step) and stores the new scalar state of the plan's parameters.

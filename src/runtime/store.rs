@@ -158,24 +158,6 @@ pub(crate) fn round_up<T>(n: usize) -> usize {
     n.div_ceil(align_elems::<T>()) * align_elems::<T>()
 }
 
-/// Splits `buf` into the mutable sub-slices `ranges` (sorted by offset, disjoint).
-pub(crate) fn split_ranges_mut<'a, T>(
-    mut buf: &'a mut [T],
-    ranges: &[(usize, usize)],
-) -> Vec<&'a mut [T]> {
-    let mut out = Vec::with_capacity(ranges.len());
-    let mut consumed = 0;
-    for &(offset, len) in ranges {
-        let rest = std::mem::take(&mut buf);
-        let (_, rest) = rest.split_at_mut(offset - consumed);
-        let (range, rest) = rest.split_at_mut(len);
-        out.push(range);
-        buf = rest;
-        consumed = offset + len;
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,16 +217,6 @@ mod tests {
         assert!(!small.is_mapped());
         assert_eq!(small.as_slice()[HUGE_MIN / 8 - 1], 3.0);
         assert_eq!(small.as_slice()[HUGE_MIN / 8], 5.0);
-    }
-
-    #[test]
-    fn ranges_split_disjointly() {
-        let mut v: Vec<u32> = (0..10).collect();
-        let parts = split_ranges_mut(&mut v, &[(1, 2), (5, 0), (6, 3)]);
-        assert_eq!(
-            parts.iter().map(|p| p.to_vec()).collect::<Vec<_>>(),
-            vec![vec![1, 2], vec![], vec![6, 7, 8]]
-        );
     }
 
     #[test]
