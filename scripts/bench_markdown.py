@@ -25,21 +25,50 @@ def main():
         def ns(impl):
             return f"{row[impl]['ns_per_elem']:.3f}" if impl in row else "–"
 
-        print(f"| {opt} | 2^{n.bit_length() - 1} | {t} | {j['ns_per_elem']:.3f} | {j['gbps']:.1f} | "
-              f"{j['of_floor']:.2f} | {j['vs_native']:.2f} | {ns('native')} | {ns('chunked')} | {ns('eager')} | "
-              f"{ns('interp')} | {floor:.1f} |" if floor else "")
-    print()
-    print("| optimizer | 10,000 × 1,000 ns/el | 1 × 10M ns/el | ratio | compile cold | cache hit | step overhead |")
-    print("|---|--:|--:|--:|--:|--:|--:|")
-    for opt in dict.fromkeys(r["optimizer"] for r in rs):
-        many = [r for r in rs if r["optimizer"] == opt and r["tensors"] > 1]
-        big = [r for r in rs if r["optimizer"] == opt and r["tensors"] == 1 and r["n"] == 10_000_000]
-        get = lambda impl: next((r["ns_per_elem"] for r in rs if r["optimizer"] == opt and r["impl"] == impl), None)
-        if many and big:
-            m, b = many[0]["ns_per_elem"], big[0]["ns_per_elem"]
-            print(f"| {opt} | {m:.3f} | {b:.3f} | {m / b:.2f} | {get('compile_cold') / 1e3:.0f} µs | "
-                  f"{get('compile_hit') / 1e3:.2f} µs | {get('step_overhead') / 1e3:.2f} µs |")
+        def opt_ratio(key):
+            return f"{j[key]:.2f}" if j.get(key) is not None else "–"
 
+        # A run without the floor (`--impl jit`) or the native loop (`.opt` files) leaves dashes.
+        print(f"| {opt} | 2^{n.bit_length() - 1} | {t} | {j['ns_per_elem']:.3f} | {j['gbps']:.1f} | "
+              f"{opt_ratio('of_floor')} | {opt_ratio('vs_native')} | {ns('native')} | {ns('chunked')} | "
+              f"{ns('eager')} | {ns('interp')} | {f'{floor:.1f}' if floor else '–'} |")
+    print()
+    many_small_table(rs)
+
+
+def many_small_table(rs):
+    """Many small tensors in both layouts beside one tensor of the same total, with compile
+    times. Records without `steps` come from runs before the field: those measured the
+    staggered layout."""
+    many = [r for r in rs if r["impl"] == "jit" and r["tensors"] > 1]
+    if many:
+        count, each = many[0]["tensors"], many[0]["n"] // many[0]["tensors"]
+        size, total = f"{count:,} × {each:,}", f"1 × {count * each / 1e6:g}M"
+    else:
+        size, total = "10,000 × 1,000", "1 × 10M"
+    print(f"| optimizer | {size} shared ns/el | {size} staggered ns/el | {total} ns/el | "
+          "shared / one | staggered / one | compile cold | cache hit | step overhead |")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+    for opt in dict.fromkeys(r["optimizer"] for r in rs):
+        def ns(steps):
+            return next((r["ns_per_elem"] for r in many
+                         if r["optimizer"] == opt and r.get("steps", "staggered") == steps), None)
+
+        def us(impl, digits):
+            t = next((r["ns_per_elem"] for r in rs if r["optimizer"] == opt and r["impl"] == impl), None)
+            return f"{t / 1e3:.{digits}f} µs" if t is not None else "–"
+
+        shared, staggered = ns("shared"), ns("staggered")
+        sizes = {r["n"] for r in many if r["optimizer"] == opt}
+        one = next((r["ns_per_elem"] for r in rs if r["optimizer"] == opt and r["impl"] == "jit"
+                    and r["tensors"] == 1 and r["n"] in sizes), None)
+        if one is None or (shared is None and staggered is None):
+            continue
+        fmt = lambda t: f"{t:.3f}" if t is not None else "–"
+        ratio = lambda t: f"{t / one:.2f}" if t is not None else "–"
+        print(f"| {opt} | {fmt(shared)} | {fmt(staggered)} | {one:.3f} | {ratio(shared)} | "
+              f"{ratio(staggered)} | {us('compile_cold', 0)} | {us('compile_hit', 2)} | "
+              f"{us('step_overhead', 2)} |")
 
 if __name__ == "__main__":
     main()

@@ -142,6 +142,12 @@ pub struct Record {
     pub of_floor: Option<f64>,
     /// Speed relative to the native loop at the same size and threads (above 1: faster).
     pub vs_native: Option<f64>,
+    /// Many small tensors only, which layout they were stepped in: `shared` (all at the same
+    /// step) or `staggered` (every other tensor one step ahead). Absent from every other
+    /// record, the one big tensor they are compared with included, and from runs before the
+    /// field existed (those measured `staggered`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<&'static str>,
 }
 
 impl Record {
@@ -165,6 +171,7 @@ impl Record {
             gbps: (bytes * n) as f64 / time.as_secs_f64() / 1e9,
             of_floor: None,
             vs_native: None,
+            steps: None,
         }
     }
 
@@ -202,17 +209,27 @@ pub fn bytes_per_element(graph: &Graph) -> Result<usize> {
 fn median(min_time: Duration, mut f: impl FnMut() -> Result<()>) -> Result<Duration> {
     let start = Instant::now();
     f()?;
-    let first = start.elapsed();
+    let runs = if start.elapsed() > min_time { 1 } else { 3 };
+    timed(min_time, runs, f)
+}
+
+/// Median duration of `f`, called at least `runs` times and for at least `min_time` (but no
+/// more than 1000 times once `runs` are done), without a warm-up call.
+fn timed(min_time: Duration, runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<Duration> {
     let mut times = Vec::new();
     let started = Instant::now();
-    let want = if first > min_time { 1 } else { 3 };
-    while times.len() < want || (started.elapsed() < min_time && times.len() < 1000) {
+    while times.len() < runs || (started.elapsed() < min_time && times.len() < 1000) {
         let t = Instant::now();
         f()?;
         times.push(t.elapsed());
     }
+    Ok(middle(times))
+}
+
+/// The median of `times` (the upper one of an even count); `times` is not empty.
+fn middle(mut times: Vec<Duration>) -> Duration {
     times.sort();
-    Ok(times[times.len() / 2])
+    times[times.len() / 2]
 }
 
 fn ns_per_elem(t: Duration, n: usize) -> f64 {
@@ -246,8 +263,9 @@ fn optimizer(
 pub fn run(config: &Config, mut progress: impl FnMut(usize, usize, &str)) -> Result<Vec<Record>> {
     let mut records = Vec::new();
     let per_point = config.impls.len();
+    // Many small tensors: three layouts, each timed once a round.
     let total = config.optimizers.len() * config.sizes.len() * config.threads.len() * per_point
-        + usize::from(config.many_small.is_some()) * config.optimizers.len() * 2
+        + usize::from(config.many_small.is_some()) * config.optimizers.len() * 3 * ROUNDS
         + usize::from(config.compile) * config.optimizers.len();
     let mut done = 0;
     for (name, graph) in &config.optimizers {
@@ -308,35 +326,22 @@ pub fn run(config: &Config, mut progress: impl FnMut(usize, usize, &str)) -> Res
             }
         }
         if let Some((count, each)) = config.many_small {
-            for (tensors, per) in [(count, each), (1, count * each)] {
-                progress(done, total, &format!("{name} jit {tensors} tensors"));
+            let threads = *config.threads.iter().max().unwrap_or(&1);
+            progress(done, total, &format!("{name} jit {count} tensors: setup"));
+            let mut layouts = many_small(graph, threads, count, each)?;
+            let labels: Vec<String> = layouts.iter().map(Layout::label).collect();
+            let mut steps: Vec<_> = layouts.iter_mut().map(|l| move || l.opt.step()).collect();
+            let times = alternated(config.min_time, &mut steps, |round, i| {
+                let what = format!("{name} jit {} round {}/{ROUNDS}", labels[i], round + 1);
+                progress(done, total, &what);
                 done += 1;
-                let threads = *config.threads.iter().max().unwrap_or(&1);
-                let mut opt = optimizer(graph, Executor::Jit, threads, tensors, per)?;
-                if tensors > 1 {
-                    // Every other tensor one step ahead: neighbours then differ in their
-                    // per-step scalars, so none merge and the kernel really gets one segment
-                    // per tensor, each with its own prologue.
-                    let handles: Vec<crate::Param<f32>> = opt_handles(&opt);
-                    let grad: Vec<f32> = opt.grad(&handles[0])?.expect("set").to_vec();
-                    opt.zero_grad();
-                    for h in handles.iter().step_by(2) {
-                        opt.set_grad(h, &grad)?;
-                    }
-                    opt.step()?;
-                    for h in &handles {
-                        opt.set_grad(h, &grad)?;
-                    }
-                }
-                let time = median(config.min_time, || opt.step())?;
-                let n = count * each;
-                records.push(Record::step(
-                    name,
-                    "jit",
-                    (n, tensors, threads),
-                    time,
-                    bytes,
-                ));
+            })?;
+            for (layout, time) in layouts.iter().zip(times) {
+                let point = (count * each, layout.tensors, threads);
+                records.push(Record {
+                    steps: layout.steps,
+                    ..Record::step(name, "jit", point, time, bytes)
+                });
             }
         }
         if config.compile {
@@ -351,6 +356,96 @@ pub fn run(config: &Config, mut progress: impl FnMut(usize, usize, &str)) -> Res
     }
     progress(total, total, "done");
     Ok(records)
+}
+
+/// Rounds of [`alternated`]: each gives every optimizer `min_time / ROUNDS`.
+const ROUNDS: usize = 7;
+
+/// One layout of the many-small-tensors run, built and warmed up.
+struct Layout {
+    /// [`Record::steps`]: `shared`, `staggered`, or `None` for the one big tensor.
+    steps: Option<&'static str>,
+    /// Number of tensors.
+    tensors: usize,
+    opt: Optimizer,
+}
+
+impl Layout {
+    /// `10000 tensors shared`, `one tensor`: for the progress bar.
+    fn label(&self) -> String {
+        match self.steps {
+            Some(steps) => format!("{} tensors {steps}", self.tensors),
+            None => "one tensor".to_string(),
+        }
+    }
+}
+
+/// `count` tensors of `each` elements in two layouts, and one tensor of the same total, each
+/// stepped once (the warm-up):
+///
+/// - `shared`: all tensors at the same step, so neighbours merge into one segment;
+/// - `staggered`: every other tensor one step ahead. For optimizers whose per-step scalars
+///   depend on the step (the bias corrections of Adam and AdamW) neighbours then differ and
+///   none merge: the kernel really gets one segment per tensor, each with its own prologue.
+///   The others (SGD-momentum after its first step, Lion, RMSprop) merge anyway;
+/// - one tensor of `count * each` elements.
+fn many_small(graph: &Graph, threads: usize, count: usize, each: usize) -> Result<Vec<Layout>> {
+    let shared = optimizer(graph, Executor::Jit, threads, count, each)?;
+    let mut staggered = optimizer(graph, Executor::Jit, threads, count, each)?;
+    let handles: Vec<crate::Param<f32>> = opt_handles(&staggered);
+    let grad: Vec<f32> = staggered.grad(&handles[0])?.expect("set").to_vec();
+    staggered.zero_grad();
+    for h in handles.iter().step_by(2) {
+        staggered.set_grad(h, &grad)?;
+    }
+    staggered.step()?;
+    for h in &handles {
+        staggered.set_grad(h, &grad)?;
+    }
+    let one = optimizer(graph, Executor::Jit, threads, 1, count * each)?;
+    let mut layouts = vec![
+        Layout {
+            steps: Some("shared"),
+            tensors: count,
+            opt: shared,
+        },
+        Layout {
+            steps: Some("staggered"),
+            tensors: count,
+            opt: staggered,
+        },
+        Layout {
+            steps: None,
+            tensors: 1,
+            opt: one,
+        },
+    ];
+    for layout in &mut layouts {
+        layout.opt.step()?;
+    }
+    Ok(layouts)
+}
+
+/// The median step time of each of `steps`, measured in alternation so that all see the
+/// same moments of a noisy machine: [`ROUNDS`] rounds, each timing every one for
+/// `min_time / ROUNDS` and at least 3 calls (no warm-up: the caller did it), in an order
+/// rotated every round (a b c, b c a, c a b, …); the median over rounds of each one's
+/// median. `before(round, i)` runs before each timing.
+fn alternated(
+    min_time: Duration,
+    steps: &mut [impl FnMut() -> Result<()>],
+    mut before: impl FnMut(usize, usize),
+) -> Result<Vec<Duration>> {
+    let share = min_time / ROUNDS as u32;
+    let mut medians = vec![Vec::new(); steps.len()];
+    for round in 0..ROUNDS {
+        for k in 0..steps.len() {
+            let i = (round + k) % steps.len();
+            before(round, i);
+            medians[i].push(timed(share, 3, &mut steps[i])?);
+        }
+    }
+    Ok(medians.into_iter().map(middle).collect())
 }
 
 /// Handles to the f32 parameters `optimizer` added, in order.
@@ -368,8 +463,7 @@ fn measured(config: &Config, mut f: impl FnMut() -> Result<Duration>) -> Result<
     while best.len() < 3 || (started.elapsed() < config.min_time && best.len() < 1000) {
         best.push(f()?);
     }
-    best.sort();
-    Ok(best[best.len() / 2])
+    Ok(middle(best))
 }
 
 /// Stream `k` of `n` elements set to `value`, laid out as the flat store lays out its own
@@ -464,4 +558,66 @@ fn compile_times(name: &str, graph: &Graph) -> Result<Vec<Record>> {
         Record::duration(name, "compile_cold", cold[10]),
         Record::duration(name, "compile_hit", hit),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    #[test]
+    fn alternated_rotates_the_order_and_times_each_every_round() {
+        let calls = RefCell::new(Vec::new());
+        let mut steps: Vec<_> = (0..3)
+            .map(|i| {
+                let calls = &calls;
+                move || {
+                    calls.borrow_mut().push(i);
+                    Ok(())
+                }
+            })
+            .collect();
+        let mut order = Vec::new();
+        let times = alternated(Duration::ZERO, &mut steps, |round, i| {
+            order.push((round, i))
+        })
+        .expect("steps succeed");
+        assert_eq!(times.len(), 3);
+        let first_rounds: Vec<(usize, usize)> = order.iter().copied().take(9).collect();
+        #[rustfmt::skip]
+        assert_eq!(first_rounds, [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (1, 0), (2, 2), (2, 0), (2, 1)]);
+        assert_eq!(order.len(), 3 * ROUNDS);
+        // With no time to fill, each timing is its 3 calls.
+        let calls = calls.into_inner();
+        assert_eq!(calls.len(), 3 * 3 * ROUNDS);
+        assert_eq!(calls[..9], [0, 0, 0, 1, 1, 1, 2, 2, 2]);
+    }
+
+    #[test]
+    fn middle_is_the_median() {
+        let ms = |v: &[u64]| {
+            v.iter()
+                .map(|&m| Duration::from_millis(m))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(middle(ms(&[5, 1, 3])), Duration::from_millis(3));
+        assert_eq!(middle(ms(&[4, 1, 3, 2])), Duration::from_millis(3));
+    }
+
+    #[test]
+    fn steps_is_serialized_only_when_present() {
+        let time = Duration::from_millis(1);
+        let one = Record::step("adam", "jit", (10, 1, 1), time, 16);
+        let json = serde_json::to_string(&one).expect("serializes");
+        assert!(!json.contains("steps"), "{json}");
+        let many = Record {
+            steps: Some("shared"),
+            ..one
+        };
+        let json = serde_json::to_string(&many).expect("serializes");
+        assert!(
+            json.ends_with(r#""vs_native":null,"steps":"shared"}"#),
+            "{json}"
+        );
+    }
 }

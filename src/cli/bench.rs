@@ -116,7 +116,9 @@ fn progress_bar() -> ProgressBar {
 }
 
 /// The results as a table: per-size rows, then compile times and the fixed cost of a step.
-/// The optimizer column is as wide as the longest label (a file's path can be one).
+/// The optimizer column is as wide as the longest label (a file's path can be one); when
+/// many small tensors were measured, their layout (`shared`, `staggered`) follows the tensor
+/// count in a column of its own.
 fn print_table(records: &[suite::Record]) {
     let ratio = |r: Option<f64>| r.map_or(String::new(), |r| format!("{r:.2}"));
     let is_duration = |r: &suite::Record| {
@@ -128,16 +130,25 @@ fn print_table(records: &[suite::Record]) {
         .max()
         .unwrap_or(0)
         .max(13);
+    // The layout column, with its leading space; none at all when no record has a layout.
+    let steps_w = records
+        .iter()
+        .filter_map(|r| r.steps)
+        .map(|s| s.len() + 1)
+        .max()
+        .unwrap_or(0);
+    let steps = |r: &suite::Record| r.steps.map_or(String::new(), |s| format!(" {s}"));
     outln(format_args!(
-        "{:<w$} {:>9} {:>7} {:>3} {:<8} {:>10} {:>8} {:>7} {:>7}",
-        "optimizer", "n", "tensors", "thr", "impl", "ns/elem", "GB/s", "/floor", "/native"
+        "{:<w$} {:>9} {:>7}{:<steps_w$} {:>3} {:<8} {:>10} {:>8} {:>7} {:>7}",
+        "optimizer", "n", "tensors", "", "thr", "impl", "ns/elem", "GB/s", "/floor", "/native"
     ));
     for r in records.iter().filter(|r| !is_duration(r)) {
         outln(format_args!(
-            "{:<w$} {:>9} {:>7} {:>3} {:<8} {:>10.3} {:>8.1} {:>7} {:>7}",
+            "{:<w$} {:>9} {:>7}{:<steps_w$} {:>3} {:<8} {:>10.3} {:>8.1} {:>7} {:>7}",
             r.optimizer,
             r.n,
             r.tensors,
+            steps(r),
             r.threads,
             r.implementation,
             r.ns_per_elem,
