@@ -181,8 +181,9 @@ pub(crate) fn validate<T: Float>(stage: &Stage, segments: &[Segment<'_, T>]) -> 
         actual,
     };
     let slots = stage.n_streams as usize - 2;
-    // Ranges per stream (param, grad, each state slot, scalars), in segment order.
-    let mut streams: Vec<Vec<Range>> = vec![Vec::with_capacity(segments.len()); slots + 3];
+    // The hull of each stream (param, grad, each state slot, scalars): the linear check
+    // needs no more, so nothing is stored per segment.
+    let mut hulls = vec![Hull::EMPTY; slots + 3];
     for (n, seg) in segments.iter().enumerate() {
         let len = seg.param.len();
         if seg.grad.len() != len {
@@ -205,74 +206,99 @@ pub(crate) fn validate<T: Float>(stage: &Stage, segments: &[Segment<'_, T>]) -> 
                 seg.scalars.len(),
             ));
         }
-        push_range(&mut streams[0], seg.param.as_ptr(), len, Buffer::Param(n))?;
-        push_range(&mut streams[1], seg.grad.as_ptr(), len, Buffer::Grad(n))?;
-        for (k, s) in seg.state.iter().enumerate() {
-            push_range(&mut streams[2 + k], s.as_ptr(), len, Buffer::State(n, k))?;
-        }
-        let scalars = &mut streams[slots + 2];
-        push_range(
-            scalars,
-            seg.scalars.as_ptr(),
-            seg.scalars.len(),
-            Buffer::Scalars(n),
-        )?;
+        ranges(seg, n, |k, r| hulls[k].add(r))?;
     }
     // Streams 1 (grad) and the last (scalars) are read only.
     let written_stream = |k: usize| k != 1 && k != slots + 2;
-    if disjoint_by_stream(&streams, written_stream) {
+    if disjoint_by_stream(&hulls, written_stream) {
         return Ok(());
     }
     let mut written: Vec<Range> = Vec::new();
     let mut read: Vec<Range> = Vec::new();
-    for (k, list) in streams.into_iter().enumerate() {
-        if written_stream(k) {
-            written.extend(list);
-        } else {
-            read.extend(list);
-        }
+    for (n, seg) in segments.iter().enumerate() {
+        ranges(seg, n, |k, r| match written_stream(k) {
+            true => written.push(r),
+            false => read.push(r),
+        })?;
     }
     check_disjoint(&mut written, &read)
+}
+
+/// Calls `visit(stream, range)` for every non-empty buffer of segment `n` (stream 0 the
+/// param, 1 the grad, 2.. the state slots, then the scalar block), after checking its
+/// alignment; empty buffers occupy no memory and are skipped.
+fn ranges<T>(seg: &Segment<'_, T>, n: usize, mut visit: impl FnMut(usize, Range)) -> Result<()> {
+    let mut range = |k: usize, ptr: *const T, len: usize, buffer: Buffer| {
+        let align = std::mem::align_of::<T>();
+        if !(ptr as usize).is_multiple_of(align) {
+            return Err(Error::Misaligned {
+                what: buffer.name(),
+                align,
+            });
+        }
+        if len > 0 {
+            let start = ptr as usize;
+            visit(k, (start, start + len * std::mem::size_of::<T>(), buffer));
+        }
+        Ok(())
+    };
+    let len = seg.param.len();
+    range(0, seg.param.as_ptr(), len, Buffer::Param(n))?;
+    range(1, seg.grad.as_ptr(), len, Buffer::Grad(n))?;
+    for (k, s) in seg.state.iter().enumerate() {
+        range(2 + k, s.as_ptr(), len, Buffer::State(n, k))?;
+    }
+    let scalars = seg.scalars;
+    let k = 2 + seg.state.len();
+    range(k, scalars.as_ptr(), scalars.len(), Buffer::Scalars(n))
+}
+
+/// One stream's ranges as the linear check sees them: their hull, and whether each range
+/// starts at or after the end of the one before.
+#[derive(Clone, Copy, Debug)]
+struct Hull {
+    start: usize,
+    end: usize,
+    increasing: bool,
+    empty: bool,
+}
+
+impl Hull {
+    const EMPTY: Hull = Hull {
+        start: usize::MAX,
+        end: 0,
+        increasing: true,
+        empty: true,
+    };
+
+    fn add(&mut self, (start, end, _): Range) {
+        // While the ranges increase, the hull ends where the last one does.
+        if !self.empty && start < self.end {
+            self.increasing = false;
+        }
+        self.start = self.start.min(start);
+        self.end = self.end.max(end);
+        self.empty = false;
+    }
 }
 
 /// The linear-time check that covers the usual layout (each stream's ranges in increasing
 /// order within its own buffer): every written stream's ranges are increasing and disjoint,
 /// and the hull of each written stream meets no other stream's hull. `false` means "not
 /// shown", and the caller falls back to the exact check.
-fn disjoint_by_stream(streams: &[Vec<Range>], written: impl Fn(usize) -> bool) -> bool {
-    let mut hulls = Vec::with_capacity(streams.len());
-    for (k, list) in streams.iter().enumerate() {
-        if written(k) && !list.windows(2).all(|w| w[0].1 <= w[1].0) {
-            return false;
-        }
-        let start = list.iter().map(|r| r.0).min();
-        let end = list.iter().map(|r| r.1).max();
-        if let (Some(start), Some(end)) = (start, end) {
-            hulls.push((start, end, written(k)));
-        }
+fn disjoint_by_stream(hulls: &[Hull], written: impl Fn(usize) -> bool) -> bool {
+    if (0..hulls.len()).any(|k| written(k) && !hulls[k].increasing) {
+        return false;
     }
-    hulls.iter().enumerate().all(|(i, a)| {
-        hulls[i + 1..]
+    let spans: Vec<(Hull, bool)> = (0..hulls.len())
+        .filter(|&k| !hulls[k].empty)
+        .map(|k| (hulls[k], written(k)))
+        .collect();
+    spans.iter().enumerate().all(|(i, (a, wa))| {
+        spans[i + 1..]
             .iter()
-            .all(|b| !(a.2 || b.2) || a.1 <= b.0 || b.1 <= a.0)
+            .all(|(b, wb)| !(wa | wb) || a.end <= b.start || b.end <= a.start)
     })
-}
-
-/// Records the byte range of a buffer after checking its alignment; empty buffers occupy
-/// no memory and are skipped.
-fn push_range<T>(list: &mut Vec<Range>, ptr: *const T, len: usize, buffer: Buffer) -> Result<()> {
-    let align = std::mem::align_of::<T>();
-    if !(ptr as usize).is_multiple_of(align) {
-        return Err(Error::Misaligned {
-            what: buffer.name(),
-            align,
-        });
-    }
-    if len > 0 {
-        let start = ptr as usize;
-        list.push((start, start + len * std::mem::size_of::<T>(), buffer));
-    }
-    Ok(())
 }
 
 /// Fails if a written range overlaps any other range (written or read).
@@ -307,26 +333,37 @@ mod tests {
     fn the_linear_check_accepts_ordered_streams_and_defers_anything_else() {
         let (p, g, s) = (Buffer::Param, Buffer::Grad, Buffer::Scalars);
         let written = |k: usize| k != 1;
+        let hulls = |streams: Vec<Vec<Range>>| -> Vec<Hull> {
+            let hull = |list: Vec<Range>| {
+                let mut h = Hull::EMPTY;
+                list.into_iter().for_each(|r| h.add(r));
+                h
+            };
+            streams.into_iter().map(hull).collect()
+        };
         // Three streams in three buffers, each in increasing order: shown disjoint.
         let ok = vec![
             vec![(0, 10, p(0)), (16, 20, p(1))],
             vec![(100, 110, g(0)), (116, 120, g(1))],
             vec![(200, 210, s(0))],
         ];
-        assert!(disjoint_by_stream(&ok, written));
+        assert!(disjoint_by_stream(&hulls(ok), written));
         // Out of order within a written stream: not shown (the exact check decides).
         let unordered = vec![vec![(16, 20, p(1)), (0, 10, p(0))], vec![], vec![]];
-        assert!(!disjoint_by_stream(&unordered, written));
+        assert!(!disjoint_by_stream(&hulls(unordered), written));
+        // Overlapping within a written stream: not shown.
+        let overlapping = vec![vec![(0, 10, p(0)), (8, 20, p(1))], vec![], vec![]];
+        assert!(!disjoint_by_stream(&hulls(overlapping), written));
         // A written hull meeting a read hull: not shown.
         let meeting = vec![vec![(0, 10, p(0))], vec![(5, 6, g(0))], vec![]];
-        assert!(!disjoint_by_stream(&meeting, written));
+        assert!(!disjoint_by_stream(&hulls(meeting), written));
         // Two read hulls may meet (a shared gradient).
         let shared = vec![
             vec![(0, 10, p(0))],
             vec![(100, 110, g(0)), (100, 110, g(1))],
             vec![(104, 105, s(0))],
         ];
-        assert!(disjoint_by_stream(&shared, |k| k == 0));
+        assert!(disjoint_by_stream(&hulls(shared), |k| k == 0));
     }
 
     #[test]
