@@ -42,7 +42,17 @@ impl fmt::Display for DType {
     }
 }
 
-/// A floating-point element type the executors can run on (`f32`, `f64`).
+/// The element types' private supertrait: generated code trusts [`Float::DTYPE`] to give the
+/// element's size and format, so no type outside optjit may claim one. It also lets the flat
+/// store view memory as elements (`bytemuck::Pod`) without making that part of the API.
+mod sealed {
+    pub trait Sealed: bytemuck::Pod {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+}
+
+/// A floating-point element type the executors can run on (`f32`, `f64`); sealed: implemented
+/// for those two only.
 ///
 /// The methods are the IEEE operations the interpreter defines the ops with; the JIT emits the
 /// same operations, so both agree bit for bit.
@@ -59,7 +69,7 @@ pub trait Float:
     + Mul<Output = Self>
     + Div<Output = Self>
     + Neg<Output = Self>
-    + bytemuck::Pod
+    + sealed::Sealed
     + 'static
 {
     /// The dtype tag of this type.
