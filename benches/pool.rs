@@ -93,8 +93,9 @@ struct Variant {
 
 /// An Adam optimizer over `case` run as `variant`, gradients set, one step taken (the kernel
 /// is compiled and the state allocated). Many tensors are kept from merging into one segment as
-/// `optjit bench` does: every other tensor is one step ahead, so neighbours differ in their
-/// per-step scalars and each tensor is a segment with its own prologue.
+/// in the staggered layout of `optjit bench`: every other tensor is one step ahead, so
+/// neighbours differ in Adam's per-step scalars and each tensor is a segment with its own
+/// prologue.
 fn optimizer(case: &Case, variant: Variant, threads: usize) -> Optimizer {
     let graph = Adam::default().graph().expect("Adam builds");
     let mut opt = Optimizer::new(&graph)

@@ -59,9 +59,9 @@ def many_small_table(rs):
             return f"{t / 1e3:.{digits}f} µs" if t is not None else "–"
 
         shared, staggered = ns("shared"), ns("staggered")
-        sizes = {r["n"] for r in many if r["optimizer"] == opt}
+        points = {(r["n"], r["threads"]) for r in many if r["optimizer"] == opt}
         one = next((r["ns_per_elem"] for r in rs if r["optimizer"] == opt and r["impl"] == "jit"
-                    and r["tensors"] == 1 and r["n"] in sizes), None)
+                    and r["tensors"] == 1 and (r["n"], r["threads"]) in points), None)
         if one is None or (shared is None and staggered is None):
             continue
         fmt = lambda t: f"{t:.3f}" if t is not None else "–"

@@ -21,8 +21,8 @@ pub struct Segment<'a, T> {
 
 /// The streams of a call's segments, gathered piece by piece before the segments are made:
 /// piece `i` has `params[i]`, `grads[i]`, `scalars[i]` and the `slots` state buffers
-/// `state[i * slots..(i + 1) * slots]`. The segments then borrow one list of all the state
-/// buffers instead of owning one list each.
+/// `state[i * slots..(i + 1) * slots]`. Every segment's state list is a slice of that one
+/// list, so making the segments allocates nothing per segment.
 pub(crate) struct Pieces<'a, T> {
     params: Vec<&'a mut [T]>,
     grads: Vec<&'a [T]>,
@@ -45,6 +45,10 @@ impl<'a, T> Pieces<'a, T> {
 
     /// Appends the pieces `(offset, len, scalars)` of one set of buffers (its param, grad and
     /// `slots` state buffers, all of the same length); `ranges` are sorted and disjoint.
+    ///
+    /// Panics if `state` does not yield `slots` buffers or a range falls outside the buffers:
+    /// callers check both before (the runtime's store holds every slot over its whole length;
+    /// the Stepper checks each state's shape and the grad's length).
     pub(crate) fn cut(
         &mut self,
         param: &'a mut [T],
@@ -52,20 +56,25 @@ impl<'a, T> Pieces<'a, T> {
         state: impl Iterator<Item = &'a mut [T]>,
         ranges: &[(usize, usize, &'a [T])],
     ) {
-        let spans: Vec<(usize, usize)> = ranges.iter().map(|&(o, len, _)| (o, len)).collect();
-        self.params.extend(split_ranges_mut(param, &spans));
-        self.grads
-            .extend(spans.iter().map(|&(o, len)| &grad[o..o + len]));
-        self.scalars.extend(ranges.iter().map(|r| r.2));
-        let mut cut: Vec<_> = state
-            .map(|s| split_ranges_mut(s, &spans).into_iter())
-            .collect();
-        debug_assert_eq!(cut.len(), self.slots);
-        for _ in &spans {
-            let buffers = cut
-                .iter_mut()
-                .map(|c| c.next().expect("one slice per range"));
-            self.state.extend(buffers);
+        // What is left of each buffer after the pieces taken so far.
+        let mut param = param;
+        let mut rests: Vec<&'a mut [T]> = state.collect();
+        assert_eq!(rests.len(), self.slots, "one buffer per state slot");
+        let mut consumed = 0;
+        let take = |rest: &mut &'a mut [T], skip: usize, len: usize| {
+            let (piece, tail) = std::mem::take(rest)[skip..].split_at_mut(len);
+            *rest = tail;
+            piece
+        };
+        for &(offset, len, scalars) in ranges {
+            let skip = offset - consumed;
+            self.params.push(take(&mut param, skip, len));
+            self.grads.push(&grad[offset..offset + len]);
+            self.scalars.push(scalars);
+            for rest in &mut rests {
+                self.state.push(take(rest, skip, len));
+            }
+            consumed = offset + len;
         }
     }
 
@@ -74,7 +83,6 @@ impl<'a, T> Pieces<'a, T> {
     where
         'a: 's,
     {
-        storage.clear();
         storage.extend(self.state);
         let mut rest = storage.as_mut_slice();
         let slots = self.slots;
@@ -94,24 +102,6 @@ impl<'a, T> Pieces<'a, T> {
             })
             .collect()
     }
-}
-
-/// Splits `buf` into the mutable sub-slices `ranges` (sorted by offset, disjoint).
-pub(crate) fn split_ranges_mut<'a, T>(
-    mut buf: &'a mut [T],
-    ranges: &[(usize, usize)],
-) -> Vec<&'a mut [T]> {
-    let mut out = Vec::with_capacity(ranges.len());
-    let mut consumed = 0;
-    for &(offset, len) in ranges {
-        let rest = std::mem::take(&mut buf);
-        let (_, rest) = rest.split_at_mut(offset - consumed);
-        let (range, rest) = rest.split_at_mut(len);
-        out.push(range);
-        buf = rest;
-        consumed = offset + len;
-    }
-    out
 }
 
 impl<T: Float> Segment<'_, T> {
@@ -366,6 +356,58 @@ mod tests {
         assert!(disjoint_by_stream(&hulls(shared), |k| k == 0));
     }
 
+    /// Buffers cut from one allocation in an order the linear check cannot vouch for (the
+    /// segments' params in decreasing address order, state and params interleaved): the
+    /// exact check accepts them.
+    #[test]
+    fn layouts_the_linear_check_defers_are_decided_exactly() {
+        let graph = crate::optim::Adam::default().graph().unwrap();
+        let program = crate::passes::compile(&graph).unwrap();
+        let stage = &program.stage;
+        let scalars = vec![0.5f32; stage.n_scalars as usize];
+        let grad = vec![1.0f32; 8];
+        let mut memory = [0.0f32; 48];
+        let mut chunks: Vec<&mut [f32]> = memory.chunks_mut(8).collect();
+        let (c5, c4, c3, c2, c1, c0) = (
+            chunks.pop().unwrap(),
+            chunks.pop().unwrap(),
+            chunks.pop().unwrap(),
+            chunks.pop().unwrap(),
+            chunks.pop().unwrap(),
+            chunks.pop().unwrap(),
+        );
+        let mut first = [c1, c3];
+        let mut second = [c2, c4];
+        let segments = [
+            Segment {
+                param: c5,
+                grad: &grad,
+                state: &mut first,
+                scalars: &scalars,
+            },
+            Segment {
+                param: c0,
+                grad: &grad,
+                state: &mut second,
+                scalars: &scalars,
+            },
+        ];
+        let hull_of = |k: usize| {
+            let mut h = Hull::EMPTY;
+            for (n, seg) in segments.iter().enumerate() {
+                ranges(seg, n, |s, r| {
+                    if s == k {
+                        h.add(r)
+                    }
+                })
+                .unwrap();
+            }
+            h
+        };
+        assert!(!hull_of(0).increasing, "the linear check defers");
+        assert_eq!(validate(stage, &segments), Ok(()));
+    }
+
     #[test]
     fn disjoint_ranges_pass_and_overlaps_are_named() {
         let (a, b, r) = (Buffer::Param(0), Buffer::Param(1), Buffer::Grad(0));
@@ -381,15 +423,5 @@ mod tests {
         );
         let mut w = vec![(20, 30, b), (0, 21, a)];
         assert!(check_disjoint(&mut w, &[]).is_err());
-    }
-
-    #[test]
-    fn ranges_split_disjointly() {
-        let mut v: Vec<u32> = (0..10).collect();
-        let parts = split_ranges_mut(&mut v, &[(1, 2), (5, 0), (6, 3)]);
-        assert_eq!(
-            parts.iter().map(|p| p.to_vec()).collect::<Vec<_>>(),
-            vec![vec![1, 2], vec![], vec![6, 7, 8]]
-        );
     }
 }

@@ -163,7 +163,8 @@ impl Stepper {
         self.step_many(&mut [ParamRef { param, grad, state }])
     }
 
-    /// Updates every parameter in `params` with one kernel call.
+    /// Updates every parameter in `params` with one kernel call (one per thread when they are
+    /// big enough to share out).
     ///
     /// Everything is checked first (state shape, lengths, aliasing, step overflow): on error
     /// no parameter and no state is changed.

@@ -1,6 +1,6 @@
-//! Running a stage over segments on every core: segments are cut into (segment, range) pieces
-//! of at least [`GRAIN`] elements, dealt into one batch per thread, and each batch is one
-//! kernel (or interpreter) call on a persistent pool: rayon's, or optjit's pinned one (see
+//! Running a stage over segments on every core: when there are at least [`GRAIN`] elements
+//! per thread, segments are cut into (segment, range) pieces dealt into one batch per thread
+//! (see [`batches`]), and each batch is one kernel (or interpreter) call on a persistent pool: rayon's, or optjit's pinned one (see
 //! [`PoolKind`]). Both run the same batches, so their results are identical bit for bit.
 
 use crate::interp::{run_chunked, run_eager, run_reference};
@@ -81,7 +81,12 @@ pub(crate) fn batches<T>(lens: &[usize], threads: usize) -> Batches {
     for (segment, &len) in lens.iter().enumerate() {
         let mut start = 0;
         while len - start > room {
-            let cut = room / block * block;
+            // The room rounded up to whole blocks: a batch may take a few elements more than
+            // its share, never fewer, so that the batches are at most `threads`.
+            let cut = room.div_ceil(block) * block;
+            if cut >= len - start {
+                break;
+            }
             if cut > 0 {
                 pieces.push(Piece {
                     segment,
@@ -93,7 +98,7 @@ pub(crate) fn batches<T>(lens: &[usize], threads: usize) -> Batches {
             ends.push(pieces.len());
             room = per_batch;
         }
-        room -= len - start;
+        room = room.saturating_sub(len - start);
         pieces.push(Piece {
             segment,
             start,
@@ -153,19 +158,20 @@ mod tests {
 
     /// The pieces of `b` cover segments of `lens` exactly once, in order; cuts fall on 64-byte
     /// boundaries; there are at most `threads` batches, none empty.
-    fn check(lens: &[usize], threads: usize) {
-        let b = batches::<f32>(lens, threads);
+    fn check<T>(lens: &[usize], threads: usize) {
+        let b = batches::<T>(lens, threads);
+        let block = 64 / std::mem::size_of::<T>();
         let mut next = vec![0; lens.len()];
         let mut last = 0;
         for p in &b.pieces {
             assert!(p.segment >= last, "{lens:?}: pieces in segment order");
             last = p.segment;
             assert_eq!(p.start, next[p.segment], "{lens:?}: no gap, no overlap");
-            assert_eq!(p.start % 16, 0, "{lens:?}: cut on a 64-byte boundary");
+            assert_eq!(p.start % block, 0, "{lens:?}: cut on a 64-byte boundary");
             next[p.segment] += p.len;
         }
         assert_eq!(next, lens, "every element once");
-        assert!(b.ends.len() <= threads.max(1));
+        assert!(b.ends.len() <= threads.max(1), "{lens:?}: {:?}", b.ends);
         assert_eq!(b.ends.last(), Some(&b.pieces.len()));
         assert!(
             b.ends.windows(2).all(|w| w[0] < w[1]),
@@ -175,13 +181,33 @@ mod tests {
 
     #[test]
     fn batches_cover_every_element_once_on_aligned_cuts() {
-        check(&[], 2);
-        check(&[0, 5], 4);
-        check(&[GRAIN * 2], 2);
-        check(&[GRAIN * 2 + 3], 2);
-        check(&[GRAIN * 4 + 7], 3);
-        check(&[1000; 600], 2);
-        check(&[GRAIN - 1, 5, GRAIN * 3, 17, 0, GRAIN + 1], 4);
+        for threads in [2, 3, 4] {
+            check::<f32>(&[], threads);
+            check::<f32>(&[0, 5], threads);
+            check::<f32>(&[GRAIN * 2], threads);
+            check::<f32>(&[GRAIN * 2 + 3], threads);
+            check::<f64>(&[GRAIN * 4 + 7], threads);
+            check::<f32>(&[1000; 600], threads);
+            check::<f64>(&[1000; 600], threads);
+            // The first segment leaves a room smaller than a block: the next cut rounds up.
+            check::<f32>(&[GRAIN - 1, GRAIN + 1], threads);
+            check::<f64>(&[GRAIN - 1, GRAIN + 1], threads);
+            check::<f32>(&[GRAIN - 1, 5, GRAIN * 3, 17, 0, GRAIN + 1], threads);
+        }
+        // Pseudo-random lengths.
+        let mut x = 12345u64;
+        for _ in 0..2000 {
+            let lens: Vec<usize> = (0..1 + x as usize % 7)
+                .map(|_| {
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    (x >> 33) as usize % (3 * GRAIN)
+                })
+                .collect();
+            check::<f32>(&lens, 2 + (x >> 60) as usize % 3);
+            check::<f64>(&lens, 2);
+        }
         // One thread, or too little work for two: each segment is one whole piece.
         let one = batches::<f32>(&[GRAIN, 3], 1);
         assert_eq!((one.pieces.len(), one.ends.clone()), (2, vec![2]));

@@ -348,13 +348,13 @@ impl Optimizer {
         self
     }
 
-    /// Whether the flat store backs its big streams (4 MiB and more) with transparent huge
-    /// pages (default: yes). On Linux with THP in `always` or `madvise` mode such a stream
-    /// is mapped on its own and advised (`MADV_HUGEPAGE`) before its first write, so that
-    /// it gets 2 MiB pages: fewer TLB misses, and prefetchers that run on across what would
-    /// be 4 KiB page boundaries. Elsewhere, or when the OS refuses, the memory is an ordinary
-    /// allocation. Applies to buffers allocated from now on (call it before adding
-    /// parameters); results are identical either way.
+    /// Whether the flat store asks for transparent huge pages for its big streams (4 MiB and
+    /// more; default: yes). On Linux such a stream is mapped on its own and advised
+    /// (`MADV_HUGEPAGE`) before its first write; with THP in `always` or `madvise` mode the
+    /// kernel then backs it with 2 MiB pages where it can (fewer TLB misses). Elsewhere, or
+    /// when the advice is refused, the memory is an ordinary allocation. Applies to buffers
+    /// allocated from now on (call it before adding parameters); results are identical either
+    /// way.
     pub fn with_huge_pages(mut self, huge: bool) -> Optimizer {
         self.huge_pages = huge;
         for group in &mut self.groups {
