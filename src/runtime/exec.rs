@@ -1,7 +1,8 @@
 //! Running a stage over segments on every core: when there are at least [`GRAIN`] elements
 //! per thread, segments are cut into (segment, range) pieces dealt into one batch per thread
-//! (see [`batches`]), and each batch is one kernel (or interpreter) call on a persistent pool: rayon's, or optjit's pinned one (see
-//! [`PoolKind`]). Both run the same batches, so their results are identical bit for bit.
+//! (see [`batches`]), and each batch is one kernel (or interpreter) call on a persistent
+//! pool: rayon's, or optjit's pinned one (see [`PoolKind`]). Both run the same batches, so
+//! their results are identical bit for bit.
 
 use crate::interp::{run_chunked, run_eager, run_reference};
 use crate::program::Stage;

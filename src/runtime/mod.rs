@@ -91,30 +91,28 @@ pub(crate) struct FlatStore<T> {
     slots: Vec<AlignedBuf<T>>,
     /// Elements in use, padding included.
     len: usize,
-    /// Whether big streams ask for huge pages (see [`Optimizer::with_huge_pages`]).
-    huge: bool,
 }
 
 impl<T: Float> FlatStore<T> {
-    fn new(huge: bool) -> Self {
+    fn new() -> Self {
         FlatStore {
-            params: AlignedBuf::filled(0, T::ZERO, 0, huge),
-            grads: AlignedBuf::filled(0, T::ZERO, 1, huge),
+            params: AlignedBuf::filled(0, T::ZERO, 0, false),
+            grads: AlignedBuf::filled(0, T::ZERO, 1, false),
             slots: Vec::new(),
             len: 0,
-            huge,
         }
     }
 
-    /// Allocates the `n` element-slot buffers (streams 2.. of the kernel) if not yet there.
-    pub(crate) fn ensure_slots(&mut self, n: usize) {
+    /// Allocates the `n` element-slot buffers (streams 2.. of the kernel) if not yet there;
+    /// `huge` as in [`Optimizer::with_huge_pages`].
+    pub(crate) fn ensure_slots(&mut self, n: usize, huge: bool) {
         debug_assert!(
             self.slots.is_empty() || self.slots.len() == n,
             "slot count is fixed"
         );
         if self.slots.is_empty() && n > 0 {
             self.slots = (0..n)
-                .map(|k| AlignedBuf::filled(self.len, T::ZERO, 2 + k, self.huge))
+                .map(|k| AlignedBuf::filled(self.len, T::ZERO, 2 + k, huge))
                 .collect();
         }
     }
@@ -357,10 +355,6 @@ impl Optimizer {
     /// way.
     pub fn with_huge_pages(mut self, huge: bool) -> Optimizer {
         self.huge_pages = huge;
-        for group in &mut self.groups {
-            group.f32.huge = huge;
-            group.f64.huge = huge;
-        }
         self
     }
 
@@ -379,8 +373,8 @@ impl Optimizer {
         self.groups.push(Group {
             hypers,
             params: Vec::new(),
-            f32: FlatStore::new(self.huge_pages),
-            f64: FlatStore::new(self.huge_pages),
+            f32: FlatStore::new(),
+            f64: FlatStore::new(),
         });
         Ok(self.groups.len() - 1)
     }
@@ -404,7 +398,7 @@ impl Optimizer {
         let store = self.groups[group].store_mut::<T>();
         let offset = store.len;
         store.len = offset + round_up::<T>(len);
-        let huge = store.huge;
+        let huge = self.huge_pages;
         store.params.resize(store.len, T::ZERO, huge);
         store.grads.resize(store.len, T::ZERO, huge);
         for slot in &mut store.slots {

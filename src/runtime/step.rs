@@ -190,10 +190,8 @@ impl Optimizer {
             fresh: Vec::new(),
         };
         let mut values = Vec::new();
-        // The keys (step, scalar state) of the prologues run so far, with the block each
-        // gave. A group has few distinct ones (parameters skipped now and then fall a step
-        // behind): the last few are searched, which keeps planning linear whatever the steps
-        // are. Blocks are searched the same way.
+        // The keys (step, scalar state) of the prologues run so far, with the block each gave;
+        // keys and blocks are looked up among the most recent (see `recent`).
         let mut keys: Vec<(u64, &[f64], usize)> = Vec::new();
         let same = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
         let same_block = |a: &[T], b: &[T]| {
@@ -216,13 +214,9 @@ impl Optimizer {
             if step == u64::MAX {
                 return Err(Error::StepOverflow);
             }
-            let known = keys
-                .iter()
-                .enumerate()
-                .rev()
-                .take(8)
-                .find(|(_, &(s, sc, _))| s == step && same(sc, scalars))
-                .map(|(k, _)| k);
+            let known = recent(keys.len(), |k| {
+                keys[k].0 == step && same(keys[k].1, scalars)
+            });
             let key = match known {
                 Some(key) => key,
                 None => {
@@ -235,9 +229,7 @@ impl Optimizer {
                             .map(|&(slot, v)| (slot as usize, values[v as usize]))
                             .collect(),
                     );
-                    let found = (plan.blocks.len().saturating_sub(8)..plan.blocks.len())
-                        .rev()
-                        .find(|&b| same_block(&plan.blocks[b], &block));
+                    let found = recent(plan.blocks.len(), |b| same_block(&plan.blocks[b], &block));
                     let index = found.unwrap_or_else(|| {
                         plan.blocks.push(block);
                         plan.blocks.len() - 1
@@ -284,6 +276,7 @@ impl Optimizer {
         let mut pieces = Pieces::with_capacity(batches.pieces.len(), slots);
         let mut next = batches.pieces.iter().peekable();
         let mut first_run = 0;
+        let huge = self.huge_pages;
         for (group, plan) in self.groups.iter_mut().zip(plans) {
             let runs = first_run..first_run + plan.runs.len();
             first_run = runs.end;
@@ -291,7 +284,7 @@ impl Optimizer {
                 continue;
             }
             let store = group.store_mut::<T>();
-            store.ensure_slots(slots);
+            store.ensure_slots(slots, huge);
             for (slot, &init) in store.slots.iter_mut().zip(&elem_inits) {
                 for &(offset, len) in &plan.fresh {
                     slot.as_mut_slice()[offset..offset + len].fill(init);
@@ -338,6 +331,13 @@ impl Optimizer {
             }
         }
     }
+}
+
+/// The newest of the last 8 of `len` items for which `matches` holds. Searching only those
+/// keeps planning linear whatever the steps are; a group has few distinct (step, scalar state)
+/// keys and scalar blocks (parameters skipped now and then fall a step behind).
+fn recent(len: usize, matches: impl Fn(usize) -> bool) -> Option<usize> {
+    (len.saturating_sub(8)..len).rev().find(|&k| matches(k))
 }
 
 #[cfg(test)]
