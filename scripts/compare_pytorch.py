@@ -1,55 +1,252 @@
-"""Times PyTorch's fused CPU Adam, AdamW and SGD (momentum 0.9) at the sizes and thread counts
-of an `optjit bench --json` run, and prints both side by side.
+"""Measures optjit and PyTorch's fused CPU optimizers in alternation, in one run, and prints a
+Markdown table of both sides and their ratio.
 
-Usage: optjit bench --json --optimizer adam,adamw,sgd_momentum --impl jit,native > bench.jsonl
-       python3 scripts/compare_pytorch.py bench.jsonl
+For Adam, AdamW and SGD-momentum (momentum 0.9), f32, lr 1e-3: one tensor of 2^20 and of 2^26
+elements, and 10,000 tensors of 1,000 elements; on 1 thread and on all (`os.cpu_count()`).
+Every case is measured in rounds (default 5); each round times both sides, the order swapped
+every round, so that both see the same moments of a noisy machine. Reported: the median over
+rounds of each side (ns/element/step), and the per-round ratio optjit / PyTorch (below 1:
+optjit is faster) with its median and range.
 
-Needs PyTorch (`pip install torch`); without it, says so and prints optjit's numbers alone.
+optjit's side is the release binary in a subprocess, one per round:
+    optjit bench --json --quick --optimizer X --n N --threads T --impl jit,native128
+    optjit bench --json --quick --optimizer X --tensors 10000x1000 --no-sizes --threads T
+(the JIT's median step over at least 200 ms; for many tensors the `shared` layout, every
+tensor at the same step as PyTorch's are; `native128` is the handwritten loop for the 128-bit
+baseline, shown for reference). PyTorch's side runs in this process: `fused=True`,
+`torch.set_num_threads(T)`, the median step over at least `--min-time` seconds after one
+warm-up step.
+
+Usage:
+    cargo build --release
+    python3 scripts/compare_pytorch.py                       # everything, 5 rounds
+    python3 scripts/compare_pytorch.py --quick               # 3 rounds, 2^20 only
+    python3 scripts/compare_pytorch.py --optimizers adam --sizes 2^26,10000x1000 --threads 1 --rounds 3
+
+PyTorch's threads are OpenMP's, with its default wait policy unless OMP_WAIT_POLICY is set
+(the header says which): on a VM whose idle vCPUs wake slowly, its multi-threaded steps can
+then take milliseconds more. `OMP_WAIT_POLICY=active` avoids that, but its spinning threads
+would also compete with optjit's runs, so the default is the fairer setting for alternation.
+
+Needs PyTorch (`pip install torch`, e.g. in a virtualenv); without it, says so and exits with
+status 2 (so does a missing optjit binary). Standard library and torch only.
 """
 
+import argparse
 import json
+import os
+import platform
+import statistics
+import subprocess
 import sys
 import time
+import warnings
+from pathlib import Path
 
 TORCH_NAMES = {"adam": "Adam", "adamw": "AdamW", "sgd_momentum": "SGD"}
+DEFAULT_BINARY = Path(__file__).resolve().parent.parent / "target" / "release" / "optjit"
 
 
-def torch_time(torch, optimizer, n, threads, min_time=0.2):
-    torch.set_num_threads(threads)
-    p = torch.nn.Parameter(torch.ones(n, dtype=torch.float32))
-    p.grad = torch.linspace(-0.5, 0.5, n, dtype=torch.float32)
-    cls = getattr(torch.optim, TORCH_NAMES[optimizer])
-    kwargs = {"lr": 1e-3, "fused": True}
-    if optimizer == "sgd_momentum":
-        kwargs["momentum"] = 0.9
-    opt = cls([p], **kwargs)
-    opt.step()  # warm-up: creates the state
-    times = []
-    start = time.perf_counter()
-    while len(times) < 3 or time.perf_counter() - start < min_time:
-        t = time.perf_counter()
-        opt.step()
-        times.append(time.perf_counter() - t)
-    times.sort()
-    return times[len(times) // 2] * 1e9 / n
+def parse_size(text):
+    """`2^20`, `1048576` -> (1, n); `10000x1000` -> (count, each)."""
+    text = text.strip()
+    if "x" in text:
+        count, each = text.split("x", 1)
+        return int(count), int(each)
+    if "^" in text:
+        base, exp = text.split("^", 1)
+        return 1, int(base) ** int(exp)
+    return 1, int(text)
+
+
+def size_label(size):
+    count, each = size
+    if count > 1:
+        return f"{count:,} × {each:,}"
+    if each & (each - 1) == 0:
+        return f"2^{each.bit_length() - 1}"
+    return f"{each:,}"
+
+
+def parse_threads(text):
+    all_threads = os.cpu_count() or 1
+    threads = []
+    for item in text.split(","):
+        t = all_threads if item.strip() == "all" else int(item)
+        if t not in threads:
+            threads.append(t)
+    return threads
+
+
+def optjit_command(binary, optimizer, size, threads):
+    count, each = size
+    command = [str(binary), "bench", "--json", "--quick", "--optimizer", optimizer,
+               "--threads", str(threads)]
+    if count > 1:
+        return command + ["--tensors", f"{count}x{each}", "--no-sizes"]
+    return command + ["--n", str(each), "--impl", "jit,native128"]
+
+
+def optjit_time(binary, optimizer, size, threads):
+    """One optjit run: (jit ns/element, native128 ns/element or None, the jit's record)."""
+    command = optjit_command(binary, optimizer, size, threads)
+    run = subprocess.run(command, capture_output=True, text=True)
+    if run.returncode != 0:
+        sys.exit(f"error: `{' '.join(command)}` failed (status {run.returncode}):\n{run.stderr}")
+    records = [json.loads(line) for line in run.stdout.splitlines() if line.strip()]
+    count, each = size
+
+    def find(impl):
+        for r in records:
+            if r["impl"] != impl or r["threads"] != threads:
+                continue
+            if count > 1 and r["tensors"] == count and r.get("steps") == "shared":
+                return r
+            if count == 1 and r["tensors"] == 1 and r["n"] == each:
+                return r
+        return None
+
+    jit = find("jit")
+    if jit is None:
+        sys.exit(f"error: no jit record in the output of `{' '.join(command)}`:\n{run.stdout}")
+    native128 = find("native128")
+    return jit["ns_per_elem"], native128 and native128["ns_per_elem"], jit
+
+
+class TorchCase:
+    """A fused PyTorch optimizer over `count` parameters of `each` elements, gradients set,
+    stepped once (the warm-up creates the state)."""
+
+    def __init__(self, torch, optimizer, size, threads):
+        self.torch, self.threads = torch, threads
+        torch.set_num_threads(threads)
+        count, each = size
+        self.elements = count * each
+        params = []
+        for _ in range(count):
+            p = torch.nn.Parameter(torch.ones(each, dtype=torch.float32))
+            p.grad = torch.linspace(-0.5, 0.5, each, dtype=torch.float32)
+            params.append(p)
+        kwargs = {"lr": 1e-3, "fused": True}
+        if optimizer == "sgd_momentum":
+            kwargs["momentum"] = 0.9
+        self.opt = getattr(torch.optim, TORCH_NAMES[optimizer])(params, **kwargs)
+        self.opt.step()
+
+    def time(self, min_time):
+        """Median ns/element of steps repeated for at least `min_time` s and 3 times."""
+        self.torch.set_num_threads(self.threads)
+        times = []
+        start = time.perf_counter()
+        while len(times) < 3 or time.perf_counter() - start < min_time:
+            t = time.perf_counter()
+            self.opt.step()
+            times.append(time.perf_counter() - t)
+        return statistics.median(times) * 1e9 / self.elements
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def main():
-    records = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+    parser = argparse.ArgumentParser(
+        description="optjit against PyTorch's fused CPU optimizers, measured in alternation.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  python3 scripts/compare_pytorch.py\n"
+               "  python3 scripts/compare_pytorch.py --quick\n"
+               "  python3 scripts/compare_pytorch.py --optimizers adam --sizes 2^26 --threads all --rounds 3")
+    parser.add_argument("--optjit", type=Path, default=DEFAULT_BINARY,
+                        help="the optjit binary (default: target/release/optjit of this repository)")
+    parser.add_argument("--optimizers", default="adam,adamw,sgd_momentum",
+                        help="comma-separated, of adam, adamw, sgd_momentum (default: all three)")
+    parser.add_argument("--sizes", default=None,
+                        help="comma-separated: 2^K or N for one tensor, COUNTxEACH for many "
+                             "(default: 2^20,2^26,10000x1000; --quick: 2^20)")
+    parser.add_argument("--threads", default="1,all",
+                        help="comma-separated thread counts, `all` for os.cpu_count() (default: 1,all)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="rounds per case, each timing both sides (default: 5; --quick: 3)")
+    parser.add_argument("--min-time", type=float, default=0.2,
+                        help="seconds of PyTorch steps per round (default: 0.2, as optjit's)")
+    parser.add_argument("--quick", action="store_true", help="3 rounds, 2^20 only")
+    args = parser.parse_args()
+
+    optimizers = [o.strip() for o in args.optimizers.split(",") if o.strip()]
+    unknown = [o for o in optimizers if o not in TORCH_NAMES]
+    if unknown:
+        parser.error(f"unknown optimizer(s) {', '.join(unknown)} (expected {', '.join(TORCH_NAMES)})")
+    sizes = [parse_size(s) for s in (args.sizes or ("2^20" if args.quick else "2^20,2^26,10000x1000")).split(",")]
+    threads = parse_threads(args.threads)
+    rounds = args.rounds or (3 if args.quick else 5)
+    if rounds < 1:
+        parser.error("--rounds must be at least 1")
+
     try:
-        import torch
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Failed to initialize NumPy"
+            import torch
     except ImportError:
-        torch = None
-        print("PyTorch is not installed: printing optjit's numbers only (pip install torch).")
-    print(f"{'optimizer':<13} {'n':>9} {'thr':>3} {'optjit jit':>11} {'native':>8} {'torch fused':>12}  ns/element")
-    points = sorted({(r["optimizer"], r["n"], r["threads"]) for r in records
-                     if r["optimizer"] in TORCH_NAMES and r["tensors"] == 1 and not r["impl"].startswith("compile")})
-    for optimizer, n, threads in points:
-        def get(impl):
-            rows = [r for r in records if (r["optimizer"], r["n"], r["threads"], r["impl"], r["tensors"]) == (optimizer, n, threads, impl, 1)]
-            return f"{rows[0]['ns_per_elem']:.3f}" if rows else "-"
-        theirs = f"{torch_time(torch, optimizer, n, threads):.3f}" if torch else "-"
-        print(f"{optimizer:<13} {n:>9} {threads:>3} {get('jit'):>11} {get('native'):>8} {theirs:>12}")
+        print(f"error: PyTorch is not installed for {sys.executable}: install it (pip install torch, "
+              "e.g. in a virtualenv) and run this script with that Python.", file=sys.stderr)
+        sys.exit(2)
+    if not args.optjit.is_file():
+        print(f"error: no optjit binary at {args.optjit}: build it with `cargo build --release` "
+              "(or pass --optjit PATH).", file=sys.stderr)
+        sys.exit(2)
+
+    rows, jit_isa, host = [], None, None
+    for optimizer in optimizers:
+        for size in sizes:
+            for t in threads:
+                case = f"{optimizer} {size_label(size)} threads={t}"
+                print(f"{case}: setting up PyTorch", file=sys.stderr, flush=True)
+                theirs = TorchCase(torch, optimizer, size, t)
+                ours, native128, torch_times = [], [], []
+                for r in range(rounds):
+                    # Rotate the order: optjit first in even rounds, PyTorch first in odd ones.
+                    for side in (("optjit", "torch") if r % 2 == 0 else ("torch", "optjit")):
+                        print(f"{case}: round {r + 1}/{rounds} {side}", file=sys.stderr, flush=True)
+                        if side == "torch":
+                            torch_times.append(theirs.time(args.min_time))
+                        else:
+                            jit, n128, record = optjit_time(args.optjit, optimizer, size, t)
+                            ours.append(jit)
+                            if n128 is not None:
+                                native128.append(n128)
+                            jit_isa, host = record.get("isa"), record.get("host")
+                del theirs
+                ratios = [o / p for o, p in zip(ours, torch_times)]
+                rows.append((optimizer, size, t, statistics.median(ours),
+                             statistics.median(native128) if native128 else None,
+                             statistics.median(torch_times), ratios))
+
+    capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", lambda: "?")()
+    print(f"host: {cpu_model()}, {os.cpu_count()} logical CPUs; SIMD: {host or '?'}")
+    print(f"optjit jit ISA: {jit_isa or '?'}")
+    wait_policy = os.environ.get("OMP_WAIT_POLICY", "default")
+    print(f"torch {torch.__version__} (CPU capability {capability}, OMP_WAIT_POLICY {wait_policy}), "
+          "fused=True, lr 1e-3")
+    print(f"{rounds} rounds per case, order swapped every round; ns/element/step, medians over rounds; "
+          "ratio = optjit jit / torch per round (below 1: optjit faster), median [min–max]")
+    print()
+    print("| optimizer | size | threads | optjit jit | optjit native128 | torch fused | optjit / torch |")
+    print("|---|--:|--:|--:|--:|--:|--:|")
+    for optimizer, size, t, ours, n128, theirs, ratios in rows:
+        n128_text = f"{n128:.3f}" if n128 is not None else "–"
+        print(f"| {optimizer} | {size_label(size)} | {t} | {ours:.3f} | {n128_text} | {theirs:.3f} | "
+              f"{statistics.median(ratios):.2f} [{min(ratios):.2f}–{max(ratios):.2f}] |")
+    if any(size[0] > 1 for size in sizes):
+        print()
+        print("Many tensors: optjit's `shared` layout (every tensor at the same step, as PyTorch's).")
 
 
 if __name__ == "__main__":

@@ -183,6 +183,15 @@ pub enum Error {
         /// Cranelift's explanation.
         message: String,
     },
+    /// Environment: memory for a call's bookkeeping (sized by its number of tensors) could
+    /// not be allocated; nothing was changed.
+    #[error("out of memory: cannot allocate {bytes} bytes for {what}")]
+    OutOfMemory {
+        /// What the memory was for.
+        what: &'static str,
+        /// The size requested.
+        bytes: usize,
+    },
     /// User mistake: optimizer text that does not parse or does not define a valid
     /// optimizer; the error shows where and what was expected.
     #[error("{0}")]

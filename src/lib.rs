@@ -58,7 +58,7 @@ pub mod text;
 pub use dtype::{DType, Float};
 pub use error::{Error, Result};
 pub use ir::{Builder, Expr, Graph};
-pub use jit::{Jit, JitOptions, Kernel};
+pub use jit::{Jit, JitOptions, Kernel, Target};
 pub use program::Program;
 pub use runtime::{Optimizer, Param};
 pub use segment::Segment;

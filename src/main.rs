@@ -68,16 +68,19 @@ Examples:
     /// Measure every implementation against the bandwidth floor and a native loop.
     ///
     /// Runs Adam, AdamW, SGD-momentum, Lion and RMSprop (f32) at 2^12 … 2^26 elements on one
-    /// thread and on all, with the JIT, the native handwritten loop, the chunked and
-    /// reference interpreters and the eager evaluator, beside copy and axpy (the bandwidth
+    /// thread and on all, with the JIT, the handwritten loop for the CPU's best instruction
+    /// set (native) and for the portable 128-bit one (native128, SSE2 on x86-64), the chunked
+    /// and reference interpreters and the eager evaluator, beside copy and axpy (the bandwidth
     /// floor) measured in the same run; then 10,000 tensors of 1,000 elements against one of
-    /// 10M, and compile times. Prints ns/element, GB/s at the optimizer's byte count, and the
-    /// ratios to the floor and to the native loop. Progress is shown on stderr.
+    /// 10M, and compile times. Prints the host's SIMD features, then ns/element, GB/s at the
+    /// optimizer's byte count, the ratios to the floor and to the native loops, and the
+    /// instruction set of each row. Progress is shown on stderr.
     #[command(after_help = "\
 Examples:
   optjit bench
   optjit bench --optimizer adam --n 1048576 --threads 1,2 --json
-  optjit bench --optimizer lion,examples/lion.opt --impl jit,native --quick")]
+  optjit bench --optimizer lion,examples/lion.opt --impl jit,native,native128 --quick
+  optjit bench --optimizer adam --tensors 10000x1000 --no-sizes --threads 1 --quick")]
     Bench(cli::bench::BenchArgs),
     /// Train a small network on handwritten digits with several optimizers, one of them
     /// read from an `.opt` file; print the loss per epoch and write a chart.

@@ -371,6 +371,83 @@ fn bench_compares_only_built_ins_with_their_native_loop() {
 }
 
 #[test]
+fn bench_records_name_their_isa_and_compare_the_jit_with_the_128_bit_loop() {
+    let args = [
+        "bench",
+        "--optimizer",
+        "adam",
+        "--n",
+        "4096",
+        "--threads",
+        "1",
+        "--impl",
+        "jit,native,native128,copy",
+        "--quick",
+        "--json",
+    ];
+    let records: Vec<serde_json::Value> = ok(&args)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    let of = |imp: &str| {
+        records
+            .iter()
+            .find(|r| r["impl"] == imp)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {imp} record in {records:?}"))
+    };
+    assert_eq!(of("native128")["isa"], "portable");
+    assert!(of("native")["isa"].is_string());
+    assert!(of("copy")["isa"].is_null());
+    assert!(of("jit")["vs_native128"].is_number());
+    assert!(of("native")["vs_native128"].is_null());
+    let host = of("jit")["host"].as_str().expect("a string").to_string();
+    assert!(records.iter().all(|r| r["host"] == host.as_str()));
+}
+
+#[test]
+fn bench_runs_many_small_tensors_alone() {
+    let args = [
+        "bench",
+        "--optimizer",
+        "sgd_momentum",
+        "--tensors",
+        "20x100",
+        "--no-sizes",
+        "--threads",
+        "1",
+        "--quick",
+        "--json",
+    ];
+    let records: Vec<serde_json::Value> = ok(&args)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    let layouts: Vec<(u64, u64, &str)> = records
+        .iter()
+        .map(|r| {
+            let steps = r["steps"].as_str().unwrap_or("one");
+            (
+                r["tensors"].as_u64().unwrap(),
+                r["n"].as_u64().unwrap(),
+                steps,
+            )
+        })
+        .collect();
+    assert_eq!(
+        layouts,
+        [
+            (20, 2000, "shared"),
+            (20, 2000, "staggered"),
+            (1, 2000, "one")
+        ]
+    );
+    let run = optjit(&["bench", "--no-sizes", "--quick"]);
+    assert_eq!(run.code, Some(1));
+    assert!(run.stderr.contains("nothing to measure"), "{}", run.stderr);
+}
+
+#[test]
 fn show_file_at_every_stage() {
     let graph = ok(&["show", "examples/lion.opt", "--stage", "graph"]);
     assert!(graph.starts_with("graph lion(lr = 0.0001,"), "{graph}");

@@ -2,7 +2,7 @@
 //! after each pass, the program, and the Cranelift IR of its f32 kernel before Cranelift's
 //! own optimisations. Machine code is never snapshotted (it churns with Cranelift versions).
 
-use optjit::{optim, passes, DType, Jit, JitOptions};
+use optjit::{optim, passes, DType, Jit, JitOptions, Target};
 
 fn story(name: &str) -> String {
     let graph = optim::by_name(name).unwrap();
@@ -13,7 +13,8 @@ fn story(name: &str) -> String {
     }
     // Unrolled twice rather than the default four times: the same structure, half the text.
     let options = JitOptions { unroll: 2 };
-    let clif = Jit::new()
+    // x86-64 with AVX2: the same IR on every host.
+    let clif = Jit::for_target(Target::X64Avx2)
         .unwrap()
         .clif(&program, DType::F32, options)
         .unwrap();

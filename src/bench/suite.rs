@@ -1,17 +1,20 @@
 //! The benchmark suite behind `optjit bench`: every implementation of a set of optimizers at a
 //! set of sizes and thread counts, in one process, with the bandwidth floor and the
-//! handwritten native loop measured in the same run; plus many small tensors against one big
-//! one, and compile times.
+//! handwritten native loops (for the CPU's best instruction set, and for the portable 128-bit
+//! baseline the JIT's vectors match) measured in the same run; plus many small tensors against
+//! one big one, and compile times. Every record says which instruction set it ran and what
+//! the host has.
 //!
 //! Times are medians of repeated steps. Ratios are what to read: absolute times drift with
 //! the machine's load.
 
 use super::floor::{self, Floor};
-use super::native::NativeOptimizer;
+use super::native::{Isa, NativeOptimizer};
 use crate::runtime::store::AlignedBuf;
 use crate::{optim, DType, Executor, Graph, Jit, Optimizer, Result};
 use ndarray::Array1;
 use serde::Serialize;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// An implementation the suite measures.
@@ -25,8 +28,13 @@ pub enum Impl {
     Chunked,
     /// The eager evaluator through [`Optimizer::step`].
     Eager,
-    /// The handwritten loop compiled for this CPU ([`NativeOptimizer`]).
+    /// The handwritten loop compiled for the best instruction set of this CPU
+    /// ([`NativeOptimizer::step`], [`Isa::best`]).
     Native,
+    /// The same handwritten loop compiled for the portable baseline ([`Isa::Portable`]: SSE2
+    /// on x86-64, 128-bit vectors like the JIT's): the same IEEE operations at the same
+    /// vector width, so the JIT's ratio to it is code quality alone.
+    Native128,
     /// `dst = src`: the bandwidth floor.
     Copy,
     /// `y = a·x + y`: the bandwidth floor.
@@ -35,9 +43,10 @@ pub enum Impl {
 
 impl Impl {
     /// Every implementation, in table order.
-    pub const ALL: [Impl; 7] = [
+    pub const ALL: [Impl; 8] = [
         Impl::Jit,
         Impl::Native,
+        Impl::Native128,
         Impl::Chunked,
         Impl::Eager,
         Impl::Interp,
@@ -53,6 +62,7 @@ impl Impl {
             Impl::Chunked => "chunked",
             Impl::Eager => "eager",
             Impl::Native => "native",
+            Impl::Native128 => "native128",
             Impl::Copy => "copy",
             Impl::Axpy => "axpy",
         }
@@ -120,11 +130,16 @@ impl Config {
 pub struct Record {
     /// Optimizer name (`copy`/`axpy` rows carry the optimizer they are the floor for).
     pub optimizer: String,
-    /// Implementation: `jit`, `interp`, `chunked`, `eager`, `native`, `copy`, `axpy`;
-    /// `compile_cold` / `compile_hit` (then `ns_per_elem` is the time per compile) or
+    /// Implementation: `jit`, `interp`, `chunked`, `eager`, `native`, `native128`, `copy`,
+    /// `axpy`; `compile_cold` / `compile_hit` (then `ns_per_elem` is the time per compile) or
     /// `step_overhead` (the whole `Optimizer::step` of one 16-element tensor).
     #[serde(rename = "impl")]
     pub implementation: String,
+    /// The instruction set the code ran with: for `native` the [`Isa`] it was compiled for
+    /// (`avx512`, `avx2`, `portable`), for `native128` `portable` (SSE2 on x86-64), for the
+    /// JIT's records (`jit`, compile times, step overhead) [`Jit::isa_name`] of the JIT that
+    /// compiled them (`x86_64 sse3 … avx2 fma …`); `None` for the interpreters and the floor.
+    pub isa: Option<String>,
     /// Elements per step (all tensors together).
     pub n: usize,
     /// Number of tensors.
@@ -133,6 +148,8 @@ pub struct Record {
     pub threads: usize,
     /// Element type.
     pub dtype: String,
+    /// The host's SIMD features, detected at run time ([`host_features`]).
+    pub host: String,
     /// Median time per element and step, in nanoseconds.
     pub ns_per_elem: f64,
     /// Bytes moved per second at the optimizer's byte count per element (the floor rows at
@@ -140,6 +157,10 @@ pub struct Record {
     pub gbps: f64,
     /// GB/s over the best floor (copy or axpy) at the same size and threads.
     pub of_floor: Option<f64>,
+    /// JIT rows only: the JIT's time over the `native128` loop's at the same size and threads
+    /// (below 1: the JIT is faster). Note the direction: the inverse of `vs_native`'s, so that
+    /// it reads as the issue's targets do ("JIT ≤ 1.05× the 128-bit loop").
+    pub vs_native128: Option<f64>,
     /// Speed relative to the native loop at the same size and threads (above 1: faster).
     pub vs_native: Option<f64>,
     /// Many small tensors only, which layout they were stepped in: `shared` (all at the same
@@ -162,15 +183,26 @@ impl Record {
         Record {
             optimizer: optimizer.to_string(),
             implementation: implementation.to_string(),
+            isa: None,
             n,
             tensors,
             threads,
             dtype: DType::F32.name().to_string(),
+            host: host_features().to_string(),
             ns_per_elem: ns_per_elem(time, n),
             gbps: (bytes * n) as f64 / time.as_secs_f64() / 1e9,
             of_floor: None,
+            vs_native128: None,
             vs_native: None,
             steps: None,
+        }
+    }
+
+    /// The record with [`Record::isa`] set to `isa`.
+    fn with_isa(self, isa: Option<&str>) -> Record {
+        Record {
+            isa: isa.map(str::to_string),
+            ..self
         }
     }
 
@@ -182,6 +214,35 @@ impl Record {
             ..Record::step(optimizer, implementation, (1, 1, 1), time, 0)
         }
     }
+}
+
+/// The host's SIMD features, detected at run time, space-separated: on x86-64 those of
+/// `sse4.2 avx avx2 fma f16c avx512f avx512vl avx512bw avx512dq` the CPU has (and the OS
+/// enabled); elsewhere the architecture's name (`aarch64`).
+pub fn host_features() -> &'static str {
+    static HOST: OnceLock<String> = OnceLock::new();
+    HOST.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let found = [
+                ("sse4.2", is_x86_feature_detected!("sse4.2")),
+                ("avx", is_x86_feature_detected!("avx")),
+                ("avx2", is_x86_feature_detected!("avx2")),
+                ("fma", is_x86_feature_detected!("fma")),
+                ("f16c", is_x86_feature_detected!("f16c")),
+                ("avx512f", is_x86_feature_detected!("avx512f")),
+                ("avx512vl", is_x86_feature_detected!("avx512vl")),
+                ("avx512bw", is_x86_feature_detected!("avx512bw")),
+                ("avx512dq", is_x86_feature_detected!("avx512dq")),
+            ];
+            let names: Vec<&str> = found.iter().filter(|(_, f)| *f).map(|(n, _)| *n).collect();
+            names.join(" ")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            std::env::consts::ARCH.to_string()
+        }
+    })
 }
 
 /// Bytes a step of `graph` moves per element at f32: every stream loaded or stored, 4 bytes
@@ -235,16 +296,18 @@ fn ns_per_elem(t: Duration, n: usize) -> f64 {
     t.as_secs_f64() * 1e9 / n as f64
 }
 
-/// An optimizer over `tensors` tensors of `each` elements with gradients set, ready to step.
+/// An optimizer over `tensors` tensors of `each` elements with gradients set, ready to step,
+/// compiling with `jit` if `executor` is the JIT.
 fn optimizer(
     graph: &Graph,
-    executor: Executor,
+    (executor, jit): (Executor, &Jit),
     threads: usize,
     tensors: usize,
     each: usize,
 ) -> Result<Optimizer> {
     let mut opt = Optimizer::new(graph)?
         .with_executor(executor)
+        .with_jit(jit.clone())
         .with_threads(threads);
     let g = opt.add_param_group(&[])?;
     let values = Array1::from_shape_fn(each, |i| ((i % 1000) as f32 - 500.0) * 1e-3);
@@ -267,6 +330,15 @@ pub fn run(config: &Config, mut progress: impl FnMut(usize, usize, &str)) -> Res
         + usize::from(config.many_small.is_some()) * config.optimizers.len() * 3 * ROUNDS
         + usize::from(config.compile) * config.optimizers.len();
     let mut done = 0;
+    // One JIT for every JIT record, so that its ISA is the one they ran.
+    let jit = Jit::global()?;
+    let jit_isa = jit.isa_name();
+    let isa = |imp: Impl| match imp {
+        Impl::Jit => Some(jit_isa.as_str()),
+        Impl::Native => Some(Isa::best().name()),
+        Impl::Native128 => Some(Isa::Portable.name()),
+        _ => None,
+    };
     for (name, graph) in &config.optimizers {
         let bytes = bytes_per_element(graph)?;
         // The handwritten loop of a built-in, only for that very graph (an `.opt` file may
@@ -287,6 +359,7 @@ pub fn run(config: &Config, mut progress: impl FnMut(usize, usize, &str)) -> Res
                     done += 1;
                     let record = |time: Duration, bytes: usize| {
                         Record::step(name, imp.name(), (n, 1, threads), time, bytes)
+                            .with_isa(isa(imp))
                     };
                     let time = match imp {
                         Impl::Copy => {
@@ -305,14 +378,21 @@ pub fn run(config: &Config, mut progress: impl FnMut(usize, usize, &str)) -> Res
                                 Floor::Axpy.bytes_per_element(),
                             ))
                         }
-                        Impl::Native => match native {
-                            Some(native) => Some((native_time(config, native, n, threads)?, bytes)),
+                        Impl::Native | Impl::Native128 => match native {
+                            Some(native) => {
+                                let on = if imp == Impl::Native {
+                                    Isa::best()
+                                } else {
+                                    Isa::Portable
+                                };
+                                Some((native_time(config, (native, on), n, threads)?, bytes))
+                            }
                             None => None,
                         },
                         _ if n > config.interp_max && imp != Impl::Jit => None,
                         _ => {
                             let executor = imp.executor().expect("an executor");
-                            let mut opt = optimizer(graph, executor, threads, 1, n)?;
+                            let mut opt = optimizer(graph, (executor, &jit), threads, 1, n)?;
                             Some((median(config.min_time, || opt.step())?, bytes))
                         }
                     };
@@ -327,7 +407,7 @@ pub fn run(config: &Config, mut progress: impl FnMut(usize, usize, &str)) -> Res
         if let Some((count, each)) = config.many_small {
             let threads = *config.threads.iter().max().unwrap_or(&1);
             progress(done, total, &format!("{name} jit {count} tensors: setup"));
-            let mut layouts = many_small(graph, threads, count, each)?;
+            let mut layouts = many_small(graph, &jit, threads, count, each)?;
             let labels: Vec<String> = layouts.iter().map(Layout::label).collect();
             let mut steps: Vec<_> = layouts.iter_mut().map(|l| move || l.opt.step()).collect();
             let times = alternated(config.min_time, &mut steps, |round, i| {
@@ -339,7 +419,7 @@ pub fn run(config: &Config, mut progress: impl FnMut(usize, usize, &str)) -> Res
                 let point = (count * each, layout.tensors, threads);
                 records.push(Record {
                     steps: layout.steps,
-                    ..Record::step(name, "jit", point, time, bytes)
+                    ..Record::step(name, "jit", point, time, bytes).with_isa(isa(Impl::Jit))
                 });
             }
         }
@@ -348,9 +428,9 @@ pub fn run(config: &Config, mut progress: impl FnMut(usize, usize, &str)) -> Res
             done += 1;
             records.extend(compile_times(name, graph)?);
             // The fixed cost of a step: one tensor of 16 elements, one thread.
-            let mut opt = optimizer(graph, Executor::Jit, 1, 1, 16)?;
+            let mut opt = optimizer(graph, (Executor::Jit, &jit), 1, 1, 16)?;
             let t = median(config.min_time, || opt.step())?;
-            records.push(Record::duration(name, "step_overhead", t));
+            records.push(Record::duration(name, "step_overhead", t).with_isa(isa(Impl::Jit)));
         }
     }
     progress(total, total, "done");
@@ -388,9 +468,15 @@ impl Layout {
 ///   none merge: the kernel really gets one segment per tensor, each with its own prologue.
 ///   The others (SGD-momentum after its first step, Lion, RMSprop) merge anyway;
 /// - one tensor of `count * each` elements.
-fn many_small(graph: &Graph, threads: usize, count: usize, each: usize) -> Result<Vec<Layout>> {
-    let shared = optimizer(graph, Executor::Jit, threads, count, each)?;
-    let mut staggered = optimizer(graph, Executor::Jit, threads, count, each)?;
+fn many_small(
+    graph: &Graph,
+    jit: &Jit,
+    threads: usize,
+    count: usize,
+    each: usize,
+) -> Result<Vec<Layout>> {
+    let shared = optimizer(graph, (Executor::Jit, jit), threads, count, each)?;
+    let mut staggered = optimizer(graph, (Executor::Jit, jit), threads, count, each)?;
     let handles: Vec<crate::Param<f32>> = opt_handles(&staggered);
     let grad: Vec<f32> = staggered.grad(&handles[0])?.expect("set").to_vec();
     staggered.zero_grad();
@@ -401,7 +487,7 @@ fn many_small(graph: &Graph, threads: usize, count: usize, each: usize) -> Resul
     for h in &handles {
         staggered.set_grad(h, &grad)?;
     }
-    let one = optimizer(graph, Executor::Jit, threads, 1, count * each)?;
+    let one = optimizer(graph, (Executor::Jit, jit), threads, 1, count * each)?;
     let mut layouts = vec![
         Layout {
             steps: Some("shared"),
@@ -472,10 +558,11 @@ fn stream(n: usize, value: f32, k: usize) -> AlignedBuf<f32> {
     AlignedBuf::filled(n, value, k, true)
 }
 
-/// The native loop on `threads` threads of rayon's pool, each on its share of the tensor.
+/// The native loop compiled for `isa` on `threads` threads of rayon's pool, each on its share
+/// of the tensor.
 fn native_time(
     config: &Config,
-    native: NativeOptimizer,
+    (native, isa): (NativeOptimizer, Isa),
     n: usize,
     threads: usize,
 ) -> Result<Duration> {
@@ -510,7 +597,7 @@ fn native_time(
         use rayon::prelude::*;
         pieces
             .into_par_iter()
-            .map(|(p, g, mut s)| native.step(step, p, g, &mut s))
+            .map(|(p, g, mut s)| native.step_with(isa, step, p, g, &mut s))
             .collect::<Result<Vec<()>>>()?;
         Ok(())
     })
@@ -523,14 +610,20 @@ fn annotate(point: &mut [Record]) {
         .filter(|r| r.implementation == "copy" || r.implementation == "axpy")
         .map(|r| r.gbps)
         .fold(None, |m: Option<f64>, g| Some(m.map_or(g, |m| m.max(g))));
-    let native = point
-        .iter()
-        .find(|r| r.implementation == "native")
-        .map(|r| r.ns_per_elem);
+    let time_of = |implementation: &str| {
+        point
+            .iter()
+            .find(|r| r.implementation == implementation)
+            .map(|r| r.ns_per_elem)
+    };
+    let (native, native128) = (time_of("native"), time_of("native128"));
     for r in point.iter_mut() {
         r.of_floor = floor.map(|f| r.gbps / f);
         if r.implementation != "copy" && r.implementation != "axpy" {
             r.vs_native = native.map(|t| t / r.ns_per_elem);
+        }
+        if r.implementation == "jit" {
+            r.vs_native128 = native128.map(|t| r.ns_per_elem / t);
         }
     }
 }
@@ -553,9 +646,10 @@ fn compile_times(name: &str, graph: &Graph) -> Result<Vec<Record>> {
         jit.compile(&program, DType::F32)?;
     }
     let hit = start.elapsed() / hits;
+    let isa = jit.isa_name();
     Ok(vec![
-        Record::duration(name, "compile_cold", cold[10]),
-        Record::duration(name, "compile_hit", hit),
+        Record::duration(name, "compile_cold", cold[10]).with_isa(Some(&isa)),
+        Record::duration(name, "compile_hit", hit).with_isa(Some(&isa)),
     ])
 }
 
@@ -624,5 +718,65 @@ mod tests {
             json.ends_with(r#""vs_native":null,"steps":"shared"}"#),
             "{json}"
         );
+    }
+
+    #[test]
+    fn records_carry_their_isa_the_host_and_the_ratio_to_native128() {
+        let time = Duration::from_millis(1);
+        let one = Record::step("adam", "native", (10, 1, 1), time, 16);
+        let json = serde_json::to_string(&one).expect("serializes");
+        let host = serde_json::to_string(host_features()).expect("serializes");
+        for field in [
+            r#""isa":null"#,
+            &format!(r#""host":{host}"#),
+            r#""vs_native128":null"#,
+        ] {
+            assert!(json.contains(field), "{field} in {json}");
+        }
+        let jit = Record {
+            isa: Some("x86_64 sse3 avx".to_string()),
+            vs_native128: Some(1.5),
+            ..one
+        };
+        let json = serde_json::to_string(&jit).expect("serializes");
+        assert!(json.contains(r#""isa":"x86_64 sse3 avx""#), "{json}");
+        assert!(
+            json.contains(r#""vs_native128":1.5,"vs_native":null"#),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn only_jit_rows_get_a_ratio_to_native128_as_time_over_its_time() {
+        let ms = Duration::from_millis;
+        let mut point = vec![
+            Record::step("adam", "jit", (1000, 1, 1), ms(3), 28),
+            Record::step("adam", "native", (1000, 1, 1), ms(1), 28),
+            Record::step("adam", "native128", (1000, 1, 1), ms(2), 28),
+            Record::step("adam", "chunked", (1000, 1, 1), ms(4), 28),
+        ];
+        annotate(&mut point);
+        let ratios: Vec<_> = point.iter().map(|r| r.vs_native128).collect();
+        assert_eq!(ratios, [Some(1.5), None, None, None]);
+        // `vs_native` keeps its direction: the native time over the row's.
+        let jit_vs_native = point[0].vs_native.expect("native was measured");
+        assert!((jit_vs_native - 1.0 / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn host_features_name_only_known_features() {
+        let host = host_features();
+        if cfg!(target_arch = "x86_64") {
+            let known = [
+                "sse4.2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512vl", "avx512bw",
+                "avx512dq",
+            ];
+            assert!(
+                host.split(' ').all(|f| f.is_empty() || known.contains(&f)),
+                "{host}"
+            );
+        } else {
+            assert_eq!(host, std::env::consts::ARCH);
+        }
     }
 }

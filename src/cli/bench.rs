@@ -24,13 +24,38 @@ pub struct BenchArgs {
     /// the name in their header (default: adam, adamw, sgd_momentum, lion, rmsprop).
     #[arg(long, value_delimiter = ',')]
     optimizer: Option<Vec<String>>,
-    /// Implementations (comma-separated: jit, native, chunked, eager, interp, copy, axpy;
-    /// default: all).
+    /// Implementations (comma-separated: jit, native, native128, chunked, eager, interp,
+    /// copy, axpy; default: all). `native` is the handwritten loop for the CPU's best
+    /// instruction set, `native128` the same loop for the portable 128-bit one (SSE2).
     #[arg(long = "impl", value_delimiter = ',')]
     impls: Option<Vec<String>>,
-    /// Only the per-size table: no many-small-tensors run, no compile times.
+    /// Only the per-size table: no many-small-tensors run (unless `--tensors` asks for one),
+    /// no compile times.
     #[arg(long)]
     quick: bool,
+    /// The many-small-tensors run: COUNT tensors of EACH elements (`10000x1000`, the
+    /// default), stepped by the JIT on the largest thread count, against one tensor of
+    /// COUNT·EACH elements. Runs even with `--quick`.
+    #[arg(long, value_name = "COUNTxEACH", value_parser = tensors)]
+    tensors: Option<(usize, usize)>,
+    /// No per-size table: with `--tensors`, only the many-small-tensors run.
+    #[arg(long, conflicts_with = "n")]
+    no_sizes: bool,
+}
+
+/// Parses `--tensors`: `COUNTxEACH`, both at least 1, at most 2^20 tensors and 2^28
+/// elements in all.
+fn tensors(text: &str) -> Result<(usize, usize), String> {
+    let usage = || format!("expected COUNTxEACH (e.g. 10000x1000), got `{text}`");
+    let (count, each) = text.split_once(['x', 'X']).ok_or_else(usage)?;
+    let count = super::count_in(1, 1 << 20)(count).map_err(|e| format!("COUNT: {e}"))?;
+    let each = super::count_in(1, 1 << 28)(each).map_err(|e| format!("EACH: {e}"))?;
+    if count.checked_mul(each).is_none_or(|n| n > 1 << 28) {
+        return Err(format!(
+            "{count} × {each} is more than 2^28 elements in all"
+        ));
+    }
+    Ok((count, each))
 }
 
 /// Runs the suite as `args` configure it and prints the results.
@@ -89,6 +114,15 @@ fn config(args: &BenchArgs) -> Result<suite::Config, CliError> {
         config.many_small = None;
         config.compile = false;
     }
+    if let Some(tensors) = args.tensors {
+        config.many_small = Some(tensors);
+    }
+    if args.no_sizes {
+        config.sizes.clear();
+    }
+    if config.sizes.is_empty() && config.many_small.is_none() && !config.compile {
+        return Err(CliError::NothingToMeasure);
+    }
     Ok(config)
 }
 
@@ -115,11 +149,13 @@ fn progress_bar() -> ProgressBar {
     ProgressBar::new(0).with_style(style)
 }
 
-/// The results as a table: per-size rows, then compile times and the fixed cost of a step.
-/// The optimizer column is as wide as the longest label (a file's path can be one); when
-/// many small tensors were measured, their layout (`shared`, `staggered`) follows the tensor
+/// The results as a table: the host's SIMD features, per-size rows (each with the
+/// instruction set it ran, last), then compile times and the fixed cost of a step. The
+/// optimizer column is as wide as the longest label (a file's path can be one); when many
+/// small tensors were measured, their layout (`shared`, `staggered`) follows the tensor
 /// count in a column of its own.
 fn print_table(records: &[suite::Record]) {
+    outln(format_args!("host: {}", suite::host_features()));
     let ratio = |r: Option<f64>| r.map_or(String::new(), |r| format!("{r:.2}"));
     let is_duration = |r: &suite::Record| {
         r.implementation.starts_with("compile") || r.implementation == "step_overhead"
@@ -139,12 +175,23 @@ fn print_table(records: &[suite::Record]) {
         .unwrap_or(0);
     let steps = |r: &suite::Record| r.steps.map_or(String::new(), |s| format!(" {s}"));
     outln(format_args!(
-        "{:<w$} {:>9} {:>7}{:<steps_w$} {:>3} {:<8} {:>10} {:>8} {:>7} {:>7}",
-        "optimizer", "n", "tensors", "", "thr", "impl", "ns/elem", "GB/s", "/floor", "/native"
+        "{:<w$} {:>9} {:>7}{:<steps_w$} {:>3} {:<9} {:>10} {:>8} {:>7} {:>7} {:>8}  isa",
+        "optimizer",
+        "n",
+        "tensors",
+        "",
+        "thr",
+        "impl",
+        "ns/elem",
+        "GB/s",
+        "/floor",
+        "/native",
+        "jit/n128"
     ));
-    for r in records.iter().filter(|r| !is_duration(r)) {
+    let rows: Vec<_> = records.iter().filter(|r| !is_duration(r)).collect();
+    for r in &rows {
         outln(format_args!(
-            "{:<w$} {:>9} {:>7}{:<steps_w$} {:>3} {:<8} {:>10.3} {:>8.1} {:>7} {:>7}",
+            "{:<w$} {:>9} {:>7}{:<steps_w$} {:>3} {:<9} {:>10.3} {:>8.1} {:>7} {:>7} {:>8}  {}",
             r.optimizer,
             r.n,
             r.tensors,
@@ -154,8 +201,16 @@ fn print_table(records: &[suite::Record]) {
             r.ns_per_elem,
             r.gbps,
             ratio(r.of_floor),
-            ratio(r.vs_native)
+            ratio(r.vs_native),
+            ratio(r.vs_native128),
+            r.isa.as_deref().unwrap_or("-")
         ));
+    }
+    if !rows.is_empty() {
+        outln(
+            "/floor, /native: speed over theirs (above 1: faster); \
+             jit/n128: JIT time over native128's (below 1: faster)",
+        );
     }
     for r in records.iter().filter(|r| is_duration(r)) {
         outln(format_args!(

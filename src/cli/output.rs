@@ -48,6 +48,10 @@ pub enum CliError {
         /// The implementations, comma-separated.
         expected: String,
     },
+    /// User mistake: `bench` options that leave nothing to measure (`--no-sizes --quick`
+    /// without `--tensors`).
+    #[error("nothing to measure: --no-sizes with --quick needs --tensors COUNTxEACH")]
+    NothingToMeasure,
     /// User mistake: `demo --lr` for an optimizer without an `lr` hyperparameter.
     #[error("--lr: {label} has no hyperparameter `lr` (it has: {hypers})")]
     NoLr {

@@ -1,7 +1,7 @@
 //! The only `unsafe` of optjit: turning compiled code into a callable entry point, calling
 //! it on checked segments, and releasing code memory.
 
-use super::emit::RECORD_HEADER;
+use super::emit::{RECORD_HEADER, SCALAR_BYTES};
 use crate::program::Stage;
 use crate::segment::{validate, Segment};
 use crate::{DType, Error, Float, Result};
@@ -49,27 +49,111 @@ impl Entry {
             });
         }
         validate(stage, segments)?;
-        let words = RECORD_HEADER + stage.n_streams as usize;
-        let mut table: Vec<u64> = Vec::with_capacity(words * segments.len());
-        for seg in segments.iter_mut() {
-            table.push(seg.param.len() as u64);
-            table.push(seg.scalars.as_ptr() as u64);
-            table.push(seg.param.as_mut_ptr() as u64);
-            table.push(seg.grad.as_ptr() as u64);
-            for s in seg.state.iter_mut() {
-                table.push(s.as_mut_ptr() as u64);
-            }
-        }
-        // SAFETY: the code was generated from `stage`, which `Jit::compile_with` checked with
-        // `Stage::check` (operands in range, no store to the grad stream); `validate` checked
-        // that every segment has `n_streams` streams of equal length and a scalar block of
-        // `n_scalars` entries, all aligned for `T`, and that no written stream overlaps any
-        // other buffer; `T` is the dtype the code was compiled for; the table has one record
-        // of `words` words per segment; the code memory lives as long as `self` (the kernel
-        // holds its `CodeOwner`); the exclusive borrows of `segments` last for the call.
-        unsafe { (self.code)(table.as_ptr(), segments.len() as u64) };
-        Ok(())
+        TABLES.with(|tables| {
+            // A kernel never calls back into Rust, so the borrow cannot be taken twice; a
+            // caller that panicked cannot have left it taken either (the guard is dropped).
+            let mut tables = tables.borrow_mut();
+            let Tables { records, scalars } = &mut *tables;
+            fill(stage, segments, records, scalars)?;
+            // SAFETY: the code was generated from `stage`, which `Jit::compile_with` checked
+            // with `Stage::check` (operands in range, no store to the grad stream); `validate`
+            // checked that every segment has `n_streams` streams of equal length and a scalar
+            // block of `n_scalars` entries, all aligned for `T`, and that no written stream
+            // overlaps any other buffer; `fill` made one record of `RECORD_HEADER + n_streams`
+            // words per segment, each pointing to a copy of the segment's scalar block in
+            // 16-byte-aligned vectors of `SCALAR_BYTES` (which `scalars` keeps alive and
+            // unmoved for the call); `T` is the dtype the code was compiled for; the code
+            // memory lives as long as `self` (the kernel holds its `CodeOwner`); the exclusive
+            // borrows of `segments` last for the call.
+            unsafe { (self.code)(records.as_ptr(), segments.len() as u64) };
+            Ok(())
+        })
     }
+}
+
+/// One kernel scalar in every lane of a 16-byte vector: the scalar block's layout in the
+/// generated code (`emit::SCALAR_BYTES`).
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(16))]
+struct Lanes([u64; 2]);
+
+const _: () = assert!(std::mem::size_of::<Lanes>() == SCALAR_BYTES);
+
+impl Lanes {
+    fn splat<T: Float>(x: T) -> Lanes {
+        let mut lanes = Lanes::default();
+        let bytes = bytemuck::bytes_of(&x);
+        for lane in bytemuck::bytes_of_mut(&mut lanes.0).chunks_exact_mut(bytes.len()) {
+            lane.copy_from_slice(bytes);
+        }
+        lanes
+    }
+}
+
+/// A thread's segment table and scalar vectors, kept from call to call so that a call
+/// allocates only when it needs more room than any before it on this thread.
+#[derive(Default)]
+struct Tables {
+    records: Vec<u64>,
+    scalars: Vec<Lanes>,
+}
+
+thread_local! {
+    static TABLES: std::cell::RefCell<Tables> = std::cell::RefCell::default();
+}
+
+/// Fills `records` with one record per segment and `scalars` with their scalar blocks as
+/// vectors; consecutive segments with the same block share one copy.
+fn fill<T: Float>(
+    stage: &Stage,
+    segments: &mut [Segment<'_, T>],
+    records: &mut Vec<u64>,
+    scalars: &mut Vec<Lanes>,
+) -> Result<()> {
+    let words = RECORD_HEADER + stage.n_streams as usize;
+    let n_scalars = stage.n_scalars as usize;
+    let mut blocks = 0;
+    let mut previous: Option<*const T> = None;
+    for seg in segments.iter() {
+        if previous != Some(seg.scalars.as_ptr()) {
+            blocks += 1;
+            previous = Some(seg.scalars.as_ptr());
+        }
+    }
+    records.clear();
+    scalars.clear();
+    reserve(
+        records,
+        words * segments.len(),
+        "the kernel's segment table",
+    )?;
+    // At least one vector, so that the pointer is valid even with no scalars.
+    reserve(scalars, (blocks * n_scalars).max(1), "the kernel's scalars")?;
+    previous = None;
+    for seg in segments.iter_mut() {
+        if previous != Some(seg.scalars.as_ptr()) {
+            previous = Some(seg.scalars.as_ptr());
+            scalars.extend(seg.scalars.iter().map(|&x| Lanes::splat(x)));
+        }
+        // The reservation above holds every block: pushing never moves the vectors.
+        let block = scalars[scalars.len().saturating_sub(n_scalars)..].as_ptr();
+        records.push(seg.param.len() as u64);
+        records.push(block as u64);
+        records.push(seg.param.as_mut_ptr() as u64);
+        records.push(seg.grad.as_ptr() as u64);
+        for s in seg.state.iter_mut() {
+            records.push(s.as_mut_ptr() as u64);
+        }
+    }
+    Ok(())
+}
+
+/// Room for `n` more elements in `v`, or [`Error::OutOfMemory`].
+fn reserve<E>(v: &mut Vec<E>, n: usize, what: &'static str) -> Result<()> {
+    v.try_reserve(n).map_err(|_| Error::OutOfMemory {
+        what,
+        bytes: n.saturating_mul(std::mem::size_of::<E>()),
+    })
 }
 
 /// Owns a JIT module and frees its code memory when the last kernel using it is gone.

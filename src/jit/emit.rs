@@ -1,14 +1,18 @@
 //! Lowers a [`Stage`] for one dtype to Cranelift IR.
 //!
 //! The function is `kernel(table: *const u64, n_segments: u64)`; the table holds one record
-//! per segment: `[len, scalar block pointer, stream pointer 0, 1, ...]` (see `abi.rs`). Per
-//! segment it splats the scalars once when they fit in registers (else broadcasts them from
-//! the block where used), runs an unrolled 128-bit main loop — twice-emitted behind one branch
-//! when a `select` takes a per-step condition (see [`unswitched`]) — a single-vector loop
-//! (when unrolled), then a scalar tail, all computing exactly the reference interpreter's IEEE
-//! operations. An FMA appears only where the stage has `Op::Fma`: Cranelift never fuses
-//! `fmul`+`fadd` on its own.
+//! per segment: `[len, scalar block pointer, stream pointer 0, 1, ...]` (see `abi.rs`). The
+//! scalar block holds each kernel scalar splatted across a 16-byte vector. Per segment the
+//! kernel runs an unrolled 128-bit main loop — twice-emitted behind one branch when a
+//! `select` takes a per-step condition (see [`unswitched`]) — a single-vector loop (when
+//! unrolled), then a scalar tail, all computing exactly the reference interpreter's IEEE
+//! operations. Each loop holds in registers the scalars its body reads, loaded in its
+//! preheader, as many as fit beside the body's live values (see `pressure.rs`); it reads the
+//! others from the block at each use, a memory operand of the instruction that uses them. So
+//! no loop reloads or re-broadcasts a scalar per vector. An FMA appears only where the stage
+//! has `Op::Fma`: Cranelift never fuses `fmul`+`fadd` on its own.
 
+use super::pressure::{read_args, BodyNeeds};
 use crate::ir::{Op, OpGroup};
 use crate::program::{ElemArg, Stage};
 use crate::DType;
@@ -19,48 +23,8 @@ use cranelift_codegen::ir::{
 use cranelift_codegen::isa::{CallConv, TargetFrontendConfig};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 
-/// The largest `scalars + live values` for which splats made once per segment do not spill.
-/// Cranelift rematerialises a splat inside the loop from the scalar held in a register, so a
-/// scalar costs more than one of the 16 vector registers; measured over every built-in with
-/// `Jit::disassemble`, stages up to 10 keep everything in registers, every larger one spilled.
-const SPLAT_ONCE_BUDGET: usize = 10;
-
-/// Whether the stage's splats are made once per segment; otherwise the loops broadcast each
-/// scalar from memory where used. Measured (`optjit bench`): splatting once keeps
-/// SGD-momentum 10–30 % faster; for Adam both run at the same speed and broadcasting avoids
-/// every spill.
-fn splat_once(stage: &Stage) -> bool {
-    stage.n_scalars as usize + max_live(stage) <= SPLAT_ONCE_BUDGET
-}
-
-/// The most per-element values live at once in one copy of the body, with every stream
-/// loaded first (as `emit_body` does).
-fn max_live(stage: &Stage) -> usize {
-    let n = stage.body.len();
-    // Last use of each stream and each body value, as an instruction index (n = the stores).
-    let mut stream_end = vec![None; stage.n_streams as usize];
-    let mut value_end = vec![0; n];
-    let uses = stage
-        .body
-        .iter()
-        .enumerate()
-        .flat_map(|(i, inst)| inst.args().iter().map(move |a| (i, a)));
-    for (i, a) in uses.chain(stage.stores.iter().map(|(_, v)| (n, v))) {
-        match *a {
-            ElemArg::Load(s) => stream_end[s as usize] = Some(i),
-            ElemArg::Value(v) => value_end[v as usize] = i,
-            ElemArg::Scalar(_) => {}
-        }
-    }
-    (0..=n)
-        .map(|i| {
-            let streams = stream_end.iter().flatten().filter(|&&end| end >= i).count();
-            let values = (0..i.min(n)).filter(|&v| value_end[v] >= i).count();
-            streams + values
-        })
-        .max()
-        .unwrap_or(0)
-}
+/// Bytes per scalar in the scalar block: one 128-bit vector, the scalar in every lane.
+pub(crate) const SCALAR_BYTES: usize = 16;
 
 /// Words in a segment record before the stream pointers: length and scalar block pointer.
 pub(crate) const RECORD_HEADER: usize = 2;
@@ -73,6 +37,14 @@ pub(crate) fn signature(call_conv: CallConv) -> Signature {
     sig
 }
 
+/// What the kernel is compiled for: the target's frontend configuration and the vector
+/// registers its register allocator has.
+#[derive(Clone, Copy)]
+pub(crate) struct Machine {
+    pub frontend: TargetFrontendConfig,
+    pub registers: usize,
+}
+
 /// Fills `func` (whose signature is [`signature`]) with the kernel for `stage`.
 pub(crate) fn build(
     func: &mut Function,
@@ -80,7 +52,7 @@ pub(crate) fn build(
     stage: &Stage,
     dtype: DType,
     unroll: u32,
-    frontend: TargetFrontendConfig,
+    machine: Machine,
 ) {
     let (scalar_ty, vector_ty) = match dtype {
         DType::F32 => (types::F32, types::F32X4),
@@ -95,10 +67,12 @@ pub(crate) fn build(
         size: scalar_ty.bytes(),
         flags: MemFlagsData::new().with_notrap(),
         consts: Consts::default(),
+        n_consts: 0,
+        registers: machine.registers,
         fixed: None,
     };
     t.emit_kernel(unroll);
-    t.b.finalize(frontend);
+    t.b.finalize(machine.frontend);
 }
 
 /// Vector or scalar code; selects types and the lowering of masks.
@@ -120,19 +94,17 @@ enum Val {
 struct SegmentVals {
     len: Value,
     streams: Vec<Value>,
+    /// The segment record's address (its second word is the scalar block's).
+    record: Value,
     /// The scalar block's address.
     block: Value,
-    /// Splats made once per segment when they fit in registers (see [`splat_once`]; empty
-    /// otherwise: the loops broadcast from the block).
-    splats: Vec<Value>,
-    /// The scalars for the scalar tail, loaded in its preheader (empty before).
-    scalars: Vec<Value>,
 }
 
-/// Every operand of the stage, in order: instruction operands, then stored values.
-fn operands(stage: &Stage) -> impl Iterator<Item = &ElemArg> {
-    let stored = stage.stores.iter().map(|(_, v)| v);
-    stage.body.iter().flat_map(|inst| inst.args()).chain(stored)
+/// How one loop reads the scalars: the splats it holds in registers (made in its preheader)
+/// and, for the others, what its body reads.
+struct Reads {
+    held: Vec<Option<Value>>,
+    needs: BodyNeeds,
 }
 
 /// `0`, `1`, `-1` as `[scalar, vector]`, created in the entry block only when the stage
@@ -153,6 +125,10 @@ struct Translator<'a> {
     size: u32,
     flags: MemFlagsData,
     consts: Consts,
+    /// How many vector constants `consts` holds (registers the loops cannot use).
+    n_consts: usize,
+    /// Vector registers of the target.
+    registers: usize,
     /// The scalar whose truth the loop being emitted is specialised for, and that truth (see
     /// [`unswitched`]): `select`s on it take one operand without a per-element choice.
     fixed: Option<(u32, bool)>,
@@ -234,10 +210,13 @@ impl Translator<'_> {
             one: pair(masks || sign, 1.0),
             minus_one: pair(sign, -1.0),
         };
+        self.n_consts = [self.consts.zero, self.consts.one, self.consts.minus_one]
+            .iter()
+            .flatten()
+            .count();
     }
 
-    /// Loads the segment record: length, stream pointers, the scalar block's address, and the
-    /// splats when [`splat_once`] says they fit.
+    /// Loads the segment record: length, stream pointers and the scalar block's address.
     fn emit_segment_setup(&mut self, table: Value, s: Value) -> SegmentVals {
         let words = RECORD_HEADER + self.stage.n_streams as usize;
         let record_bytes = self.b.ins().imul_imm_u(s, (words * 8) as i64);
@@ -249,24 +228,28 @@ impl Translator<'_> {
         let streams = (0..self.stage.n_streams as usize)
             .map(|k| word(self, RECORD_HEADER + k))
             .collect();
-        let splats = if splat_once(self.stage) {
-            (0..self.stage.n_scalars)
-                .map(|k| {
-                    let offset = (k * self.size) as i32;
-                    let scalar = self.b.ins().load(self.scalar_ty, self.flags, block, offset);
-                    self.b.ins().splat(self.vector_ty, scalar)
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
         SegmentVals {
             len,
             streams,
+            record,
             block,
-            splats,
-            scalars: Vec::new(),
         }
+    }
+
+    /// The scalars a loop of `width` holds, loaded here (its preheader): the most-read ones
+    /// that fit in registers beside its body's live values.
+    fn emit_reads(&mut self, width: Width, seg: &SegmentVals) -> Reads {
+        let needs = BodyNeeds::of(self.stage, self.fixed);
+        let held = needs.held(self.registers, self.n_consts);
+        let ty = self.ty(width);
+        let flags = self.flags.with_aligned();
+        let held = (0..self.stage.n_scalars)
+            .map(|k| {
+                let at = k as i32 * SCALAR_BYTES as i32;
+                held[k as usize].then(|| self.b.ins().load(ty, flags, seg.block, at))
+            })
+            .collect();
+        Reads { held, needs }
     }
 
     /// Emits the main, single-vector and scalar loops of one segment; returns the block
@@ -288,7 +271,7 @@ impl Translator<'_> {
         let zero = self.b.ins().iconst(types::I64, 0);
         match cond {
             Some(k) => {
-                let at = (k * self.size) as i32;
+                let at = k as i32 * SCALAR_BYTES as i32;
                 let scalar = self.b.ins().load(self.scalar_ty, self.flags, seg.block, at);
                 let zero_f = self.konst(Width::Scalar, |c| c.zero);
                 // True when non-zero, NaN included: how `select` reads a condition.
@@ -327,6 +310,7 @@ impl Translator<'_> {
         let header = self.b.create_block();
         let body = self.b.create_block();
         let i = self.b.append_block_param(header, types::I64);
+        let reads = self.emit_reads(Width::Vector, seg);
         let end = self
             .b
             .ins()
@@ -342,7 +326,7 @@ impl Translator<'_> {
         self.b.seal_block(body);
         for copy in 0..copies {
             let offset = (copy * self.lanes * self.size) as i32;
-            self.emit_body(Width::Vector, seg, i, offset);
+            self.emit_body(Width::Vector, seg, &reads, i, offset);
         }
         let next = self.b.ins().iadd_imm_u(i, i64::from(per_iter));
         self.b.ins().jump(header, &args(&[next]));
@@ -350,28 +334,15 @@ impl Translator<'_> {
     }
 
     /// The scalar tail: one element per iteration until `len`, then `done`. `entry(i)` loads
-    /// the scalars once, so they are live neither during the vector loops nor reloaded per
-    /// element.
+    /// the scalars it holds, so they are live neither during the vector loops nor reloaded
+    /// per element.
     fn emit_tail(&mut self, seg: &SegmentVals, entry: Block, start: Value, done: Block) {
         let header = self.b.create_block();
         let i = self.b.append_block_param(header, types::I64);
         let body = self.b.create_block();
         self.b.switch_to_block(entry);
         self.b.seal_block(entry);
-        let scalars: Vec<Value> = (0..self.stage.n_scalars)
-            .map(|k| {
-                let offset = (k * self.size) as i32;
-                self.b
-                    .ins()
-                    .load(self.scalar_ty, self.flags, seg.block, offset)
-            })
-            .collect();
-        let seg = &SegmentVals {
-            scalars,
-            streams: seg.streams.clone(),
-            splats: Vec::new(),
-            ..*seg
-        };
+        let reads = self.emit_reads(Width::Scalar, seg);
         self.b.ins().jump(header, &args(&[start]));
 
         self.b.switch_to_block(header);
@@ -380,7 +351,7 @@ impl Translator<'_> {
 
         self.b.switch_to_block(body);
         self.b.seal_block(body);
-        self.emit_body(Width::Scalar, seg, i, 0);
+        self.emit_body(Width::Scalar, seg, &reads, i, 0);
         let next = self.b.ins().iadd_imm_u(i, 1);
         self.b.ins().jump(header, &args(&[next]));
         self.b.seal_block(header);
@@ -400,71 +371,89 @@ impl Translator<'_> {
     }
 
     /// One copy of the stage body at element `i` (+ `offset` bytes): loads, ops, stores.
-    fn emit_body(&mut self, width: Width, seg: &SegmentVals, i: Value, offset: i32) {
+    fn emit_body(&mut self, width: Width, seg: &SegmentVals, reads: &Reads, i: Value, offset: i32) {
         let ty = self.ty(width);
         let shift = i64::from(self.size.trailing_zeros());
         let byte_index = self.b.ins().ishl_imm_u(i, shift);
-        let stage = self.stage;
+        let (stage, needs) = (self.stage, &reads.needs);
 
-        // Each stream the stage reads is loaded once, before any op.
-        let mut loaded: Vec<Option<Value>> = vec![None; stage.n_streams as usize];
-        for a in operands(stage) {
-            if let ElemArg::Load(s) = *a {
-                if loaded[s as usize].is_none() {
-                    let addr = self.b.ins().iadd(seg.streams[s as usize], byte_index);
-                    loaded[s as usize] = Some(self.b.ins().load(ty, self.flags, addr, offset));
-                }
-            }
-        }
-        // When the splats do not fit (see `splat_once`), vector code broadcasts each scalar it
-        // uses straight from the scalar block, once per body copy: no register held across
-        // the loop. (Splats made once per segment get rematerialised into the loop by
-        // Cranelift from scalars held in registers, and those spill when a stage has many.)
-        let mut broadcast: Vec<Option<Value>> = seg.splats.iter().map(|&s| Some(s)).collect();
-        if width == Width::Vector && seg.splats.is_empty() {
-            broadcast = vec![None; stage.n_scalars as usize];
-            for a in operands(stage) {
-                if let ElemArg::Scalar(k) = *a {
-                    if broadcast[k as usize].is_none() {
-                        let at = (k * self.size) as i32;
-                        let scalar = self.b.ins().load(self.scalar_ty, self.flags, seg.block, at);
-                        broadcast[k as usize] = Some(self.b.ins().splat(self.vector_ty, scalar));
-                    }
-                }
-            }
-        }
-        let operand = |a: &ElemArg, vals: &[Val]| match *a {
-            ElemArg::Load(s) => Val::Float(loaded[s as usize].expect("loaded above")),
-            ElemArg::Scalar(k) => Val::Float(match width {
-                Width::Vector => broadcast[k as usize].expect("broadcast above"),
-                Width::Scalar => seg.scalars[k as usize],
-            }),
-            ElemArg::Value(v) => vals[v as usize],
-        };
+        // Each stream the body reads is loaded once, before any op.
+        let loaded: Vec<Option<Value>> = (0..stage.n_streams as usize)
+            .map(|s| {
+                needs.loads[s].then(|| {
+                    let addr = self.b.ins().iadd(seg.streams[s], byte_index);
+                    self.b.ins().load(ty, self.flags, addr, offset)
+                })
+            })
+            .collect();
+        // Scalars not held are read at each use from the block, whose address this copy
+        // reads from the segment record: the reads then depend on the copy, so Cranelift
+        // keeps each one beside its use (where it becomes a memory operand) instead of
+        // hoisting it out of the loop into a register.
+        let unheld =
+            (0..stage.n_scalars as usize).any(|k| needs.uses[k] > 0 && reads.held[k].is_none());
+        let block = unheld.then(|| self.b.ins().load(types::I64, self.flags, seg.record, 8));
 
-        let mut vals: Vec<Val> = Vec::with_capacity(stage.body.len());
-        for inst in &stage.body {
-            let args = inst.args();
-            let result = match (inst.op, args[0]) {
-                // A select on a condition these loops are specialised for: one operand.
-                (Op::Select, ElemArg::Scalar(k)) if self.fixed.is_some_and(|(f, _)| f == k) => {
-                    let chosen = if self.fixed == Some((k, true)) { 1 } else { 2 };
-                    let v = operand(&args[chosen], &vals);
-                    Val::Float(self.float(width, v))
-                }
-                _ => {
-                    let ops: Vec<Val> = args.iter().map(|a| operand(a, &vals)).collect();
-                    self.emit_op(width, inst.op, &ops)
-                }
+        let mut vals: Vec<Option<Val>> = Vec::with_capacity(stage.body.len());
+        for (inst, &live) in stage.body.iter().zip(&needs.live) {
+            if !live {
+                vals.push(None);
+                continue;
+            }
+            let mut ops: Vec<Val> = read_args(inst, self.fixed)
+                .iter()
+                .map(|a| self.operand(width, a, (&loaded, &reads.held, block), &vals))
+                .collect();
+            // A scalar read from memory folds into the instruction only as its second
+            // operand, and only if it is read last: put it there where the op commutes
+            // (exactly, for add and mul: only a NaN's payload could differ, and NaNs
+            // are compared as NaN).
+            if matches!(inst.op, Op::Add | Op::Mul)
+                && matches!(inst.args[0], ElemArg::Scalar(k) if reads.held[k as usize].is_none())
+                && !matches!(inst.args[1], ElemArg::Scalar(k) if reads.held[k as usize].is_none())
+            {
+                ops.swap(0, 1);
+            }
+            // A select on a condition this loop is specialised for reads one operand: it.
+            let result = if inst.op == Op::Select && ops.len() == 1 {
+                Val::Float(self.float(width, ops[0]))
+            } else {
+                self.emit_op(width, inst.op, &ops)
             };
-            vals.push(result);
+            vals.push(Some(result));
         }
         for (stream, value) in &stage.stores {
-            let v = operand(value, &vals);
+            let v = self.operand(width, value, (&loaded, &reads.held, block), &vals);
             let v = self.float(width, v);
             let addr = self.b.ins().iadd(seg.streams[*stream as usize], byte_index);
             self.b.ins().store(self.flags, v, addr, offset);
         }
+    }
+
+    /// An operand's value: a loaded stream, a held scalar, a scalar read from the block at
+    /// `block` (a load Cranelift may fold into the instruction), or an earlier result.
+    fn operand(
+        &mut self,
+        width: Width,
+        arg: &ElemArg,
+        (loaded, held, block): (&[Option<Value>], &[Option<Value>], Option<Value>),
+        vals: &[Option<Val>],
+    ) -> Val {
+        Val::Float(match *arg {
+            ElemArg::Load(s) => loaded[s as usize].expect("the body loads what it reads"),
+            ElemArg::Scalar(k) => match held[k as usize] {
+                Some(v) => v,
+                None => {
+                    let block = block.expect("the block's address is read when needed");
+                    // Pure (read-only, cannot trap, movable), so Cranelift places it just
+                    // before its use; aligned, as the block's vectors are.
+                    let flags = self.flags.with_aligned().with_readonly().with_can_move();
+                    let (ty, at) = (self.ty(width), k as i32 * SCALAR_BYTES as i32);
+                    self.b.ins().load(ty, flags, block, at)
+                }
+            },
+            ElemArg::Value(v) => return vals[v as usize].expect("live values are computed"),
+        })
     }
 
     /// A value as a number: masks become `1.0`/`0.0`.

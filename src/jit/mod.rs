@@ -4,13 +4,15 @@
 
 mod abi;
 mod emit;
+mod pressure;
+mod target;
 
 use crate::program::{Program, Stage};
 use crate::segment::Segment;
 use crate::{DType, Error, Float, Result};
 use abi::{CodeOwner, Entry};
 use cranelift_codegen::ir::{Function, UserFuncName};
-use cranelift_codegen::isa::{CallConv, TargetFrontendConfig};
+use cranelift_codegen::isa::CallConv;
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_codegen::Context;
 use cranelift_frontend::FunctionBuilderContext;
@@ -19,6 +21,7 @@ use cranelift_module::{default_libcall_names, Module};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+pub use target::Target;
 
 /// Code generation choices that change the kernel (and so are part of the cache key).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -125,6 +128,9 @@ struct JitInner {
     fctx: FunctionBuilderContext,
     cache: HashMap<CacheKey, Kernel>,
     stats: JitStats,
+    target: Target,
+    /// Whether this host has every feature of `target`: kernels are compiled only if so.
+    runs_here: bool,
 }
 
 fn codegen<E: std::fmt::Display>(e: E) -> Error {
@@ -137,6 +143,24 @@ impl Jit {
     /// A JIT for the host ISA (all its SIMD features enabled, `opt_level = speed`, the
     /// Cranelift verifier on in debug builds).
     pub fn new() -> Result<Jit> {
+        Jit::for_target(Target::Host)
+    }
+
+    /// A JIT for `target`. Its kernels run only where the host has the target's features
+    /// (else [`Jit::compile`] fails with [`Error::HostUnsupported`]); [`Jit::disassemble`]
+    /// and [`Jit::clif`] work on any host, so the code for one class of CPU can be examined
+    /// on another.
+    ///
+    /// ```
+    /// use optjit::{optim, passes, DType, Jit, JitOptions, Target};
+    ///
+    /// let jit = Jit::for_target(Target::X64Avx2)?;
+    /// let program = passes::compile(&optim::by_name("adam").expect("a built-in"))?;
+    /// let asm = jit.disassemble(&program, DType::F32, JitOptions::for_stage(&program.stage))?;
+    /// assert!(asm.contains("vdivps") && !asm.contains("zmm"));
+    /// # Ok::<(), optjit::Error>(())
+    /// ```
+    pub fn for_target(target: Target) -> Result<Jit> {
         let mut flags = settings::builder();
         let verifier = if cfg!(debug_assertions) {
             "true"
@@ -151,12 +175,11 @@ impl Jit {
         ] {
             flags.set(name, value).map_err(codegen)?;
         }
-        let isa = cranelift_native::builder()
-            .map_err(|message| Error::HostUnsupported {
-                message: message.to_string(),
-            })?
+        let isa = target
+            .isa_builder()?
             .finish(settings::Flags::new(flags))
             .map_err(codegen)?;
+        let runs_here = target.runs_here();
         let module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
         let ctx = module.make_context();
         Ok(Jit {
@@ -168,8 +191,28 @@ impl Jit {
                 fctx: FunctionBuilderContext::new(),
                 cache: HashMap::new(),
                 stats: JitStats::default(),
+                target,
+                runs_here,
             })),
         })
+    }
+
+    /// The target this JIT compiles for.
+    pub fn target(&self) -> Target {
+        self.lock().target
+    }
+
+    /// The instruction set the kernels use, as Cranelift was configured: the architecture
+    /// and its enabled SIMD features, e.g. `x86_64 sse4.2 avx avx2 fma` (what `optjit bench`
+    /// records beside each JIT row).
+    pub fn isa_name(&self) -> String {
+        let inner = self.lock();
+        let module = inner.code.module.lock().unwrap_or_else(|p| p.into_inner());
+        let isa = module
+            .as_ref()
+            .expect("module lives as long as the Jit")
+            .isa();
+        target::describe(isa)
     }
 
     /// The process-wide JIT used by default.
@@ -215,6 +258,14 @@ impl Jit {
             options,
         };
         let mut inner = self.lock();
+        if !inner.runs_here {
+            return Err(Error::HostUnsupported {
+                message: format!(
+                    "kernels for {:?} need CPU features this host lacks",
+                    inner.target
+                ),
+            });
+        }
         if let Some(kernel) = inner.cache.get(&key) {
             let kernel = kernel.clone();
             inner.stats.hits += 1;
@@ -249,13 +300,17 @@ impl Jit {
             UserFuncName::user(0, 0),
             emit::signature(isa.default_call_conv()),
         );
+        let machine = emit::Machine {
+            frontend: module.target_config(),
+            registers: target::vector_registers(isa),
+        };
         emit::build(
             &mut ctx.func,
             fctx,
             &program.stage,
             dtype,
             options.unroll,
-            module.target_config(),
+            machine,
         );
         ctx.set_disasm(true);
         let compiled = ctx
@@ -265,12 +320,14 @@ impl Jit {
     }
 
     /// The Cranelift IR of `program`'s kernel for `dtype`, before Cranelift's optimisations.
+    /// It depends on the target only through its vector registers (see [`Target`]): the
+    /// calling convention printed is always System V.
     pub fn clif(&self, program: &Program, dtype: DType, options: JitOptions) -> Result<String> {
         check_options(options)?;
         program.stage.check()?;
         let mut inner = self.lock();
         // A fixed calling convention, so that the printed IR is the same on every host.
-        let (_, frontend) = inner.target();
+        let machine = inner.machine();
         let call_conv = CallConv::SystemV;
         let mut func =
             Function::with_name_signature(UserFuncName::user(0, 0), emit::signature(call_conv));
@@ -280,7 +337,7 @@ impl Jit {
             &program.stage,
             dtype,
             options.unroll,
-            frontend,
+            machine,
         );
         Ok(func.display().to_string())
     }
@@ -298,10 +355,13 @@ fn check_options(options: JitOptions) -> Result<()> {
 }
 
 impl JitInner {
-    fn target(&self) -> (CallConv, TargetFrontendConfig) {
+    fn machine(&self) -> emit::Machine {
         let module = self.code.module.lock().unwrap_or_else(|p| p.into_inner());
         let module = module.as_ref().expect("module lives as long as the Jit");
-        (module.isa().default_call_conv(), module.target_config())
+        emit::Machine {
+            frontend: module.target_config(),
+            registers: target::vector_registers(module.isa()),
+        }
     }
 
     fn build(&mut self, key: &CacheKey) -> Result<Kernel> {
@@ -315,14 +375,17 @@ impl JitInner {
         module.clear_context(ctx);
         ctx.func.signature = sig;
         ctx.func.name = UserFuncName::user(0, id.as_u32());
-        let frontend = module.target_config();
+        let machine = emit::Machine {
+            frontend: module.target_config(),
+            registers: target::vector_registers(module.isa()),
+        };
         emit::build(
             &mut ctx.func,
             fctx,
             &key.stage,
             key.dtype,
             key.options.unroll,
-            frontend,
+            machine,
         );
         let defined = module.define_function(id, ctx);
         module.clear_context(ctx);
