@@ -41,8 +41,10 @@ impl JitOptions {
     /// faster than ×4).
     pub const DIVIDER_BOUND_UNROLL: u32 = 2;
 
-    /// Stages reading at least this many scalars are not unrolled: with 16 vector registers,
-    /// a second copy of RAdam, Adan or schedule-free AdamW (11–12 scalars) spills.
+    /// Stages reading at least this many scalars are not unrolled. Chosen when every body copy
+    /// broadcast its own scalars and a second copy of RAdam, Adan or schedule-free AdamW
+    /// (11–12 scalars) spilled; since the loops hold scalars once for all copies or read them
+    /// as memory operands, that reason is gone, but the choice is not yet re-measured.
     pub const MANY_SCALARS: u32 = 10;
 
     /// The options [`Jit::compile`] uses for `stage`: the unroll factor by the stage's kind.
