@@ -300,6 +300,11 @@ impl Translator<'_> {
 
     /// A vector loop from element `start` while `per_iter` more elements remain, `copies`
     /// body copies per iteration; then jumps to `after(i)` (not sealed here).
+    ///
+    /// The loop is tested at its bottom (once more before it, from here): one compare and
+    /// branch per iteration. Its bound, `len - len % per_iter`, is a subtraction so that
+    /// Cranelift keeps it in a register instead of recomputing it (`len & -per_iter` would
+    /// be rematerialised into the loop) at every iteration.
     fn emit_vector_loop(
         &mut self,
         seg: &SegmentVals,
@@ -307,30 +312,28 @@ impl Translator<'_> {
         (per_iter, copies): (u32, u32),
         after: Block,
     ) {
-        let header = self.b.create_block();
         let body = self.b.create_block();
-        let i = self.b.append_block_param(header, types::I64);
+        let i = self.b.append_block_param(body, types::I64);
         let reads = self.emit_reads(Width::Vector, seg);
-        let end = self
-            .b
+        let rest = self.b.ins().band_imm_u(seg.len, i64::from(per_iter) - 1);
+        let end = self.b.ins().isub(seg.len, rest);
+        let enter = self.b.ins().icmp(IntCC::UnsignedLessThan, start, end);
+        self.b
             .ins()
-            .band_imm_u(seg.len, !(u64::from(per_iter) - 1) as i64);
-        self.b.ins().jump(header, &args(&[start]));
+            .brif(enter, body, &args(&[start]), after, &args(&[start]));
 
-        // header(i): sealed after the body's back edge.
-        self.b.switch_to_block(header);
-        let more = self.b.ins().icmp(IntCC::UnsignedLessThan, i, end);
-        self.b.ins().brif(more, body, &[], after, &args(&[i]));
-
+        // body(i): sealed after its own back edge.
         self.b.switch_to_block(body);
-        self.b.seal_block(body);
         for copy in 0..copies {
             let offset = (copy * self.lanes * self.size) as i32;
             self.emit_body(Width::Vector, seg, &reads, i, offset);
         }
         let next = self.b.ins().iadd_imm_u(i, i64::from(per_iter));
-        self.b.ins().jump(header, &args(&[next]));
-        self.b.seal_block(header);
+        let more = self.b.ins().icmp(IntCC::UnsignedLessThan, next, end);
+        self.b
+            .ins()
+            .brif(more, body, &args(&[next]), after, &args(&[next]));
+        self.b.seal_block(body);
     }
 
     /// The scalar tail: one element per iteration until `len`, then `done`. `entry(i)` loads
