@@ -183,10 +183,14 @@ impl Stepper {
                 return Err(Error::StepOverflow);
             }
         }
-        // Prologue per parameter, in f64 on the host.
-        let mut values = Vec::new();
-        let mut blocks: Vec<Vec<T>> = Vec::with_capacity(params.len());
-        let mut updates: Vec<Vec<(usize, f64)>> = Vec::with_capacity(params.len());
+        // Prologue per parameter, in f64 on the host: each parameter's kernel scalars and
+        // scalar-state updates, in one flat list each (a handful of allocations per call,
+        // whatever the number of parameters).
+        let prologue = &program.prologue;
+        let (n_scalars, n_updates) = (prologue.kernel_scalars.len(), prologue.state_updates.len());
+        let mut values = Vec::with_capacity(prologue.insts.len());
+        let mut blocks: Vec<T> = Vec::with_capacity(params.len() * n_scalars);
+        let mut updates: Vec<(usize, f64)> = Vec::with_capacity(params.len() * n_updates);
         for p in params.iter() {
             let state = &p.state.slots;
             let scalar = |n: usize| match state[n] {
@@ -194,22 +198,10 @@ impl Stepper {
                 SlotValue::Buffer(_) => unreachable!("checked: slot {n} is a scalar slot"),
             };
             program.eval_prologue(&self.hypers, p.state.step + 1, scalar, &mut values);
-            blocks.push(
-                program
-                    .prologue
-                    .kernel_scalars
-                    .iter()
-                    .map(|&s| T::from_f64(values[s as usize]))
-                    .collect(),
-            );
-            updates.push(
-                program
-                    .prologue
-                    .state_updates
-                    .iter()
-                    .map(|&(slot, v)| (slot as usize, values[v as usize]))
-                    .collect(),
-            );
+            let block = prologue.kernel_scalars.iter();
+            blocks.extend(block.map(|&s| T::from_f64(values[s as usize])));
+            let update = prologue.state_updates.iter();
+            updates.extend(update.map(|&(slot, v)| (slot as usize, values[v as usize])));
         }
         // Each parameter's buffers, cut into one batch per thread.
         let lens: Vec<usize> = params.iter().map(|p| p.param.len()).collect();
@@ -218,10 +210,12 @@ impl Stepper {
         let slots = program.element_slots().count();
         let mut pieces = Pieces::with_capacity(batches.pieces.len(), slots);
         let mut next = batches.pieces.iter().peekable();
-        for (i, (p, block)) in params.iter_mut().zip(&blocks).enumerate() {
-            let mut ranges = Vec::new();
+        let mut ranges = Vec::new();
+        for (i, p) in params.iter_mut().enumerate() {
+            let block = &blocks[i * n_scalars..(i + 1) * n_scalars];
+            ranges.clear();
             while let Some(piece) = next.next_if(|piece| piece.segment == i) {
-                ranges.push((piece.start, piece.len, block.as_slice()));
+                ranges.push((piece.start, piece.len, block));
             }
             let buffers = p.state.slots.iter_mut().filter_map(|s| match s {
                 SlotValue::Buffer(b) => Some(b.as_mut_slice()),
@@ -240,9 +234,9 @@ impl Stepper {
             None => Runner::Interp(self.executor, &program.stage),
         };
         run_batches(runner, &mut segments, &batches.ends, threads.pool)?;
-        for (p, updates) in params.iter_mut().zip(updates) {
+        for (i, p) in params.iter_mut().enumerate() {
             p.state.step += 1;
-            for (slot, v) in updates {
+            for &(slot, v) in &updates[i * n_updates..(i + 1) * n_updates] {
                 p.state.slots[slot] = SlotValue::Scalar(v);
             }
         }

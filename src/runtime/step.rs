@@ -18,10 +18,16 @@ struct Plan<T> {
     /// prologue, so it runs once per distinct (step, scalar state), not once per parameter;
     /// prologues whose kernel scalars come out bit for bit the same share a block (an
     /// optimizer whose scalars do not depend on the step, such as SGD-momentum after its
-    /// first step or Lion, has one block whatever the members' steps).
-    blocks: Vec<Vec<T>>,
-    /// Per prologue: the new values of scalar state slots, `(slot, value)`.
-    updates: Vec<Vec<(usize, f64)>>,
+    /// first step or Lion, has one block whatever the members' steps). One flat list:
+    /// block `b` is `blocks[b * n_scalars..][..n_scalars]`.
+    blocks: Vec<T>,
+    /// Per prologue: the new values of scalar state slots, `(slot, value)`, `n_updates` of
+    /// them each, in one flat list.
+    updates: Vec<(usize, f64)>,
+    /// Scalars per block (the program's kernel scalars).
+    n_scalars: usize,
+    /// Scalar-state updates per prologue.
+    n_updates: usize,
     /// Segments to run: `(offset, len, block)`. Neighbouring members in storage with the same
     /// block form one segment, the alignment padding between them included: the kernel
     /// computes on the padding too and nothing ever reads the result (stages have no
@@ -29,6 +35,18 @@ struct Plan<T> {
     runs: Vec<(usize, usize, usize)>,
     /// Ranges of members without state yet.
     fresh: Vec<(usize, usize)>,
+}
+
+impl<T> Plan<T> {
+    /// Scalar block `b`.
+    fn block(&self, b: usize) -> &[T] {
+        &self.blocks[b * self.n_scalars..(b + 1) * self.n_scalars]
+    }
+
+    /// The scalar-state updates of prologue `key`.
+    fn update(&self, key: usize) -> &[(usize, f64)] {
+        &self.updates[key * self.n_updates..(key + 1) * self.n_updates]
+    }
 }
 
 /// A program to run over the parameters: the optimizer's own step, or a mode swap.
@@ -65,8 +83,8 @@ impl Optimizer {
     /// Runs `pass` over every group and dtype: plans first (every check), then one parallel
     /// region per dtype over the segments of every group, then the bookkeeping.
     fn run_pass(&mut self, pass: &Pass) -> Result<()> {
-        let mut plans32 = Vec::new();
-        let mut plans64 = Vec::new();
+        let mut plans32 = Vec::with_capacity(self.groups.len());
+        let mut plans64 = Vec::with_capacity(self.groups.len());
         for g in 0..self.groups.len() {
             plans32.push(self.plan::<f32>(g, pass)?);
             plans64.push(self.plan::<f64>(g, pass)?);
@@ -175,21 +193,29 @@ impl Optimizer {
     fn plan<T: Float>(&self, g: usize, pass: &Pass) -> Result<Plan<T>> {
         let program = &pass.program;
         let group = &self.groups[g];
-        let hypers: Vec<f64> = pass.hypers.iter().map(|&h| group.hypers[h]).collect();
         let selected = |i: usize| match pass.is_step {
             true => self.has_grad[i],
             false => self.state[i].is_some(),
         };
-        let inits = self.slot_inits.as_slice();
+        let runs = |i: &usize| self.params[*i].dtype == T::DTYPE && selected(*i);
         let mut plan = Plan {
             members: Vec::new(),
             member_key: Vec::new(),
             blocks: Vec::new(),
             updates: Vec::new(),
+            n_scalars: program.prologue.kernel_scalars.len(),
+            n_updates: program.prologue.state_updates.len(),
             runs: Vec::new(),
             fresh: Vec::new(),
         };
-        let mut values = Vec::new();
+        if !group.params.iter().any(runs) {
+            return Ok(plan); // nothing to run (e.g. no parameter of this dtype): no allocation
+        }
+        let hypers: Vec<f64> = pass.hypers.iter().map(|&h| group.hypers[h]).collect();
+        let inits = self.slot_inits.as_slice();
+        let prologue = &program.prologue;
+        let n_scalars = plan.n_scalars;
+        let mut values = Vec::with_capacity(prologue.insts.len());
         // The keys (step, scalar state) of the prologues run so far, with the block each gave;
         // keys and blocks are looked up among the most recent (see `recent`).
         let mut keys: Vec<(u64, &[f64], usize)> = Vec::new();
@@ -199,11 +225,8 @@ impl Optimizer {
                 .zip(b)
                 .all(|(x, y)| x.to_bits_u64() == y.to_bits_u64())
         };
-        for &i in &group.params {
+        for &i in group.params.iter().filter(|i| runs(i)) {
             let info = &self.params[i];
-            if info.dtype != T::DTYPE || !selected(i) {
-                continue;
-            }
             let (step, scalars) = match &self.state[i] {
                 Some(s) => (s.step, s.scalars.as_slice()),
                 None => {
@@ -221,19 +244,23 @@ impl Optimizer {
                 Some(key) => key,
                 None => {
                     program.eval_prologue(&hypers, step + 1, |n| scalars[n], &mut values);
-                    let block = program.prologue.kernel_scalars.iter();
-                    let block: Vec<T> = block.map(|&s| T::from_f64(values[s as usize])).collect();
-                    let updates = program.prologue.state_updates.iter();
-                    plan.updates.push(
-                        updates
-                            .map(|&(slot, v)| (slot as usize, values[v as usize]))
-                            .collect(),
-                    );
-                    let found = recent(plan.blocks.len(), |b| same_block(&plan.blocks[b], &block));
-                    let index = found.unwrap_or_else(|| {
-                        plan.blocks.push(block);
-                        plan.blocks.len() - 1
-                    });
+                    let updates = prologue.state_updates.iter();
+                    plan.updates
+                        .extend(updates.map(|&(slot, v)| (slot as usize, values[v as usize])));
+                    // The new block goes at the end; it stays there only if no recent block
+                    // has the same bits.
+                    let blocks = plan.blocks.len() / n_scalars.max(1);
+                    let block = prologue.kernel_scalars.iter();
+                    plan.blocks
+                        .extend(block.map(|&s| T::from_f64(values[s as usize])));
+                    let found = recent(blocks, |b| same_block(plan.block(b), plan.block(blocks)));
+                    let index = match found {
+                        Some(b) => {
+                            plan.blocks.truncate(blocks * n_scalars);
+                            b
+                        }
+                        None => blocks,
+                    };
                     keys.push((step, scalars, index));
                     keys.len() - 1
                 }
@@ -294,11 +321,7 @@ impl Optimizer {
             let mut ranges = Vec::new();
             while let Some(piece) = next.next_if(|p| runs.contains(&p.segment)) {
                 let (offset, _, block) = plan.runs[piece.segment - runs.start];
-                ranges.push((
-                    offset + piece.start,
-                    piece.len,
-                    plan.blocks[block].as_slice(),
-                ));
+                ranges.push((offset + piece.start, piece.len, plan.block(block)));
             }
             let slots = store.slots.iter_mut().map(|s| s.as_mut_slice());
             pieces.cut(
@@ -326,7 +349,7 @@ impl Optimizer {
                 scalars: inits.clone(),
             });
             state.step += u64::from(is_step);
-            for &(slot, value) in &plan.updates[key] {
+            for &(slot, value) in plan.update(key) {
                 state.scalars[slot] = value;
             }
         }
@@ -387,12 +410,24 @@ mod tests {
         for graph in [sgd.graph().unwrap(), Lion::default().graph().unwrap()] {
             let plan = plan_one_step_apart(&graph);
             assert_eq!(plan.members.len(), 10, "{}", graph.name());
-            assert_eq!(plan.updates.len(), 2, "two (step, scalar state) keys");
-            assert_eq!(plan.blocks.len(), 1, "{}: one block", graph.name());
+            assert_eq!(
+                plan.member_key.iter().max(),
+                Some(&1),
+                "two (step, scalar state) keys"
+            );
+            assert_eq!(
+                plan.blocks.len(),
+                plan.n_scalars,
+                "{}: one block",
+                graph.name()
+            );
             assert_eq!(plan.runs.len(), 1, "{}: one segment", graph.name());
         }
         // Adam's bias corrections differ from step to step: one segment per parameter.
         let plan = plan_one_step_apart(&Adam::default().graph().unwrap());
-        assert_eq!((plan.blocks.len(), plan.runs.len()), (2, 10));
+        assert_eq!(
+            (plan.blocks.len() / plan.n_scalars, plan.runs.len()),
+            (2, 10)
+        );
     }
 }
