@@ -11,7 +11,7 @@
 use super::floor::{self, Floor};
 use super::native::{Isa, NativeOptimizer};
 use crate::runtime::store::AlignedBuf;
-use crate::{optim, DType, Executor, Graph, Jit, Optimizer, Result};
+use crate::{optim, DType, Executor, Graph, Jit, Optimizer, Result, Target};
 use ndarray::Array1;
 use serde::Serialize;
 use std::sync::OnceLock;
@@ -98,6 +98,9 @@ pub struct Config {
     pub compile: bool,
     /// Repeat each measurement for at least this long (and at least 3 times).
     pub min_time: Duration,
+    /// The instruction set the JIT compiles for (must run on this host): [`Target::Host`],
+    /// or a named x86-64 class to measure its code on a machine that has more.
+    pub target: Target,
 }
 
 impl Config {
@@ -121,6 +124,7 @@ impl Config {
             many_small: Some((10_000, 1_000)),
             compile: true,
             min_time: Duration::from_millis(200),
+            target: Target::Host,
         })
     }
 }
@@ -331,7 +335,10 @@ pub fn run(config: &Config, mut progress: impl FnMut(usize, usize, &str)) -> Res
         + usize::from(config.compile) * config.optimizers.len();
     let mut done = 0;
     // One JIT for every JIT record, so that its ISA is the one they ran.
-    let jit = Jit::global()?;
+    let jit = match config.target {
+        Target::Host => Jit::global()?,
+        target => Jit::for_target(target)?,
+    };
     let jit_isa = jit.isa_name();
     let isa = |imp: Impl| match imp {
         Impl::Jit => Some(jit_isa.as_str()),
@@ -426,7 +433,7 @@ pub fn run(config: &Config, mut progress: impl FnMut(usize, usize, &str)) -> Res
         if config.compile {
             progress(done, total, &format!("{name} compile"));
             done += 1;
-            records.extend(compile_times(name, graph)?);
+            records.extend(compile_times(name, graph, config.target)?);
             // The fixed cost of a step: one tensor of 16 elements, one thread.
             let mut opt = optimizer(graph, (Executor::Jit, &jit), 1, 1, 16)?;
             let t = median(config.min_time, || opt.step())?;
@@ -629,16 +636,16 @@ fn annotate(point: &mut [Record]) {
 }
 
 /// Cold compile (a fresh JIT each time) and cache hit, per compile, in `ns_per_elem`.
-fn compile_times(name: &str, graph: &Graph) -> Result<Vec<Record>> {
+fn compile_times(name: &str, graph: &Graph, target: Target) -> Result<Vec<Record>> {
     let program = crate::passes::compile(graph)?;
     let mut cold = Vec::new();
     for _ in 0..21 {
-        let jit = Jit::new()?;
+        let jit = Jit::for_target(target)?;
         jit.compile(&program, DType::F32)?;
         cold.push(jit.stats().compile_time);
     }
     cold.sort();
-    let jit = Jit::new()?;
+    let jit = Jit::for_target(target)?;
     jit.compile(&program, DType::F32)?;
     let hits = 10_000;
     let start = Instant::now();

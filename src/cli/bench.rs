@@ -29,6 +29,11 @@ pub struct BenchArgs {
     /// instruction set, `native128` the same loop for the portable 128-bit one (SSE2).
     #[arg(long = "impl", value_delimiter = ',')]
     impls: Option<Vec<String>>,
+    /// The instruction set the JIT compiles for: `host` (default), `avx2` (x86-64 with AVX2
+    /// and FMA, no AVX-512: the code an AVX2-only machine gets) or `avx512`; the host must
+    /// run it.
+    #[arg(long, value_parser = parse_target, default_value = "host")]
+    target: optjit::Target,
     /// Only the per-size table: no many-small-tensors run (unless `--tensors` asks for one),
     /// no compile times.
     #[arg(long)]
@@ -110,6 +115,7 @@ fn config(args: &BenchArgs) -> Result<suite::Config, CliError> {
             })
             .collect::<Result<_, _>>()?;
     }
+    config.target = args.target;
     if args.quick {
         config.many_small = None;
         config.compile = false;
@@ -219,6 +225,16 @@ fn print_table(records: &[suite::Record]) {
             r.implementation,
             r.ns_per_elem / 1e3
         ));
+    }
+}
+
+/// `host`, `avx2` or `avx512` as a [`optjit::Target`].
+fn parse_target(name: &str) -> Result<optjit::Target, String> {
+    match name {
+        "host" => Ok(optjit::Target::Host),
+        "avx2" => Ok(optjit::Target::X64Avx2),
+        "avx512" => Ok(optjit::Target::X64Avx512),
+        _ => Err(format!("expected host, avx2 or avx512, got `{name}`")),
     }
 }
 

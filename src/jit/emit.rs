@@ -69,7 +69,7 @@ pub(crate) fn build(
         consts: Consts::default(),
         n_consts: 0,
         registers: machine.registers,
-        fixed: None,
+        fixed: Vec::new(),
     };
     t.emit_kernel(unroll);
     t.b.finalize(machine.frontend);
@@ -129,24 +129,30 @@ struct Translator<'a> {
     n_consts: usize,
     /// Vector registers of the target.
     registers: usize,
-    /// The scalar whose truth the loop being emitted is specialised for, and that truth (see
-    /// [`unswitched`]): `select`s on it take one operand without a per-element choice.
-    fixed: Option<(u32, bool)>,
+    /// The scalars whose truth the loop being emitted is specialised for, and those truths
+    /// (see [`unswitched`]): `select`s on them take one operand without a per-element choice.
+    fixed: Vec<(u32, bool)>,
 }
 
-/// The per-step scalar that the first `select` on one takes as its condition, if any. Such a
-/// condition is the same for every element of a segment (e.g. `weight_decay != 0`), so each
-/// segment branches once to a main loop in which the select is simply one of its operands:
-/// the other operand's work leaves the loop. One condition only: each doubles the main loop
-/// emitted, and the compile time with it.
-fn unswitched(stage: &Stage) -> Option<u32> {
-    stage
-        .body
-        .iter()
-        .find_map(|inst| match (inst.op, inst.args()[0]) {
-            (Op::Select, ElemArg::Scalar(k)) => Some(k),
-            _ => None,
-        })
+/// The most per-step conditions a main loop is specialised for: each doubles the main loops
+/// emitted (and the compile time with them).
+const MAX_UNSWITCHED: usize = 2;
+
+/// The per-step scalars that the first `select`s on one take as their conditions, at most
+/// [`MAX_UNSWITCHED`] of them, in body order. Such a condition is the same for every element
+/// of a segment (e.g. `weight_decay != 0`, `step == 1`), so each segment branches once per
+/// condition to a main loop in which each such select is simply one of its operands: the
+/// other operand's work leaves the loop.
+pub(crate) fn unswitched(stage: &Stage) -> Vec<u32> {
+    let mut conditions = Vec::new();
+    for inst in &stage.body {
+        if let (Op::Select, ElemArg::Scalar(k)) = (inst.op, inst.args()[0]) {
+            if !conditions.contains(&k) && conditions.len() < MAX_UNSWITCHED {
+                conditions.push(k);
+            }
+        }
+    }
+    conditions
 }
 
 fn args(values: &[Value]) -> Vec<BlockArg> {
@@ -179,7 +185,7 @@ impl Translator<'_> {
         self.b.switch_to_block(seg_body);
         self.b.seal_block(seg_body);
         let seg = self.emit_segment_setup(table, s);
-        let seg_end = self.emit_loops(&seg, unroll, unswitched(self.stage));
+        let seg_end = self.emit_loops(&seg, unroll, &unswitched(self.stage));
 
         self.b.switch_to_block(seg_end);
         self.b.seal_block(seg_end);
@@ -239,7 +245,7 @@ impl Translator<'_> {
     /// The scalars a loop of `width` holds, loaded here (its preheader): the most-read ones
     /// that fit in registers beside its body's live values.
     fn emit_reads(&mut self, width: Width, seg: &SegmentVals) -> Reads {
-        let needs = BodyNeeds::of(self.stage, self.fixed);
+        let needs = BodyNeeds::of(self.stage, &self.fixed);
         let held = needs.held(self.registers, self.n_consts);
         let ty = self.ty(width);
         let flags = self.flags.with_aligned();
@@ -253,11 +259,10 @@ impl Translator<'_> {
     }
 
     /// Emits the main, single-vector and scalar loops of one segment; returns the block
-    /// reached when the segment is done (unsealed, not yet switched to). With a condition to
-    /// specialise for (see [`unswitched`]), the main loop is emitted twice behind one branch
-    /// on it; the short loops after it stay general.
-    fn emit_loops(&mut self, seg: &SegmentVals, unroll: u32, cond: Option<u32>) -> Block {
-        let step = self.lanes * unroll;
+    /// reached when the segment is done (unsealed, not yet switched to). With conditions to
+    /// specialise for (see [`unswitched`]), the main loop is emitted once per combination of
+    /// their truths, behind one branch per condition; the short loops after it stay general.
+    fn emit_loops(&mut self, seg: &SegmentVals, unroll: u32, conditions: &[u32]) -> Block {
         let done = self.b.create_block();
         let tail_header = self.b.create_block();
         let tail_i = self.b.append_block_param(tail_header, types::I64);
@@ -268,26 +273,7 @@ impl Translator<'_> {
         } else {
             tail_header
         };
-        let zero = self.b.ins().iconst(types::I64, 0);
-        match cond {
-            Some(k) => {
-                let at = k as i32 * SCALAR_BYTES as i32;
-                let scalar = self.b.ins().load(self.scalar_ty, self.flags, seg.block, at);
-                let zero_f = self.konst(Width::Scalar, |c| c.zero);
-                // True when non-zero, NaN included: how `select` reads a condition.
-                let truth = self.b.ins().fcmp(FloatCC::NotEqual, scalar, zero_f);
-                let (when_true, when_false) = (self.b.create_block(), self.b.create_block());
-                self.b.ins().brif(truth, when_true, &[], when_false, &[]);
-                for (block, value) in [(when_true, true), (when_false, false)] {
-                    self.b.switch_to_block(block);
-                    self.b.seal_block(block);
-                    self.fixed = Some((k, value));
-                    self.emit_vector_loop(seg, zero, (step, unroll), main_done);
-                }
-                self.fixed = None;
-            }
-            None => self.emit_vector_loop(seg, zero, (step, unroll), main_done),
-        }
+        self.emit_main_loops(seg, unroll, conditions, main_done);
         if unroll > 1 {
             self.b.switch_to_block(main_done);
             self.b.seal_block(main_done);
@@ -296,6 +282,36 @@ impl Translator<'_> {
         }
         self.emit_tail(seg, tail_header, tail_i, done);
         done
+    }
+
+    /// The main loop specialised for every truth of `conditions` besides those already in
+    /// `self.fixed`: a branch on the first condition, then the loops for the rest on each side.
+    fn emit_main_loops(
+        &mut self,
+        seg: &SegmentVals,
+        unroll: u32,
+        conditions: &[u32],
+        after: Block,
+    ) {
+        let Some((&k, rest)) = conditions.split_first() else {
+            let zero = self.b.ins().iconst(types::I64, 0);
+            self.emit_vector_loop(seg, zero, (self.lanes * unroll, unroll), after);
+            return;
+        };
+        let at = k as i32 * SCALAR_BYTES as i32;
+        let scalar = self.b.ins().load(self.scalar_ty, self.flags, seg.block, at);
+        let zero_f = self.konst(Width::Scalar, |c| c.zero);
+        // True when non-zero, NaN included: how `select` reads a condition.
+        let truth = self.b.ins().fcmp(FloatCC::NotEqual, scalar, zero_f);
+        let (when_true, when_false) = (self.b.create_block(), self.b.create_block());
+        self.b.ins().brif(truth, when_true, &[], when_false, &[]);
+        for (block, value) in [(when_true, true), (when_false, false)] {
+            self.b.switch_to_block(block);
+            self.b.seal_block(block);
+            self.fixed.push((k, value));
+            self.emit_main_loops(seg, unroll, rest, after);
+            self.fixed.pop();
+        }
     }
 
     /// A vector loop from element `start` while `per_iter` more elements remain, `copies`
@@ -403,7 +419,7 @@ impl Translator<'_> {
                 vals.push(None);
                 continue;
             }
-            let mut ops: Vec<Val> = read_args(inst, self.fixed)
+            let mut ops: Vec<Val> = read_args(inst, &self.fixed)
                 .iter()
                 .map(|a| self.operand(width, a, (&loaded, &reads.held, block), &vals))
                 .collect();

@@ -7,12 +7,14 @@
 use crate::ir::Op;
 use crate::program::{ElemArg, ElemInst, Stage};
 
-/// The operands `inst` reads in a loop specialised for `fixed` (see `emit::unswitched`): a
-/// `select` on the fixed condition reads only the operand it takes.
-pub(super) fn read_args(inst: &ElemInst, fixed: Option<(u32, bool)>) -> &[ElemArg] {
-    match (inst.op, inst.args[0], fixed) {
-        (Op::Select, ElemArg::Scalar(k), Some((f, truth))) if k == f => {
-            let chosen = if truth { 1 } else { 2 };
+/// The operands `inst` reads in a loop specialised for the conditions `fixed` (scalar,
+/// truth; see `emit::unswitched`): a `select` on a fixed condition reads only the operand it
+/// takes.
+pub(super) fn read_args<'a>(inst: &'a ElemInst, fixed: &[(u32, bool)]) -> &'a [ElemArg] {
+    let truth = |k: u32| fixed.iter().find(|&&(f, _)| f == k).map(|&(_, t)| t);
+    match (inst.op, inst.args[0]) {
+        (Op::Select, ElemArg::Scalar(k)) if truth(k).is_some() => {
+            let chosen = if truth(k) == Some(true) { 1 } else { 2 };
             &inst.args[chosen..=chosen]
         }
         _ => inst.args(),
@@ -37,7 +39,7 @@ pub(super) struct BodyNeeds {
 
 impl BodyNeeds {
     /// The needs of `stage`'s body in a loop specialised for `fixed`.
-    pub(super) fn of(stage: &Stage, fixed: Option<(u32, bool)>) -> BodyNeeds {
+    pub(super) fn of(stage: &Stage, fixed: &[(u32, bool)]) -> BodyNeeds {
         let n = stage.body.len();
         let mut live = vec![false; n];
         let mut loads = vec![false; stage.n_streams as usize];
@@ -123,7 +125,7 @@ impl BodyNeeds {
 /// into the second operand of a subtraction or division, when the load has one use and
 /// the instruction's own result is not used twice, directly or through later instructions
 /// (Cranelift then treats every operand as used twice). A scalar read twice is one load.
-fn unfoldable(stage: &Stage, fixed: Option<(u32, bool)>, live: &[bool], uses: &[u32]) -> Vec<bool> {
+fn unfoldable(stage: &Stage, fixed: &[(u32, bool)], live: &[bool], uses: &[u32]) -> Vec<bool> {
     let n = stage.body.len();
     let mut readers = vec![0u32; n];
     for (inst, _) in stage.body.iter().zip(live).filter(|&(_, &l)| l) {
@@ -198,10 +200,10 @@ mod tests {
 
     #[test]
     fn a_fixed_select_reads_only_the_operand_it_takes() {
-        let general = BodyNeeds::of(&stage(), None);
+        let general = BodyNeeds::of(&stage(), &[]);
         assert_eq!(general.live, [true; 5]);
         assert_eq!(general.uses, [2, 1, 1]);
-        let taken = BodyNeeds::of(&stage(), Some((2, true)));
+        let taken = BodyNeeds::of(&stage(), &[(2, true)]);
         assert_eq!(taken.live, [true, true, true, false, true]);
         assert_eq!(taken.uses, [1, 1, 0]);
         assert_eq!(taken.loads, [true, true, false]);
@@ -211,13 +213,13 @@ mod tests {
     fn live_values_count_streams_until_their_last_read() {
         // Reading `p - %1` (position 2): p, g (read again at 3) and %1 are live; reading
         // `s0 * g` (3): g and %2 (stored at the end); in the loop that takes `g`, %3 is dead.
-        let needs = BodyNeeds::of(&stage(), None);
+        let needs = BodyNeeds::of(&stage(), &[]);
         assert_eq!(needs.max_live, 3);
         let mut wide = stage();
         wide.n_streams = 4;
         wide.stores.push((3, ElemArg::Value(0)));
         assert_eq!(
-            BodyNeeds::of(&wide, None).max_live,
+            BodyNeeds::of(&wide, &[]).max_live,
             4,
             "%0 now lives to the end"
         );
@@ -225,7 +227,7 @@ mod tests {
 
     #[test]
     fn held_scalars_are_the_most_read_that_fit() {
-        let needs = BodyNeeds::of(&stage(), None);
+        let needs = BodyNeeds::of(&stage(), &[]);
         let all = needs.held(16, 0);
         assert_eq!(all, [true, true, true]);
         let one = needs.held(needs.max_live + 1, 0);
