@@ -110,7 +110,8 @@ pub enum Error {
         actual: usize,
     },
     /// User mistake: a hand-made or deserialized program whose stage is ill-formed (operands
-    /// out of range or referring forward, a store to the grad, a scalar-only op per element).
+    /// out of range or referring forward, a store to the grad, a scalar-only op per element),
+    /// or a stage beyond the executors' limits (`Stage::MAX_SCALARS`, `Stage::MAX_STREAMS`).
     #[error("invalid program: {reason}")]
     InvalidProgram {
         /// What is wrong.

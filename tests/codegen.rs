@@ -74,9 +74,9 @@ fn plain_loads(name: &str) -> usize {
     usize::from(name == "adan")
 }
 
-/// For every built-in, dtype and class of x86-64 CPU, the vector loops (the blocks that load
-/// a stream vector) neither load nor broadcast a scalar, and no vector register spills
-/// anywhere in the kernel.
+/// For every built-in, dtype and class of x86-64 CPU, the vector loops (the blocks that
+/// store a stream vector) neither load nor broadcast a scalar (but Adan's one, see
+/// [`plain_loads`]), and no vector register spills anywhere in the kernel.
 #[test]
 fn vector_loops_read_scalars_for_free_and_never_spill_on_either_cpu_class() {
     let mut loops = 0;
@@ -90,11 +90,18 @@ fn vector_loops_read_scalars_for_free_and_never_spill_on_either_cpu_class() {
                 let what = format!("{name} {dtype} {target:?}");
                 let spills: Vec<&str> = asm.lines().filter(|l| is_spill(l)).collect();
                 assert!(spills.is_empty(), "{what} spills:\n{}", spills.join("\n"));
+                // A vector loop stores a stream vector (a store, unlike a load, is never
+                // folded into another instruction): the main loops and the one-vector loop.
                 let bodies: Vec<_> = blocks(&asm)
                     .into_iter()
-                    .filter(|(_, lines)| lines.iter().any(|l| is_stream_load(l)))
+                    .filter(|(_, lines)| lines.iter().any(|l| is_stream_store(l)))
                     .collect();
-                assert!(!bodies.is_empty(), "{what}: no vector loop found in\n{asm}");
+                let expected = 1 + usize::from(options.unroll > 1);
+                assert!(
+                    bodies.len() >= expected,
+                    "{what}: {} vector loops found, at least {expected} expected in\n{asm}",
+                    bodies.len()
+                );
                 for (label, lines) in bodies {
                     let copies = lines.iter().filter(|l| is_stream_store(l)).count()
                         / program.stage.stores.len();
@@ -141,7 +148,7 @@ fn fast_math_emits_fused_multiply_adds() {
         fast_math: true,
         ..graph.flags()
     });
-    let jit = Jit::new().unwrap();
+    let jit = Jit::for_target(Target::X64Avx2).unwrap();
     let asm = |g: &optjit::Graph| {
         let program = passes::compile(g).unwrap();
         jit.disassemble(&program, DType::F32, JitOptions::for_stage(&program.stage))

@@ -221,11 +221,20 @@ fn malformed_stages_never_reach_generated_code() {
     too_few_streams.stage.n_streams = 1;
     let mut scalar_only = good.clone();
     scalar_only.stage.body[0].op = Op::Exp;
+    // Beyond the limits: generated code would address scalars past an immediate offset.
+    let mut too_many_scalars = good.clone();
+    too_many_scalars.stage.n_scalars = optjit::program::Stage::MAX_SCALARS + 1;
+    let last = ElemArg::Scalar(optjit::program::Stage::MAX_SCALARS);
+    too_many_scalars.stage.body[0] = ElemInst::new(Op::Add, &[ElemArg::Load(1), last]);
+    let mut too_many_streams = good.clone();
+    too_many_streams.stage.n_streams = optjit::program::Stage::MAX_STREAMS + 1;
     for (name, bad) in [
         ("store to grad", &store_to_grad),
         ("forward reference", &forward_ref),
         ("too few streams", &too_few_streams),
         ("scalar-only op", &scalar_only),
+        ("too many scalars", &too_many_scalars),
+        ("too many streams", &too_many_streams),
     ] {
         let err = jit
             .compile(bad, DType::F32)

@@ -49,25 +49,38 @@ impl Entry {
             });
         }
         validate(stage, segments)?;
-        TABLES.with(|tables| {
-            // A kernel never calls back into Rust, so the borrow cannot be taken twice; a
-            // caller that panicked cannot have left it taken either (the guard is dropped).
-            let mut tables = tables.borrow_mut();
-            let Tables { records, scalars } = &mut *tables;
-            fill(stage, segments, records, scalars)?;
-            // SAFETY: the code was generated from `stage`, which `Jit::compile_with` checked
-            // with `Stage::check` (operands in range, no store to the grad stream); `validate`
-            // checked that every segment has `n_streams` streams of equal length and a scalar
-            // block of `n_scalars` entries, all aligned for `T`, and that no written stream
-            // overlaps any other buffer; `fill` made one record of `RECORD_HEADER + n_streams`
-            // words per segment, each pointing to a copy of the segment's scalar block in
-            // 16-byte-aligned vectors of `SCALAR_BYTES` (which `scalars` keeps alive and
-            // unmoved for the call); `T` is the dtype the code was compiled for; the code
-            // memory lives as long as `self` (the kernel holds its `CodeOwner`); the exclusive
-            // borrows of `segments` last for the call.
-            unsafe { (self.code)(records.as_ptr(), segments.len() as u64) };
-            Ok(())
-        })
+        // A kernel never calls back into Rust, so the borrow cannot be taken twice; a caller
+        // that panicked cannot have left it taken either (the guard is dropped). While the
+        // thread's locals are torn down, a call gets tables of its own.
+        let called = TABLES.try_with(|t| self.call(stage, segments, &mut t.borrow_mut()));
+        match called {
+            Ok(result) => result,
+            Err(_) => self.call(stage, segments, &mut Tables::default()),
+        }
+    }
+
+    /// Fills `tables` for `segments` (which `validate` accepted) and calls the kernel.
+    fn call<T: Float>(
+        &self,
+        stage: &Stage,
+        segments: &mut [Segment<'_, T>],
+        tables: &mut Tables,
+    ) -> Result<()> {
+        let Tables { records, scalars } = &mut *tables;
+        fill(stage, segments, records, scalars)?;
+        // SAFETY: the code was generated from `stage`, which `Jit::compile_with` checked with
+        // `Stage::check` (operands in range, no store to the grad stream); `validate` checked
+        // that every segment has `n_streams` streams of equal length and a scalar block of
+        // `n_scalars` entries, all aligned for `T`, and that no written stream overlaps any
+        // other buffer; `fill` made one record of `RECORD_HEADER + n_streams` words per
+        // segment, each pointing to a copy of the segment's scalar block in 16-byte-aligned
+        // vectors of `SCALAR_BYTES` inside `scalars`, which did not move after (`fill` checks)
+        // and is neither touched nor freed until the call returns; `T` is the dtype the code
+        // was compiled for; the code memory lives as long as `self` (the kernel holds its
+        // `CodeOwner`); the exclusive borrows of `segments` last for the call.
+        unsafe { (self.code)(records.as_ptr(), segments.len() as u64) };
+        tables.trim();
+        Ok(())
     }
 }
 
@@ -91,11 +104,30 @@ impl Lanes {
 }
 
 /// A thread's segment table and scalar vectors, kept from call to call so that a call
-/// allocates only when it needs more room than any before it on this thread.
+/// allocates only when it needs more room than the one before it on this thread.
 #[derive(Default)]
 struct Tables {
     records: Vec<u64>,
     scalars: Vec<Lanes>,
+}
+
+impl Tables {
+    /// Bytes a thread keeps between calls whatever the last call used.
+    const KEEP: usize = 1 << 16;
+
+    /// Frees what the last call did not need, beyond [`Tables::KEEP`]: a call with many
+    /// tensors does not leave a thread holding its tables for good.
+    fn trim(&mut self) {
+        fn trim<E>(v: &mut Vec<E>) {
+            let keep = Tables::KEEP / std::mem::size_of::<E>();
+            if v.capacity() > keep.max(2 * v.len()) {
+                v.clear();
+                v.shrink_to(keep);
+            }
+        }
+        trim(&mut self.records);
+        trim(&mut self.scalars);
+    }
 }
 
 thread_local! {
@@ -112,7 +144,7 @@ fn fill<T: Float>(
 ) -> Result<()> {
     let words = RECORD_HEADER + stage.n_streams as usize;
     let n_scalars = stage.n_scalars as usize;
-    let mut blocks = 0;
+    let mut blocks: usize = 0;
     let mut previous: Option<*const T> = None;
     for seg in segments.iter() {
         if previous != Some(seg.scalars.as_ptr()) {
@@ -122,20 +154,25 @@ fn fill<T: Float>(
     }
     records.clear();
     scalars.clear();
-    reserve(
-        records,
-        words * segments.len(),
-        "the kernel's segment table",
-    )?;
-    // At least one vector, so that the pointer is valid even with no scalars.
-    reserve(scalars, (blocks * n_scalars).max(1), "the kernel's scalars")?;
+    let too_many = |what| Error::OutOfMemory {
+        what,
+        bytes: usize::MAX,
+    };
+    let table = "the kernel's segment table";
+    let words = words.checked_mul(segments.len()).ok_or(too_many(table))?;
+    reserve(records, words, table)?;
+    // At least one vector, so that the pointer is valid even with no scalars. Pushing never
+    // moves the vectors then (the caller checks that it did not).
+    let what = "the kernel's scalars";
+    let vectors = blocks.checked_mul(n_scalars).ok_or(too_many(what))?;
+    reserve(scalars, vectors.max(1), what)?;
+    let base = scalars.as_ptr();
     previous = None;
     for seg in segments.iter_mut() {
         if previous != Some(seg.scalars.as_ptr()) {
             previous = Some(seg.scalars.as_ptr());
             scalars.extend(seg.scalars.iter().map(|&x| Lanes::splat(x)));
         }
-        // The reservation above holds every block: pushing never moves the vectors.
         let block = scalars[scalars.len().saturating_sub(n_scalars)..].as_ptr();
         records.push(seg.param.len() as u64);
         records.push(block as u64);
@@ -145,6 +182,12 @@ fn fill<T: Float>(
             records.push(s.as_mut_ptr() as u64);
         }
     }
+    // Every record's block points into the vectors as they are now.
+    assert_eq!(
+        base,
+        scalars.as_ptr(),
+        "the scalar vectors never move while filled"
+    );
     Ok(())
 }
 

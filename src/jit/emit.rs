@@ -3,14 +3,16 @@
 //! The function is `kernel(table: *const u64, n_segments: u64)`; the table holds one record
 //! per segment: `[len, scalar block pointer, stream pointer 0, 1, ...]` (see `abi.rs`). The
 //! scalar block holds each kernel scalar splatted across a 16-byte vector. Per segment the
-//! kernel runs an unrolled 128-bit main loop — twice-emitted behind one branch when a
-//! `select` takes a per-step condition (see [`unswitched`]) — a single-vector loop (when
-//! unrolled), then a scalar tail, all computing exactly the reference interpreter's IEEE
-//! operations. Each loop holds in registers the scalars its body reads, loaded in its
+//! kernel runs an unrolled 128-bit main loop — emitted once per truth of up to two per-step
+//! `select` conditions, behind one branch each (see [`unswitched`]) — a single-vector loop
+//! (when unrolled), then a scalar tail, all computing exactly the reference interpreter's
+//! IEEE operations. Each loop holds in registers the scalars its body reads, loaded in its
 //! preheader, as many as fit beside the body's live values (see `pressure.rs`); it reads the
-//! others from the block at each use, a memory operand of the instruction that uses them. So
-//! no loop reloads or re-broadcasts a scalar per vector. An FMA appears only where the stage
-//! has `Op::Fma`: Cranelift never fuses `fmul`+`fadd` on its own.
+//! others from the block at each use, as a memory operand of the instruction that uses them
+//! where Cranelift can fold the load (else as a plain vector load). So no loop broadcasts a
+//! scalar, and a loop loads one per vector only when its scalars that cannot be memory
+//! operands outnumber its free registers (of the built-ins, Adan's). An FMA appears only
+//! where the stage has `Op::Fma`: Cranelift never fuses `fmul`+`fadd` on its own.
 
 use super::pressure::{read_args, BodyNeeds};
 use crate::ir::{Op, OpGroup};
@@ -35,6 +37,12 @@ pub(crate) fn signature(call_conv: CallConv) -> Signature {
     sig.params.push(AbiParam::new(types::I64));
     sig.params.push(AbiParam::new(types::I64));
     sig
+}
+
+/// A byte offset into a segment record or a scalar block as an immediate. `Stage::check`
+/// bounds the streams and scalars (see [`Stage::MAX_SCALARS`]) so that every one fits.
+fn offset(bytes: usize) -> i32 {
+    i32::try_from(bytes).expect("Stage::check bounds streams and scalars")
 }
 
 /// What the kernel is compiled for: the target's frontend configuration and the vector
@@ -228,7 +236,7 @@ impl Translator<'_> {
         let record_bytes = self.b.ins().imul_imm_u(s, (words * 8) as i64);
         let record = self.b.ins().iadd(table, record_bytes);
         let word =
-            |t: &mut Self, k: usize| t.b.ins().load(types::I64, t.flags, record, (k * 8) as i32);
+            |t: &mut Self, k: usize| t.b.ins().load(types::I64, t.flags, record, offset(k * 8));
         let len = word(self, 0);
         let block = word(self, 1);
         let streams = (0..self.stage.n_streams as usize)
@@ -251,7 +259,7 @@ impl Translator<'_> {
         let flags = self.flags.with_aligned();
         let held = (0..self.stage.n_scalars)
             .map(|k| {
-                let at = k as i32 * SCALAR_BYTES as i32;
+                let at = offset(k as usize * SCALAR_BYTES);
                 held[k as usize].then(|| self.b.ins().load(ty, flags, seg.block, at))
             })
             .collect();
@@ -298,7 +306,7 @@ impl Translator<'_> {
             self.emit_vector_loop(seg, zero, (self.lanes * unroll, unroll), after);
             return;
         };
-        let at = k as i32 * SCALAR_BYTES as i32;
+        let at = offset(k as usize * SCALAR_BYTES);
         let scalar = self.b.ins().load(self.scalar_ty, self.flags, seg.block, at);
         let zero_f = self.konst(Width::Scalar, |c| c.zero);
         // True when non-zero, NaN included: how `select` reads a condition.
@@ -467,7 +475,7 @@ impl Translator<'_> {
                     // Pure (read-only, cannot trap, movable), so Cranelift places it just
                     // before its use; aligned, as the block's vectors are.
                     let flags = self.flags.with_aligned().with_readonly().with_can_move();
-                    let (ty, at) = (self.ty(width), k as i32 * SCALAR_BYTES as i32);
+                    let (ty, at) = (self.ty(width), offset(k as usize * SCALAR_BYTES));
                     self.b.ins().load(ty, flags, block, at)
                 }
             },

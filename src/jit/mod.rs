@@ -140,6 +140,8 @@ struct JitInner {
     target: Target,
     /// Whether this host has every feature of `target`: kernels are compiled only if so.
     runs_here: bool,
+    /// The vector registers the loops may fill with scalars (see `emit::Machine`).
+    registers: usize,
 }
 
 fn codegen<E: std::fmt::Display>(e: E) -> Error {
@@ -170,6 +172,18 @@ impl Jit {
     /// # Ok::<(), optjit::Error>(())
     /// ```
     pub fn for_target(target: Target) -> Result<Jit> {
+        Jit::build(target, None)
+    }
+
+    /// A JIT for `target` that allocates scalars as if the target had `registers` vector
+    /// registers: with fewer, the loops read more kernel scalars from memory at each use
+    /// instead of holding them (with 0, every one). The results are the same bits whatever
+    /// the count; it exists to test and measure that path on any machine.
+    pub fn for_target_with_registers(target: Target, registers: usize) -> Result<Jit> {
+        Jit::build(target, Some(registers))
+    }
+
+    fn build(target: Target, registers: Option<usize>) -> Result<Jit> {
         let mut flags = settings::builder();
         let verifier = if cfg!(debug_assertions) {
             "true"
@@ -189,6 +203,7 @@ impl Jit {
             .finish(settings::Flags::new(flags))
             .map_err(codegen)?;
         let runs_here = target.runs_here();
+        let registers = registers.unwrap_or_else(|| target::vector_registers(&*isa));
         let module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
         let ctx = module.make_context();
         Ok(Jit {
@@ -202,6 +217,7 @@ impl Jit {
                 stats: JitStats::default(),
                 target,
                 runs_here,
+                registers,
             })),
         })
     }
@@ -212,7 +228,7 @@ impl Jit {
     }
 
     /// The instruction set the kernels use, as Cranelift was configured: the architecture
-    /// and its enabled SIMD features, e.g. `x86_64 sse4.2 avx avx2 fma` (what `optjit bench`
+    /// and its enabled SIMD features, e.g. `x86_64 sse3 ssse3 sse41 sse42 avx avx2 fma` (what `optjit bench`
     /// records beside each JIT row).
     pub fn isa_name(&self) -> String {
         let inner = self.lock();
@@ -300,7 +316,12 @@ impl Jit {
         check_options(options)?;
         program.stage.check()?;
         let mut inner = self.lock();
-        let JitInner { code, fctx, .. } = &mut *inner;
+        let JitInner {
+            code,
+            fctx,
+            registers,
+            ..
+        } = &mut *inner;
         let guard = code.module.lock().unwrap_or_else(|p| p.into_inner());
         let module = guard.as_ref().expect("module lives as long as the Jit");
         let isa = module.isa();
@@ -311,7 +332,7 @@ impl Jit {
         );
         let machine = emit::Machine {
             frontend: module.target_config(),
-            registers: target::vector_registers(isa),
+            registers: *registers,
         };
         emit::build(
             &mut ctx.func,
@@ -369,13 +390,17 @@ impl JitInner {
         let module = module.as_ref().expect("module lives as long as the Jit");
         emit::Machine {
             frontend: module.target_config(),
-            registers: target::vector_registers(module.isa()),
+            registers: self.registers,
         }
     }
 
     fn build(&mut self, key: &CacheKey) -> Result<Kernel> {
         let JitInner {
-            code, ctx, fctx, ..
+            code,
+            ctx,
+            fctx,
+            registers,
+            ..
         } = self;
         let mut guard = code.module.lock().unwrap_or_else(|p| p.into_inner());
         let module = guard.as_mut().expect("module lives as long as the Jit");
@@ -386,7 +411,7 @@ impl JitInner {
         ctx.func.name = UserFuncName::user(0, id.as_u32());
         let machine = emit::Machine {
             frontend: module.target_config(),
-            registers: target::vector_registers(module.isa()),
+            registers: *registers,
         };
         emit::build(
             &mut ctx.func,

@@ -2,7 +2,7 @@
 //! the select it is specialised for), how many values are live at once, and so which scalars
 //! the loop holds in registers and which it reads from the scalar block at each use.
 //!
-//! Every pass here is linear in the stage's size.
+//! Every pass here is linear in the stage's size (but the sort of the scalars by reads).
 
 use crate::ir::Op;
 use crate::program::{ElemArg, ElemInst, Stage};
@@ -223,6 +223,33 @@ mod tests {
             4,
             "%0 now lives to the end"
         );
+    }
+
+    #[test]
+    fn scalars_that_cannot_be_memory_operands_are_found() {
+        use ElemArg::{Load, Scalar, Value};
+        // %0 = g - s0 (second operand: folds); %1 = s1 - g (first: does not); %2 = s2 * g,
+        // stored and read again (used twice: its operands cannot fold); %3 = %2 / s3 (folds);
+        // %4 = max(g, s4) (never folds).
+        let stage = Stage {
+            n_scalars: 5,
+            n_streams: 4,
+            body: vec![
+                ElemInst::new(Op::Sub, &[Load(1), Scalar(0)]),
+                ElemInst::new(Op::Sub, &[Scalar(1), Load(1)]),
+                ElemInst::new(Op::Mul, &[Scalar(2), Load(1)]),
+                ElemInst::new(Op::Div, &[Value(2), Scalar(3)]),
+                ElemInst::new(Op::Max, &[Load(1), Scalar(4)]),
+                ElemInst::new(Op::Add, &[Value(0), Value(1)]),
+                ElemInst::new(Op::Add, &[Value(5), Value(4)]),
+            ],
+            stores: vec![(0, Value(6)), (2, Value(2)), (3, Value(3))],
+        };
+        let needs = BodyNeeds::of(&stage, &[]);
+        assert_eq!(needs.unfoldable, [false, true, true, false, true]);
+        // With room for three, those three are held.
+        let held = needs.held(needs.max_live + 3, 0);
+        assert_eq!(held, [false, true, true, false, true]);
     }
 
     #[test]

@@ -46,8 +46,16 @@ impl Target {
                 cranelift_native::builder().map_err(|message| unsupported(message.to_string()))
             }
             Target::X64Avx2 | Target::X64Avx512 => {
-                let mut builder = isa::lookup_by_name("x86_64-unknown-linux-gnu")
-                    .map_err(|e| unsupported(e.to_string()))?;
+                // On an x86-64 host, the host's own triple (so its calling convention: the
+                // kernels are called as `extern "C"`), with no feature detected but those set
+                // below; elsewhere any x86-64 triple, for code that is only examined.
+                let mut builder = if cfg!(target_arch = "x86_64") {
+                    cranelift_native::builder_with_options(false)
+                        .map_err(|message| unsupported(message.to_string()))?
+                } else {
+                    isa::lookup_by_name("x86_64-unknown-linux-gnu")
+                        .map_err(|e| unsupported(e.to_string()))?
+                };
                 let extra: &[&str] = if self == Target::X64Avx512 {
                     &X64_AVX512_FLAGS
                 } else {

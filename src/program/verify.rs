@@ -58,10 +58,26 @@ impl Stage {
     pub fn check(&self) -> Result<()> {
         check_stage(self).map_err(|reason| Error::InvalidProgram { reason })
     }
+
+    /// The most scalars a stage may read: far above any optimizer's (Adan's 12), and small
+    /// enough that generated code addresses each one with an immediate offset.
+    pub const MAX_SCALARS: u32 = 1 << 16;
+
+    /// The most streams (param, grad and element state slots) a stage may have.
+    pub const MAX_STREAMS: u32 = 1 << 12;
 }
 
 /// The stage's own invariants; `Err` says what is wrong.
 fn check_stage(stage: &Stage) -> std::result::Result<(), String> {
+    if stage.n_scalars > Stage::MAX_SCALARS || stage.n_streams > Stage::MAX_STREAMS {
+        return Err(format!(
+            "{} scalars and {} streams; at most {} and {}",
+            stage.n_scalars,
+            stage.n_streams,
+            Stage::MAX_SCALARS,
+            Stage::MAX_STREAMS
+        ));
+    }
     if stage.n_streams < 2 {
         return Err(format!(
             "{} streams; param and grad are always there",
