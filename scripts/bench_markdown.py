@@ -13,8 +13,13 @@ def main():
     points = sorted({(r["optimizer"], r["n"], r["threads"]) for r in single},
                     key=lambda p: (["adam", "adamw", "sgd_momentum", "lion", "rmsprop"].index(p[0])
                                    if p[0] in ["adam", "adamw", "sgd_momentum", "lion", "rmsprop"] else 9, p[1], p[2]))
-    print("| optimizer | n | thr | jit ns/el | jit GB/s | jit / floor | jit vs native | native | chunked | eager | interp | floor GB/s |")
-    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+    host = next((r["host"] for r in rs if r.get("host")), None)
+    isas = {r["impl"]: r["isa"] for r in rs if r.get("isa")}
+    if host:
+        print(f"Host SIMD: {host}; JIT: {isas.get('jit', '?')}; native: {isas.get('native', '?')}; "
+              f"native128: {isas.get('native128', '?')}.\n")
+    print("| optimizer | n | thr | jit ns/el | jit GB/s | jit / floor | jit vs native | jit / native128 | native | native128 | chunked | eager | interp | floor GB/s |")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for opt, n, t in points:
         row = {r["impl"]: r for r in single if (r["optimizer"], r["n"], r["threads"]) == (opt, n, t)}
         if "jit" not in row:
@@ -30,7 +35,8 @@ def main():
 
         # A run without the floor (`--impl jit`) or the native loop (`.opt` files) leaves dashes.
         print(f"| {opt} | 2^{n.bit_length() - 1} | {t} | {j['ns_per_elem']:.3f} | {j['gbps']:.1f} | "
-              f"{opt_ratio('of_floor')} | {opt_ratio('vs_native')} | {ns('native')} | {ns('chunked')} | "
+              f"{opt_ratio('of_floor')} | {opt_ratio('vs_native')} | {opt_ratio('vs_native128')} | "
+              f"{ns('native')} | {ns('native128')} | {ns('chunked')} | "
               f"{ns('eager')} | {ns('interp')} | {f'{floor:.1f}' if floor else '–'} |")
     print()
     many_small_table(rs)
