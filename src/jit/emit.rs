@@ -250,8 +250,9 @@ impl Translator<'_> {
         }
     }
 
-    /// The scalars a loop of `width` holds, loaded here (its preheader): the most-read ones
-    /// that fit in registers beside its body's live values.
+    /// The scalars a loop of `width` holds, loaded here (its preheader): as many as fit in
+    /// registers beside its body's live values, those that cannot be memory operands first
+    /// (see [`BodyNeeds::held`]).
     fn emit_reads(&mut self, width: Width, seg: &SegmentVals) -> Reads {
         let needs = BodyNeeds::of(self.stage, &self.fixed);
         let held = needs.held(self.registers, self.n_consts);
