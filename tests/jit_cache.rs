@@ -97,3 +97,38 @@ fn kernels_outlive_their_jit() {
     // First Adam step: p - lr * g / (|g| + eps) = 1 - 1e-3 / (1 + 1e-8).
     assert_eq!(p, vec![1.0 - 1e-3 / (1.0 + 1e-8); 3]);
 }
+
+/// The unroll factor follows the stage's kind: ×4 without division, ×2 with one, ×1 with many
+/// scalars; halved once more when the main loop is specialised for two per-step conditions
+/// (emitted four times), never changed by one condition or none.
+#[test]
+fn the_unroll_factor_follows_the_stage() {
+    let unroll = |name: &str| {
+        let program = passes::compile(&optjit::optim::by_name(name).unwrap()).unwrap();
+        JitOptions::for_stage(&program.stage).unroll
+    };
+    assert_eq!(
+        unroll("lion"),
+        JitOptions::DEFAULT_UNROLL,
+        "no division, no condition"
+    );
+    assert_eq!(unroll("sgd"), JitOptions::DEFAULT_UNROLL, "one condition");
+    assert_eq!(
+        unroll("sgd_momentum"),
+        JitOptions::DEFAULT_UNROLL / 2,
+        "two conditions"
+    );
+    assert_eq!(
+        unroll("adamw"),
+        JitOptions::DIVIDER_BOUND_UNROLL,
+        "division, no condition"
+    );
+    assert_eq!(
+        unroll("adam"),
+        JitOptions::DIVIDER_BOUND_UNROLL,
+        "division, one condition"
+    );
+    assert_eq!(unroll("adagrad"), 1, "division, two conditions");
+    assert_eq!(unroll("radamw"), 1, "many scalars, no condition");
+    assert_eq!(unroll("radam"), 1, "many scalars, two conditions");
+}

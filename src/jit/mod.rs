@@ -67,8 +67,8 @@ impl JitOptions {
         // the compile time with them, stay those of one condition (≤ 0.5 ms per kernel,
         // `optjit bench`'s compile rows). Measured: SGD-momentum specialised for both of its
         // conditions at ×2 runs faster than for one at ×4 (its blend leaves the loop).
-        let variants = 1 << emit::unswitched(stage).len();
-        let unroll = (2 * unroll / variants).max(1);
+        let variants: u32 = 1 << emit::unswitched(stage).len();
+        let unroll = (unroll / (variants / 2).max(1)).max(1);
         JitOptions { unroll }
     }
 }
