@@ -128,6 +128,80 @@ fn closure_runs_once_before_the_step_and_hooks_run_around_it() {
     assert_eq!(*log.lock().unwrap(), vec!["closure", "pre", "post", "post"]);
 }
 
+/// Regression: a panicking hook used to take every other hook with it (the list was taken
+/// out for the pass and put back only if all hooks returned).
+#[test]
+fn a_panicking_hook_leaves_every_hook_registered() {
+    for panic_in_post in [false, true] {
+        let mut opt = sgd(0.5);
+        let g = opt.add_param_group(&[]).unwrap();
+        let w = opt.add_param(g, "w", &array![2.0f64]).unwrap();
+        opt.set_grad(&w, &[1.0]).unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let armed = Arc::new(Mutex::new(true));
+        let (a, b, c) = (log.clone(), log.clone(), log.clone());
+        let fire = armed.clone();
+        opt.register_step_pre_hook(move |_| a.lock().unwrap().push("a"));
+        let bomb = move |_: &mut Optimizer| {
+            b.lock().unwrap().push("b");
+            if std::mem::take(&mut *fire.lock().unwrap()) {
+                panic!("hook b fails once");
+            }
+        };
+        let b_id = match panic_in_post {
+            false => opt.register_step_pre_hook(bomb),
+            true => opt.register_step_post_hook(bomb),
+        };
+        opt.register_step_post_hook(move |_| c.lock().unwrap().push("c"));
+        let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| opt.step()));
+        assert!(step.is_err(), "the hook's panic reaches the caller");
+        log.lock().unwrap().clear();
+        opt.step().unwrap();
+        let all = vec!["a", "b", "c"];
+        assert_eq!(
+            *log.lock().unwrap(),
+            all,
+            "panic in a post-hook: {panic_in_post}"
+        );
+        assert!(
+            opt.remove_hook(b_id),
+            "the panicking hook is still registered"
+        );
+    }
+}
+
+/// Regression: a hook could not remove itself (nor, so, any hook running at the time), as
+/// PyTorch's handles can.
+#[test]
+fn hooks_remove_themselves_and_others_from_inside() {
+    let mut opt = sgd(0.5);
+    let g = opt.add_param_group(&[]).unwrap();
+    let w = opt.add_param(g, "w", &array![2.0f64]).unwrap();
+    opt.set_grad(&w, &[1.0]).unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let ids: Arc<Mutex<Vec<optjit::runtime::HookId>>> = Arc::new(Mutex::new(Vec::new()));
+    let (a_log, a_ids) = (log.clone(), ids.clone());
+    // `a` removes itself and `c`, which comes after it: neither runs again, not even `c` in
+    // this step. `b` stays.
+    let a = opt.register_step_pre_hook(move |opt| {
+        a_log.lock().unwrap().push("a");
+        let ids = a_ids.lock().unwrap().clone();
+        assert!(opt.remove_hook(ids[0]), "a removes itself");
+        assert!(opt.remove_hook(ids[2]), "a removes c");
+        assert!(!opt.remove_hook(ids[2]));
+    });
+    let b_log = log.clone();
+    let b = opt.register_step_pre_hook(move |_| b_log.lock().unwrap().push("b"));
+    let c_log = log.clone();
+    let c = opt.register_step_pre_hook(move |_| c_log.lock().unwrap().push("c"));
+    ids.lock().unwrap().extend([a, b, c]);
+    opt.step().unwrap();
+    opt.step().unwrap();
+    assert_eq!(*log.lock().unwrap(), vec!["a", "b", "b"]);
+    assert!(!opt.remove_hook(a) && !opt.remove_hook(c));
+    assert!(opt.remove_hook(b));
+}
+
 #[test]
 fn split_gives_params_and_grads_together() {
     let mut opt = sgd(0.1);

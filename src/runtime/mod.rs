@@ -189,8 +189,10 @@ pub struct Optimizer {
     has_grad: Vec<bool>,
     state: Vec<Option<StateInfo>>,
     groups: Vec<Group>,
-    pre_hooks: Vec<(HookId, Hook)>,
-    post_hooks: Vec<(HookId, Hook)>,
+    /// Registered hooks in registration order; `None` while the hook runs (it is taken out
+    /// to be given the optimizer).
+    pre_hooks: Vec<(HookId, Option<Hook>)>,
+    post_hooks: Vec<(HookId, Option<Hook>)>,
     next_hook: u64,
     /// The graphs `train()` and `eval()` run, with their hyperparameters' indices among the
     /// optimizer's.
@@ -626,29 +628,33 @@ impl Optimizer {
         }
     }
 
-    /// Registers `hook` to run at the start of every `step`.
+    /// Registers `hook` to run at the start of every `step`, after the hooks registered
+    /// before it. A hook registered by a hook runs from the next step on.
     pub fn register_step_pre_hook(
         &mut self,
         hook: impl FnMut(&mut Optimizer) + Send + 'static,
     ) -> HookId {
         let id = HookId(self.next_hook);
         self.next_hook += 1;
-        self.pre_hooks.push((id, Box::new(hook)));
+        self.pre_hooks.push((id, Some(Box::new(hook))));
         id
     }
 
-    /// Registers `hook` to run at the end of every successful `step`.
+    /// Registers `hook` to run at the end of every successful `step`, after the hooks
+    /// registered before it.
     pub fn register_step_post_hook(
         &mut self,
         hook: impl FnMut(&mut Optimizer) + Send + 'static,
     ) -> HookId {
         let id = HookId(self.next_hook);
         self.next_hook += 1;
-        self.post_hooks.push((id, Box::new(hook)));
+        self.post_hooks.push((id, Some(Box::new(hook))));
         id
     }
 
-    /// Removes a hook; returns whether it was registered.
+    /// Removes a hook; returns whether it was registered. It works from inside a hook too,
+    /// the hook itself included (as a PyTorch handle's `remove()` does): a removed hook
+    /// never runs again, not even later in the same step.
     pub fn remove_hook(&mut self, id: HookId) -> bool {
         let before = self.pre_hooks.len() + self.post_hooks.len();
         self.pre_hooks.retain(|(h, _)| *h != id);

@@ -3,7 +3,7 @@
 //! segments of every group.
 
 use super::store::round_up;
-use super::{batches, run_batches, Optimizer, Runner, StateInfo};
+use super::{batches, run_batches, HookId, Optimizer, Runner, StateInfo};
 use crate::segment::Pieces;
 use crate::{DType, Error, Executor, Float, Program, Result};
 use std::sync::Arc;
@@ -151,24 +151,35 @@ impl Optimizer {
         Ok(loss)
     }
 
+    /// Runs the pre- or post-step hooks registered before this call, in order. Each is taken
+    /// out of its list while it runs (it gets the optimizer) and put back after, unless it was
+    /// removed meanwhile; a hook that panics is put back too, then the panic goes on to the
+    /// caller, so one panic never loses another hook.
     fn run_hooks(&mut self, pre: bool) {
-        let list = if pre {
-            &mut self.pre_hooks
-        } else {
-            &mut self.post_hooks
-        };
-        let mut hooks = std::mem::take(list);
-        for (_, hook) in &mut hooks {
-            hook(self);
+        fn list(opt: &mut Optimizer, pre: bool) -> &mut Vec<(HookId, Option<super::Hook>)> {
+            match pre {
+                true => &mut opt.pre_hooks,
+                false => &mut opt.post_hooks,
+            }
         }
-        // Hooks registered by a hook run from the next step on.
-        let list = if pre {
-            &mut self.pre_hooks
-        } else {
-            &mut self.post_hooks
-        };
-        hooks.append(list);
-        *list = hooks;
+        let ids: Vec<HookId> = list(self, pre).iter().map(|(id, _)| *id).collect();
+        for id in ids {
+            // Removed by an earlier hook of this pass: skipped.
+            let Some(k) = list(self, pre).iter().position(|(h, _)| *h == id) else {
+                continue;
+            };
+            let Some(mut hook) = list(self, pre)[k].1.take() else {
+                continue; // running already (a hook that stepped the optimizer)
+            };
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(self)));
+            // Back in its place, if it is still registered (it may have removed itself).
+            if let Some(entry) = list(self, pre).iter_mut().find(|(h, _)| *h == id) {
+                entry.1 = Some(hook);
+            }
+            if let Err(panic) = ran {
+                std::panic::resume_unwind(panic);
+            }
+        }
     }
 
     /// The JIT kernel of `program` for `dtype` if the JIT runs and some plan has work.
