@@ -343,3 +343,87 @@ fn a_dict_for_another_optimizer_is_rejected() {
     assert!(matches!(err, Error::InvalidStateDict { .. }));
     assert_eq!(sgd.state_dict().state.len(), 0);
 }
+
+/// Regression: a non-finite hyperparameter or scalar state was saved as JSON `null` and the
+/// checkpoint could not be loaded. Every value `set_hyper` accepts round-trips bit for bit.
+#[test]
+fn non_finite_hyperparameters_and_scalar_state_round_trip_bit_for_bit() {
+    let odd_nan = f64::from_bits(0xfff0_0000_0000_0001); // negative, signalling, payload 1
+    let values = [
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::NAN,
+        odd_nan,
+        -0.0,
+        5e-324,
+        f64::MAX,
+    ];
+    let nadam = optjit::optim::by_name("nadam").unwrap();
+    for (k, &value) in values.iter().enumerate() {
+        let mut opt = Optimizer::new(&nadam).unwrap();
+        let g = opt.add_param_group(&[]).unwrap();
+        let w = opt.add_param(g, "w", &array![1.0f64, -2.0]).unwrap();
+        opt.set_grad(&w, &[0.5, 0.25]).unwrap();
+        // NAdam's scalar state (mu_product) becomes the non-finite value through momentum_decay.
+        opt.set_hyper(g, "momentum_decay", value).unwrap();
+        opt.step().unwrap();
+        opt.set_hyper(g, "weight_decay", value).unwrap();
+        opt.set_hyper(g, "lr", values[(k + 1) % values.len()])
+            .unwrap();
+        let dict = opt.state_dict();
+        let bytes = dict.to_bytes().unwrap();
+        let back = StateDict::from_bytes(&bytes).unwrap();
+        let bits = |d: &StateDict| {
+            let hypers = d.param_groups[0].hypers.values().map(|v| v.to_bits());
+            let scalars = d
+                .state
+                .values()
+                .flat_map(|e| e.scalars.values().map(|v| v.to_bits()));
+            hypers.chain(scalars).collect::<Vec<u64>>()
+        };
+        assert_eq!(bits(&back), bits(&dict), "value {value:?}");
+        let mut fresh = Optimizer::new(&nadam).unwrap();
+        let g = fresh.add_param_group(&[]).unwrap();
+        fresh.add_param(g, "w", &array![0.0f64, 0.0]).unwrap();
+        let report = fresh.load_state_dict(&back, true).unwrap();
+        assert!(report.is_clean());
+        assert_eq!(
+            fresh.hyper(g, "weight_decay").unwrap().to_bits(),
+            value.to_bits(),
+            "value {value:?}"
+        );
+        assert_eq!(bits(&fresh.state_dict()), bits(&dict));
+    }
+}
+
+/// Strings other than the non-finite forms are refused with a typed error naming the value.
+#[test]
+fn malformed_numbers_in_checkpoint_metadata_are_typed_errors() {
+    let mut opt = Optimizer::new(&optjit::optim::by_name("adam").unwrap()).unwrap();
+    let g = opt.add_param_group(&[]).unwrap();
+    let w = opt.add_param(g, "w", &array![1.0f64]).unwrap();
+    opt.set_grad(&w, &[0.5]).unwrap();
+    opt.step().unwrap();
+    opt.set_hyper(g, "eps", f64::INFINITY).unwrap();
+    let bytes = opt.state_dict().to_bytes().unwrap();
+    // The metadata is JSON inside the header's JSON, its quotes escaped; each replacement
+    // keeps the header's length.
+    let inf: &[u8] = br#"\"inf\""#;
+    let at: Vec<usize> = (0..bytes.len() - inf.len())
+        .filter(|&i| &bytes[i..i + inf.len()] == inf)
+        .collect();
+    assert_eq!(at.len(), 1, "one infinite hyperparameter");
+    let with = |text: &[u8]| {
+        let mut b = bytes.clone();
+        b[at[0]..at[0] + inf.len()].copy_from_slice(text);
+        StateDict::from_bytes(&b)
+    };
+    for bad in [&br#"\"Inf\""#[..], br#"\"abc\""#, b"null   "] {
+        match with(bad) {
+            Err(Error::InvalidStateDict { reason }) => assert!(reason.contains("eps"), "{reason}"),
+            other => panic!("{}: {other:?}", String::from_utf8_lossy(bad)),
+        }
+    }
+    let nan = with(br#"\"nan\""#).unwrap();
+    assert!(nan.param_groups[0].hypers["eps"].is_nan());
+}

@@ -489,6 +489,8 @@ impl Optimizer {
     }
 
     /// Sets hyperparameter `name` of `group` for the following steps (never recompiles).
+    /// Every `f64` is accepted — infinities are legitimate (Rprop's `step_size_max`), NaN
+    /// propagates as IEEE says — and saved by [`Optimizer::state_dict`] bit for bit.
     pub fn set_hyper(&mut self, group: usize, name: &str, value: f64) -> Result<()> {
         self.check_group(group)?;
         let n = self.hyper_index(name)?;

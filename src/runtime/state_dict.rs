@@ -63,7 +63,9 @@ pub struct StateEntry {
 /// One parameter group.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GroupEntry {
-    /// Every hyperparameter's value.
+    /// Every hyperparameter's value. In JSON, non-finite values are strings (`"inf"`,
+    /// `"-inf"`, `"nan"`, `"nan:0x<bits>"`), so that every value reads back bit for bit.
+    #[serde(with = "exact_f64")]
     pub hypers: BTreeMap<String, f64>,
     /// Indices of the group's parameters (PyTorch's numbering: groups in order, parameters in
     /// group order).
@@ -109,8 +111,84 @@ struct Meta {
 #[derive(Serialize, Deserialize)]
 struct MetaEntry {
     step: u64,
-    #[serde(default)]
+    #[serde(default, with = "exact_f64")]
     scalars: BTreeMap<String, f64>,
+}
+
+/// Maps of `f64` in the JSON metadata, every value read back bit for bit. JSON has numbers
+/// for finite values only (serde_json writes those in the shortest form that reads back to
+/// the same bits, `-0.0` included); the others are strings: `"inf"`, `"-inf"`, `"nan"` (the
+/// quiet NaN `f64::NAN`), and `"nan:0x7ff8000000000001"` (any other NaN, by its bits).
+/// Python reads them as `float(s)` except the last form.
+mod exact_f64 {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Number(f64),
+        Text(String),
+        /// Anything else (`null`, a list...): an error naming the key.
+        #[serde(skip_serializing)]
+        Other(serde::de::IgnoredAny),
+    }
+
+    /// `x` as JSON can hold it.
+    fn repr(x: f64) -> Repr {
+        match x {
+            _ if x.is_finite() => Repr::Number(x),
+            f64::INFINITY => Repr::Text("inf".into()),
+            f64::NEG_INFINITY => Repr::Text("-inf".into()),
+            _ if x.to_bits() == f64::NAN.to_bits() => Repr::Text("nan".into()),
+            _ => Repr::Text(format!("nan:{:#018x}", x.to_bits())),
+        }
+    }
+
+    /// The value of `text`, one of the strings [`repr`] writes.
+    fn parse(text: &str) -> Option<f64> {
+        match text {
+            "inf" => Some(f64::INFINITY),
+            "-inf" => Some(f64::NEG_INFINITY),
+            "nan" => Some(f64::NAN),
+            _ => {
+                let hex = text.strip_prefix("nan:0x")?;
+                let bits = u64::from_str_radix(hex, 16)
+                    .ok()
+                    .filter(|_| hex.len() == 16)?;
+                Some(f64::from_bits(bits)).filter(|x| x.is_nan())
+            }
+        }
+    }
+
+    /// Serializes `map` with non-finite values as strings.
+    pub(super) fn serialize<S: Serializer>(
+        map: &BTreeMap<String, f64>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let reprs: BTreeMap<&str, Repr> = map.iter().map(|(k, &v)| (k.as_str(), repr(v))).collect();
+        reprs.serialize(s)
+    }
+
+    /// Deserializes what [`serialize`] wrote; any other string is an error naming it.
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, f64>, D::Error> {
+        let reprs = BTreeMap::<String, Repr>::deserialize(d)?;
+        let expected = "expected a number, or inf, -inf, nan, nan:0x<16 hex digits>";
+        reprs
+            .into_iter()
+            .map(|(k, r)| match r {
+                Repr::Number(x) => Ok((k, x)),
+                Repr::Text(t) => match parse(&t) {
+                    Some(x) => Ok((k, x)),
+                    None => Err(D::Error::custom(format!("`{k}`: `{t}`: {expected}"))),
+                },
+                Repr::Other(_) => Err(D::Error::custom(format!("`{k}`: {expected}"))),
+            })
+            .collect()
+    }
 }
 
 const META_KEY: &str = "optjit";
