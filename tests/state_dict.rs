@@ -427,3 +427,85 @@ fn malformed_numbers_in_checkpoint_metadata_are_typed_errors() {
     let nan = with(br#"\"nan\""#).unwrap();
     assert!(nan.param_groups[0].hypers["eps"].is_nan());
 }
+
+/// Regression: a state tensor was matched by element count only, so shape [1, 6] loaded into a
+/// [2, 3] parameter.
+#[test]
+fn a_state_tensor_of_another_shape_is_a_mismatch() {
+    let (mut source, h32, h64) = model(&init32(), &INIT64);
+    run_steps(&mut source, &h32, &h64, 0..2);
+    let mut reshaped = source.state_dict();
+    // Parameter b (index 2: groups in order, parameters in group order) has shape [2, 3].
+    let b = reshaped.state.get_mut(&2).unwrap();
+    assert_eq!(b.tensors["exp_avg"].0, vec![2, 3]);
+    b.tensors.get_mut("exp_avg").unwrap().0 = vec![1, 6];
+    let (mut opt, o32, o64) = model(&init32(), &INIT64);
+    run_steps(&mut opt, &o32, &o64, 0..1);
+    let err = assert_unchanged(&mut opt, &reshaped, &o32);
+    assert!(
+        matches!(&err, Error::InvalidStateDict { reason } if reason.contains("shape [1, 6]")),
+        "{err}"
+    );
+    let report = opt.load_state_dict(&reshaped, false).unwrap();
+    assert!(
+        report.mismatched.iter().any(|m| m.contains("`b`")),
+        "{report:?}"
+    );
+}
+
+/// Regression: state keys `"00"` and `"+0"` both parsed as parameter 0, and a key twice kept
+/// the last; each is now an error.
+#[test]
+fn non_canonical_or_duplicate_state_keys_are_rejected() {
+    let (mut source, h32, h64) = model(&init32(), &INIT64);
+    run_steps(&mut source, &h32, &h64, 0..1);
+    let bytes = source.state_dict().to_bytes().unwrap();
+    // The same tensors with the metadata JSON rewritten.
+    let rewrite = |edit: &dyn Fn(&str) -> String| {
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let json = header.metadata().as_ref().unwrap()["optjit"].clone();
+        let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors.tensors();
+        let meta = std::collections::HashMap::from([("optjit".to_string(), edit(&json))]);
+        safetensors::serialize(views, Some(meta)).unwrap()
+    };
+    let same = StateDict::from_bytes(&rewrite(&|j| j.to_string())).unwrap();
+    assert_eq!(
+        same,
+        source.state_dict(),
+        "the rewrite itself changes nothing"
+    );
+    let first = r#""0":{"#;
+    for (what, edit) in [
+        ("leading zero", r#""00":{"#.to_string()),
+        ("sign", r#""+0":{"#.to_string()),
+    ] {
+        let bad = rewrite(&|j: &str| j.replacen(first, &edit, 1));
+        match StateDict::from_bytes(&bad) {
+            Err(Error::InvalidStateDict { reason }) => {
+                assert!(reason.contains("state key"), "{what}: {reason}")
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    // Parameter 0's entry twice: the second copy under the same key.
+    let twice = rewrite(&|j: &str| {
+        let start = j.find(first).unwrap();
+        // The entry's closing brace: where the nesting depth returns to zero.
+        let mut depth = 0;
+        let end = start
+            + j[start..]
+                .char_indices()
+                .find_map(|(i, c)| {
+                    depth += i32::from(c == '{') - i32::from(c == '}');
+                    (c == '}' && depth == 0).then_some(i + 1)
+                })
+                .unwrap();
+        let entry = &j[start..end];
+        j.replacen(entry, &format!("{entry},{entry}"), 1)
+    });
+    match StateDict::from_bytes(&twice) {
+        Err(Error::InvalidStateDict { reason }) => assert!(reason.contains("twice"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+}

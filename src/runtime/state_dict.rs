@@ -104,8 +104,45 @@ impl LoadReport {
 /// The JSON part of a saved state dict.
 #[derive(Serialize, Deserialize)]
 struct Meta {
+    #[serde(deserialize_with = "unique_keys")]
     state: BTreeMap<String, MetaEntry>,
     param_groups: Vec<GroupEntry>,
+}
+
+/// A JSON object as a map, refusing a key that appears twice (serde_json would keep the last).
+fn unique_keys<'de, D, V>(d: D) -> std::result::Result<BTreeMap<String, V>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    struct Unique<V>(std::marker::PhantomData<V>);
+    impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Unique<V> {
+        type Value = BTreeMap<String, V>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object whose keys are unique")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> std::result::Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((key, value)) = map.next_entry::<String, V>()? {
+                if out.contains_key(&key) {
+                    let why = format!("state key `{key}` appears twice");
+                    return Err(serde::de::Error::custom(why));
+                }
+                out.insert(key, value);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Unique(std::marker::PhantomData))
+}
+
+/// A parameter index written as `to_bytes` writes it: decimal digits, no sign, no leading
+/// zero (so `"00"` and `"+0"` cannot both name parameter 0).
+fn canonical_index(text: &str) -> Option<usize> {
+    text.parse().ok().filter(|i: &usize| i.to_string() == text)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -266,9 +303,8 @@ impl StateDict {
             safetensors::SafeTensors::deserialize(bytes).map_err(|e| invalid(e.to_string()))?;
         let mut state: BTreeMap<usize, StateEntry> = BTreeMap::new();
         for (key, entry) in meta.state {
-            let index: usize = key
-                .parse()
-                .map_err(|_| invalid(format!("state key `{key}` is not an index")))?;
+            let index = canonical_index(&key)
+                .ok_or_else(|| invalid(format!("state key `{key}` is not an index")))?;
             state.insert(
                 index,
                 StateEntry {
@@ -285,9 +321,8 @@ impl StateDict {
             let (index, slot) = rest
                 .split_once('.')
                 .ok_or_else(|| invalid(format!("unexpected tensor `{name}`")))?;
-            let index: usize = index
-                .parse()
-                .map_err(|_| invalid(format!("unexpected tensor `{name}`")))?;
+            let index = canonical_index(index)
+                .ok_or_else(|| invalid(format!("unexpected tensor `{name}`")))?;
             let entry = state
                 .get_mut(&index)
                 .ok_or_else(|| invalid(format!("tensor `{name}` belongs to no state entry")))?;
@@ -553,10 +588,16 @@ impl Optimizer {
                     .ok_or_else(|| format!("no scalar `{}`", slot.name))?;
                 continue;
             }
-            let (_, data) = entry
+            let (shape, data) = entry
                 .tensors
                 .get(&slot.name)
                 .ok_or_else(|| format!("no tensor `{}`", slot.name))?;
+            if *shape != p.shape {
+                return Err(format!(
+                    "`{}` has shape {shape:?}, the parameter {:?}",
+                    slot.name, p.shape
+                ));
+            }
             if data.len() != p.len {
                 return Err(format!(
                     "`{}` has {} values, the parameter {}",
