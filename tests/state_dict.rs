@@ -509,3 +509,46 @@ fn non_canonical_or_duplicate_state_keys_are_rejected() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Regression: a strict load matched parameters by name but applied hyperparameters by group
+/// position, so a dict with the parameters in other groups loaded "cleanly" and each kept the
+/// wrong group's learning rate; group sizes (2, 0) against (1, 1) were accepted too.
+#[test]
+fn a_strict_load_rejects_parameters_in_other_groups() {
+    let mut opt = Optimizer::new(&Sgd::default().graph().unwrap()).unwrap();
+    let g0 = opt.add_param_group(&[("lr", 0.1)]).unwrap();
+    let g1 = opt.add_param_group(&[("lr", 0.5)]).unwrap();
+    let a = opt.add_param(g0, "a", &array![1.0f64]).unwrap();
+    let b = opt.add_param(g1, "b", &array![2.0f64]).unwrap();
+    opt.set_grad(&a, &[1.0]).unwrap();
+    opt.set_grad(&b, &[1.0]).unwrap();
+    opt.step().unwrap();
+    let good = opt.state_dict();
+    assert!(opt.load_state_dict(&good, true).unwrap().is_clean());
+
+    let mut swapped = good.clone();
+    swapped.param_groups[0].param_names = vec!["b".into()];
+    swapped.param_groups[1].param_names = vec!["a".into()];
+    let mut sizes = good.clone();
+    sizes.param_groups[0].param_names = vec!["a".into(), "b".into()];
+    sizes.param_groups[0].params = vec![0, 1];
+    sizes.param_groups[1].param_names.clear();
+    sizes.param_groups[1].params.clear();
+    for (what, bad) in [("swapped", &swapped), ("sizes (2, 0)", &sizes)] {
+        let before = opt.state_dict();
+        match opt.load_state_dict(bad, true) {
+            Err(Error::InvalidStateDict { reason }) => {
+                assert!(reason.contains("group"), "{what}: {reason}")
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+        assert_eq!(opt.state_dict(), before, "{what}: nothing changed");
+        let report = opt.load_state_dict(bad, false).unwrap();
+        assert!(!report.mismatched.is_empty(), "{what}: {report:?}");
+        opt.load_state_dict(&good, true).unwrap();
+    }
+    assert_eq!(
+        (opt.hyper(g0, "lr").unwrap(), opt.hyper(g1, "lr").unwrap()),
+        (0.1, 0.5)
+    );
+}

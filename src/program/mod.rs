@@ -79,6 +79,11 @@ pub struct ElemInst {
 
 impl ElemInst {
     /// `op` over `args` (`op.arity()` of them).
+    ///
+    /// # Panics
+    ///
+    /// If `args` does not hold exactly `op.arity()` operands (a bug in the caller: programs
+    /// are built by the passes, and a deserialized one is checked by [`Stage::check`]).
     pub fn new(op: Op, args: &[ElemArg]) -> ElemInst {
         assert_eq!(args.len(), op.arity(), "operand count of {}", op.name());
         let mut all = [args[0]; 3];

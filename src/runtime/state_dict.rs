@@ -492,6 +492,15 @@ impl Optimizer {
                         if target.insert(index, i).is_some() {
                             return Err(invalid(format!("parameter index {index} appears twice")));
                         }
+                        // Matched by name, it must sit in the same group (whose hyperparameters
+                        // the dict's group k sets), as PyTorch's groups are matched in order.
+                        let group_of = self.params[i].group;
+                        if group_of != k {
+                            report.mismatched.push(format!(
+                                "parameter `{}` is in group {k} of the dict, {group_of} of the optimizer",
+                                self.params[i].name
+                            ));
+                        }
                     }
                     Some(i) => report
                         .unexpected
