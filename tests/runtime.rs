@@ -666,3 +666,30 @@ fn shared_blocks_keep_each_parameters_scalar_state() {
         dict.state[&1].scalars["count"]
     );
 }
+
+/// Regression: a parameter too big for memory aborted the process (allocation failure) or
+/// panicked (capacity overflow). Sizes beyond the address space fail whatever the OS's
+/// overcommit policy, with a typed error and nothing changed.
+#[test]
+fn a_parameter_too_big_for_memory_is_a_typed_error() {
+    let mut opt = sgd(0.5);
+    let g = opt.add_param_group(&[]).unwrap();
+    let w = opt.add_param(g, "w", &array![1.0f64, 2.0]).unwrap();
+    opt.set_grad(&w, &[1.0, 1.0]).unwrap();
+    opt.step().unwrap();
+    let before = opt.state_dict();
+    let one = ndarray::arr0(0.5f64);
+    for len in [1usize << 46, 1 << 62, isize::MAX as usize] {
+        let huge = one.broadcast(len).unwrap();
+        match opt.add_param(g, "huge", &huge) {
+            Err(Error::OutOfMemory { .. }) => {}
+            other => panic!("{len} elements: {other:?}"),
+        }
+        assert_eq!(opt.state_dict(), before, "{len}: nothing changed");
+    }
+    // The optimizer still works, and the name is free.
+    let v = opt.add_param(g, "huge", &array![3.0f64]).unwrap();
+    opt.set_grad(&v, &[1.0]).unwrap();
+    opt.step().unwrap();
+    assert_eq!(opt.param(&w).unwrap().len(), 2);
+}

@@ -370,7 +370,7 @@ pub fn run(config: &Config, mut progress: impl FnMut(usize, usize, &str)) -> Res
                     };
                     let time = match imp {
                         Impl::Copy => {
-                            let (mut dst, src) = (stream(n, 0.0, 0), stream(n, 1.0, 1));
+                            let (mut dst, src) = (stream(n, 0.0, 0)?, stream(n, 1.0, 1)?);
                             let (dst, src) = (dst.as_mut_slice(), src.as_slice());
                             Some((
                                 measured(config, || floor::copy(dst, src, threads))?,
@@ -378,7 +378,7 @@ pub fn run(config: &Config, mut progress: impl FnMut(usize, usize, &str)) -> Res
                             ))
                         }
                         Impl::Axpy => {
-                            let (x, mut y) = (stream(n, 1.0, 1), stream(n, 0.5, 0));
+                            let (x, mut y) = (stream(n, 1.0, 1)?, stream(n, 0.5, 0)?);
                             let (x, y) = (x.as_slice(), y.as_mut_slice());
                             Some((
                                 measured(config, || floor::axpy(1e-3, x, y, threads))?,
@@ -561,7 +561,7 @@ fn measured(config: &Config, mut f: impl FnMut() -> Result<Duration>) -> Result<
 /// Stream `k` of `n` elements set to `value`, laid out as the flat store lays out its own
 /// (aligned, staggered by stream, on huge pages where the OS allows), so that the floor and
 /// native loops run on the same kind of memory as the JIT.
-fn stream(n: usize, value: f32, k: usize) -> AlignedBuf<f32> {
+fn stream(n: usize, value: f32, k: usize) -> Result<AlignedBuf<f32>> {
     AlignedBuf::filled(n, value, k, true)
 }
 
@@ -574,12 +574,14 @@ fn native_time(
     threads: usize,
 ) -> Result<Duration> {
     let slots = native.slots().len();
-    let mut param = stream(n, 1.0, 0);
-    let mut grad = stream(n, 0.0, 1);
+    let mut param = stream(n, 1.0, 0)?;
+    let mut grad = stream(n, 0.0, 1)?;
     for (i, g) in grad.as_mut_slice().iter_mut().enumerate() {
         *g = ((i % 997) as f32 - 498.0) * 1e-3;
     }
-    let mut state: Vec<AlignedBuf<f32>> = (0..slots).map(|k| stream(n, 0.0, 2 + k)).collect();
+    let mut state: Vec<AlignedBuf<f32>> = (0..slots)
+        .map(|k| stream(n, 0.0, 2 + k))
+        .collect::<Result<_>>()?;
     let (param, grad) = (param.as_mut_slice(), grad.as_slice());
     let mut step = 0u64;
     // Threads only where the runtime would use them too (see `runtime::exec::GRAIN`).

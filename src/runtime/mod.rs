@@ -26,7 +26,7 @@ use std::any::Any;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use store::{round_up, AlignedBuf};
+use store::{align_elems, round_up, AlignedBuf};
 
 /// A typed handle to a parameter of one [`Optimizer`].
 pub struct Param<T> {
@@ -95,17 +95,20 @@ pub(crate) struct FlatStore<T> {
 
 impl<T: Float> FlatStore<T> {
     fn new() -> Self {
+        // Empty: a few bytes each (alignment and stagger), which an allocator always has.
+        let empty = |stream| AlignedBuf::filled(0, T::ZERO, stream, false).expect("a few bytes");
         FlatStore {
-            params: AlignedBuf::filled(0, T::ZERO, 0, false),
-            grads: AlignedBuf::filled(0, T::ZERO, 1, false),
+            params: empty(0),
+            grads: empty(1),
             slots: Vec::new(),
             len: 0,
         }
     }
 
     /// Allocates the `n` element-slot buffers (streams 2.. of the kernel) if not yet there;
-    /// `huge` as in [`Optimizer::with_huge_pages`].
-    pub(crate) fn ensure_slots(&mut self, n: usize, huge: bool) {
+    /// `huge` as in [`Optimizer::with_huge_pages`]. Fails with [`Error::OutOfMemory`], no
+    /// slot allocated, when the memory cannot be had.
+    pub(crate) fn ensure_slots(&mut self, n: usize, huge: bool) -> Result<()> {
         debug_assert!(
             self.slots.is_empty() || self.slots.len() == n,
             "slot count is fixed"
@@ -113,8 +116,31 @@ impl<T: Float> FlatStore<T> {
         if self.slots.is_empty() && n > 0 {
             self.slots = (0..n)
                 .map(|k| AlignedBuf::filled(self.len, T::ZERO, 2 + k, huge))
-                .collect();
+                .collect::<Result<_>>()?;
         }
+        Ok(())
+    }
+
+    /// Grows every stream to `len` elements (new ones zero), all or none: on failure the
+    /// streams grown so far shrink back (which never allocates) and the error is returned.
+    fn grow(&mut self, len: usize, huge: bool) -> Result<()> {
+        let old = self.len;
+        let streams = [&mut self.params, &mut self.grads]
+            .into_iter()
+            .chain(self.slots.iter_mut());
+        let mut grown: Vec<&mut AlignedBuf<T>> = Vec::new();
+        for buf in streams {
+            if let Err(e) = buf.resize(len, T::ZERO, huge) {
+                for done in grown {
+                    done.resize(old, T::ZERO, huge)
+                        .expect("shrinking never allocates");
+                }
+                return Err(e);
+            }
+            grown.push(buf);
+        }
+        self.len = len;
+        Ok(())
     }
 }
 
@@ -397,15 +423,20 @@ impl Optimizer {
             });
         }
         let len = values.len();
+        let huge = self.huge_pages;
         let store = self.groups[group].store_mut::<T>();
         let offset = store.len;
-        store.len = offset + round_up::<T>(len);
-        let huge = self.huge_pages;
-        store.params.resize(store.len, T::ZERO, huge);
-        store.grads.resize(store.len, T::ZERO, huge);
-        for slot in &mut store.slots {
-            slot.resize(store.len, T::ZERO, huge);
-        }
+        let too_big = || Error::OutOfMemory {
+            what: "parameter storage",
+            bytes: usize::MAX,
+        };
+        // Rounded up to whole aligned blocks (which cannot overflow when `len + block` does
+        // not). All streams grow, or none and nothing else changes.
+        let end = len
+            .checked_add(align_elems::<T>())
+            .and_then(|_| offset.checked_add(round_up::<T>(len)))
+            .ok_or_else(too_big)?;
+        store.grow(end, huge)?;
         for (dst, src) in store.params.as_mut_slice()[offset..offset + len]
             .iter_mut()
             .zip(values.iter())

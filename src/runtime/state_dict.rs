@@ -569,7 +569,17 @@ impl Optimizer {
             all.extend(report.mismatched.iter().cloned());
             return Err(invalid(all.join("; ")));
         }
-        // Everything checked: apply.
+        // Everything checked; the state memory the loaded entries need, before any change.
+        let (n_elem, huge) = (self.element_inits.len(), self.huge_pages);
+        for l in &loaded {
+            let p = &self.params[l.param];
+            let group = &mut self.groups[p.group];
+            match p.dtype {
+                DType::F32 => group.f32.ensure_slots(n_elem, huge)?,
+                DType::F64 => group.f64.ensure_slots(n_elem, huge)?,
+            }
+        }
+        // Apply.
         for (g, values) in self.groups.iter_mut().zip(hypers) {
             g.hypers = values;
         }
@@ -659,7 +669,9 @@ fn write_buffers<T: Float>(
     range: std::ops::Range<usize>,
     buffers: &[TensorData],
 ) {
-    store.ensure_slots(n_elem, huge);
+    store
+        .ensure_slots(n_elem, huge)
+        .expect("load_state_dict allocated the slots before applying");
     for (slot, data) in store.slots.iter_mut().zip(buffers) {
         slot.as_mut_slice()[range.clone()].copy_from_slice(&data.to_vec::<T>());
     }

@@ -91,6 +91,10 @@ impl Optimizer {
         }
         let kernel32 = self.runner_kernel(&pass.program, DType::F32, &plans32)?;
         let kernel64 = self.runner_kernel(&pass.program, DType::F64, &plans64)?;
+        // State memory for both dtypes before either runs: running out of it is an error with
+        // nothing changed.
+        self.allocate_slots(&plans32)?;
+        self.allocate_slots(&plans64)?;
         // Every user mistake has been reported by now; an error below would be an internal
         // bug. Each dtype's bookkeeping follows its own run, so state and step counts always
         // describe the buffers.
@@ -322,7 +326,9 @@ impl Optimizer {
                 continue;
             }
             let store = group.store_mut::<T>();
-            store.ensure_slots(slots, huge);
+            store
+                .ensure_slots(slots, huge)
+                .expect("run_pass allocated the slots before any kernel ran");
             for (slot, &init) in store.slots.iter_mut().zip(&elem_inits) {
                 for &(offset, len) in &plan.fresh {
                     slot.as_mut_slice()[offset..offset + len].fill(init);
@@ -349,6 +355,17 @@ impl Optimizer {
             None => Runner::Interp(self.executor, &program.stage),
         };
         run_batches(runner, &mut segments, &batches.ends, self.threads.pool)
+    }
+
+    /// Allocates the element-slot buffers of every group the plans run on.
+    fn allocate_slots<T: Float>(&mut self, plans: &[Plan<T>]) -> Result<()> {
+        let (slots, huge) = (self.element_inits.len(), self.huge_pages);
+        for (group, plan) in self.groups.iter_mut().zip(plans) {
+            if !plan.members.is_empty() {
+                group.store_mut::<T>().ensure_slots(slots, huge)?;
+            }
+        }
+        Ok(())
     }
 
     /// Counts the step (for a step) and stores the new scalar state of the plan's parameters.

@@ -3,7 +3,7 @@
 //! 64-byte boundary, so a whole group is a few long streams. Big streams ask for transparent
 //! huge pages (see [`HUGE_MIN`] and [`AlignedBuf::filled`]).
 
-use crate::Float;
+use crate::{Error, Float, Result};
 
 /// Bytes every range starts on.
 pub(crate) const ALIGN: usize = 64;
@@ -67,11 +67,20 @@ impl<T: Float> AlignedBuf<T> {
     /// transparent huge pages before its first write, so that the kernel backs it with 2 MiB
     /// pages where it can (Linux with THP in `always` or `madvise` mode); anywhere else, or
     /// if the OS refuses, it is an ordinary allocation.
-    pub(crate) fn filled(len: usize, value: T, stream: usize, huge: bool) -> Self {
+    ///
+    /// Fails with [`Error::OutOfMemory`] when the memory cannot be had (nothing is allocated
+    /// then).
+    pub(crate) fn filled(len: usize, value: T, stream: usize, huge: bool) -> Result<Self> {
         let size = std::mem::size_of::<T>();
         let stagger = stream * STAGGER / size;
-        if huge && len * size >= HUGE_MIN {
-            if let Some(memory) = huge_mapping::<T>(len + stagger + HUGE_PAGE / size) {
+        let bytes = len.saturating_mul(size);
+        let out_of_memory = || Error::OutOfMemory {
+            what: "parameter storage",
+            bytes,
+        };
+        if huge && bytes >= HUGE_MIN {
+            let elems = len.checked_add(stagger + HUGE_PAGE / size);
+            if let Some(memory) = elems.and_then(huge_mapping::<T>) {
                 let base = memory.elems().as_ptr() as usize;
                 let start = (HUGE_PAGE - base % HUGE_PAGE) % HUGE_PAGE / size + stagger;
                 let mut buf = AlignedBuf {
@@ -85,18 +94,23 @@ impl<T: Float> AlignedBuf<T> {
                 if value.to_bits_u64() != 0 {
                     buf.as_mut_slice().fill(value);
                 }
-                return buf;
+                return Ok(buf);
             }
         }
-        let data = vec![value; len + ALIGN / size + stagger];
+        let elems = len
+            .checked_add(ALIGN / size + stagger)
+            .ok_or_else(out_of_memory)?;
+        let mut data = Vec::new();
+        data.try_reserve_exact(elems).map_err(|_| out_of_memory())?;
+        data.resize(elems, value);
         let misalign = (data.as_ptr() as usize % ALIGN) / size;
         let start = (ALIGN / size - misalign) % (ALIGN / size) + stagger;
-        AlignedBuf {
+        Ok(AlignedBuf {
             memory: Memory::Heap(data),
             start,
             len,
             stream,
-        }
+        })
     }
 
     pub(crate) fn as_slice(&self) -> &[T] {
@@ -118,10 +132,15 @@ impl<T: Float> AlignedBuf<T> {
     /// elements are `value`. Growth doubles the capacity, so adding parameters one by one
     /// costs amortised constant time per element; grown memory follows `huge` (see
     /// [`AlignedBuf::filled`]).
-    pub(crate) fn resize(&mut self, len: usize, value: T, huge: bool) {
-        if self.start + len > self.memory.elems().len() {
-            let capacity = len.max(2 * self.len);
-            let mut grown = AlignedBuf::filled(capacity, value, self.stream, huge);
+    ///
+    /// Fails with [`Error::OutOfMemory`], the buffer unchanged, when growing needs memory that
+    /// cannot be had; shrinking never fails.
+    pub(crate) fn resize(&mut self, len: usize, value: T, huge: bool) -> Result<()> {
+        if self.start.saturating_add(len) > self.memory.elems().len() {
+            // Doubling when it can; exactly `len` when doubling cannot be had.
+            let doubled = len.max(self.len.saturating_mul(2));
+            let mut grown = AlignedBuf::filled(doubled, value, self.stream, huge)
+                .or_else(|_| AlignedBuf::filled(len, value, self.stream, huge))?;
             grown.as_mut_slice()[..self.len].copy_from_slice(self.as_slice());
             *self = grown;
         }
@@ -130,6 +149,7 @@ impl<T: Float> AlignedBuf<T> {
         if len > old {
             self.as_mut_slice()[old..].fill(value);
         }
+        Ok(())
     }
 }
 
@@ -164,17 +184,17 @@ mod tests {
 
     #[test]
     fn buffers_are_aligned_and_keep_content_when_resized() {
-        let mut b = AlignedBuf::filled(5, 1.0f32, 3, true);
+        let mut b = AlignedBuf::filled(5, 1.0f32, 3, true).unwrap();
         assert_eq!(b.as_slice().as_ptr() as usize % ALIGN, 0);
         assert_eq!(b.as_slice(), &[1.0; 5]);
         b.as_mut_slice()[4] = 7.0;
-        b.resize(40, 2.0, true);
+        b.resize(40, 2.0, true).unwrap();
         assert_eq!(b.as_slice().as_ptr() as usize % ALIGN, 0);
         assert_eq!(b.as_slice().len(), 40);
         assert_eq!(&b.as_slice()[3..6], &[1.0, 7.0, 2.0]);
         b.as_mut_slice()[39] = 9.0;
-        b.resize(39, 0.0, true);
-        b.resize(41, 3.0, true);
+        b.resize(39, 0.0, true).unwrap();
+        b.resize(41, 3.0, true).unwrap();
         assert_eq!(&b.as_slice()[37..], &[2.0, 2.0, 3.0, 3.0]);
     }
 
@@ -185,9 +205,9 @@ mod tests {
         let mapped = cfg!(target_os = "linux") && thp;
         let big = HUGE_MIN / 4;
         for stream in [0, 3] {
-            let heap = AlignedBuf::filled(big, 1.5f32, stream, false);
+            let heap = AlignedBuf::filled(big, 1.5f32, stream, false).unwrap();
             assert!(!heap.is_mapped());
-            let mut b = AlignedBuf::filled(big, 1.5f32, stream, true);
+            let mut b = AlignedBuf::filled(big, 1.5f32, stream, true).unwrap();
             assert_eq!(b.is_mapped(), mapped);
             let addr = b.as_slice().as_ptr() as usize;
             assert_eq!(addr % ALIGN, 0);
@@ -198,25 +218,25 @@ mod tests {
             assert_eq!(b.as_slice().len(), big);
             assert!(b.as_slice().iter().all(|&x| x == 1.5));
             b.as_mut_slice()[big - 1] = 4.0;
-            b.resize(big + 1, 2.0, true);
+            b.resize(big + 1, 2.0, true).unwrap();
             assert_eq!(&b.as_slice()[big - 2..], &[1.5, 4.0, 2.0]);
             assert_eq!(b.as_slice().as_ptr() as usize % ALIGN, 0);
         }
         // Zeros come from the fresh mapping, not from a fill; −0 is written.
-        let zeros = AlignedBuf::filled(big, 0.0f32, 2, true);
+        let zeros = AlignedBuf::filled(big, 0.0f32, 2, true).unwrap();
         assert!(zeros.as_slice().iter().all(|&x| x.to_bits() == 0));
-        let negative = AlignedBuf::filled(big, -0.0f32, 2, true);
+        let negative = AlignedBuf::filled(big, -0.0f32, 2, true).unwrap();
         assert!(negative
             .as_slice()
             .iter()
             .all(|&x| x.to_bits() == 0x8000_0000));
         // Small streams, and a small stream growing past the threshold.
-        let mut small = AlignedBuf::filled(16, 1.0f64, 1, true);
+        let mut small = AlignedBuf::filled(16, 1.0f64, 1, true).unwrap();
         assert!(!small.is_mapped());
-        small.resize(HUGE_MIN / 8, 3.0, true);
+        small.resize(HUGE_MIN / 8, 3.0, true).unwrap();
         assert_eq!(small.is_mapped(), mapped);
         assert_eq!(&small.as_slice()[14..18], &[1.0, 1.0, 3.0, 3.0]);
-        small.resize(HUGE_MIN / 4, 5.0, false);
+        small.resize(HUGE_MIN / 4, 5.0, false).unwrap();
         assert!(!small.is_mapped());
         assert_eq!(small.as_slice()[HUGE_MIN / 8 - 1], 3.0);
         assert_eq!(small.as_slice()[HUGE_MIN / 8], 5.0);
@@ -227,5 +247,18 @@ mod tests {
         assert_eq!(round_up::<f32>(0), 0);
         assert_eq!(round_up::<f32>(1), 16);
         assert_eq!(round_up::<f64>(9), 16);
+    }
+
+    #[test]
+    fn sizes_beyond_memory_are_errors_and_leave_the_buffer_alone() {
+        for huge in [false, true] {
+            assert!(matches!(
+                AlignedBuf::<f64>::filled(1 << 60, 0.0, 0, huge),
+                Err(Error::OutOfMemory { .. })
+            ));
+            let mut b = AlignedBuf::filled(3, 1.0f32, 0, huge).unwrap();
+            assert!(b.resize(usize::MAX - 8, 0.0, huge).is_err());
+            assert_eq!(b.as_slice(), &[1.0; 3]);
+        }
     }
 }
