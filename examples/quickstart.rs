@@ -39,7 +39,7 @@ fn main() -> optjit::Result<()> {
     ] {
         let stepper = Stepper::new(&graph)?.with_executor(executor);
         let mut param = vec![1.0f32; n];
-        let mut state = stepper.init_state(n);
+        let mut state = stepper.init_state(n).unwrap();
         stepper.step(&mut param, &grad, &mut state)?; // warm-up (and JIT compile)
         let start = Instant::now();
         for _ in 0..steps {
@@ -55,7 +55,7 @@ fn main() -> optjit::Result<()> {
         if executor == Executor::Jit {
             // The interpreters run fewer steps; keep a JIT result after 3 steps to compare.
             let mut p = vec![1.0f32; n];
-            let mut s = stepper.init_state(n);
+            let mut s = stepper.init_state(n).unwrap();
             for _ in 0..3 {
                 stepper.step(&mut p, &grad, &mut s)?;
             }

@@ -30,7 +30,7 @@
 //! let mut adam = Stepper::new(&b.finish().unwrap()).unwrap();
 //! adam.set_hyper("lr", 0.1).unwrap(); // a runtime input: no recompile
 //! let (mut param, grad) = (vec![1.0f32; 10], vec![0.5f32; 10]);
-//! let mut state = adam.init_state::<f32>(param.len());
+//! let mut state = adam.init_state::<f32>(param.len()).unwrap();
 //! adam.step(&mut param, &grad, &mut state).unwrap();
 //! assert!((param[0] - 0.9).abs() < 1e-6); // the first Adam step moves by lr
 //! ```

@@ -140,17 +140,29 @@ impl Stepper {
     }
 
     /// Fresh state for a parameter of `len` elements: step 0, every slot at its init value.
-    pub fn init_state<T: Float>(&self, len: usize) -> ParamState<T> {
+    ///
+    /// Fails with [`Error::OutOfMemory`] when the buffers cannot be allocated.
+    pub fn init_state<T: Float>(&self, len: usize) -> Result<ParamState<T>> {
         let slots = self
             .program
             .slots
             .iter()
             .map(|s| match s.kind {
-                SlotKind::Element => SlotValue::Buffer(vec![T::from_f64(s.init); len]),
-                SlotKind::Scalar => SlotValue::Scalar(s.init),
+                SlotKind::Element => {
+                    let mut buffer = Vec::new();
+                    buffer
+                        .try_reserve_exact(len)
+                        .map_err(|_| Error::OutOfMemory {
+                            what: "the state of a parameter",
+                            bytes: len.saturating_mul(std::mem::size_of::<T>()),
+                        })?;
+                    buffer.resize(len, T::from_f64(s.init));
+                    Ok(SlotValue::Buffer(buffer))
+                }
+                SlotKind::Scalar => Ok(SlotValue::Scalar(s.init)),
             })
-            .collect();
-        ParamState { step: 0, slots }
+            .collect::<Result<_>>()?;
+        Ok(ParamState { step: 0, slots })
     }
 
     /// Updates one parameter. See [`Stepper::step_many`].

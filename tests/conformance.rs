@@ -291,7 +291,7 @@ fn replay<T: Float>(
     let mut params: Vec<Vec<T>> = case.params.iter().map(|p| to_t(p)).collect();
     let mut states: Vec<ParamState<T>> = params
         .iter()
-        .map(|p| stepper.init_state::<T>(p.len()))
+        .map(|p| stepper.init_state::<T>(p.len()).unwrap())
         .collect();
 
     for (k, (grads, expected)) in case.grads.iter().zip(&case.expected_params).enumerate() {

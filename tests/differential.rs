@@ -451,7 +451,10 @@ fn check_steps<T: Float>(graph: &Graph, seed: u64) {
     for executor in executors {
         let mut stepper = Stepper::new(graph).unwrap().with_executor(executor);
         let mut params = params.clone();
-        let mut states: Vec<ParamState<T>> = lens.iter().map(|&n| stepper.init_state(n)).collect();
+        let mut states: Vec<ParamState<T>> = lens
+            .iter()
+            .map(|&n| stepper.init_state(n).unwrap())
+            .collect();
         for (k, grads) in grads.iter().enumerate() {
             stepper.set_hyper("lr", 0.01 * (k + 1) as f64).unwrap();
             // Parameter 1 has no gradient at step 2: it is skipped, its step count lags.

@@ -112,8 +112,8 @@ fn assert_rejected_without_change(executor: Executor) {
     let mut p1 = vec![2.0f32; 5];
     let g0 = vec![0.5f32; 8];
     let g1_short = vec![0.5f32; 4];
-    let mut s0 = stepper.init_state(8);
-    let mut s1 = stepper.init_state(5);
+    let mut s0 = stepper.init_state(8).unwrap();
+    let mut s1 = stepper.init_state(5).unwrap();
     let (p0_before, s0_before, s1_before) = (p0.clone(), s0.clone(), s1.clone());
 
     // The second parameter's grad is too short: the first must not be updated either.
@@ -146,7 +146,7 @@ fn assert_rejected_without_change(executor: Executor) {
 
     // State of the wrong shape: a buffer too short, a scalar where a buffer belongs, a slot
     // missing.
-    let mut bad = stepper.init_state::<f32>(8);
+    let mut bad = stepper.init_state::<f32>(8).unwrap();
     bad.slots[1] = SlotValue::Buffer(vec![0.0; 3]);
     let err = stepper.step(&mut p0, &g0, &mut bad).unwrap_err();
     assert!(
@@ -167,7 +167,7 @@ fn assert_rejected_without_change(executor: Executor) {
     assert_eq!(p0, p0_before);
 
     // Step count at its limit.
-    let mut old = stepper.init_state::<f32>(8);
+    let mut old = stepper.init_state::<f32>(8).unwrap();
     old.step = u64::MAX;
     assert_eq!(
         stepper.step(&mut p0, &g0, &mut old).unwrap_err(),

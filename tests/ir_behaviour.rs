@@ -153,9 +153,9 @@ fn agree(graph: &Graph) -> (Vec<f64>, optjit::ParamState<f64>) {
     for executor in [Executor::Reference, Executor::Eager, Executor::Jit] {
         let s = Stepper::new(graph).unwrap().with_executor(executor);
         let mut p32 = vec![1.0f32, -2.0, 0.5, 3.0, 0.0];
-        let mut st32 = s.init_state(5);
+        let mut st32 = s.init_state(5).unwrap();
         let mut p64 = vec![1.0f64, -2.0, 0.5, 3.0, 0.0];
-        let mut st64 = s.init_state(5);
+        let mut st64 = s.init_state(5).unwrap();
         for k in 0..3 {
             let g = [0.5, -(k as f64), 2.0, 0.0, 1.0];
             s.step(&mut p64, &g, &mut st64).unwrap();
@@ -200,7 +200,7 @@ fn scalar_state_is_carried_from_step_to_step() {
     assert_eq!(state.step, 3);
     // A failed step leaves the scalar state alone.
     let s = Stepper::new(&graph).unwrap();
-    let mut st = s.init_state::<f64>(2);
+    let mut st = s.init_state::<f64>(2).unwrap();
     assert!(s.step(&mut [1.0, 2.0], &[1.0], &mut st).is_err());
     assert_eq!((st.slots[0].clone(), st.step), (SlotValue::Scalar(1.0), 0));
 }
@@ -343,7 +343,10 @@ fn fast_math_contracts_multiply_adds_within_tolerance() {
         *a = ((i * 37 % 101) as f32 - 50.0) * 0.013;
         *b = *a;
     }
-    let (mut s0, mut s1) = (exact.init_state::<f32>(n), contracted.init_state::<f32>(n));
+    let (mut s0, mut s1) = (
+        exact.init_state::<f32>(n).unwrap(),
+        contracted.init_state::<f32>(n).unwrap(),
+    );
     for k in 0..20 {
         let g: Vec<f32> = (0..n)
             .map(|i| (((i * 7 + k * 13) % 97) as f32 - 48.0) * 0.021)

@@ -12,7 +12,7 @@ fn changing_hyperparameters_never_recompiles() {
         .with_jit(jit.clone());
     let mut param = vec![1.0f32; 100];
     let grad = vec![0.25f32; 100];
-    let mut state = stepper.init_state(100);
+    let mut state = stepper.init_state(100).unwrap();
     let mut previous = param.clone();
     for k in 0..10 {
         stepper.set_hyper("lr", 1e-3 * (k + 1) as f64).unwrap();
@@ -67,7 +67,7 @@ fn kernels_outlive_their_jit() {
     let stepper = Stepper::new(&Adam::default().graph().unwrap()).unwrap();
     let mut p = vec![1.0f64; 3];
     let g = vec![1.0f64; 3];
-    let mut state = stepper.init_state(3);
+    let mut state = stepper.init_state(3).unwrap();
     let scalars: Vec<f64> = {
         let mut values = Vec::new();
         program.eval_prologue(&[1e-3, 0.9, 0.999, 1e-8, 0.0], 1, |_| 0.0, &mut values);

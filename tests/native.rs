@@ -33,7 +33,7 @@ fn random_state(
     len: usize,
     step: u64,
 ) -> ParamState<f32> {
-    let mut state = stepper.init_state::<f32>(len);
+    let mut state = stepper.init_state::<f32>(len).unwrap();
     state.step = step;
     for (slot, value) in stepper.program().slots.iter().zip(&mut state.slots) {
         let square = slot.name.ends_with("sq") || slot.name == "square_avg";

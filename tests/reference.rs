@@ -447,8 +447,10 @@ fn check<T: Float>(
     let mut rng = SplitMix64::new(seed);
     let initial: Vec<Vec<T>> = LENGTHS.iter().map(|&n| rng.mixed_vec(n)).collect();
     let mut params = initial.clone();
-    let mut states: Vec<ParamState<T>> =
-        params.iter().map(|p| stepper.init_state(p.len())).collect();
+    let mut states: Vec<ParamState<T>> = params
+        .iter()
+        .map(|p| stepper.init_state(p.len()).unwrap())
+        .collect();
     let mut textbook: Vec<Tensor<T>> = initial.iter().cloned().map(Tensor::new).collect();
 
     for s in 1..=STEPS {

@@ -455,8 +455,10 @@ fn check<T: Float>(label: &str, run: Run, failures: &mut Vec<String>) {
     let mut rng = SplitMix64::new(seed);
     let initial: Vec<Vec<T>> = LENGTHS.iter().map(|&n| inputs.vec(&mut rng, n)).collect();
     let mut params = initial.clone();
-    let mut states: Vec<ParamState<T>> =
-        params.iter().map(|p| stepper.init_state(p.len())).collect();
+    let mut states: Vec<ParamState<T>> = params
+        .iter()
+        .map(|p| stepper.init_state(p.len()).unwrap())
+        .collect();
     let mut textbook: Vec<Tensor<T>> = initial.iter().cloned().map(Tensor::new).collect();
 
     for s in 1..=STEPS {
@@ -566,7 +568,7 @@ fn check_swaps<T: Float>(
     // A parameter that never had a gradient: the reference has no `z` for it and skips it.
     let never_stepped: Vec<T> = SplitMix64::new(7).mixed_vec(9);
     params.push(never_stepped.clone());
-    states.push(eval.init_state(never_stepped.len()));
+    states.push(eval.init_state(never_stepped.len()).unwrap());
     let before = states.clone();
     let z = |j: usize| textbook.get(j).and_then(|t| t.buffers.get("z"));
     let swap = |stepper: &Stepper, params: &mut Vec<Vec<T>>, states: &mut Vec<ParamState<T>>| {

@@ -353,7 +353,7 @@ fn stepper_and_optimizer_agree() {
     let graph = Adam::default().graph().unwrap();
     let stepper = Stepper::new(&graph).unwrap();
     let mut param = vec![0.5f64, -0.25, 3.0];
-    let mut state = stepper.init_state(3);
+    let mut state = stepper.init_state(3).unwrap();
     let mut opt = Optimizer::new(&graph).unwrap();
     let g = opt.add_param_group(&[]).unwrap();
     let h = opt.add_param(g, "p", &Array1::from(param.clone())).unwrap();
@@ -392,7 +392,7 @@ fn eval_and_train_modes_run_their_graphs_without_counting_a_step() {
     let w = opt.add_param(g, "w", &array![1.0f32, -2.0, 0.5]).unwrap();
     let never = opt.add_param(g, "never", &array![3.0f32]).unwrap();
     let stepper = Stepper::new(&graph).unwrap();
-    let (mut p, mut state) = (vec![1.0f32, -2.0, 0.5], stepper.init_state(3));
+    let (mut p, mut state) = (vec![1.0f32, -2.0, 0.5], stepper.init_state(3).unwrap());
     for k in 0..4 {
         let grad = [0.5, -1.0 + k as f32, 2.0];
         opt.set_grad(&w, &grad).unwrap();
@@ -491,7 +491,7 @@ fn merged_segments_equal_parameters_stepped_one_by_one() {
                 )
                 .unwrap(),
             );
-            alone.push((values, stepper.init_state(n)));
+            alone.push((values, stepper.init_state(n).unwrap()));
         }
         let mut lone = Stepper::new(&graph).unwrap();
         for step in 0..5 {
@@ -551,7 +551,10 @@ fn stepper_cuts_big_parameters_over_threads_bit_for_bit() {
             .enumerate()
             .map(|(k, &n)| (0..n).map(|i| value(i + 3, k + 1)).collect())
             .collect();
-        let mut states: Vec<ParamState<T>> = lens.iter().map(|&n| stepper.init_state(n)).collect();
+        let mut states: Vec<ParamState<T>> = lens
+            .iter()
+            .map(|&n| stepper.init_state(n).unwrap())
+            .collect();
         for step in 0..steps {
             // Parameter 3 skips the second step.
             let mut refs: Vec<ParamRef<'_, T>> = params
@@ -630,7 +633,7 @@ fn shared_blocks_keep_each_parameters_scalar_state() {
     let handles: Vec<Param<f32>> = (0..6)
         .map(|k| {
             let values = Array1::from_elem(20, k as f32);
-            alone.push((values.to_vec(), stepper.init_state::<f32>(20)));
+            alone.push((values.to_vec(), stepper.init_state::<f32>(20).unwrap()));
             opt.add_param(g, &format!("p{k}"), &values).unwrap()
         })
         .collect();
@@ -692,4 +695,17 @@ fn a_parameter_too_big_for_memory_is_a_typed_error() {
     opt.set_grad(&v, &[1.0]).unwrap();
     opt.step().unwrap();
     assert_eq!(opt.param(&w).unwrap().len(), 2);
+}
+
+/// Regression: `Stepper::init_state` panicked (capacity overflow) on a length no memory holds.
+#[test]
+fn state_too_big_for_memory_is_a_typed_error() {
+    let stepper = Stepper::new(&Adam::default().graph().unwrap()).unwrap();
+    for len in [1usize << 62, usize::MAX] {
+        assert!(matches!(
+            stepper.init_state::<f32>(len),
+            Err(Error::OutOfMemory { .. })
+        ));
+    }
+    assert_eq!(stepper.init_state::<f32>(3).unwrap().step, 0);
 }

@@ -465,7 +465,7 @@ fn two_steps(graph: &Graph, executor: Executor, len: usize) -> Vec<Vec<u32>> {
     let mut rng = common::SplitMix64::new(len as u64);
     let mut param: Vec<f32> = (0..len).map(|_| rng.mixed()).collect();
     let grad: Vec<f32> = (0..len).map(|_| rng.mixed()).collect();
-    let mut state = stepper.init_state::<f32>(len);
+    let mut state = stepper.init_state::<f32>(len).unwrap();
     for _ in 0..2 {
         stepper.step(&mut param, &grad, &mut state).unwrap();
     }

@@ -51,7 +51,7 @@ use crate::{Graph, Result};
 /// let adabelief = Stepper::new(&AdaBelief { lr: 0.1, ..AdaBelief::default() }.graph().unwrap())
 ///     .unwrap();
 /// let (mut param, grad) = (vec![1.0f64, -1.0], vec![0.5, -2.0]);
-/// let mut state = adabelief.init_state(2);
+/// let mut state = adabelief.init_state(2).unwrap();
 /// adabelief.step(&mut param, &grad, &mut state).unwrap();
 /// // Rectified: the first steps (ρ < 5) are SGD steps with the bias-corrected momentum.
 /// assert!((param[0] - 0.95).abs() < 1e-12 && (param[1] + 0.8).abs() < 1e-12);

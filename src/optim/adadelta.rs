@@ -22,7 +22,7 @@ use crate::{Graph, Result};
 ///
 /// let adadelta = Stepper::new(&Adadelta::default().graph().unwrap()).unwrap();
 /// let (mut param, grad) = (vec![1.0f64], vec![1.0]);
-/// let mut state = adadelta.init_state(1);
+/// let mut state = adadelta.init_state(1).unwrap();
 /// adadelta.step(&mut param, &grad, &mut state).unwrap();
 /// // First step: Δ = √ε / √(0.1 + ε) · 1, about 0.00316.
 /// assert!((param[0] - (1.0 - (1e-6f64 / (0.1 + 1e-6)).sqrt())).abs() < 1e-12);

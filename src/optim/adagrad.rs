@@ -23,7 +23,7 @@ use crate::{Graph, Result};
 ///
 /// let adagrad = Stepper::new(&Adagrad { lr: 0.1, ..Adagrad::default() }.graph().unwrap()).unwrap();
 /// let (mut param, grad) = (vec![1.0f64, -1.0], vec![0.5, -2.0]);
-/// let mut state = adagrad.init_state(2);
+/// let mut state = adagrad.init_state(2).unwrap();
 /// adagrad.step(&mut param, &grad, &mut state).unwrap();
 /// // First step: s = g², so every element moves by lr against its gradient's sign.
 /// assert!((param[0] - 0.9).abs() < 1e-9 && (param[1] + 0.9).abs() < 1e-9);
@@ -91,7 +91,7 @@ mod tests {
             ..Adagrad::default()
         };
         let mut adagrad = Stepper::new(&adagrad.graph().unwrap()).unwrap();
-        let mut state = adagrad.init_state::<f64>(1);
+        let mut state = adagrad.init_state::<f64>(1).unwrap();
         assert_eq!(
             state.buffer(0).unwrap(),
             [1.0],

@@ -26,7 +26,7 @@ use crate::{Graph, Result};
 ///
 /// let adam = Stepper::new(&Adam { lr: 0.1, ..Adam::default() }.graph().unwrap()).unwrap();
 /// let (mut param, grad) = (vec![1.0f32, -1.0], vec![0.5, -2.0]);
-/// let mut state = adam.init_state(2);
+/// let mut state = adam.init_state(2).unwrap();
 /// adam.step(&mut param, &grad, &mut state).unwrap();
 /// // The first Adam step moves every element by lr against its gradient's sign.
 /// assert!((param[0] - 0.9).abs() < 1e-6 && (param[1] + 0.9).abs() < 1e-6);

@@ -21,7 +21,7 @@ use crate::{Graph, Result};
 ///
 /// let adamax = Stepper::new(&Adamax { lr: 0.1, ..Adamax::default() }.graph().unwrap()).unwrap();
 /// let (mut param, grad) = (vec![1.0f32, -1.0], vec![0.5, -2.0]);
-/// let mut state = adamax.init_state(2);
+/// let mut state = adamax.init_state(2).unwrap();
 /// adamax.step(&mut param, &grad, &mut state).unwrap();
 /// // The first step moves every element by lr against its gradient's sign.
 /// assert!((param[0] - 0.9).abs() < 1e-6 && (param[1] + 0.9).abs() < 1e-6);

@@ -44,7 +44,7 @@ use crate::{Graph, Result};
 /// let adan = Adan { lr: 0.1, weight_decay: 0.0, ..Adan::default() };
 /// let adan = Stepper::new(&adan.graph().unwrap()).unwrap();
 /// let (mut param, grad) = (vec![1.0f64, -1.0], vec![0.5, -2.0]);
-/// let mut state = adan.init_state(2);
+/// let mut state = adan.init_state(2).unwrap();
 /// adan.step(&mut param, &grad, &mut state).unwrap();
 /// // The first difference is 0, so the first step is Adam's: lr against the gradient's sign.
 /// assert!((param[0] - 0.9).abs() < 1e-6 && (param[1] + 0.9).abs() < 1e-6);

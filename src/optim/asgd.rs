@@ -26,7 +26,7 @@ use crate::{Graph, Result};
 ///
 /// let asgd = Stepper::new(&Asgd { lr: 0.1, ..Asgd::default() }.graph().unwrap()).unwrap();
 /// let (mut param, grad) = (vec![1.0f64, -1.0], vec![0.5, -2.0]);
-/// let mut state = asgd.init_state(2);
+/// let mut state = asgd.init_state(2).unwrap();
 /// asgd.step(&mut param, &grad, &mut state).unwrap();
 /// // The first step is SGD with lr, after the decay θ · (1 − λ·lr).
 /// let decay = 1.0 - 1e-4 * 0.1;
@@ -102,7 +102,7 @@ mod tests {
         asgd.set_hyper("lr", 0.5).unwrap();
         asgd.set_hyper("lambd", 0.0).unwrap();
         let mut param = vec![1.0f64];
-        let mut state = asgd.init_state(1);
+        let mut state = asgd.init_state(1).unwrap();
         asgd.step(&mut param, &[1.0], &mut state).unwrap();
         assert_eq!(param, [0.5]);
         asgd.set_hyper("lambd", 1.0).unwrap();

@@ -30,7 +30,7 @@ use crate::{Graph, Result};
 ///
 /// let lion = Stepper::new(&Lion { lr: 0.1, ..Lion::default() }.graph().unwrap()).unwrap();
 /// let (mut param, grad) = (vec![1.0f64, -1.0, 3.0], vec![0.5, -2.0, 0.0]);
-/// let mut state = lion.init_state(3);
+/// let mut state = lion.init_state(3).unwrap();
 /// lion.step(&mut param, &grad, &mut state).unwrap();
 /// // Every element moves by exactly lr against its gradient's sign; a zero gradient, not at all.
 /// assert_eq!(param, vec![0.9, -0.9, 3.0]);

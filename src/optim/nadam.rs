@@ -31,7 +31,7 @@ use crate::{Graph, Result};
 ///
 /// let nadam = Stepper::new(&NAdam::default().graph().unwrap()).unwrap();
 /// let (mut param, grad) = (vec![1.0f64, -1.0], vec![0.5, -2.0]);
-/// let mut state = nadam.init_state(2);
+/// let mut state = nadam.init_state(2).unwrap();
 /// nadam.step(&mut param, &grad, &mut state).unwrap();
 /// // At the first step g / d = sign(g) and m = (1 − β₁)·g: every element moves by lr, plus
 /// // the Nesterov look-ahead along m.

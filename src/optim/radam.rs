@@ -32,7 +32,7 @@ use crate::{Graph, Result};
 ///
 /// let radam = Stepper::new(&RAdam { lr: 0.1, ..RAdam::default() }.graph().unwrap()).unwrap();
 /// let (mut param, grad) = (vec![1.0f64, -1.0], vec![0.5, -2.0]);
-/// let mut state = radam.init_state(2);
+/// let mut state = radam.init_state(2).unwrap();
 /// radam.step(&mut param, &grad, &mut state).unwrap();
 /// // Until ρₜ > 5 (the first 5 steps with β₂ = 0.999), RAdam is SGD with momentum:
 /// // θ ← θ − lr · m̂, and at the first step m̂ = g.

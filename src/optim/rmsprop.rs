@@ -32,7 +32,7 @@ use crate::{Graph, Result};
 ///
 /// let rmsprop = Stepper::new(&Rmsprop::default().graph().unwrap()).unwrap();
 /// let (mut param, grad) = (vec![1.0f64, -1.0], vec![0.5, -2.0]);
-/// let mut state = rmsprop.init_state(2);
+/// let mut state = rmsprop.init_state(2).unwrap();
 /// rmsprop.step(&mut param, &grad, &mut state).unwrap();
 /// // First step: v = (1 − α)·g², so every element moves by lr / √(1 − α) = 0.1.
 /// assert!((param[0] - 0.9).abs() < 1e-6 && (param[1] + 0.9).abs() < 1e-6);

@@ -27,7 +27,7 @@ use crate::{Graph, Result};
 ///
 /// let rprop = Stepper::new(&Rprop { lr: 0.1, ..Rprop::default() }.graph().unwrap()).unwrap();
 /// let mut param = vec![1.0f64, -1.0];
-/// let mut state = rprop.init_state(2);
+/// let mut state = rprop.init_state(2).unwrap();
 /// rprop.step(&mut param, &[0.5, -2.0], &mut state).unwrap();
 /// // The first step moves every element by lr against its gradient's sign.
 /// assert_eq!(param, vec![0.9, -0.9]);
@@ -96,7 +96,7 @@ mod tests {
         let mut rprop = Stepper::new(&Rprop::default().graph().unwrap()).unwrap();
         rprop.set_hyper("lr", 0.25).unwrap();
         let mut param = vec![1.0f64];
-        let mut state = rprop.init_state(1);
+        let mut state = rprop.init_state(1).unwrap();
         rprop.step(&mut param, &[1.0], &mut state).unwrap();
         assert_eq!(param, [0.75]);
         // PyTorch reads lr only when it creates the state.
@@ -109,7 +109,7 @@ mod tests {
     fn a_nan_gradient_leaves_the_element_and_its_step_size_alone() {
         let rprop = Stepper::new(&Rprop::default().graph().unwrap()).unwrap();
         let mut param = vec![1.0f32];
-        let mut state = rprop.init_state(1);
+        let mut state = rprop.init_state(1).unwrap();
         rprop.step(&mut param, &[1.0], &mut state).unwrap();
         let (before, step_size) = (param[0], state.buffer(1).unwrap()[0]);
         rprop.step(&mut param, &[f32::NAN], &mut state).unwrap();

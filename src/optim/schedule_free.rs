@@ -67,7 +67,7 @@ use crate::{Builder, Expr, Graph, Result};
 /// let sf = ScheduleFreeAdamW { lr: 0.1, ..ScheduleFreeAdamW::default() };
 /// let stepper = Stepper::new(&sf.graph().unwrap()).unwrap();
 /// let (mut param, grad) = (vec![1.0f64, -1.0], vec![0.5, -2.0]);
-/// let mut state = stepper.init_state(2);
+/// let mut state = stepper.init_state(2).unwrap();
 /// stepper.step(&mut param, &grad, &mut state).unwrap();
 /// // At the first step c = 1, so y, z and x all take one normalized step of size lr.
 /// assert!((param[0] - 0.9).abs() < 1e-6 && (param[1] + 0.9).abs() < 1e-6);

@@ -26,7 +26,7 @@ use crate::{Error, Graph, Result};
 /// let sgd = Sgd { lr: 0.1, momentum: 0.9, ..Sgd::default() };
 /// let stepper = Stepper::new(&sgd.graph().unwrap()).unwrap();
 /// let (mut param, grad) = (vec![1.0f64, 2.0], vec![1.0, -1.0]);
-/// let mut state = stepper.init_state(2);
+/// let mut state = stepper.init_state(2).unwrap();
 /// stepper.step(&mut param, &grad, &mut state).unwrap();
 /// assert_eq!(param, vec![0.9, 2.1]);
 /// ```
