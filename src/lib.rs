@@ -34,6 +34,15 @@
 //! adam.step(&mut param, &grad, &mut state).unwrap();
 //! assert!((param[0] - 0.9).abs() < 1e-6); // the first Adam step moves by lr
 //! ```
+//!
+//! # Threads
+//!
+//! Graphs, programs, [`Jit`]s (their cache is behind a mutex), [`Kernel`]s (immutable code),
+//! [`Stepper`]s, state dicts and errors are `Send + Sync`. [`Optimizer`] is `Send + Sync` too:
+//! every change takes `&mut self`, so shared references only read, and step hooks need only
+//! be `Send`. A [`Builder`] is `Send` but not `Sync` (its graph is in a `RefCell`: one thread
+//! builds at a time), and its [`Expr`]s borrow it, so they stay on its thread.
+//! `tests/send_sync.rs` checks this at compile time.
 
 /// The README's examples, run as doc tests.
 #[cfg(doctest)]

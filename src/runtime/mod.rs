@@ -170,7 +170,9 @@ impl Group {
     }
 }
 
-type Hook = Box<dyn FnMut(&mut Optimizer) + Send>;
+/// A registered hook. The mutex is never locked: hooks run only through `&mut Optimizer`
+/// (`Mutex::get_mut`); it makes the optimizer `Sync` without asking hooks to be `Sync`.
+type Hook = std::sync::Mutex<Box<dyn FnMut(&mut Optimizer) + Send>>;
 
 /// Identifies a registered hook, for [`Optimizer::remove_hook`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -669,7 +671,8 @@ impl Optimizer {
     ) -> HookId {
         let id = HookId(self.next_hook);
         self.next_hook += 1;
-        self.pre_hooks.push((id, Some(Box::new(hook))));
+        self.pre_hooks
+            .push((id, Some(std::sync::Mutex::new(Box::new(hook)))));
         id
     }
 
@@ -681,7 +684,8 @@ impl Optimizer {
     ) -> HookId {
         let id = HookId(self.next_hook);
         self.next_hook += 1;
-        self.post_hooks.push((id, Some(Box::new(hook))));
+        self.post_hooks
+            .push((id, Some(std::sync::Mutex::new(Box::new(hook)))));
         id
     }
 

@@ -175,7 +175,10 @@ impl Optimizer {
             let Some(mut hook) = list(self, pre)[k].1.take() else {
                 continue; // running already (a hook that stepped the optimizer)
             };
-            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(self)));
+            let call = hook
+                .get_mut()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call(self)));
             // Back in its place, if it is still registered (it may have removed itself).
             if let Some(entry) = list(self, pre).iter_mut().find(|(h, _)| *h == id) {
                 entry.1 = Some(hook);
