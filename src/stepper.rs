@@ -210,10 +210,7 @@ impl Stepper {
                 SlotValue::Buffer(_) => unreachable!("checked: slot {n} is a scalar slot"),
             };
             program.eval_prologue(&self.hypers, p.state.step + 1, scalar, &mut values);
-            let block = prologue.kernel_scalars.iter();
-            blocks.extend(block.map(|&s| T::from_f64(values[s as usize])));
-            let update = prologue.state_updates.iter();
-            updates.extend(update.map(|&(slot, v)| (slot as usize, values[v as usize])));
+            program.push_prologue_results(&values, &mut blocks, &mut updates);
         }
         // Each parameter's buffers, cut into one batch per thread.
         let lens: Vec<usize> = params.iter().map(|p| p.param.len()).collect();

@@ -23,6 +23,14 @@ fn ok(args: &[&str]) -> String {
     run.stdout
 }
 
+/// Runs a command expected to succeed and print one JSON object per line; returns them.
+fn ok_json(args: &[&str]) -> Vec<serde_json::Value> {
+    ok(args)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect()
+}
+
 /// A file under Cargo's scratch directory for integration tests, holding `text`; the name
 /// carries the process id, so that concurrent test runs do not share it.
 fn scratch(name: &str, text: &str) -> PathBuf {
@@ -59,11 +67,7 @@ fn list_shows_every_builtin_with_defaults_and_state() {
 
 #[test]
 fn list_json_keeps_hyperparameter_order() {
-    let out = ok(&["list", "--json"]);
-    let lines: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
-        .collect();
+    let lines = ok_json(&["list", "--json"]);
     let names: Vec<&str> = lines.iter().filter_map(|v| v["name"].as_str()).collect();
     assert_eq!(names, optjit::optim::NAMES);
     let adam = &lines[optjit::optim::NAMES
@@ -303,10 +307,7 @@ fn bench_records(optimizers: &str) -> Vec<serde_json::Value> {
         "--quick",
         "--json",
     ];
-    ok(&args)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
-        .collect()
+    ok_json(&args)
 }
 
 #[test]
@@ -353,10 +354,7 @@ fn bench_compares_only_built_ins_with_their_native_loop() {
         "--quick",
         "--json",
     ];
-    let records: Vec<serde_json::Value> = ok(&args)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
-        .collect();
+    let records = ok_json(&args);
     let of = |label: &str, imp: &str| {
         records
             .iter()
@@ -385,10 +383,7 @@ fn bench_records_name_their_isa_and_compare_the_jit_with_the_128_bit_loop() {
         "--quick",
         "--json",
     ];
-    let records: Vec<serde_json::Value> = ok(&args)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
-        .collect();
+    let records = ok_json(&args);
     let of = |imp: &str| {
         records
             .iter()
@@ -419,10 +414,7 @@ fn bench_runs_many_small_tensors_alone() {
         "--quick",
         "--json",
     ];
-    let records: Vec<serde_json::Value> = ok(&args)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
-        .collect();
+    let records = ok_json(&args);
     let layouts: Vec<(u64, u64, &str)> = records
         .iter()
         .map(|r| {

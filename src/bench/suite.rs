@@ -42,6 +42,16 @@ pub enum Impl {
 }
 
 impl Impl {
+    /// The instruction set a handwritten loop runs with: the CPU's best for `native`, the
+    /// portable baseline for `native128`; `None` for the others.
+    fn native_isa(self) -> Option<Isa> {
+        match self {
+            Impl::Native => Some(Isa::best()),
+            Impl::Native128 => Some(Isa::Portable),
+            _ => None,
+        }
+    }
+
     /// Every implementation, in table order.
     pub const ALL: [Impl; 8] = [
         Impl::Jit,
@@ -342,9 +352,7 @@ pub fn run(config: &Config, mut progress: impl FnMut(usize, usize, &str)) -> Res
     let jit_isa = jit.isa_name();
     let isa = |imp: Impl| match imp {
         Impl::Jit => Some(jit_isa.as_str()),
-        Impl::Native => Some(Isa::best().name()),
-        Impl::Native128 => Some(Isa::Portable.name()),
-        _ => None,
+        _ => imp.native_isa().map(Isa::name),
     };
     for (name, graph) in &config.optimizers {
         let bytes = bytes_per_element(graph)?;
@@ -385,16 +393,11 @@ pub fn run(config: &Config, mut progress: impl FnMut(usize, usize, &str)) -> Res
                                 Floor::Axpy.bytes_per_element(),
                             ))
                         }
-                        Impl::Native | Impl::Native128 => match native {
-                            Some(native) => {
-                                let on = if imp == Impl::Native {
-                                    Isa::best()
-                                } else {
-                                    Isa::Portable
-                                };
+                        Impl::Native | Impl::Native128 => match (native, imp.native_isa()) {
+                            (Some(native), Some(on)) => {
                                 Some((native_time(config, (native, on), n, threads)?, bytes))
                             }
-                            None => None,
+                            _ => None,
                         },
                         _ if n > config.interp_max && imp != Impl::Jit => None,
                         _ => {

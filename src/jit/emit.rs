@@ -113,6 +113,8 @@ struct SegmentVals {
 struct Reads {
     held: Vec<Option<Value>>,
     needs: BodyNeeds,
+    /// Whether the body reads some scalar it does not hold (from the block, at each use).
+    from_block: bool,
 }
 
 /// `0`, `1`, `-1` as `[scalar, vector]`, created in the entry block only when the stage
@@ -258,13 +260,18 @@ impl Translator<'_> {
         let held = needs.held(self.registers, self.n_consts);
         let ty = self.ty(width);
         let flags = self.flags.with_aligned();
+        let from_block = (0..held.len()).any(|k| needs.uses[k] > 0 && !held[k]);
         let held = (0..self.stage.n_scalars)
             .map(|k| {
                 let at = offset(k as usize * SCALAR_BYTES);
                 held[k as usize].then(|| self.b.ins().load(ty, flags, seg.block, at))
             })
             .collect();
-        Reads { held, needs }
+        Reads {
+            held,
+            needs,
+            from_block,
+        }
     }
 
     /// Emits the main, single-vector and scalar loops of one segment; returns the block
@@ -418,9 +425,10 @@ impl Translator<'_> {
         // reads from the segment record: the reads then depend on the copy, so Cranelift
         // keeps each one beside its use (where it becomes a memory operand) instead of
         // hoisting it out of the loop into a register.
-        let unheld =
-            (0..stage.n_scalars as usize).any(|k| needs.uses[k] > 0 && reads.held[k].is_none());
-        let block = unheld.then(|| self.b.ins().load(types::I64, self.flags, seg.record, 8));
+        // The block's address is the record's second word (byte 8).
+        let block = reads
+            .from_block
+            .then(|| self.b.ins().load(types::I64, self.flags, seg.record, 8));
 
         let mut vals: Vec<Option<Val>> = Vec::with_capacity(stage.body.len());
         for (inst, &live) in stage.body.iter().zip(&needs.live) {

@@ -142,8 +142,9 @@ struct JitInner {
     target: Target,
     /// Whether this host has every feature of `target`: kernels are compiled only if so.
     runs_here: bool,
-    /// The vector registers the loops may fill with scalars (see `emit::Machine`).
-    registers: usize,
+    /// What kernels are compiled for: the target's frontend configuration and the vector
+    /// registers the loops may fill with scalars.
+    machine: emit::Machine,
 }
 
 fn codegen<E: std::fmt::Display>(e: E) -> Error {
@@ -205,7 +206,10 @@ impl Jit {
             .finish(settings::Flags::new(flags))
             .map_err(codegen)?;
         let runs_here = target.runs_here();
-        let registers = registers.unwrap_or_else(|| target::vector_registers(&*isa));
+        let machine = emit::Machine {
+            frontend: isa.frontend_config(),
+            registers: registers.unwrap_or_else(|| target::vector_registers(&*isa)),
+        };
         let module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
         let ctx = module.make_context();
         Ok(Jit {
@@ -219,7 +223,7 @@ impl Jit {
                 stats: JitStats::default(),
                 target,
                 runs_here,
-                registers,
+                machine,
             })),
         })
     }
@@ -321,7 +325,7 @@ impl Jit {
         let JitInner {
             code,
             fctx,
-            registers,
+            machine,
             ..
         } = &mut *inner;
         let guard = code.module.lock().unwrap_or_else(|p| p.into_inner());
@@ -332,17 +336,13 @@ impl Jit {
             UserFuncName::user(0, 0),
             emit::signature(isa.default_call_conv()),
         );
-        let machine = emit::Machine {
-            frontend: module.target_config(),
-            registers: *registers,
-        };
         emit::build(
             &mut ctx.func,
             fctx,
             &program.stage,
             dtype,
             options.unroll,
-            machine,
+            *machine,
         );
         ctx.set_disasm(true);
         let compiled = ctx
@@ -359,7 +359,7 @@ impl Jit {
         program.stage.check()?;
         let mut inner = self.lock();
         // A fixed calling convention, so that the printed IR is the same on every host.
-        let machine = inner.machine();
+        let machine = inner.machine;
         let call_conv = CallConv::SystemV;
         let mut func =
             Function::with_name_signature(UserFuncName::user(0, 0), emit::signature(call_conv));
@@ -387,21 +387,12 @@ fn check_options(options: JitOptions) -> Result<()> {
 }
 
 impl JitInner {
-    fn machine(&self) -> emit::Machine {
-        let module = self.code.module.lock().unwrap_or_else(|p| p.into_inner());
-        let module = module.as_ref().expect("module lives as long as the Jit");
-        emit::Machine {
-            frontend: module.target_config(),
-            registers: self.registers,
-        }
-    }
-
     fn build(&mut self, key: &CacheKey) -> Result<Kernel> {
         let JitInner {
             code,
             ctx,
             fctx,
-            registers,
+            machine,
             ..
         } = self;
         let mut guard = code.module.lock().unwrap_or_else(|p| p.into_inner());
@@ -411,17 +402,13 @@ impl JitInner {
         module.clear_context(ctx);
         ctx.func.signature = sig;
         ctx.func.name = UserFuncName::user(0, id.as_u32());
-        let machine = emit::Machine {
-            frontend: module.target_config(),
-            registers: *registers,
-        };
         emit::build(
             &mut ctx.func,
             fctx,
             &key.stage,
             key.dtype,
             key.options.unroll,
-            machine,
+            *machine,
         );
         let defined = module.define_function(id, ctx);
         module.clear_context(ctx);

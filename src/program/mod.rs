@@ -171,6 +171,21 @@ impl Program {
         }
     }
 
+    /// Appends what a prologue run gave (`values`, from [`Program::eval_prologue`]): the
+    /// kernel scalars, rounded once to `T`, to `scalars`, and the new values of scalar state
+    /// slots, `(slot, value)`, to `updates`.
+    pub(crate) fn push_prologue_results<T: crate::Float>(
+        &self,
+        values: &[f64],
+        scalars: &mut Vec<T>,
+        updates: &mut Vec<(usize, f64)>,
+    ) {
+        let kernel = self.prologue.kernel_scalars.iter();
+        scalars.extend(kernel.map(|&s| T::from_f64(values[s as usize])));
+        let state = self.prologue.state_updates.iter();
+        updates.extend(state.map(|&(slot, v)| (slot as usize, values[v as usize])));
+    }
+
     /// Wraps the program for printing with element types of `dtype`.
     pub fn display(&self, dtype: DType) -> ProgramDisplay<'_> {
         ProgramDisplay {

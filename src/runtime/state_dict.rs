@@ -651,27 +651,22 @@ impl Optimizer {
 
     fn apply_loaded(&mut self, l: Loaded) {
         let p = self.params[l.param].clone();
-        let slots = (self.element_inits.len(), self.huge_pages);
         let range = p.offset..p.offset + p.len;
         match p.dtype {
-            DType::F32 => write_buffers(&mut self.groups[p.group].f32, slots, range, &l.buffers),
-            DType::F64 => write_buffers(&mut self.groups[p.group].f64, slots, range, &l.buffers),
+            DType::F32 => write_buffers(&mut self.groups[p.group].f32, range, &l.buffers),
+            DType::F64 => write_buffers(&mut self.groups[p.group].f64, range, &l.buffers),
         }
         self.state[l.param] = Some(l.state);
     }
 }
 
-/// Writes a parameter's loaded state `buffers` into `range` of `store`'s element slots,
-/// allocating the slots first if needed (`(count, huge)` as for `FlatStore::ensure_slots`).
+/// Writes a parameter's loaded state `buffers` into `range` of `store`'s element slots, which
+/// `load_state_dict` allocated before applying anything.
 fn write_buffers<T: Float>(
     store: &mut super::FlatStore<T>,
-    (n_elem, huge): (usize, bool),
     range: std::ops::Range<usize>,
     buffers: &[TensorData],
 ) {
-    store
-        .ensure_slots(n_elem, huge)
-        .expect("load_state_dict allocated the slots before applying");
     for (slot, data) in store.slots.iter_mut().zip(buffers) {
         slot.as_mut_slice()[range.clone()].copy_from_slice(&data.to_vec::<T>());
     }

@@ -262,15 +262,10 @@ impl Optimizer {
                 Some(key) => key,
                 None => {
                     program.eval_prologue(&hypers, step + 1, |n| scalars[n], &mut values);
-                    let updates = prologue.state_updates.iter();
-                    plan.updates
-                        .extend(updates.map(|&(slot, v)| (slot as usize, values[v as usize])));
                     // The new block goes at the end; it stays there only if no recent block
                     // has the same bits.
                     let blocks = plan.blocks.len() / n_scalars.max(1);
-                    let block = prologue.kernel_scalars.iter();
-                    plan.blocks
-                        .extend(block.map(|&s| T::from_f64(values[s as usize])));
+                    program.push_prologue_results(&values, &mut plan.blocks, &mut plan.updates);
                     let found = recent(blocks, |b| same_block(plan.block(b), plan.block(blocks)));
                     let index = match found {
                         Some(b) => {
@@ -321,17 +316,14 @@ impl Optimizer {
         let mut pieces = Pieces::with_capacity(batches.pieces.len(), slots);
         let mut next = batches.pieces.iter().peekable();
         let mut first_run = 0;
-        let huge = self.huge_pages;
         for (group, plan) in self.groups.iter_mut().zip(plans) {
             let runs = first_run..first_run + plan.runs.len();
             first_run = runs.end;
             if plan.members.is_empty() {
                 continue;
             }
+            // Its slots exist: `run_pass` allocated them before any kernel ran.
             let store = group.store_mut::<T>();
-            store
-                .ensure_slots(slots, huge)
-                .expect("run_pass allocated the slots before any kernel ran");
             for (slot, &init) in store.slots.iter_mut().zip(&elem_inits) {
                 for &(offset, len) in &plan.fresh {
                     slot.as_mut_slice()[offset..offset + len].fill(init);
