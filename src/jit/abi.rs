@@ -157,18 +157,12 @@ fn fill<T: Float>(
     }
     records.clear();
     scalars.clear();
-    let too_many = |what| Error::OutOfMemory {
-        what,
-        bytes: usize::MAX,
-    };
-    let table = "the kernel's segment table";
-    let words = words.checked_mul(segments.len()).ok_or(too_many(table))?;
-    reserve(records, words, table)?;
+    let words = words.checked_mul(segments.len());
+    reserve(records, words, "the kernel's segment table")?;
     // At least one vector, so that the pointer is valid even with no scalars. Pushing never
-    // moves the vectors then (the caller checks that it did not).
-    let what = "the kernel's scalars";
-    let vectors = blocks.checked_mul(n_scalars).ok_or(too_many(what))?;
-    reserve(scalars, vectors.max(1), what)?;
+    // moves the vectors then (checked below).
+    let vectors = blocks.checked_mul(n_scalars).map(|v| v.max(1));
+    reserve(scalars, vectors, "the kernel's scalars")?;
     let base = scalars.as_ptr();
     previous = None;
     for seg in segments.iter_mut() {
@@ -194,12 +188,14 @@ fn fill<T: Float>(
     Ok(())
 }
 
-/// Room for `n` more elements in `v`, or [`Error::OutOfMemory`].
-fn reserve<E>(v: &mut Vec<E>, n: usize, what: &'static str) -> Result<()> {
-    v.try_reserve(n).map_err(|_| Error::OutOfMemory {
-        what,
-        bytes: n.saturating_mul(std::mem::size_of::<E>()),
-    })
+/// Room for `n` more elements in `v` (`None`: more than a `usize` counts), or
+/// [`Error::OutOfMemory`].
+fn reserve<E>(v: &mut Vec<E>, n: Option<usize>, what: &'static str) -> Result<()> {
+    let bytes = n.map_or(usize::MAX, |n| n.saturating_mul(std::mem::size_of::<E>()));
+    match n.map(|n| v.try_reserve(n)) {
+        Some(Ok(())) => Ok(()),
+        _ => Err(Error::OutOfMemory { what, bytes }),
+    }
 }
 
 /// Owns a JIT module and frees its code memory when the last kernel using it is gone.
