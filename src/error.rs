@@ -110,12 +110,23 @@ pub enum Error {
         actual: usize,
     },
     /// User mistake: a hand-made or deserialized program whose stage is ill-formed (operands
-    /// out of range or referring forward, a store to the grad, a scalar-only op per element),
-    /// or a stage beyond the executors' limits (`Stage::MAX_SCALARS`, `Stage::MAX_STREAMS`).
+    /// out of range or referring forward, a store to the grad, a scalar-only op per element).
     #[error("invalid program: {reason}")]
     InvalidProgram {
         /// What is wrong.
         reason: String,
+    },
+    /// User mistake: a program whose per-element stage has more instructions, streams or
+    /// scalars than any executor accepts (`Stage::MAX_INSTRUCTIONS`, `Stage::MAX_STREAMS`,
+    /// `Stage::MAX_SCALARS`); found before any code is generated.
+    #[error("the program is too large: its per-element stage has {count} {what}, at most {limit} are allowed")]
+    ProgramTooLarge {
+        /// `instructions`, `streams` (param, grad and element state slots) or `scalars`.
+        what: &'static str,
+        /// How many the stage has.
+        count: usize,
+        /// The limit.
+        limit: usize,
     },
     /// User mistake: an expression from one builder used in another.
     #[error("an expression from a different builder was used")]
@@ -146,14 +157,6 @@ pub enum Error {
         expected: usize,
         /// The length given.
         actual: usize,
-    },
-    /// User mistake: a buffer is not aligned to its element size.
-    #[error("{what} is not aligned to {align} bytes")]
-    Misaligned {
-        /// Which buffer.
-        what: String,
-        /// The alignment required.
-        align: usize,
     },
     /// User mistake: two buffers overlap and at least one is written.
     #[error("{first} overlaps {second}; written buffers must not alias any other buffer")]

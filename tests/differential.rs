@@ -364,6 +364,17 @@ fn every_builtin_stage_agrees_across_executors() {
     }
 }
 
+/// Stages far wider than the registers (a hundred states whose new values are all live until
+/// the update sums them; two hundred values live at once), which the JIT compiles with
+/// Cranelift's single-pass register allocator, agree bit for bit too.
+#[test]
+fn large_kernels_agree_across_executors() {
+    let jit = Jit::new().unwrap();
+    for source in [common::hostile::states(100), common::hostile::live(200)] {
+        check_graph(&jit, &optjit::text::parse(&source).unwrap());
+    }
+}
+
 /// With no register to hold them, every loop reads every scalar from the scalar block at each
 /// use (the path of stages wider than the registers, as memory operands where Cranelift can
 /// fold them): every op and every built-in still agree bit for bit.

@@ -228,6 +228,9 @@ fn malformed_stages_never_reach_generated_code() {
     too_many_scalars.stage.body[0] = ElemInst::new(Op::Add, &[ElemArg::Load(1), last]);
     let mut too_many_streams = good.clone();
     too_many_streams.stage.n_streams = optjit::program::Stage::MAX_STREAMS + 1;
+    let mut too_many_instructions = good.clone();
+    let first = too_many_instructions.stage.body[0];
+    too_many_instructions.stage.body = vec![first; optjit::program::Stage::MAX_INSTRUCTIONS + 1];
     for (name, bad) in [
         ("store to grad", &store_to_grad),
         ("forward reference", &forward_ref),
@@ -235,12 +238,21 @@ fn malformed_stages_never_reach_generated_code() {
         ("scalar-only op", &scalar_only),
         ("too many scalars", &too_many_scalars),
         ("too many streams", &too_many_streams),
+        ("too many instructions", &too_many_instructions),
     ] {
         let err = jit
             .compile(bad, DType::F32)
             .err()
             .unwrap_or_else(|| panic!("{name} compiled"));
-        assert!(matches!(err, Error::InvalidProgram { .. }), "{name}: {err}");
+        let too_large = name.starts_with("too many ");
+        assert!(
+            match err {
+                Error::ProgramTooLarge { what, .. } => too_large && name.ends_with(what),
+                Error::InvalidProgram { .. } => !too_large,
+                _ => false,
+            },
+            "{name}: {err}"
+        );
         assert!(
             matches!(verify_program(bad, "test"), Err(Error::Verify { .. })),
             "{name}"
@@ -256,11 +268,11 @@ fn malformed_stages_never_reach_generated_code() {
         }];
         assert!(matches!(
             optjit::interp::run_reference(&bad.stage, &mut seg),
-            Err(Error::InvalidProgram { .. })
+            Err(Error::InvalidProgram { .. } | Error::ProgramTooLarge { .. })
         ));
         assert!(matches!(
             optjit::interp::run_eager(&bad.stage, &mut seg),
-            Err(Error::InvalidProgram { .. })
+            Err(Error::InvalidProgram { .. } | Error::ProgramTooLarge { .. })
         ));
     }
     // The JIT still works after rejecting them.

@@ -132,3 +132,51 @@ fn the_unroll_factor_follows_the_stage() {
     assert_eq!(unroll("radamw"), 1, "many scalars, no condition");
     assert_eq!(unroll("radam"), 1, "many scalars, two conditions");
 }
+
+/// The cache holds at most its capacity: compiling into a full cache empties it, and the
+/// kernels compiled before keep running (their code memory lives as long as they do).
+#[test]
+fn the_cache_is_bounded_and_evicted_kernels_stay_valid() {
+    let jit = Jit::new().unwrap();
+    jit.set_cache_capacity(2);
+    let names = ["sgd", "lion", "adam", "adamw", "rmsprop"];
+    let programs: Vec<_> = names
+        .iter()
+        .map(|name| passes::compile(&optjit::optim::by_name(name).unwrap()).unwrap())
+        .collect();
+    let kernels: Vec<_> = programs
+        .iter()
+        .map(|p| jit.compile(p, DType::F32).unwrap())
+        .collect();
+    assert!(jit.cached() <= 2, "{} kernels cached", jit.cached());
+    let stats = jit.stats();
+    assert_eq!((stats.compiles, stats.evicted), (5, 4));
+    // The first kernel, evicted twice over, runs and computes what a fresh JIT's does.
+    let fresh = Jit::new()
+        .unwrap()
+        .compile(&programs[0], DType::F32)
+        .unwrap();
+    let run = |kernel: &optjit::Kernel| {
+        let (mut p, g) = (vec![1.0f32; 37], vec![0.5f32; 37]);
+        let scalars = vec![0.25f32; programs[0].stage.n_scalars as usize];
+        let mut state: Vec<Vec<f32>> = (2..programs[0].stage.n_streams)
+            .map(|_| vec![0.125f32; 37])
+            .collect();
+        let mut state: Vec<&mut [f32]> = state.iter_mut().map(|s| s.as_mut_slice()).collect();
+        kernel
+            .run(&mut [optjit::Segment {
+                param: &mut p,
+                grad: &g,
+                state: &mut state,
+                scalars: &scalars,
+            }])
+            .unwrap();
+        p
+    };
+    let ours = run(&kernels[0]);
+    assert_ne!(ours, vec![1.0f32; 37], "the step moved the parameters");
+    assert_eq!(ours, run(&fresh));
+    // Compiling an evicted program again compiles it.
+    jit.compile(&programs[0], DType::F32).unwrap();
+    assert_eq!(jit.stats().compiles, 6);
+}

@@ -12,12 +12,12 @@ use crate::segment::Segment;
 use crate::{DType, Error, Float, Result};
 use abi::{CodeOwner, Entry};
 use cranelift_codegen::ir::{Function, UserFuncName};
-use cranelift_codegen::isa::CallConv;
+use cranelift_codegen::isa::{CallConv, OwnedTargetIsa, TargetIsa};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_codegen::Context;
 use cranelift_frontend::FunctionBuilderContext;
 use cranelift_jit::{JITBuilder, JITModule};
-use cranelift_module::{default_libcall_names, Module};
+use cranelift_module::{default_libcall_names, FuncId, Module, ModuleReloc};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -49,13 +49,19 @@ impl JitOptions {
     /// compiles faster.
     pub const MANY_SCALARS: u32 = 10;
 
+    /// Stages of more instructions than this are not unrolled: the loop's own two or three
+    /// instructions are nothing beside such a body, and each copy costs compile time. No
+    /// built-in comes near (the largest, Adan, has 24).
+    pub const LARGE_BODY: usize = 256;
+
     /// The options [`Jit::compile`] uses for `stage`: the unroll factor by the stage's kind.
     pub fn for_stage(stage: &Stage) -> JitOptions {
         let divides = stage
             .body
             .iter()
             .any(|i| matches!(i.op, crate::ir::Op::Div | crate::ir::Op::Sqrt));
-        let unroll = if stage.n_scalars >= Self::MANY_SCALARS {
+        let unroll = if stage.n_scalars >= Self::MANY_SCALARS || stage.body.len() > Self::LARGE_BODY
+        {
             1
         } else if divides {
             Self::DIVIDER_BOUND_UNROLL
@@ -90,6 +96,8 @@ pub struct JitStats {
     pub hits: u64,
     /// Total time spent compiling.
     pub compile_time: Duration,
+    /// Kernels dropped from the cache because it was full (see [`Jit::CACHE_CAPACITY`]).
+    pub evicted: u64,
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -134,7 +142,15 @@ pub struct Jit {
 }
 
 struct JitInner {
+    /// The code module new kernels go into; replaced when the cache is emptied.
     code: Arc<CodeOwner>,
+    /// The ISA most kernels are compiled with (Cranelift's backtracking register allocator).
+    isa: OwnedTargetIsa,
+    /// The same ISA with the single-pass register allocator, for large kernels (see
+    /// [`emit::is_large`]).
+    large_isa: OwnedTargetIsa,
+    /// The most kernels the cache holds before it is emptied.
+    capacity: usize,
     ctx: Context,
     fctx: FunctionBuilderContext,
     cache: HashMap<CacheKey, Kernel>,
@@ -198,11 +214,22 @@ impl Jit {
             ("is_pic", "false"),
             ("use_colocated_libcalls", "false"),
             ("enable_verifier", verifier),
+            // A kernel whose frame outgrows a page (a large one's spilled values) probes
+            // each page as it grows, so that it faults on the thread's guard page instead
+            // of writing past it; smaller frames, every built-in's, have no probe.
+            ("enable_probestack", "true"),
+            ("probestack_strategy", "inline"),
         ] {
             flags.set(name, value).map_err(codegen)?;
         }
-        let isa = target
-            .isa_builder()?
+        let builder = target.isa_builder()?;
+        let isa = builder
+            .finish(settings::Flags::new(flags.clone()))
+            .map_err(codegen)?;
+        flags
+            .set("regalloc_algorithm", "single_pass")
+            .map_err(codegen)?;
+        let large_isa = builder
             .finish(settings::Flags::new(flags))
             .map_err(codegen)?;
         let runs_here = target.runs_here();
@@ -210,13 +237,16 @@ impl Jit {
             frontend: isa.frontend_config(),
             registers: registers.unwrap_or_else(|| target::vector_registers(&*isa)),
         };
-        let module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
+        let module = JITModule::new(JITBuilder::with_isa(isa.clone(), default_libcall_names()));
         let ctx = module.make_context();
         Ok(Jit {
             inner: Arc::new(Mutex::new(JitInner {
                 code: Arc::new(CodeOwner {
                     module: Mutex::new(Some(module)),
                 }),
+                isa,
+                large_isa,
+                capacity: Self::CACHE_CAPACITY,
                 ctx,
                 fctx: FunctionBuilderContext::new(),
                 cache: HashMap::new(),
@@ -237,13 +267,7 @@ impl Jit {
     /// and its enabled SIMD features, e.g. `x86_64 sse3 ssse3 sse41 sse42 avx avx2 fma` (what `optjit bench`
     /// records beside each JIT row).
     pub fn isa_name(&self) -> String {
-        let inner = self.lock();
-        let module = inner.code.module.lock().unwrap_or_else(|p| p.into_inner());
-        let isa = module
-            .as_ref()
-            .expect("module lives as long as the Jit")
-            .isa();
-        target::describe(isa)
+        target::describe(&*self.lock().isa)
     }
 
     /// The process-wide JIT used by default.
@@ -303,12 +327,49 @@ impl Jit {
             return Ok(kernel);
         }
         program.stage.check()?;
+        if inner.cache.len() >= inner.capacity {
+            inner.empty_cache();
+        }
         let start = Instant::now();
         let kernel = inner.build(&key)?;
         inner.stats.compiles += 1;
         inner.stats.compile_time += start.elapsed();
         inner.cache.insert(key, kernel.clone());
         Ok(kernel)
+    }
+
+    /// The most kernels a [`Jit`]'s cache holds (≈ 6.5 KB of code each, about 7 MB in all).
+    /// When a kernel is compiled into a full cache, the cache is emptied first and later
+    /// kernels go into new code memory: the kernels already handed out stay valid, and the
+    /// memory of the evicted ones is returned once the last of them is dropped. A program
+    /// keeps its kernel as long as it runs, so only a process that builds thousands of
+    /// distinct optimizers recompiles any.
+    pub const CACHE_CAPACITY: usize = 1024;
+
+    /// Sets how many kernels the cache holds before it is emptied (at least 1; the default
+    /// is [`Jit::CACHE_CAPACITY`]). A cache already fuller is emptied at the next compile.
+    ///
+    /// ```
+    /// use optjit::{optim, passes, DType, Jit};
+    ///
+    /// let jit = Jit::new()?;
+    /// jit.set_cache_capacity(1);
+    /// let sgd = passes::compile(&optim::by_name("sgd").expect("a built-in"))?;
+    /// let adam = passes::compile(&optim::by_name("adam").expect("a built-in"))?;
+    /// let kernel = jit.compile(&sgd, DType::F32)?;
+    /// jit.compile(&adam, DType::F32)?; // evicts sgd's kernel, which stays usable
+    /// jit.compile(&sgd, DType::F32)?; // compiled again
+    /// assert_eq!((jit.stats().compiles, jit.stats().evicted), (3, 2));
+    /// # drop(kernel);
+    /// # Ok::<(), optjit::Error>(())
+    /// ```
+    pub fn set_cache_capacity(&self, kernels: usize) {
+        self.lock().capacity = kernels.max(1);
+    }
+
+    /// How many kernels the cache holds now.
+    pub fn cached(&self) -> usize {
+        self.lock().cache.len()
     }
 
     /// The machine code of `program`'s kernel for `dtype`, as Cranelift's disassembly of its
@@ -322,15 +383,8 @@ impl Jit {
         check_options(options)?;
         program.stage.check()?;
         let mut inner = self.lock();
-        let JitInner {
-            code,
-            fctx,
-            machine,
-            ..
-        } = &mut *inner;
-        let guard = code.module.lock().unwrap_or_else(|p| p.into_inner());
-        let module = guard.as_ref().expect("module lives as long as the Jit");
-        let isa = module.isa();
+        let isa = inner.isa_for(&program.stage);
+        let JitInner { fctx, machine, .. } = &mut *inner;
         let mut ctx = Context::new();
         ctx.func = Function::with_name_signature(
             UserFuncName::user(0, 0),
@@ -346,7 +400,7 @@ impl Jit {
         );
         ctx.set_disasm(true);
         let compiled = ctx
-            .compile(isa, &mut Default::default())
+            .compile(&*isa, &mut Default::default())
             .map_err(|e| codegen(format!("{:?}", e.inner)))?;
         Ok(compiled.vcode.clone().unwrap_or_default())
     }
@@ -375,6 +429,29 @@ impl Jit {
     }
 }
 
+/// Compiles `ctx`'s function with `isa` (the module's own, or the same target with another
+/// register allocator) and defines it as `id` in `module`.
+fn define(
+    module: &mut JITModule,
+    id: FuncId,
+    ctx: &mut Context,
+    isa: &dyn TargetIsa,
+) -> Result<()> {
+    ctx.compile(isa, &mut Default::default())
+        .map_err(|e| codegen(format!("{:?}", e.inner)))?;
+    let compiled = ctx.compiled_code().expect("compiled above");
+    let alignment = u64::from(compiled.buffer.alignment);
+    let relocs: Vec<ModuleReloc> = compiled
+        .buffer
+        .relocs()
+        .iter()
+        .map(|reloc| ModuleReloc::from_mach_reloc(reloc, &ctx.func, id))
+        .collect();
+    module
+        .define_function_bytes(id, alignment, compiled.code_buffer(), &relocs)
+        .map_err(codegen)
+}
+
 fn check_options(options: JitOptions) -> Result<()> {
     if matches!(options.unroll, 1 | 2 | 4 | 8) {
         Ok(())
@@ -387,7 +464,32 @@ fn check_options(options: JitOptions) -> Result<()> {
 }
 
 impl JitInner {
+    /// The ISA `stage`'s kernel is compiled with: Cranelift's backtracking register
+    /// allocator, or its single-pass one for a large kernel (see [`emit::is_large`]).
+    fn isa_for(&self, stage: &Stage) -> OwnedTargetIsa {
+        if emit::is_large(stage) {
+            self.large_isa.clone()
+        } else {
+            self.isa.clone()
+        }
+    }
+
+    /// Empties the cache; later kernels go into a new code module (the old one lives as
+    /// long as a kernel compiled into it).
+    fn empty_cache(&mut self) {
+        let module = JITModule::new(JITBuilder::with_isa(
+            self.isa.clone(),
+            default_libcall_names(),
+        ));
+        self.code = Arc::new(CodeOwner {
+            module: Mutex::new(Some(module)),
+        });
+        self.stats.evicted += self.cache.len() as u64;
+        self.cache.clear();
+    }
+
     fn build(&mut self, key: &CacheKey) -> Result<Kernel> {
+        let isa = self.isa_for(&key.stage);
         let JitInner {
             code,
             ctx,
@@ -397,7 +499,7 @@ impl JitInner {
         } = self;
         let mut guard = code.module.lock().unwrap_or_else(|p| p.into_inner());
         let module = guard.as_mut().expect("module lives as long as the Jit");
-        let sig = emit::signature(module.isa().default_call_conv());
+        let sig = emit::signature(isa.default_call_conv());
         let id = module.declare_anonymous_function(&sig).map_err(codegen)?;
         module.clear_context(ctx);
         ctx.func.signature = sig;
@@ -410,9 +512,9 @@ impl JitInner {
             key.options.unroll,
             *machine,
         );
-        let defined = module.define_function(id, ctx);
+        let defined = define(module, id, ctx, &*isa);
         module.clear_context(ctx);
-        defined.map_err(codegen)?;
+        defined?;
         let entry = Entry::finalize(module, id, key.dtype)?;
         drop(guard);
         Ok(Kernel {

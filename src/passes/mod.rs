@@ -83,6 +83,9 @@ fn compile_with(graph: &Graph, mut observe: impl FnMut(&'static str, String)) ->
     if cfg!(debug_assertions) {
         verify_program(&program, HOIST)?;
     }
+    // Within the executors' limits (`Stage::MAX_INSTRUCTIONS`, ...): a program too large to
+    // compile is an error here, not at its first step.
+    program.stage.check()?;
     Ok(program)
 }
 

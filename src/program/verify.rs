@@ -45,7 +45,10 @@ pub fn verify_program(p: &Program, pass: &'static str) -> Result<()> {
     if p.stage.n_streams as usize != 2 + p.element_slots().count() {
         return fail("stream count differs from the element slots".to_string());
     }
-    check_stage(&p.stage).or_else(fail)
+    p.stage.check().or_else(|e| match e {
+        Error::InvalidProgram { reason } => fail(reason),
+        e => fail(e.to_string()),
+    })
 }
 
 impl Stage {
@@ -56,6 +59,22 @@ impl Stage {
     /// Stages made by [`crate::passes::compile`] always are; the JIT and the interpreters
     /// check anyway, since `Stage`'s fields are public and it can be deserialized.
     pub fn check(&self) -> Result<()> {
+        let too_large = [
+            (
+                "streams",
+                self.n_streams as usize,
+                Stage::MAX_STREAMS as usize,
+            ),
+            (
+                "scalars",
+                self.n_scalars as usize,
+                Stage::MAX_SCALARS as usize,
+            ),
+            ("instructions", self.body.len(), Stage::MAX_INSTRUCTIONS),
+        ];
+        if let Some(&(what, count, limit)) = too_large.iter().find(|(_, n, max)| n > max) {
+            return Err(Error::ProgramTooLarge { what, count, limit });
+        }
         check_stage(self).map_err(|reason| Error::InvalidProgram { reason })
     }
 
@@ -65,19 +84,15 @@ impl Stage {
 
     /// The most streams (param, grad and element state slots) a stage may have.
     pub const MAX_STREAMS: u32 = 1 << 12;
+
+    /// The most instructions a stage may have: far above any optimizer's (Adan's 24), and
+    /// few enough that the JIT compiles any stage within the limits in about a second
+    /// (README, "Limits").
+    pub const MAX_INSTRUCTIONS: usize = 1 << 15;
 }
 
 /// The stage's own invariants; `Err` says what is wrong.
 fn check_stage(stage: &Stage) -> std::result::Result<(), String> {
-    if stage.n_scalars > Stage::MAX_SCALARS || stage.n_streams > Stage::MAX_STREAMS {
-        return Err(format!(
-            "{} scalars and {} streams; at most {} and {}",
-            stage.n_scalars,
-            stage.n_streams,
-            Stage::MAX_SCALARS,
-            Stage::MAX_STREAMS
-        ));
-    }
     if stage.n_streams < 2 {
         return Err(format!(
             "{} streams; param and grad are always there",

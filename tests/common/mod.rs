@@ -4,9 +4,11 @@
 // Each test crate compiles this module and uses its own subset of it.
 #![allow(dead_code)]
 
+pub mod hostile;
 pub mod text;
 
-use optjit::{DType, Float, Stepper};
+use optjit::ir::Op;
+use optjit::{Builder, DType, Float, Graph, Stepper};
 use std::path::Path;
 use std::process::Command;
 
@@ -113,4 +115,69 @@ pub fn run_optjit(dir: &Path, args: &[&str]) -> Run {
         stdout: String::from_utf8(out.stdout).expect("UTF-8 stdout"),
         stderr: String::from_utf8(out.stderr).expect("UTF-8 stderr"),
     }
+}
+
+/// A random graph: leaves, states, constants and operations created in a random order
+/// (with dead values and late leaves), outputs set at random points, some more than once.
+pub fn random_graph(seed: u64) -> Graph {
+    let mut rng = SplitMix64::new(seed);
+    let b = Builder::new("random");
+    // Each value with whether it is a per-step scalar.
+    let mut pool = vec![(b.hyper("lr", 0.1), true), (b.hyper("b1", 0.9), true)];
+    let mut slots: Vec<(String, bool, bool)> = Vec::new(); // name, scalar, assigned
+    let mut param_set = false;
+    let constants = [0.0, -0.0, 1.0, -2.0, 0.5, 1e-8, f64::INFINITY, f64::NAN];
+    for _ in 0..(5 + rng.below(40)) {
+        let pick = |rng: &mut SplitMix64| pool[rng.below(pool.len() as u64) as usize];
+        match rng.below(10) {
+            0 => {
+                let leaf = rng.below(3);
+                pool.push(([b.param(), b.grad(), b.step()][leaf as usize], leaf == 2));
+            }
+            1 if slots.len() < 4 => {
+                let name = format!("s{}", slots.len());
+                let scalar = rng.below(3) == 0;
+                let init = constants[rng.below(8) as usize];
+                let value = if scalar {
+                    b.scalar_state(&name, init)
+                } else {
+                    b.state(&name, init)
+                };
+                pool.push((value, scalar));
+                slots.push((name, scalar, false));
+            }
+            2 => pool.push((b.constant(constants[rng.below(8) as usize]), true)),
+            3 if !slots.is_empty() => {
+                let slot = rng.below(slots.len() as u64) as usize;
+                let (value, scalar) = pick(&mut rng);
+                if scalar || !slots[slot].1 {
+                    b.set_state(&slots[slot].0, value).unwrap();
+                    slots[slot].2 = true;
+                }
+            }
+            4 => {
+                b.set_param(pick(&mut rng).0);
+                param_set = true;
+            }
+            _ => {
+                let op = Op::ALL[rng.below(Op::ALL.len() as u64) as usize];
+                let mut args: Vec<_> = (0..op.arity()).map(|_| pick(&mut rng)).collect();
+                if op.scalar_only() && args.iter().any(|a| !a.1) {
+                    args = vec![(b.step(), true); op.arity()];
+                }
+                let scalar = args.iter().all(|a| a.1);
+                let exprs: Vec<_> = args.iter().map(|a| a.0).collect();
+                pool.push((b.apply(op, &exprs), scalar));
+            }
+        }
+    }
+    if !param_set {
+        b.set_param(pool.last().unwrap().0);
+    }
+    for (name, _, assigned) in &slots {
+        if !assigned {
+            b.set_state(name, b.step()).unwrap();
+        }
+    }
+    b.finish().unwrap()
 }
