@@ -223,5 +223,62 @@ pub enum Error {
     },
 }
 
+/// Whose mistake an [`Error`] is, as each variant's doc says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// A bad definition or bad input: fix the call.
+    UserMistake,
+    /// optjit contradicted itself (a verifier or Cranelift caught it): please report it.
+    InternalBug,
+    /// The machine or the system: a file, memory, a CPU the JIT does not support.
+    Environment,
+}
+
+impl Error {
+    /// Whose mistake this is.
+    ///
+    /// ```
+    /// use optjit::{Error, ErrorKind};
+    ///
+    /// let e = optjit::text::parse("optimizer x() { param = nope }").unwrap_err();
+    /// assert_eq!(e.kind(), ErrorKind::UserMistake);
+    /// let e = Error::OutOfMemory { what: "state", bytes: 1 << 40 };
+    /// assert_eq!(e.kind(), ErrorKind::Environment);
+    /// ```
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Verify { .. } | Error::Codegen { .. } => ErrorKind::InternalBug,
+            Error::Io { .. } | Error::HostUnsupported { .. } | Error::OutOfMemory { .. } => {
+                ErrorKind::Environment
+            }
+            Error::DuplicateName { .. }
+            | Error::ReservedName { .. }
+            | Error::UnknownOptimizer { .. }
+            | Error::UnsupportedOption { .. }
+            | Error::UnknownParam { .. }
+            | Error::DuplicateParam { .. }
+            | Error::UnknownGroup { .. }
+            | Error::InvalidStateDict { .. }
+            | Error::UnknownSlot { .. }
+            | Error::UnknownHyper { .. }
+            | Error::OutputNotSet { .. }
+            | Error::ScalarRequired { .. }
+            | Error::Arity { .. }
+            | Error::InvalidProgram { .. }
+            | Error::ProgramTooLarge { .. }
+            | Error::ForeignExpr
+            | Error::InvalidOption { .. }
+            | Error::StateMismatch { .. }
+            | Error::LengthMismatch { .. }
+            | Error::Aliasing { .. }
+            | Error::DTypeMismatch { .. }
+            | Error::EvalMode
+            | Error::StepOverflow
+            | Error::Text(_)
+            | Error::InvalidName { .. } => ErrorKind::UserMistake,
+        }
+    }
+}
+
 /// `Result` with optjit's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

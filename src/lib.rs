@@ -49,7 +49,9 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+#[cfg(feature = "cli")]
 pub mod bench;
+#[cfg(feature = "cli")]
 pub mod conformance;
 mod dtype;
 mod error;
@@ -65,7 +67,7 @@ mod stepper;
 pub mod text;
 
 pub use dtype::{DType, Float};
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use ir::{Builder, Expr, Graph};
 pub use jit::{Jit, JitOptions, Kernel, Target};
 pub use program::Program;

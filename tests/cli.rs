@@ -2,6 +2,9 @@
 //! `bench` with built-ins and `.opt` files, help texts, exit codes, error messages, and a
 //! reader that closes the pipe early. Printed IR is snapshotted; machine code never is.
 
+// The command line and `optjit::bench`/`conformance` come with the `cli` feature.
+#![cfg(feature = "cli")]
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -1,6 +1,9 @@
 //! `optjit conformance`: every vendored PyTorch case passes through the optimizer runtime,
 //! and cases that cannot run are named and make the command fail.
 
+// The command line and `optjit::bench`/`conformance` come with the `cli` feature.
+#![cfg(feature = "cli")]
+
 mod common;
 
 use std::path::{Path, PathBuf};

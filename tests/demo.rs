@@ -1,6 +1,9 @@
 //! `optjit demo`, the first command a newcomer runs: its loss table, its chart, the optimizer
 //! it reads from text, and its errors.
 
+// The command line and `optjit::bench`/`conformance` come with the `cli` feature.
+#![cfg(feature = "cli")]
+
 use std::path::{Path, PathBuf};
 
 mod common;

@@ -4,6 +4,9 @@
 //! --release --test hostile -- --nocapture`); the README's limits table quotes them from a
 //! release build.
 
+// The command line and `optjit::bench`/`conformance` come with the `cli` feature.
+#![cfg(feature = "cli")]
+
 mod common;
 
 use common::hostile::{cases, Expect};

@@ -1,6 +1,9 @@
 //! `optjit::bench`: every native loop, in every version this CPU runs, equals the JIT bit for
 //! bit; its errors are typed and change nothing; the floor kernels compute what they say.
 
+// The command line and `optjit::bench`/`conformance` come with the `cli` feature.
+#![cfg(feature = "cli")]
+
 mod common;
 
 use common::SplitMix64;

@@ -174,7 +174,7 @@ pub struct GraphFlags {
 /// Fails with [`Error::InvalidName`] unless `name` is an identifier that is not a keyword of
 /// the text form (so every graph can be written as text, and state dict keys stay parsable).
 pub(crate) fn check_name(name: &str) -> Result<()> {
-    if crate::text::is_identifier(name) && !crate::text::KEYWORDS.contains(&name) {
+    if super::is_identifier(name) && !super::KEYWORDS.contains(&name) {
         Ok(())
     } else {
         Err(Error::InvalidName {

@@ -2,12 +2,14 @@
 
 mod builder;
 mod graph;
+mod names;
 mod op;
 mod print;
 mod verify;
 
 pub use builder::{Builder, Expr, IntoExpr};
 pub use graph::{Graph, GraphFlags, HyperDef, Literal, Node, NodeId, Rank, SlotDef, SlotKind};
-pub use op::{Op, OpGroup};
+pub(crate) use names::{is_identifier, KEYWORDS};
+pub use op::{eval_op, Op, OpGroup};
 pub(crate) use print::print_signature;
 pub use verify::verify_graph;

@@ -1,10 +1,11 @@
 //! The closed set of operations of optjit's IR and their semantics.
 //!
-//! The reference interpreter's exhaustive `match` ([`crate::interp::eval_op`]) is the
-//! definition; the JIT emits the same IEEE operations and must agree with it bit for bit
+//! The exhaustive `match` of [`eval_op`] is the definition (the reference interpreter, the
+//! constant folder and the prologue all call it); the JIT emits the same IEEE operations and must agree with it bit for bit
 //! (NaN payloads excepted). All arithmetic is IEEE 754 round-to-nearest-even in the compute
 //! type: overflow gives ±inf, underflow gives subnormals or ±0, invalid operations give NaN.
 
+use crate::Float;
 use serde::{Deserialize, Serialize};
 
 /// An operation. Comparisons yield `1.0` (true) or `0.0` (false) in the compute type.
@@ -157,6 +158,78 @@ impl Op {
     /// The op with this printed name.
     pub fn from_name(name: &str) -> Option<Op> {
         Op::ALL.into_iter().find(|op| op.name() == name)
+    }
+}
+
+/// Applies `op` to its operands (`b` and `c` are ignored by ops that do not take them).
+#[inline]
+pub fn eval_op<T: Float>(op: Op, a: T, b: T, c: T) -> T {
+    let truth = |t: bool| if t { T::ONE } else { T::ZERO };
+    match op {
+        Op::Neg => -a,
+        Op::Abs => a.abs(),
+        Op::Sqrt => a.sqrt(),
+        Op::Sign => {
+            if a > T::ZERO {
+                T::ONE
+            } else if a < T::ZERO {
+                -T::ONE
+            } else {
+                a
+            }
+        }
+        Op::Exp => a.exp(),
+        Op::Ln => a.ln(),
+        Op::Add => a + b,
+        Op::Sub => a - b,
+        Op::Mul => a * b,
+        Op::Div => a / b,
+        Op::Min => {
+            if a.is_nan() || b.is_nan() {
+                a + b
+            } else if a == b {
+                // Equal operands differ at most in the sign of zero: -0 is the minimum.
+                if a.is_sign_negative() {
+                    a
+                } else {
+                    b
+                }
+            } else if a < b {
+                a
+            } else {
+                b
+            }
+        }
+        Op::Max => {
+            if a.is_nan() || b.is_nan() {
+                a + b
+            } else if a == b {
+                if a.is_sign_negative() {
+                    b
+                } else {
+                    a
+                }
+            } else if a > b {
+                a
+            } else {
+                b
+            }
+        }
+        Op::Pow => a.powf(b),
+        Op::Eq => truth(a == b),
+        Op::Ne => truth(a != b),
+        Op::Lt => truth(a < b),
+        Op::Le => truth(a <= b),
+        Op::Gt => truth(a > b),
+        Op::Ge => truth(a >= b),
+        Op::Select => {
+            if a != T::ZERO {
+                b
+            } else {
+                c
+            }
+        }
+        Op::Fma => a.mul_add(b, c),
     }
 }
 

@@ -5,7 +5,7 @@
 //! are applied only where they hold bit for bit for every operand, NaN, ±0 and ±inf
 //! included: never `x * 0 -> 0`, `x + 0 -> x` or reassociation.
 
-use crate::interp::eval_op;
+use crate::ir::eval_op;
 use crate::ir::{Graph, Node, NodeId, Op};
 use crate::Result;
 

@@ -164,7 +164,7 @@ impl Program {
                 ScalarInst::State(n) => scalar_state(n as usize),
                 ScalarInst::Apply(op, args) => {
                     let arg = |k: usize| values[args[k.min(op.arity() - 1)] as usize];
-                    crate::interp::eval_op(op, arg(0), arg(1), arg(2))
+                    crate::ir::eval_op(op, arg(0), arg(1), arg(2))
                 }
             };
             values.push(v);

@@ -2,6 +2,7 @@
 //! end of the line) and whitespace separate tokens and are dropped.
 
 use super::error::{TextError, TextErrorKind};
+pub(crate) use crate::ir::KEYWORDS;
 
 /// What a token is.
 #[derive(Clone, Debug, PartialEq)]
@@ -40,18 +41,6 @@ pub(super) struct Token {
 const PUNCTS: [&str; 18] = [
     "==", "!=", "<=", ">=", "(", ")", "{", "}", ",", ";", "=", "+", "-", "*", "/", "^", "<", ">",
 ];
-
-/// Whether `name` can name an optimizer, hyperparameter or state: an identifier that is not
-/// a keyword of the text form or a built-in symbol.
-pub(crate) fn is_identifier(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-/// Words with a meaning of their own in the text form.
-pub(crate) const KEYWORDS: [&str; 7] =
-    ["optimizer", "let", "state", "scalar", "flags", "inf", "nan"];
 
 /// Splits `source` into tokens, ending with [`Tok::Eof`].
 pub(super) fn lex(source: &str) -> Result<Vec<Token>, Box<TextError>> {
@@ -173,11 +162,5 @@ mod tests {
             assert!(lex(bad).is_err(), "{bad}");
         }
         assert_eq!(toks(".5"), vec![Tok::Number(0.5), Tok::Eof]);
-    }
-
-    #[test]
-    fn identifiers() {
-        assert!(is_identifier("exp_avg") && is_identifier("_b2"));
-        assert!(!is_identifier("2b") && !is_identifier("a b") && !is_identifier(""));
     }
 }

@@ -36,7 +36,6 @@ mod parser;
 mod printer;
 
 pub use error::{TextError, TextErrorKind};
-pub(crate) use lexer::{is_identifier, KEYWORDS};
 pub use printer::print;
 
 use crate::{Error, Graph, Result};

@@ -9,8 +9,6 @@ pub mod text;
 
 use optjit::ir::Op;
 use optjit::{Builder, DType, Float, Graph, Stepper};
-use std::path::Path;
-use std::process::Command;
 
 /// SplitMix64 (Steele, Lea and Flood, 2014): a tiny seeded generator, so that tests are
 /// deterministic without a `rand` dependency.
@@ -104,8 +102,9 @@ pub struct Run {
 }
 
 /// Runs the `optjit` binary with `args` in the directory `dir`.
-pub fn run_optjit(dir: &Path, args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_optjit"))
+#[cfg(feature = "cli")]
+pub fn run_optjit(dir: &std::path::Path, args: &[&str]) -> Run {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_optjit"))
         .args(args)
         .current_dir(dir)
         .output()
