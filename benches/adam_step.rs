@@ -109,6 +109,7 @@ fn main() {
                     grad: &grad,
                     state: &mut state,
                     scalars: &scalars,
+                    partials: &mut [],
                 }];
                 kernel.run(&mut seg).unwrap();
             }));
@@ -187,6 +188,7 @@ fn unroll_sweep(jit: &Jit, name: &str, n: usize, rounds: usize) {
                 grad: &grad,
                 state: &mut bufs,
                 scalars: &scalars,
+                partials: &mut [],
             }];
             let start = Instant::now();
             kernel.run(&mut seg).unwrap();

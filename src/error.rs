@@ -99,6 +99,13 @@ pub enum Error {
         /// Where the scalar was required, e.g. "the operand of `pow`".
         what: String,
     },
+    /// User mistake: a per-step scalar where a per-element value is required (the operand
+    /// of a reduction such as `sumsq`).
+    #[error("{what} must be a per-element value, but it is a per-step scalar")]
+    ElementRequired {
+        /// Where the element value was required, e.g. "the operand of `sumsq`".
+        what: String,
+    },
     /// User mistake: an op applied to the wrong number of operands.
     #[error("`{op}` takes {expected} operand(s), got {actual}")]
     Arity {
@@ -127,6 +134,13 @@ pub enum Error {
         count: usize,
         /// The limit.
         limit: usize,
+    },
+    /// User mistake: a feature this part of optjit does not offer yet (the message says
+    /// what to use instead).
+    #[error("not supported yet: {what}")]
+    Unsupported {
+        /// What, and the alternative.
+        what: &'static str,
     },
     /// User mistake: an expression from one builder used in another.
     #[error("an expression from a different builder was used")]
@@ -263,10 +277,12 @@ impl Error {
             | Error::UnknownHyper { .. }
             | Error::OutputNotSet { .. }
             | Error::ScalarRequired { .. }
+            | Error::ElementRequired { .. }
             | Error::Arity { .. }
             | Error::InvalidProgram { .. }
             | Error::ProgramTooLarge { .. }
             | Error::ForeignExpr
+            | Error::Unsupported { .. }
             | Error::InvalidOption { .. }
             | Error::StateMismatch { .. }
             | Error::LengthMismatch { .. }

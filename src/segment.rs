@@ -17,6 +17,10 @@ pub struct Segment<'a, T> {
     pub state: &'a mut [&'a mut [T]],
     /// The prologue values the stage reads, rounded to `T`.
     pub scalars: &'a [T],
+    /// Where a stage with reductions writes its partials: for each block of
+    /// [`crate::ir::reduce::BLOCK`] elements from the segment's start, one f64 per
+    /// reduction (block-major). Empty for a stage without reductions.
+    pub partials: &'a mut [f64],
 }
 
 /// The streams of a call's segments, gathered piece by piece before the segments are made:
@@ -28,6 +32,7 @@ pub(crate) struct Pieces<'a, T> {
     grads: Vec<&'a [T]>,
     scalars: Vec<&'a [T]>,
     state: Vec<&'a mut [T]>,
+    partials: Vec<&'a mut [f64]>,
     slots: usize,
 }
 
@@ -39,6 +44,7 @@ impl<'a, T> Pieces<'a, T> {
             grads: Vec::with_capacity(pieces),
             scalars: Vec::with_capacity(pieces),
             state: Vec::with_capacity(pieces * slots),
+            partials: Vec::new(),
             slots,
         }
     }
@@ -56,6 +62,22 @@ impl<'a, T> Pieces<'a, T> {
         state: impl Iterator<Item = &'a mut [T]>,
         ranges: &[(usize, usize, &'a [T])],
     ) {
+        self.cut_reducing(param, grad, state, ranges, &mut [], 0);
+    }
+
+    /// [`Pieces::cut`] for a stage with `reductions` reductions: every range starts at a
+    /// multiple of [`crate::ir::reduce::BLOCK`] and gets its blocks' part of `partials` (the
+    /// buffers' partials, block-major; see [`Segment::partials`]).
+    pub(crate) fn cut_reducing(
+        &mut self,
+        param: &'a mut [T],
+        grad: &'a [T],
+        state: impl Iterator<Item = &'a mut [T]>,
+        ranges: &[(usize, usize, &'a [T])],
+        partials: &'a mut [f64],
+        reductions: usize,
+    ) {
+        let mut partials = partials;
         // What is left of each buffer after the pieces taken so far.
         let mut param = param;
         let mut rests: Vec<&'a mut [T]> = state.collect();
@@ -74,6 +96,15 @@ impl<'a, T> Pieces<'a, T> {
             for rest in &mut rests {
                 self.state.push(take(rest, skip, len));
             }
+            if reductions > 0 {
+                debug_assert_eq!(offset % crate::ir::reduce::BLOCK, 0);
+                let (piece, tail) =
+                    std::mem::take(&mut partials).split_at_mut(blocks(len) * reductions);
+                self.partials.push(piece);
+                partials = tail;
+            } else {
+                self.partials.push(&mut []);
+            }
             consumed = offset + len;
         }
     }
@@ -90,7 +121,8 @@ impl<'a, T> Pieces<'a, T> {
             .into_iter()
             .zip(self.grads)
             .zip(self.scalars)
-            .map(|((param, grad), scalars)| {
+            .zip(self.partials)
+            .map(|(((param, grad), scalars), partials)| {
                 let (state, tail) = std::mem::take(&mut rest).split_at_mut(slots);
                 rest = tail;
                 Segment {
@@ -98,6 +130,7 @@ impl<'a, T> Pieces<'a, T> {
                     grad,
                     state,
                     scalars,
+                    partials,
                 }
             })
             .collect()
@@ -134,6 +167,11 @@ impl<T: Float> Segment<'_, T> {
             k => self.state[k as usize - 2][i] = v,
         }
     }
+}
+
+/// The blocks of [`crate::ir::reduce::BLOCK`] elements that `len` elements make.
+pub fn blocks(len: usize) -> usize {
+    len.div_ceil(crate::ir::reduce::BLOCK)
 }
 
 /// A buffer of a segment, named only when an error is reported (validation runs on every
@@ -195,6 +233,14 @@ pub(crate) fn validate<T: Float>(stage: &Stage, segments: &[Segment<'_, T>]) -> 
                 stage.n_scalars as usize,
                 seg.scalars.len(),
             ));
+        }
+        let partials = blocks(len) * stage.reductions.len();
+        if seg.partials.len() != partials {
+            return Err(Error::LengthMismatch {
+                what: format!("partials of segment {n}"),
+                expected: partials,
+                actual: seg.partials.len(),
+            });
         }
         ranges(seg, n, |k, r| hulls[k].add(r));
     }
@@ -377,12 +423,14 @@ mod tests {
                 grad: &grad,
                 state: &mut first,
                 scalars: &scalars,
+                partials: &mut [],
             },
             Segment {
                 param: c0,
                 grad: &grad,
                 state: &mut second,
                 scalars: &scalars,
+                partials: &mut [],
             },
         ];
         let hull_of = |k: usize| {

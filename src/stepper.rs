@@ -195,6 +195,9 @@ impl Stepper {
                 return Err(Error::StepOverflow);
             }
         }
+        if !program.phases.is_empty() {
+            return self.step_phased(params);
+        }
         // Prologue per parameter, in f64 on the host: each parameter's kernel scalars and
         // scalar-state updates, in one flat list each (a handful of allocations per call,
         // whatever the number of parameters).
@@ -212,10 +215,148 @@ impl Stepper {
             program.eval_prologue(&self.hypers, p.state.step + 1, scalar, &mut values);
             program.push_prologue_results(&values, &mut blocks, &mut updates);
         }
-        // Each parameter's buffers, cut into one batch per thread.
         let lens: Vec<usize> = params.iter().map(|p| p.param.len()).collect();
+        self.run_last_stage(params, &lens, &blocks, &updates)
+    }
+
+    /// [`Stepper::step_many`] for a program with phases: each phase runs over every
+    /// parameter (its reductions per parameter, and for a global one combined over `params`
+    /// in their order), the prologue goes on with the results, then the last stage updates.
+    /// Inputs are checked; only the last stage writes.
+    fn step_phased<T: Float>(&self, params: &mut [ParamRef<'_, T>]) -> Result<()> {
+        use crate::ir::reduce::{combine_all, BLOCK};
+        use crate::ir::Scope;
+        let program = &self.program;
+        let scalar_state = |p: &ParamRef<'_, T>, n: usize| match p.state.slots[n] {
+            SlotValue::Scalar(v) => v,
+            SlotValue::Buffer(_) => unreachable!("checked: slot {n} is a scalar slot"),
+        };
+        let n_reductions = program.reductions().count();
+        let mut values: Vec<Vec<f64>> = vec![Vec::new(); params.len()];
+        let mut reduced: Vec<Vec<f64>> = vec![vec![0.0; n_reductions]; params.len()];
         let threads = default_threads();
-        let batches = batches::<T>(&lens, threads.count);
+        let lens: Vec<usize> = params.iter().map(|p| p.param.len()).collect();
+        let mut first = 0;
+        for phase in &program.phases {
+            for (i, p) in params.iter().enumerate() {
+                let end = phase.prologue_end as usize;
+                let state = |n| scalar_state(p, n);
+                let step = p.state.step + 1;
+                program.eval_prologue_until(
+                    end,
+                    &self.hypers,
+                    step,
+                    state,
+                    &reduced[i],
+                    &mut values[i],
+                );
+            }
+            let n = phase.stage.reductions.len();
+            let blocks: Vec<Vec<T>> = values
+                .iter()
+                .map(|v| {
+                    phase
+                        .kernel_scalars
+                        .iter()
+                        .map(|&k| T::from_f64(v[k as usize]))
+                        .collect()
+                })
+                .collect();
+            let mut partials: Vec<Vec<f64>> = lens
+                .iter()
+                .map(|&len| vec![0.0; crate::segment::blocks(len) * n])
+                .collect();
+            let batches = crate::runtime::batches_in_units(&lens, threads.count, BLOCK);
+            let slots = program.element_slots().count();
+            let mut pieces = Pieces::with_capacity(batches.pieces.len(), slots);
+            let mut next = batches.pieces.iter().peekable();
+            let mut ranges = Vec::new();
+            for (i, (p, partials)) in params.iter_mut().zip(&mut partials).enumerate() {
+                ranges.clear();
+                while let Some(piece) = next.next_if(|piece| piece.segment == i) {
+                    ranges.push((piece.start, piece.len, blocks[i].as_slice()));
+                }
+                let buffers = p.state.slots.iter_mut().filter_map(|s| match s {
+                    SlotValue::Buffer(b) => Some(b.as_mut_slice()),
+                    SlotValue::Scalar(_) => None,
+                });
+                pieces.cut_reducing(&mut *p.param, p.grad, buffers, &ranges, partials, n);
+            }
+            let mut storage = Vec::new();
+            let mut segments = pieces.into_segments(&mut storage);
+            // The JIT does not compile reductions yet: its phases run in the chunked
+            // interpreter, which computes the same bits.
+            let executor = match self.executor {
+                Executor::Jit => Executor::Chunked,
+                e => e,
+            };
+            run_batches(
+                Runner::Interp(executor, &phase.stage),
+                &mut segments,
+                &batches.ends,
+                threads.pool,
+            )?;
+            drop(segments);
+            for (r, ((op, _), scope)) in
+                phase.stage.reductions.iter().zip(&phase.scopes).enumerate()
+            {
+                let per_param: Vec<f64> = partials
+                    .iter()
+                    .map(|p| combine_all(*op, p.iter().skip(r).step_by(n).copied()))
+                    .collect();
+                match scope {
+                    Scope::Param => {
+                        for (i, v) in per_param.iter().enumerate() {
+                            reduced[i][first + r] = op.finish(*v);
+                        }
+                    }
+                    Scope::Global => {
+                        let all = op.finish(combine_all(*op, per_param));
+                        reduced.iter_mut().for_each(|red| red[first + r] = all);
+                    }
+                }
+            }
+            first += n;
+        }
+        // The rest of the prologue, then the last stage.
+        let prologue = &program.prologue;
+        let (n_scalars, n_updates) = (prologue.kernel_scalars.len(), prologue.state_updates.len());
+        let mut blocks: Vec<T> = Vec::with_capacity(params.len() * n_scalars);
+        let mut updates: Vec<(usize, f64)> = Vec::with_capacity(params.len() * n_updates);
+        for (i, p) in params.iter().enumerate() {
+            let end = prologue.insts.len();
+            let state = |n| scalar_state(p, n);
+            let step = p.state.step + 1;
+            program.eval_prologue_until(
+                end,
+                &self.hypers,
+                step,
+                state,
+                &reduced[i],
+                &mut values[i],
+            );
+            program.push_prologue_results(&values[i], &mut blocks, &mut updates);
+        }
+        self.run_last_stage(params, &lens, &blocks, &updates)
+    }
+
+    /// The last stage over `params` (lengths `lens`), each with its scalar block in
+    /// `blocks` and its scalar-state updates in `updates` (flat lists, one entry per
+    /// parameter); then the step count and the scalar state.
+    fn run_last_stage<T: Float>(
+        &self,
+        params: &mut [ParamRef<'_, T>],
+        lens: &[usize],
+        blocks: &[T],
+        updates: &[(usize, f64)],
+    ) -> Result<()> {
+        let program = &self.program;
+        let (n_scalars, n_updates) = (
+            program.prologue.kernel_scalars.len(),
+            program.prologue.state_updates.len(),
+        );
+        let threads = default_threads();
+        let batches = batches::<T>(lens, threads.count);
         let slots = program.element_slots().count();
         let mut pieces = Pieces::with_capacity(batches.pieces.len(), slots);
         let mut next = batches.pieces.iter().peekable();

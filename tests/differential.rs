@@ -119,6 +119,7 @@ fn segments<'a, T: Float>(
             grad,
             state,
             scalars,
+            partials: &mut [],
         })
         .collect()
 }

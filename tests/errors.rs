@@ -206,6 +206,7 @@ fn a_kernel_rejects_the_wrong_dtype_and_stream_count() {
             grad: &g,
             state: &mut [&mut m, &mut v],
             scalars: &scalars,
+            partials: &mut [],
         }])
         .unwrap_err();
     assert_eq!(
@@ -222,6 +223,7 @@ fn a_kernel_rejects_the_wrong_dtype_and_stream_count() {
             grad: &g,
             state: &mut [&mut m],
             scalars: &scalars,
+            partials: &mut [],
         }])
         .unwrap_err();
     assert!(

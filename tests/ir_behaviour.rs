@@ -265,6 +265,7 @@ fn malformed_stages_never_reach_generated_code() {
             grad: &g,
             state: &mut [&mut m, &mut v],
             scalars: &scalars,
+            partials: &mut [],
         }];
         assert!(matches!(
             optjit::interp::run_reference(&bad.stage, &mut seg),

@@ -92,6 +92,7 @@ fn kernels_outlive_their_jit() {
             grad: &g,
             state: &mut state_bufs,
             scalars: &scalars,
+            partials: &mut [],
         }])
         .unwrap();
     // First Adam step: p - lr * g / (|g| + eps) = 1 - 1e-3 / (1 + 1e-8).
@@ -169,6 +170,7 @@ fn the_cache_is_bounded_and_evicted_kernels_stay_valid() {
                 grad: &g,
                 state: &mut state,
                 scalars: &scalars,
+                partials: &mut [],
             }])
             .unwrap();
         p

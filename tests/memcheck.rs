@@ -149,6 +149,7 @@ fn random_stages_run_as_the_interpreter_does_at_every_unroll() {
                         grad,
                         state,
                         scalars: &scalars,
+                        partials: &mut [],
                     })
                     .collect();
                 match kernel {

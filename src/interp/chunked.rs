@@ -50,12 +50,14 @@ fn run_blocks<T: Float>(stage: &Stage, segments: &mut [Segment<'_, T>], block: u
     let longest = segments.iter().map(Segment::len).max().unwrap_or(0);
     let mut scratch = Scratch::new(stage, block.min(longest));
     for seg in segments.iter_mut() {
+        scratch.operands.iter_mut().for_each(Vec::clear);
         let mut start = 0;
         while start < seg.len() {
             let end = seg.len().min(start + block);
             run_block(stage, seg, start..end, &mut scratch);
             start = end;
         }
+        super::write_partials(stage, &scratch.operands, seg.partials);
     }
 }
 
@@ -67,6 +69,8 @@ struct Scratch<T> {
     home: Vec<usize>,
     /// One buffer per store of a loaded value, in store order.
     staged: Vec<Vec<T>>,
+    /// Per reduction: its operand at every element of the segment so far.
+    operands: Vec<Vec<T>>,
 }
 
 impl<T: Float> Scratch<T> {
@@ -80,6 +84,7 @@ impl<T: Float> Scratch<T> {
             buffers: vec![vec![T::ZERO; len]; count],
             home,
             staged: vec![vec![T::ZERO; len]; stored_loads.count()],
+            operands: vec![Vec::new(); stage.reductions.len()],
         }
     }
 }
@@ -104,6 +109,9 @@ fn assign_buffers(stage: &Stage) -> (Vec<usize>, usize) {
         }
     }
     for v in stage.stores.iter().filter_map(|(_, a)| value(a)) {
+        last_use[v] = end;
+    }
+    for v in stage.reductions.iter().filter_map(|(_, a)| value(a)) {
         last_use[v] = end;
     }
     let (mut home, mut free, mut count) = (Vec::with_capacity(end), Vec::new(), 0);
@@ -139,6 +147,7 @@ fn run_block<T: Float>(
         buffers,
         home,
         staged,
+        operands,
     } = scratch;
     {
         let seg = &*seg;
@@ -160,6 +169,12 @@ fn run_block<T: Float>(
         });
         for (buf, s) in staged.iter_mut().zip(loads) {
             buf[..n].copy_from_slice(&stream(seg, s)[range.clone()]);
+        }
+        for (xs, &(_, a)) in operands.iter_mut().zip(&stage.reductions) {
+            match operand(seg, &range, buffers, home, a) {
+                Operand::Array(values) => xs.extend_from_slice(values),
+                Operand::Splat(x) => xs.extend(std::iter::repeat_n(x, n)),
+            }
         }
     }
     let scalars = seg.scalars;
@@ -358,6 +373,7 @@ mod tests {
                 grad,
                 state,
                 scalars,
+                partials: &mut [],
             })
             .collect()
     }

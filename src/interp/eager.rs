@@ -29,8 +29,15 @@ pub fn run<T: Float>(stage: &Stage, segments: &mut [Segment<'_, T>]) -> Result<(
                 .iter()
                 .map(|(_, v)| view(seg, &values, v).to_owned())
                 .collect();
-            results
+            let operands: Vec<Vec<T>> = stage
+                .reductions
+                .iter()
+                .map(|(_, v)| view(seg, &values, v).to_vec())
+                .collect();
+            (results, operands)
         };
+        let (results, operands) = results;
+        super::write_partials(stage, &operands, seg.partials);
         for ((stream, _), result) in stage.stores.iter().zip(results) {
             let target: &mut [T] = match *stream {
                 0 => &mut *seg.param,

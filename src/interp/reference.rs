@@ -14,7 +14,9 @@ pub fn run<T: Float>(stage: &Stage, segments: &mut [Segment<'_, T>]) -> Result<(
     validate(stage, segments)?;
     let mut values = vec![T::ZERO; stage.body.len()];
     let mut results = vec![T::ZERO; stage.stores.len()];
+    let mut operands: Vec<Vec<T>> = vec![Vec::new(); stage.reductions.len()];
     for seg in segments.iter_mut() {
+        operands.iter_mut().for_each(Vec::clear);
         for i in 0..seg.len() {
             for (j, inst) in stage.body.iter().enumerate() {
                 let get = |a: &ElemArg| match *a {
@@ -34,10 +36,18 @@ pub fn run<T: Float>(stage: &Stage, segments: &mut [Segment<'_, T>]) -> Result<(
                     ElemArg::Value(v) => values[v as usize],
                 };
             }
+            for (xs, (_, value)) in operands.iter_mut().zip(&stage.reductions) {
+                xs.push(match *value {
+                    ElemArg::Load(s) => seg.load(s, i),
+                    ElemArg::Scalar(k) => seg.scalars[k as usize],
+                    ElemArg::Value(v) => values[v as usize],
+                });
+            }
             for (r, (stream, _)) in results.iter().zip(&stage.stores) {
                 seg.store(*stream, i, *r);
             }
         }
+        super::write_partials(stage, &operands, seg.partials);
     }
     Ok(())
 }

@@ -5,7 +5,7 @@
 //! of `pow`, an expression from another builder) is remembered and returned by
 //! [`Builder::finish`]; declaration mistakes are returned where they happen.
 
-use super::{Graph, GraphFlags, Node, NodeId, Op, SlotKind};
+use super::{Graph, GraphFlags, Node, NodeId, Op, ReduceOp, Scope, SlotKind};
 use crate::{Error, Result};
 use std::cell::RefCell;
 use std::ops::{Add, Div, Mul, Neg, Sub};
@@ -179,6 +179,24 @@ impl Builder {
         }
     }
 
+    /// `op` over `x`'s elements in `scope` (the general form behind [`Expr::sum`] and the
+    /// other reductions).
+    pub fn reduce<'b>(&'b self, op: ReduceOp, scope: Scope, x: Expr<'b>) -> Expr<'b> {
+        let placeholder = || self.constant(0.0).id;
+        if !std::ptr::eq(x.builder, self) {
+            return self.fail(Error::ForeignExpr, placeholder());
+        }
+        let interned = self
+            .inner
+            .borrow_mut()
+            .graph
+            .intern(Node::Reduce(op, scope, x.id));
+        match interned {
+            Ok(id) => self.expr(id),
+            Err(e) => self.fail(e, placeholder()),
+        }
+    }
+
     /// Opts the graph into numerical rewrites (see [`GraphFlags`]).
     pub fn set_flags(&self, flags: GraphFlags) {
         self.inner.borrow_mut().graph.set_flags(flags);
@@ -308,6 +326,39 @@ impl<'b> Expr<'b> {
     /// `max(self, other)` ([`Op::Max`]).
     pub fn max(self, other: impl IntoExpr<'b>) -> Expr<'b> {
         self.binary(Op::Max, other)
+    }
+    /// `Σ self` over the parameter's elements ([`Scope::Param`]) or every parameter's
+    /// ([`Scope::Global`]): a per-step scalar, in the accumulation order of
+    /// [`crate::ir::reduce`]. `self` must be per element.
+    ///
+    /// ```
+    /// use optjit::ir::Scope;
+    /// use optjit::Builder;
+    ///
+    /// // SGD on gradients clipped to a global norm of at most 1.
+    /// let b = Builder::new("clipped_sgd");
+    /// let lr = b.hyper("lr", 0.1);
+    /// let norm = b.grad().sum_squares(Scope::Global).sqrt();
+    /// let coef = (1.0 / (norm + 1e-6)).min(1.0);
+    /// b.set_param(b.param() - lr * (b.grad() * coef));
+    /// let program = optjit::passes::compile(&b.finish()?)?;
+    /// assert_eq!(program.phases.len(), 1, "one pass for the norm, then the update");
+    /// # Ok::<(), optjit::Error>(())
+    /// ```
+    pub fn sum(self, scope: Scope) -> Expr<'b> {
+        self.builder.reduce(ReduceOp::Sum, scope, self)
+    }
+    /// `Σ self²` (see [`Expr::sum`]).
+    pub fn sum_squares(self, scope: Scope) -> Expr<'b> {
+        self.builder.reduce(ReduceOp::SumSquares, scope, self)
+    }
+    /// `max |self|`, NaN if any element is NaN (see [`Expr::sum`]).
+    pub fn max_abs(self, scope: Scope) -> Expr<'b> {
+        self.builder.reduce(ReduceOp::MaxAbs, scope, self)
+    }
+    /// `1` if any element of `self` is ±inf or NaN, else `0` (see [`Expr::sum`]).
+    pub fn non_finite(self, scope: Scope) -> Expr<'b> {
+        self.builder.reduce(ReduceOp::NonFinite, scope, self)
     }
     /// `self == other` as 1/0 ([`Op::Eq`]).
     pub fn eq(self, other: impl IntoExpr<'b>) -> Expr<'b> {

@@ -5,7 +5,7 @@
 //! a topological order. Interning the same node twice returns the same id (CSE by
 //! construction). Every node has a [`Rank`].
 
-use super::Op;
+use super::{Op, ReduceOp, Scope};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -78,6 +78,9 @@ pub enum Node {
     State(u32),
     /// An operation; only the first `op.arity()` operands are meaningful (see [`Node::args`]).
     Apply(Op, [NodeId; 3]),
+    /// A reduction of a per-element value over a parameter or over all of them: a per-step
+    /// scalar, known only after a pass over the elements (see [`super::reduce`]).
+    Reduce(ReduceOp, Scope, NodeId),
 }
 
 impl Node {
@@ -93,7 +96,17 @@ impl Node {
     pub fn args(&self) -> &[NodeId] {
         match self {
             Node::Apply(op, args) => &args[..op.arity()],
+            Node::Reduce(_, _, arg) => std::slice::from_ref(arg),
             _ => &[],
+        }
+    }
+
+    /// The same node over other operands (as many as [`Node::args`] has); leaves unchanged.
+    pub(crate) fn with_args(&self, args: &[NodeId]) -> Node {
+        match *self {
+            Node::Apply(op, _) => Node::apply(op, args),
+            Node::Reduce(op, scope, _) => Node::Reduce(op, scope, args[0]),
+            leaf => leaf,
         }
     }
 }
@@ -374,6 +387,15 @@ impl Graph {
                 SlotKind::Element => Rank::Element,
                 SlotKind::Scalar => Rank::Scalar,
             },
+            Node::Reduce(op, _, arg) => {
+                assert!(arg.index() < self.nodes.len(), "operand {arg:?} exists");
+                if self.ranks[arg.index()] != Rank::Element {
+                    return Err(Error::ElementRequired {
+                        what: format!("the operand of `{}`", op.name()),
+                    });
+                }
+                Rank::Scalar
+            }
             Node::Apply(op, _) => {
                 let mut rank = Rank::Scalar;
                 for arg in node.args() {

@@ -5,6 +5,7 @@ mod graph;
 mod names;
 mod op;
 mod print;
+pub mod reduce;
 mod verify;
 
 pub use builder::{Builder, Expr, IntoExpr};
@@ -12,4 +13,5 @@ pub use graph::{Graph, GraphFlags, HyperDef, Literal, Node, NodeId, Rank, SlotDe
 pub(crate) use names::{is_identifier, KEYWORDS};
 pub use op::{eval_op, Op, OpGroup};
 pub(crate) use print::print_signature;
+pub use reduce::{ReduceOp, Scope};
 pub use verify::verify_graph;

@@ -70,6 +70,9 @@ impl fmt::Display for Graph {
                         .collect();
                     format!("{} {}", op.name(), args.join(", "))
                 }
+                Node::Reduce(op, scope, arg) => {
+                    format!("{}.{} {}", op.name(), scope.name(), names[arg.index()])
+                }
             };
             writeln!(f, "  {name} = {rhs}")?;
             names.push(name);

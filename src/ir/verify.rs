@@ -32,6 +32,12 @@ pub fn verify_graph(graph: &Graph, pass: &'static str) -> Result<()> {
             Node::Hyper(_) | Node::State(_) => {
                 return fail(format!("node {i} names a missing symbol"))
             }
+            Node::Reduce(op, _, _) => {
+                if rank != Rank::Element {
+                    return fail(format!("node {i}: {} of a per-step scalar", op.name()));
+                }
+                Rank::Scalar
+            }
             Node::Apply(op, _) => {
                 if op.scalar_only() && rank == Rank::Element {
                     return fail(format!("node {i}: {} of a per-element value", op.name()));

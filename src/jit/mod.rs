@@ -327,6 +327,11 @@ impl Jit {
             return Ok(kernel);
         }
         program.stage.check()?;
+        if !program.stage.reductions.is_empty() {
+            return Err(Error::Unsupported {
+                what: "JIT-compiled reductions; the interpreters run them",
+            });
+        }
         if inner.cache.len() >= inner.capacity {
             inner.empty_cache();
         }

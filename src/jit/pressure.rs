@@ -195,6 +195,7 @@ mod tests {
                 ElemInst::new(Op::Select, &[Scalar(2), Load(1), Value(3)]),
             ],
             stores: vec![(0, Value(2)), (2, Value(4))],
+            reductions: Vec::new(),
         }
     }
 
@@ -244,6 +245,7 @@ mod tests {
                 ElemInst::new(Op::Add, &[Value(5), Value(4)]),
             ],
             stores: vec![(0, Value(6)), (2, Value(2)), (3, Value(3))],
+            reductions: Vec::new(),
         };
         let needs = BodyNeeds::of(&stage, &[]);
         assert_eq!(needs.unfoldable, [false, true, true, false, true]);

@@ -1,6 +1,6 @@
 //! `dce`: keeps only the nodes the outputs depend on, in their original order.
 
-use crate::ir::{Graph, Node, NodeId};
+use crate::ir::{Graph, NodeId};
 use crate::Result;
 
 /// Runs the pass.
@@ -24,17 +24,12 @@ pub fn run(graph: &Graph) -> Result<Graph> {
         if !live[i] {
             continue;
         }
-        let node = match *node {
-            Node::Apply(op, _) => {
-                let args: Vec<NodeId> = node
-                    .args()
-                    .iter()
-                    .map(|a| map[a.index()].expect("operands are live"))
-                    .collect();
-                Node::apply(op, &args)
-            }
-            leaf => leaf,
-        };
+        let args: Vec<NodeId> = node
+            .args()
+            .iter()
+            .map(|a| map[a.index()].expect("operands are live"))
+            .collect();
+        let node = node.with_args(&args);
         map[i] = Some(out.intern(node)?);
     }
     let mapped = |id: &NodeId| map[id.index()].expect("outputs are live");

@@ -10,7 +10,7 @@ mod fold;
 mod hoist;
 mod recip;
 
-use crate::ir::{verify_graph, Graph, Node, NodeId};
+use crate::ir::{verify_graph, Graph, NodeId};
 use crate::program::{verify_program, Program};
 use crate::{DType, Result};
 
@@ -86,6 +86,9 @@ fn compile_with(graph: &Graph, mut observe: impl FnMut(&'static str, String)) ->
     // Within the executors' limits (`Stage::MAX_INSTRUCTIONS`, ...): a program too large to
     // compile is an error here, not at its first step.
     program.stage.check()?;
+    for phase in &program.phases {
+        phase.stage.check()?;
+    }
     Ok(program)
 }
 
@@ -101,13 +104,10 @@ pub(crate) fn rebuild(
     for (i, node) in graph.nodes().iter().enumerate() {
         let new = match rewrite(&mut out, NodeId(i as u32), &map)? {
             Some(id) => id,
-            None => match *node {
-                Node::Apply(op, _) => {
-                    let args: Vec<NodeId> = node.args().iter().map(|a| map[a.index()]).collect();
-                    out.intern(Node::apply(op, &args))?
-                }
-                leaf => out.intern(leaf)?,
-            },
+            None => {
+                let args: Vec<NodeId> = node.args().iter().map(|a| map[a.index()]).collect();
+                out.intern(node.with_args(&args))?
+            }
         };
         map.push(new);
     }

@@ -1,12 +1,15 @@
 //! The compiled form of an optimizer: a scalar prologue (run on the host in f64, once per
-//! parameter and step) and one fused stage over the elements.
+//! parameter and step) and one fused stage over the elements — preceded, when the optimizer
+//! reduces (a global gradient norm, a per-tensor trust ratio), by one [`Phase`] per level of
+//! reductions: a pass over the elements that only reads and ends in reductions, whose results
+//! the rest of the prologue reads.
 //!
 //! The stage reads each stream once and writes each written stream once per element. Streams
 //! are numbered by the kernel contract: 0 = param, 1 = grad, then the element state slots in
 //! slot order. The stage reads per-step scalars from a *scalar block* whose entries are the
 //! prologue values listed in [`Prologue::kernel_scalars`], rounded to the compute type.
 
-use crate::ir::{HyperDef, Literal, Op, SlotDef, SlotKind};
+use crate::ir::{HyperDef, Literal, Op, ReduceOp, Scope, SlotDef, SlotKind};
 use crate::DType;
 use serde::{Deserialize, Serialize};
 
@@ -27,7 +30,26 @@ pub struct Program {
     pub slots: Vec<SlotDef>,
     /// Scalar code, evaluated in f64 on the host.
     pub prologue: Prologue,
-    /// The fused element loop; the only part the JIT compiles, so it alone keys the cache.
+    /// The passes over the elements that come before [`Program::stage`], each ending in
+    /// reductions; empty for an optimizer without any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<Phase>,
+    /// The fused element loop that writes the new param and state (the last phase).
+    pub stage: Stage,
+}
+
+/// A pass over the elements before the last: it reads streams, writes none, and ends in
+/// reductions (see [`crate::ir::reduce`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Phase {
+    /// The prologue instructions `insts[..prologue_end]` run before this phase (those after
+    /// it read its reductions' results, or later ones').
+    pub prologue_end: u32,
+    /// The `$` values its stage reads, in scalar-block order.
+    pub kernel_scalars: Vec<u32>,
+    /// The scope of each of its stage's reductions, in their order.
+    pub scopes: Vec<Scope>,
+    /// Its element code; the reductions are [`Stage::reductions`].
     pub stage: Stage,
 }
 
@@ -44,6 +66,8 @@ pub enum ScalarInst {
     State(u32),
     /// `op` over earlier `$` values (first `op.arity()` entries).
     Apply(Op, [u32; 3]),
+    /// The result of reduction number `n`: the phases' reductions numbered in phase order.
+    Reduced(u32),
 }
 
 /// The scalar part of a program.
@@ -109,6 +133,10 @@ pub struct Stage {
     /// `(stream, value)`: the value written back to element `i` of the stream, after all
     /// loads of element `i`. Each stream at most once; never the grad.
     pub stores: Vec<(u32, ElemArg)>,
+    /// Reductions of element values, each giving one partial per block of
+    /// [`crate::ir::reduce::BLOCK`] elements of each segment (empty for the last phase).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reductions: Vec<(ReduceOp, ElemArg)>,
 }
 
 /// The stream number of the parameter.
@@ -147,7 +175,8 @@ impl Program {
     /// Evaluates the prologue in f64 into `values` (one per instruction).
     ///
     /// `hypers` are the hyperparameter values in definition order, `step` the 1-based count
-    /// including this update, `scalar_state(n)` the current value of scalar slot `n`.
+    /// including this update, `scalar_state(n)` the current value of scalar slot `n`. For a
+    /// program with phases, see [`Program::eval_prologue_until`].
     pub fn eval_prologue(
         &self,
         hypers: &[f64],
@@ -156,7 +185,24 @@ impl Program {
         values: &mut Vec<f64>,
     ) {
         values.clear();
-        for inst in &self.prologue.insts {
+        let end = self.prologue.insts.len();
+        self.eval_prologue_until(end, hypers, step, scalar_state, &[], values);
+    }
+
+    /// Continues the prologue in `values` (the results of its first `values.len()`
+    /// instructions) up to instruction `end`: [`Phase::prologue_end`] before a phase, the
+    /// whole prologue before the last stage. `reduced[n]` is reduction `n`'s result, read
+    /// only after the phase that computes it.
+    pub fn eval_prologue_until(
+        &self,
+        end: usize,
+        hypers: &[f64],
+        step: u64,
+        scalar_state: impl Fn(usize) -> f64,
+        reduced: &[f64],
+        values: &mut Vec<f64>,
+    ) {
+        for inst in &self.prologue.insts[values.len()..end] {
             let v = match *inst {
                 ScalarInst::Const(c) => c.value(),
                 ScalarInst::Hyper(n) => hypers[n as usize],
@@ -166,9 +212,18 @@ impl Program {
                     let arg = |k: usize| values[args[k.min(op.arity() - 1)] as usize];
                     crate::ir::eval_op(op, arg(0), arg(1), arg(2))
                 }
+                ScalarInst::Reduced(n) => reduced[n as usize],
             };
             values.push(v);
         }
+    }
+
+    /// The number of reductions over all phases, and each one's op and scope in order.
+    pub fn reductions(&self) -> impl Iterator<Item = (ReduceOp, Scope)> + '_ {
+        self.phases.iter().flat_map(|phase| {
+            let ops = phase.stage.reductions.iter().map(|(op, _)| *op);
+            ops.zip(phase.scopes.iter().copied())
+        })
     }
 
     /// Appends what a prologue run gave (`values`, from [`Program::eval_prologue`]): the

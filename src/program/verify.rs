@@ -17,6 +17,10 @@ pub fn verify_program(p: &Program, pass: &'static str) -> Result<()> {
                 .get(n as usize)
                 .is_some_and(|s| s.kind == SlotKind::Scalar),
             ScalarInst::Apply(op, args) => args[..op.arity()].iter().all(|&a| (a as usize) < i),
+            // After the phase that computes it.
+            ScalarInst::Reduced(n) => {
+                reduced_by(p, n).is_some_and(|k| (i as u32) >= p.phases[k].prologue_end)
+            }
         };
         if !ok {
             return fail(format!("prologue ${i} has a bad operand"));
@@ -38,6 +42,28 @@ pub fn verify_program(p: &Program, pass: &'static str) -> Result<()> {
         if !scalar_slot || value as usize >= n_values {
             return fail(format!("bad scalar state update of slot {slot}"));
         }
+    }
+    let mut end = 0;
+    for (k, phase) in p.phases.iter().enumerate() {
+        let ok = phase.prologue_end >= end
+            && phase.prologue_end as usize <= n_values
+            && phase.kernel_scalars.iter().all(|&s| s < phase.prologue_end)
+            && phase.stage.n_scalars as usize == phase.kernel_scalars.len()
+            && phase.stage.n_streams == p.stage.n_streams
+            && phase.scopes.len() == phase.stage.reductions.len()
+            && !phase.stage.reductions.is_empty()
+            && phase.stage.stores.is_empty();
+        if !ok {
+            return fail(format!("phase {k} is malformed"));
+        }
+        end = phase.prologue_end;
+        phase
+            .stage
+            .check()
+            .or_else(|e| fail(format!("phase {k}: {e}")))?;
+    }
+    if !p.stage.reductions.is_empty() {
+        return fail("the last stage reduces".to_string());
     }
     if p.stage.n_scalars as usize != p.prologue.kernel_scalars.len() {
         return fail("scalar block length differs from the prologue's list".to_string());
@@ -91,6 +117,19 @@ impl Stage {
     pub const MAX_INSTRUCTIONS: usize = 1 << 15;
 }
 
+/// The phase whose stage computes reduction `n` (numbered over the phases in order).
+fn reduced_by(p: &Program, n: u32) -> Option<usize> {
+    let mut first = 0;
+    for (k, phase) in p.phases.iter().enumerate() {
+        let count = phase.stage.reductions.len() as u32;
+        if n < first + count {
+            return Some(k);
+        }
+        first += count;
+    }
+    None
+}
+
 /// The stage's own invariants; `Err` says what is wrong.
 fn check_stage(stage: &Stage) -> std::result::Result<(), String> {
     if stage.n_streams < 2 {
@@ -112,6 +151,11 @@ fn check_stage(stage: &Stage) -> std::result::Result<(), String> {
             return Err(format!(
                 "%{i} has an operand out of range or not yet computed"
             ));
+        }
+    }
+    for (r, (_, value)) in stage.reductions.iter().enumerate() {
+        if !arg_ok(value, stage.body.len()) {
+            return Err(format!("reduction {r} has a bad value"));
         }
     }
     let mut stored = vec![false; stage.n_streams as usize];

@@ -60,6 +60,13 @@ pub(crate) struct Batches {
 /// same number of elements, and a segment is cut only on a 64-byte boundary, so that every
 /// piece keeps its buffers' alignment. With one batch, each segment is one piece.
 pub(crate) fn batches<T>(lens: &[usize], threads: usize) -> Batches {
+    batches_in_units(lens, threads, crate::runtime::store::align_elems::<T>())
+}
+
+/// [`batches`] cutting segments only at multiples of `unit` elements from their start (a
+/// multiple of the 64-byte block): [`crate::ir::reduce::BLOCK`] for a stage with
+/// reductions, whose partials are per block of a parameter.
+pub(crate) fn batches_in_units(lens: &[usize], threads: usize, unit: usize) -> Batches {
     let whole = |(segment, &len): (usize, &usize)| Piece {
         segment,
         start: 0,
@@ -73,9 +80,9 @@ pub(crate) fn batches<T>(lens: &[usize], threads: usize) -> Batches {
             ends: vec![lens.len()],
         };
     }
-    // Whole 64-byte blocks per batch, so that cutting on block boundaries adds no batch.
-    let per_batch = crate::runtime::store::round_up::<T>(total.div_ceil(threads));
-    let block = crate::runtime::store::align_elems::<T>();
+    // Whole units per batch, so that cutting on unit boundaries adds no batch.
+    let block = unit;
+    let per_batch = total.div_ceil(threads).div_ceil(unit) * unit;
     let mut pieces = Vec::with_capacity(lens.len() + threads);
     let mut ends = Vec::with_capacity(threads + 1);
     let mut room = per_batch;

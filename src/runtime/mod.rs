@@ -15,7 +15,7 @@ mod step;
 pub(crate) mod store;
 
 pub use exec::GRAIN;
-pub(crate) use exec::{batches, default_threads, run_batches, Runner};
+pub(crate) use exec::{batches, batches_in_units, default_threads, run_batches, Runner};
 pub use pool::PoolKind;
 pub use state_dict::{LoadReport, StateDict, StateEntry, TensorData};
 
@@ -262,6 +262,11 @@ impl Optimizer {
     /// dtype), with no parameter groups yet.
     pub fn new(graph: &Graph) -> Result<Optimizer> {
         let program = passes::compile(graph)?;
+        if !program.phases.is_empty() {
+            return Err(Error::Unsupported {
+                what: "an Optimizer running a program with reductions (phases); a Stepper runs it",
+            });
+        }
         let slot_inits = program.slots.iter().map(|s| s.init).collect();
         let element_inits = program
             .element_slots()
@@ -320,6 +325,11 @@ impl Optimizer {
     pub fn with_modes(mut self, train: &Graph, eval: &Graph) -> Result<Optimizer> {
         let compile = |graph: &Graph| -> Result<(Arc<Program>, Vec<usize>)> {
             let program = passes::compile(graph)?;
+            if !program.phases.is_empty() {
+                return Err(Error::Unsupported {
+                    what: "train and eval graphs with reductions",
+                });
+            }
             let same = |a: &crate::ir::SlotDef, b: &crate::ir::SlotDef| {
                 a.name == b.name && a.kind == b.kind
             };

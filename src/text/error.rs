@@ -85,6 +85,11 @@ pub enum TextErrorKind {
         /// Where: "the base of `^`", "the new value of scalar state `mu`", ...
         what: String,
     },
+    /// A per-step scalar where a per-element value is required (a reduction's argument).
+    ElementRequired {
+        /// Where: "the argument of `sumsq`".
+        what: String,
+    },
     /// Comparisons written in a chain (`a < b < c`).
     ChainedComparison,
     /// A `flags` item that is not a known flag, or `flags` given twice.
@@ -136,6 +141,10 @@ impl fmt::Display for TextErrorKind {
                 f,
                 "{what} must be a per-step scalar, but it depends on a per-element value"
             ),
+            ElementRequired { what } => write!(
+                f,
+                "{what} must be a per-element value, but it is a per-step scalar"
+            ),
             ChainedComparison => write!(f, "comparisons cannot be chained"),
             // `flags` is a keyword, never a flag: this is the statement given twice.
             BadFlag { name } if name == "flags" => write!(f, "`flags` is given twice"),
@@ -163,7 +172,8 @@ impl TextErrorKind {
                 suggestion,
             ),
             UnknownFunction { suggestion, .. } => with_suggestion(
-                "expected one of sqrt, abs, sign, exp, ln, min, max, pow, select, fma",
+                "expected sqrt, abs, sign, exp, ln, min, max, pow, select, fma, \
+                 sum, sumsq, maxabs, nonfinite or global_sum, ...",
                 suggestion,
             ),
             Arity { expected, .. } => format!("expected {expected} argument(s)"),
@@ -178,6 +188,9 @@ impl TextErrorKind {
             }
             ScalarRequired { .. } => {
                 "expected an expression of hyperparameters, step, scalar state and numbers".into()
+            }
+            ElementRequired { .. } => {
+                "expected an expression of param, grad or a state, e.g. `sumsq(grad)`".into()
             }
             ChainedComparison => "expected parentheses, e.g. `(a < b) * (b < c)`".into(),
             BadFlag { name } if name == "flags" => {

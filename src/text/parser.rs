@@ -10,7 +10,7 @@
 use super::error::{closest, TextError, TextErrorKind};
 use super::lexer::{lex, Tok, Token, KEYWORDS};
 use super::limits;
-use crate::ir::{GraphFlags, Node, NodeId, Op, Rank, SlotKind};
+use crate::ir::{GraphFlags, Node, NodeId, Op, Rank, ReduceOp, Scope, SlotKind};
 use crate::{Error, Graph};
 use std::collections::HashMap;
 
@@ -657,9 +657,20 @@ impl<'s> Parser<'s> {
     }
 
     fn call(&mut self, name: String) -> PResult<Spanned> {
+        if let Some((op, scope)) = reduction(&name) {
+            return self.reduce_call(name, op, scope);
+        }
         let callee = self.next();
         let Some(&(_, op)) = FUNCTIONS.iter().find(|(f, _)| *f == name) else {
-            let suggestion = closest(&name, FUNCTIONS.iter().map(|(f, _)| *f));
+            let reductions = ReduceOp::ALL.iter().flat_map(|op| {
+                [Scope::Param, Scope::Global].map(move |scope| reduction_name(*op, scope))
+            });
+            let names: Vec<String> = FUNCTIONS
+                .iter()
+                .map(|(f, _)| f.to_string())
+                .chain(reductions)
+                .collect();
+            let suggestion = closest(&name, names.iter().map(String::as_str));
             let kind = TextErrorKind::UnknownFunction { name, suggestion };
             return Err(self.error(kind, callee.start, callee.end));
         };
@@ -683,5 +694,58 @@ impl<'s> Parser<'s> {
             return Err(self.error(kind, callee.start, close.end));
         }
         self.apply_as(op, &args, callee.start, close.end, true)
+    }
+
+    /// `sumsq(x)`, `global_sumsq(x)`, ...: a reduction of one per-element argument.
+    fn reduce_call(&mut self, name: String, op: ReduceOp, scope: Scope) -> PResult<Spanned> {
+        let callee = self.next();
+        self.next(); // `(`
+        self.enter()?;
+        let mut args = Vec::new();
+        while !self.is_punct(")") {
+            args.push(self.expression()?);
+            if !self.is_punct(")") {
+                self.expect_punct(",", "`,` or `)`")?;
+            }
+        }
+        let close = self.expect_punct(")", "`)`")?;
+        self.depth -= 1;
+        if args.len() != 1 {
+            let kind = TextErrorKind::Arity {
+                function: name,
+                expected: 1,
+                actual: args.len(),
+            };
+            return Err(self.error(kind, callee.start, close.end));
+        }
+        let arg = self.materialize(args[0])?;
+        if self.graph.rank(arg) != Rank::Element {
+            let what = format!("the argument of `{name}`");
+            let kind = TextErrorKind::ElementRequired { what };
+            return Err(self.error(kind, args[0].start, args[0].end));
+        }
+        let id = self.intern(Node::Reduce(op, scope, arg), callee.start, close.end)?;
+        Ok(Spanned {
+            val: Val::Node(id),
+            start: callee.start,
+            end: close.end,
+        })
+    }
+}
+
+/// The text form's name of a reduction: its op's name, prefixed by `global_` for the global
+/// scope.
+pub(crate) fn reduction_name(op: ReduceOp, scope: Scope) -> String {
+    match scope {
+        Scope::Param => op.name().to_string(),
+        Scope::Global => format!("global_{}", op.name()),
+    }
+}
+
+/// The reduction a function name calls, if it is one.
+fn reduction(name: &str) -> Option<(ReduceOp, Scope)> {
+    match name.strip_prefix("global_") {
+        Some(rest) => ReduceOp::from_name(rest).map(|op| (op, Scope::Global)),
+        None => ReduceOp::from_name(name).map(|op| (op, Scope::Param)),
     }
 }

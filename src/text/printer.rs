@@ -76,9 +76,7 @@ impl<'g> Printer<'g> {
         let is_output: HashSet<NodeId> = g.outputs().iter().copied().collect();
         let mut inline: Vec<bool> = (0..n)
             .map(|i| {
-                matches!(g.nodes()[i], Node::Apply(..))
-                    && users[i].len() == 1
-                    && !is_output.contains(&NodeId(i as u32))
+                is_op(g.nodes()[i]) && users[i].len() == 1 && !is_output.contains(&NodeId(i as u32))
             })
             .collect();
         // Cap the height of written expressions, so that printed text stays far within the
@@ -174,13 +172,13 @@ impl<'g> Printer<'g> {
                 !self.interned[i]
                     && match self.g.nodes()[i] {
                         Node::State(_) => true,
-                        Node::Apply(..) => !self.inline[i],
+                        Node::Apply(..) | Node::Reduce(..) => !self.inline[i],
                         _ => false,
                     }
             });
             let end = root.unwrap_or(self.g.nodes().len() - 1);
             let expected: Vec<usize> = (pos..=end).filter(|&i| !self.interned[i]).collect();
-            if let Some(r) = root.filter(|&r| matches!(self.g.nodes()[r], Node::Apply(..))) {
+            if let Some(r) = root.filter(|&r| is_op(self.g.nodes()[r])) {
                 if self.reading_order(r) == expected {
                     self.statement(r);
                     continue;
@@ -191,7 +189,7 @@ impl<'g> Printer<'g> {
             // the node due now a statement of its own.
             if let Some(a) = self.prefix_statement(&expected) {
                 self.inline[a] = false;
-            } else if matches!(self.g.nodes()[pos], Node::Apply(..)) {
+            } else if is_op(self.g.nodes()[pos]) {
                 self.inline[pos] = false;
             } else {
                 // A leaf or constant due before any statement can use it: its own `let`. The
@@ -329,6 +327,11 @@ impl<'g> Printer<'g> {
                 seen.insert(i);
                 made.push(i);
             }
+            Node::Reduce(_, _, arg) if root || (self.inline[i] && fresh(i, seen)) => {
+                self.read(arg.index(), false, made, seen);
+                seen.insert(i);
+                made.push(i);
+            }
             Node::Param | Node::Grad | Node::Step if fresh(i, seen) => {
                 seen.insert(i);
                 made.push(i);
@@ -345,10 +348,17 @@ impl<'g> Printer<'g> {
             let v = c.value();
             return (literal(v), if v.is_sign_negative() { UNARY } else { ATOM });
         }
+        let written_here = root || (self.inline[i] && !self.interned[i]);
+        if let Node::Reduce(op, scope, arg) = node {
+            if !written_here {
+                return (self.reference(i, false), ATOM);
+            }
+            let name = crate::text::parser::reduction_name(op, scope);
+            return (format!("{name}({})", self.expr(arg.index(), false).0), ATOM);
+        }
         let Node::Apply(op, _) = node else {
             return (self.reference(i, false), ATOM);
         };
-        let written_here = root || (self.inline[i] && !self.interned[i]);
         if !written_here {
             return (self.reference(i, false), ATOM);
         }
@@ -539,4 +549,9 @@ fn literal(v: f64) -> String {
     } else {
         format!("{v:?}")
     }
+}
+
+/// An operation or a reduction: a node written as an expression of its operands.
+fn is_op(node: Node) -> bool {
+    matches!(node, Node::Apply(..) | Node::Reduce(..))
 }
