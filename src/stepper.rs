@@ -284,18 +284,19 @@ impl Stepper {
             }
             let mut storage = Vec::new();
             let mut segments = pieces.into_segments(&mut storage);
-            // The JIT does not compile reductions yet: its phases run in the chunked
-            // interpreter, which computes the same bits.
-            let executor = match self.executor {
-                Executor::Jit => Executor::Chunked,
-                e => e,
+            let kernel = match self.executor {
+                Executor::Jit => Some(self.jit()?.compile_stage(
+                    &phase.stage,
+                    T::DTYPE,
+                    crate::JitOptions::default(),
+                )?),
+                _ => None,
             };
-            run_batches(
-                Runner::Interp(executor, &phase.stage),
-                &mut segments,
-                &batches.ends,
-                threads.pool,
-            )?;
+            let runner = match &kernel {
+                Some(k) => Runner::Jit(k),
+                None => Runner::Interp(self.executor, &phase.stage),
+            };
+            run_batches(runner, &mut segments, &batches.ends, threads.pool)?;
             drop(segments);
             for (r, ((op, _), scope)) in
                 phase.stage.reductions.iter().zip(&phase.scopes).enumerate()
@@ -418,17 +419,21 @@ impl Stepper {
         Ok(())
     }
 
+    /// The JIT this stepper compiles with: its own, or the process-wide one.
+    fn jit(&self) -> Result<Jit> {
+        match &self.jit {
+            Some(jit) => Ok(jit.clone()),
+            None => Jit::global(),
+        }
+    }
+
     /// The JIT kernel for `dtype`, compiled on first use.
     pub fn kernel(&self, dtype: DType) -> Result<Kernel> {
         let cell = &self.kernels[dtype_index(dtype)];
         if let Some(k) = cell.get() {
             return Ok(k.clone());
         }
-        let jit = match &self.jit {
-            Some(jit) => jit.clone(),
-            None => Jit::global()?,
-        };
-        let kernel = jit.compile(&self.program, dtype)?;
+        let kernel = self.jit()?.compile(&self.program, dtype)?;
         Ok(cell.get_or_init(|| kernel).clone())
     }
 }

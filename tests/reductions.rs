@@ -149,6 +149,38 @@ fn every_executor_and_thread_count_gives_the_same_bits() {
     check_executors_and_threads::<f64>();
 }
 
+/// Every reduction op, per parameter and global, of a computed value full of special values:
+/// the JIT, every interpreter and every thread count agree bit for bit.
+#[test]
+fn every_reduction_op_agrees_across_executors() {
+    let lens = [0, 1, 3, 8, 16, 17, 33, 100, BLOCK + 17, 5];
+    for op in ReduceOp::ALL {
+        for prefix in ["", "global_"] {
+            let source = format!(
+                "optimizer t(lr = 0.5) {{\n    param = param - lr * grad * {prefix}{}(grad - param)\n}}\n",
+                op.name()
+            );
+            for seed in 0..3 {
+                let data32 = inputs::<f32>(&lens, seed);
+                let data64 = inputs::<f64>(&lens, seed);
+                let expected32 = step(&source, &data32, Executor::Reference, 1);
+                let expected64 = step(&source, &data64, Executor::Reference, 1);
+                for executor in [Executor::Jit, Executor::Chunked, Executor::Eager] {
+                    for threads in [1, 2] {
+                        let got32 = step(&source, &data32, executor, threads);
+                        let got64 = step(&source, &data64, executor, threads);
+                        for k in 0..lens.len() {
+                            let what = format!("{source} {executor:?} {threads} seed {seed} #{k}");
+                            assert!(same(&expected32[k], &got32[k]), "f32 {what}");
+                            assert!(same(&expected64[k], &got64[k]), "f64 {what}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The clipped step by hand: the definition's per-tensor sums, combined in parameter order,
 /// then the scalar code in f64 and the update in `T`.
 fn clipped_by_hand<T: Float>(data: &[(Vec<T>, Vec<T>)], lr: f64, max_norm: f64) -> Vec<Vec<T>> {
@@ -208,11 +240,94 @@ fn a_per_parameter_reduction_never_mixes_parameters() {
     assert!(!same(&clipped[1], &alone[0]));
 }
 
+/// `source` in an `Optimizer`: each of `data` a parameter of group `k % groups`
+/// (`lr` 0.1 for group 0, 0.05 for group 1), those with `Some` grad stepped once on
+/// `threads` threads; returns every parameter after.
+fn optimizer_step(
+    source: &str,
+    data: &[(Vec<f32>, Option<Vec<f32>>)],
+    groups: usize,
+    threads: usize,
+) -> Vec<Vec<f32>> {
+    let mut opt = optjit::Optimizer::new(&text::parse(source).unwrap())
+        .unwrap()
+        .with_threads(threads);
+    for g in 0..groups {
+        opt.add_param_group(&[("lr", 0.1 / (g + 1) as f64)])
+            .unwrap();
+    }
+    let handles: Vec<_> = data
+        .iter()
+        .enumerate()
+        .map(|(k, (p, _))| {
+            let values = ndarray::Array1::from_vec(p.clone());
+            opt.add_param(k % groups, &format!("p{k}"), &values)
+                .unwrap()
+        })
+        .collect();
+    for (h, (_, g)) in handles.iter().zip(data) {
+        if let Some(g) = g {
+            opt.set_grad(h, g).unwrap();
+        }
+    }
+    opt.step().unwrap();
+    handles
+        .iter()
+        .map(|h| opt.param(h).unwrap().to_vec())
+        .collect()
+}
+
 #[test]
-fn an_optimizer_refuses_reductions_with_a_typed_error() {
-    // Until the Optimizer runs phases, it says so instead of stepping wrongly.
-    let graph = text::parse(CLIPPED_SGD).unwrap();
-    let e = optjit::Optimizer::new(&graph).err().expect("refused");
-    assert!(matches!(e, optjit::Error::Unsupported { .. }), "{e}");
-    assert_eq!(e.kind(), optjit::ErrorKind::UserMistake);
+fn the_optimizer_clips_over_every_group_and_skips_what_has_no_grad() {
+    let lens = [37, 5, 2 * BLOCK + 129, 300, 11];
+    let data = moderate(&lens);
+    // Parameter 3 has no gradient: skipped, and outside the norm.
+    let with_grads: Vec<(Vec<f32>, Option<Vec<f32>>)> = data
+        .iter()
+        .enumerate()
+        .map(|(k, (p, g))| (p.clone(), (k != 3).then(|| g.clone())))
+        .collect();
+    let expected = {
+        let stepped: Vec<(Vec<f32>, Vec<f32>)> = data
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| *k != 3)
+            .map(|(_, d)| d.clone())
+            .collect();
+        let op = ReduceOp::SumSquares;
+        let total = reduce::combine_all(op, stepped.iter().map(|(_, g)| reduce::reduce(op, g)));
+        let coef = f32::from_f64((1.0 / (total.sqrt() + 1e-6)).min(1.0));
+        data.iter()
+            .enumerate()
+            .map(|(k, (p, g))| match k {
+                3 => p.clone(),
+                _ => {
+                    let lr = (0.1 / (k % 2 + 1) as f64) as f32;
+                    p.iter()
+                        .zip(g)
+                        .map(|(&p, &g)| p - lr * (g * coef))
+                        .collect()
+                }
+            })
+            .collect::<Vec<Vec<f32>>>()
+    };
+    for threads in [1, 2, 3] {
+        let got = optimizer_step(CLIPPED_SGD, &with_grads, 2, threads);
+        assert_eq!(got, expected, "{threads} threads");
+    }
+}
+
+#[test]
+fn the_optimizer_keeps_per_parameter_reductions_apart_in_merged_segments() {
+    // Small neighbours share one segment in the last stage; each ratio is still its own.
+    let data = moderate(&[3, 40, 17, BLOCK + 3, 8]);
+    let with_grads: Vec<(Vec<f32>, Option<Vec<f32>>)> = data
+        .iter()
+        .map(|(p, g)| (p.clone(), Some(g.clone())))
+        .collect();
+    let got = optimizer_step(TRUSTED_SGD, &with_grads, 1, 2);
+    for (k, one) in data.iter().enumerate() {
+        let alone = step(TRUSTED_SGD, std::slice::from_ref(one), Executor::Jit, 1);
+        assert_eq!(got[k], alone[0], "parameter {k}");
+    }
 }

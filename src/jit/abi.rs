@@ -72,7 +72,9 @@ impl Entry {
         // `Stage::check` (operands in range, no store to the grad stream); `validate` checked
         // that every segment has `n_streams` streams of equal length and a scalar block of
         // `n_scalars` entries, all aligned for `T`, and that no written stream overlaps any
-        // other buffer; `fill` made one record of `RECORD_HEADER + n_streams` words per
+        // other buffer, and that a reducing stage's segments have `partials` of one f64 per
+        // reduction and block of `ir::reduce::BLOCK` elements; `fill` made one record of
+        // `RECORD_HEADER + n_streams` words (one more, the partials, if the stage reduces) per
         // segment, each pointing to a copy of the segment's scalar block in 16-byte-aligned
         // vectors of `SCALAR_BYTES` inside `scalars`, which did not move after (`fill` checks)
         // and is neither touched nor freed until the call returns; `T` is the dtype the code
@@ -145,7 +147,8 @@ fn fill<T: Float>(
     records: &mut Vec<u64>,
     scalars: &mut Vec<Lanes>,
 ) -> Result<()> {
-    let words = RECORD_HEADER + stage.n_streams as usize;
+    let reduces = !stage.reductions.is_empty();
+    let words = RECORD_HEADER + stage.n_streams as usize + usize::from(reduces);
     let n_scalars = stage.n_scalars as usize;
     let mut blocks: usize = 0;
     let mut previous: Option<*const T> = None;
@@ -177,6 +180,9 @@ fn fill<T: Float>(
         records.push(seg.grad.as_ptr() as u64);
         for s in seg.state.iter_mut() {
             records.push(s.as_mut_ptr() as u64);
+        }
+        if reduces {
+            records.push(seg.partials.as_mut_ptr() as u64);
         }
     }
     // Every record's block points into the vectors as they are now.

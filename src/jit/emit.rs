@@ -15,7 +15,7 @@
 //! where the stage has `Op::Fma`: Cranelift never fuses `fmul`+`fadd` on its own.
 
 use super::pressure::{read_args, BodyNeeds};
-use crate::ir::{Op, OpGroup};
+use crate::ir::{Op, OpGroup, ReduceOp};
 use crate::program::{ElemArg, Stage};
 use crate::DType;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
@@ -106,6 +106,8 @@ struct SegmentVals {
     record: Value,
     /// The scalar block's address.
     block: Value,
+    /// Where the segment's block partials go (stages with reductions).
+    partials: Option<Value>,
 }
 
 /// How one loop reads the scalars: the splats it holds in registers (made in its preheader)
@@ -207,7 +209,11 @@ impl Translator<'_> {
         self.b.switch_to_block(seg_body);
         self.b.seal_block(seg_body);
         let seg = self.emit_segment_setup(table, s);
-        let seg_end = self.emit_loops(&seg, unroll, &unswitched(self.stage));
+        let seg_end = if self.stage.reductions.is_empty() {
+            self.emit_loops(&seg, unroll, &unswitched(self.stage))
+        } else {
+            self.emit_reducing_loops(&seg)
+        };
 
         self.b.switch_to_block(seg_end);
         self.b.seal_block(seg_end);
@@ -246,7 +252,8 @@ impl Translator<'_> {
 
     /// Loads the segment record: length, stream pointers and the scalar block's address.
     fn emit_segment_setup(&mut self, table: Value, s: Value) -> SegmentVals {
-        let words = RECORD_HEADER + self.stage.n_streams as usize;
+        let reduces = !self.stage.reductions.is_empty();
+        let words = RECORD_HEADER + self.stage.n_streams as usize + usize::from(reduces);
         let record_bytes = self.b.ins().imul_imm_u(s, (words * 8) as i64);
         let record = self.b.ins().iadd(table, record_bytes);
         let word =
@@ -256,11 +263,15 @@ impl Translator<'_> {
         let streams = (0..self.stage.n_streams as usize)
             .map(|k| word(self, RECORD_HEADER + k))
             .collect();
+        // The partials pointer follows the streams, in the records of reducing stages only.
+        let partials = (!self.stage.reductions.is_empty())
+            .then(|| word(self, RECORD_HEADER + self.stage.n_streams as usize));
         SegmentVals {
             len,
             streams,
             record,
             block,
+            partials,
         }
     }
 
@@ -269,7 +280,9 @@ impl Translator<'_> {
     /// (see [`BodyNeeds::held`]).
     fn emit_reads(&mut self, width: Width, seg: &SegmentVals) -> Reads {
         let needs = BodyNeeds::of(self.stage, &self.fixed);
-        let held = needs.held(self.registers, self.n_consts);
+        // A reducing loop keeps four accumulators per reduction in registers.
+        let accumulators = 4 * self.stage.reductions.len();
+        let held = needs.held(self.registers.saturating_sub(accumulators), self.n_consts);
         let ty = self.ty(width);
         let flags = self.flags.with_aligned();
         let from_block = (0..held.len()).any(|k| needs.uses[k] > 0 && !held[k]);
@@ -310,6 +323,206 @@ impl Translator<'_> {
         }
         self.emit_tail(seg, tail_header, tail_i, done);
         done
+    }
+
+    /// The loops of a stage with reductions over one segment, in the order that defines
+    /// them (`crate::ir::reduce`): per block of `BLOCK` elements, a vector loop of four body
+    /// copies per iteration, copy `k` into accumulator `k` of each reduction, while a whole
+    /// group of four vectors remains; the accumulators combined as `(a0 ⊕ a1) ⊕ (a2 ⊕ a3)`
+    /// and across lanes; a scalar loop over the block's last elements; the partial, widened
+    /// to f64, stored at `partials[block * reductions + r]`. Returns the block reached when
+    /// the segment is done (unsealed).
+    fn emit_reducing_loops(&mut self, seg: &SegmentVals) -> Block {
+        use crate::ir::reduce::BLOCK;
+        let reductions: Vec<ReduceOp> = self.stage.reductions.iter().map(|r| r.0).collect();
+        let n_red = reductions.len();
+        let group = i64::from(self.lanes * 4);
+        let vector_reads = self.emit_reads(Width::Vector, seg);
+        let scalar_reads = self.emit_reads(Width::Scalar, seg);
+        let partials = seg
+            .partials
+            .expect("a reducing stage's records hold its partials");
+
+        let header = self.b.create_block();
+        let start = self.b.append_block_param(header, types::I64);
+        let index = self.b.append_block_param(header, types::I64);
+        let body = self.b.create_block();
+        let done = self.b.create_block();
+        let zero = self.b.ins().iconst(types::I64, 0);
+        self.b.ins().jump(header, &args(&[zero, zero]));
+
+        // header(start, b): one block of elements from `start`, the segment's b-th.
+        self.b.switch_to_block(header);
+        let more = self.b.ins().icmp(IntCC::UnsignedLessThan, start, seg.len);
+        self.b.ins().brif(more, body, &[], done, &[]);
+
+        self.b.switch_to_block(body);
+        self.b.seal_block(body);
+        let next_start = self.b.ins().iadd_imm_u(start, BLOCK as i64);
+        let end = self.b.ins().umin(next_start, seg.len);
+        let count = self.b.ins().isub(end, start);
+        let rest = self.b.ins().band_imm_u(count, group - 1);
+        let full = self.b.ins().isub(end, rest);
+        let identities: Vec<Value> = reductions
+            .iter()
+            .map(|op| self.float_const(Width::Vector, op.identity()))
+            .collect();
+        let accs: Vec<Value> = identities.iter().flat_map(|&v| [v; 4]).collect();
+
+        // The vector loop: vloop(i, accumulators) while i < full.
+        let vloop = self.b.create_block();
+        let vexit = self.b.create_block();
+        for block in [vloop, vexit] {
+            self.b.append_block_param(block, types::I64);
+            for _ in 0..4 * n_red {
+                self.b.append_block_param(block, self.vector_ty);
+            }
+        }
+        let carried = |i: Value, accs: &[Value]| {
+            let mut v = vec![i];
+            v.extend_from_slice(accs);
+            args(&v)
+        };
+        let enter = self.b.ins().icmp(IntCC::UnsignedLessThan, start, full);
+        self.b.ins().brif(
+            enter,
+            vloop,
+            &carried(start, &accs),
+            vexit,
+            &carried(start, &accs),
+        );
+
+        self.b.switch_to_block(vloop);
+        let params = self.b.block_params(vloop).to_vec();
+        let (i, mut accs) = (params[0], params[1..].to_vec());
+        for copy in 0..4 {
+            let offset = (copy * self.lanes * self.size) as i32;
+            let xs = self.emit_body(Width::Vector, seg, &vector_reads, i, offset);
+            for (r, (&op, x)) in reductions.iter().zip(xs).enumerate() {
+                let acc = &mut accs[4 * r + copy as usize];
+                *acc = self.accumulate(Width::Vector, op, *acc, x);
+            }
+        }
+        let next = self.b.ins().iadd_imm_u(i, group);
+        let again = self.b.ins().icmp(IntCC::UnsignedLessThan, next, full);
+        self.b.ins().brif(
+            again,
+            vloop,
+            &carried(next, &accs),
+            vexit,
+            &carried(next, &accs),
+        );
+        self.b.seal_block(vloop);
+
+        // vexit(i, accumulators): combine, then the scalar tail up to `end`.
+        self.b.switch_to_block(vexit);
+        self.b.seal_block(vexit);
+        let params = self.b.block_params(vexit).to_vec();
+        let (i, accs) = (params[0], params[1..].to_vec());
+        let combined: Vec<Value> = reductions
+            .iter()
+            .enumerate()
+            .map(|(r, &op)| self.combine_lanes(op, &accs[4 * r..4 * r + 4]))
+            .collect();
+        let tail = self.b.create_block();
+        let tail_body = self.b.create_block();
+        let block_done = self.b.create_block();
+        self.b.append_block_param(tail, types::I64);
+        for block in [tail, block_done] {
+            for _ in 0..n_red {
+                self.b.append_block_param(block, self.scalar_ty);
+            }
+        }
+        self.b.ins().jump(tail, &carried(i, &combined));
+
+        self.b.switch_to_block(tail);
+        let params = self.b.block_params(tail).to_vec();
+        let (i, partial) = (params[0], params[1..].to_vec());
+        let more = self.b.ins().icmp(IntCC::UnsignedLessThan, i, end);
+        self.b
+            .ins()
+            .brif(more, tail_body, &[], block_done, &args(&partial));
+
+        self.b.switch_to_block(tail_body);
+        self.b.seal_block(tail_body);
+        let xs = self.emit_body(Width::Scalar, seg, &scalar_reads, i, 0);
+        let partial: Vec<Value> = reductions
+            .iter()
+            .zip(partial.iter().zip(xs))
+            .map(|(&op, (&acc, x))| self.accumulate(Width::Scalar, op, acc, x))
+            .collect();
+        let next = self.b.ins().iadd_imm_u(i, 1);
+        self.b.ins().jump(tail, &carried(next, &partial));
+        self.b.seal_block(tail);
+
+        // block_done(partials): stored as f64, then the next block.
+        self.b.switch_to_block(block_done);
+        self.b.seal_block(block_done);
+        let partial = self.b.block_params(block_done).to_vec();
+        let first = self.b.ins().imul_imm_u(index, (n_red * 8) as i64);
+        let base = self.b.ins().iadd(partials, first);
+        for (r, &p) in partial.iter().enumerate() {
+            let wide = match self.scalar_ty {
+                types::F32 => self.b.ins().fpromote(types::F64, p),
+                _ => p,
+            };
+            self.b.ins().store(self.flags, wide, base, offset(r * 8));
+        }
+        let next_index = self.b.ins().iadd_imm_u(index, 1);
+        self.b.ins().jump(header, &args(&[next_start, next_index]));
+        self.b.seal_block(header);
+        done
+    }
+
+    /// A float constant of this width.
+    fn float_const(&mut self, width: Width, value: f64) -> Value {
+        let scalar = match self.scalar_ty {
+            types::F32 => self.b.ins().f32const(value as f32),
+            _ => self.b.ins().f64const(value),
+        };
+        match width {
+            Width::Scalar => scalar,
+            Width::Vector => self.b.ins().splat(self.vector_ty, scalar),
+        }
+    }
+
+    /// `acc ⊕ map(x)` for reduction `op` (see [`ReduceOp::map`] and [`ReduceOp::combine`]).
+    fn accumulate(&mut self, width: Width, op: ReduceOp, acc: Value, x: Value) -> Value {
+        let mapped = match op {
+            ReduceOp::Sum => x,
+            ReduceOp::SumSquares => self.b.ins().fmul(x, x),
+            ReduceOp::MaxAbs | ReduceOp::NonFinite => self.b.ins().fabs(x),
+        };
+        self.combine(width, op, acc, mapped)
+    }
+
+    /// `a ⊕ b`: the sum, or the maximum as [`Op::Max`] defines it.
+    fn combine(&mut self, width: Width, op: ReduceOp, a: Value, b: Value) -> Value {
+        match op {
+            ReduceOp::Sum | ReduceOp::SumSquares => self.b.ins().fadd(a, b),
+            ReduceOp::MaxAbs | ReduceOp::NonFinite => {
+                let v = self.emit_op(width, Op::Max, &[Val::Float(a), Val::Float(b)]);
+                self.float(width, v)
+            }
+        }
+    }
+
+    /// Four vector accumulators as one scalar: `s = (a0 ⊕ a1) ⊕ (a2 ⊕ a3)` lane-wise, then
+    /// `(s0 ⊕ s2) ⊕ (s1 ⊕ s3)` (four lanes) or `s0 ⊕ s1` (two).
+    fn combine_lanes(&mut self, op: ReduceOp, accs: &[Value]) -> Value {
+        let left = self.combine(Width::Vector, op, accs[0], accs[1]);
+        let right = self.combine(Width::Vector, op, accs[2], accs[3]);
+        let s = self.combine(Width::Vector, op, left, right);
+        let lane = |t: &mut Self, k: u8| t.b.ins().extractlane(s, k);
+        if self.lanes == 4 {
+            let (s0, s1, s2, s3) = (lane(self, 0), lane(self, 1), lane(self, 2), lane(self, 3));
+            let a = self.combine(Width::Scalar, op, s0, s2);
+            let b = self.combine(Width::Scalar, op, s1, s3);
+            self.combine(Width::Scalar, op, a, b)
+        } else {
+            let (s0, s1) = (lane(self, 0), lane(self, 1));
+            self.combine(Width::Scalar, op, s0, s1)
+        }
     }
 
     /// The main loop specialised for every truth of `conditions` besides those already in
@@ -417,8 +630,16 @@ impl Translator<'_> {
         pair[usize::from(width == Width::Vector)]
     }
 
-    /// One copy of the stage body at element `i` (+ `offset` bytes): loads, ops, stores.
-    fn emit_body(&mut self, width: Width, seg: &SegmentVals, reads: &Reads, i: Value, offset: i32) {
+    /// One copy of the stage body at element `i` (+ `offset` bytes): loads, ops, stores;
+    /// returns the operand of each reduction.
+    fn emit_body(
+        &mut self,
+        width: Width,
+        seg: &SegmentVals,
+        reads: &Reads,
+        i: Value,
+        offset: i32,
+    ) -> Vec<Value> {
         let ty = self.ty(width);
         let shift = i64::from(self.size.trailing_zeros());
         let byte_index = self.b.ins().ishl_imm_u(i, shift);
@@ -476,6 +697,14 @@ impl Translator<'_> {
             let addr = self.b.ins().iadd(seg.streams[*stream as usize], byte_index);
             self.b.ins().store(self.flags, v, addr, offset);
         }
+        let reductions = &self.stage.reductions;
+        reductions
+            .iter()
+            .map(|(_, value)| {
+                let v = self.operand(width, value, (&loaded, &reads.held, block), &vals);
+                self.float(width, v)
+            })
+            .collect()
     }
 
     /// An operand's value: a loaded stream, a held scalar, a scalar read from the block at

@@ -306,9 +306,25 @@ impl Jit {
         dtype: DType,
         options: JitOptions,
     ) -> Result<Kernel> {
+        self.compile_stage(&program.stage, dtype, options)
+    }
+
+    /// The kernel of one stage (a program's last, or one of its [`crate::program::Phase`]s)
+    /// for `dtype`. A stage with reductions runs a fixed four body copies per iteration (its
+    /// accumulation order, `crate::ir::reduce`), so `options.unroll` does not apply to it.
+    pub fn compile_stage(
+        &self,
+        stage: &Stage,
+        dtype: DType,
+        options: JitOptions,
+    ) -> Result<Kernel> {
         check_options(options)?;
+        let options = match stage.reductions.is_empty() {
+            true => options,
+            false => JitOptions { unroll: 1 },
+        };
         let key = CacheKey {
-            stage: program.stage.clone(),
+            stage: stage.clone(),
             dtype,
             options,
         };
@@ -326,12 +342,7 @@ impl Jit {
             inner.stats.hits += 1;
             return Ok(kernel);
         }
-        program.stage.check()?;
-        if !program.stage.reductions.is_empty() {
-            return Err(Error::Unsupported {
-                what: "JIT-compiled reductions; the interpreters run them",
-            });
-        }
+        stage.check()?;
         if inner.cache.len() >= inner.capacity {
             inner.empty_cache();
         }

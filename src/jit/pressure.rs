@@ -59,7 +59,7 @@ impl BodyNeeds {
                 value_end[v as usize] = value_end[v as usize].max(at);
             }
         };
-        for (_, value) in &stage.stores {
+        for value in stage.results() {
             read(value, n, &mut live);
         }
         // Operands come before their readers, so one backward sweep finds every live value.
@@ -135,7 +135,7 @@ fn unfoldable(stage: &Stage, fixed: &[(u32, bool)], live: &[bool], uses: &[u32])
             }
         }
     }
-    for (_, value) in &stage.stores {
+    for value in stage.results() {
         if let ElemArg::Value(v) = *value {
             readers[v as usize] += 1;
         }
@@ -167,7 +167,7 @@ fn unfoldable(stage: &Stage, fixed: &[(u32, bool)], live: &[bool], uses: &[u32])
             }
         }
     }
-    for (_, value) in &stage.stores {
+    for value in stage.results() {
         if let ElemArg::Scalar(k) = *value {
             unfoldable[k as usize] = true;
         }

@@ -139,6 +139,14 @@ pub struct Stage {
     pub reductions: Vec<(ReduceOp, ElemArg)>,
 }
 
+impl Stage {
+    /// The values the stage stores or reduces, stores first.
+    pub fn results(&self) -> impl Iterator<Item = &ElemArg> + '_ {
+        let stored = self.stores.iter().map(|(_, v)| v);
+        stored.chain(self.reductions.iter().map(|(_, v)| v))
+    }
+}
+
 /// The stream number of the parameter.
 pub const PARAM_STREAM: u32 = 0;
 /// The stream number of the gradient.

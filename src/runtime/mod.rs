@@ -9,6 +9,7 @@
 //! parameters with a gradient and the same per-step scalars form one segment. For buffers the caller owns, use [`crate::Stepper`].
 
 mod exec;
+mod phases;
 mod pool;
 mod state_dict;
 mod step;
@@ -262,11 +263,6 @@ impl Optimizer {
     /// dtype), with no parameter groups yet.
     pub fn new(graph: &Graph) -> Result<Optimizer> {
         let program = passes::compile(graph)?;
-        if !program.phases.is_empty() {
-            return Err(Error::Unsupported {
-                what: "an Optimizer running a program with reductions (phases); a Stepper runs it",
-            });
-        }
         let slot_inits = program.slots.iter().map(|s| s.init).collect();
         let element_inits = program
             .element_slots()

@@ -50,10 +50,10 @@ impl<T> Plan<T> {
 }
 
 /// A program to run over the parameters: the optimizer's own step, or a mode swap.
-struct Pass {
-    program: Arc<Program>,
+pub(super) struct Pass {
+    pub(super) program: Arc<Program>,
     /// Per hyperparameter of `program`: its index among the optimizer's hyperparameters.
-    hypers: Vec<usize>,
+    pub(super) hypers: Vec<usize>,
     /// A step updates the parameters with a gradient and counts; a swap rewrites every
     /// parameter that has state and does not count.
     is_step: bool,
@@ -83,11 +83,16 @@ impl Optimizer {
     /// Runs `pass` over every group and dtype: plans first (every check), then one parallel
     /// region per dtype over the segments of every group, then the bookkeeping.
     fn run_pass(&mut self, pass: &Pass) -> Result<()> {
+        // A program with reductions runs its phases first: they write nothing.
+        let reduced = match pass.program.phases.is_empty() {
+            true => None,
+            false => Some(self.run_phases(pass)?),
+        };
         let mut plans32 = Vec::with_capacity(self.groups.len());
         let mut plans64 = Vec::with_capacity(self.groups.len());
         for g in 0..self.groups.len() {
-            plans32.push(self.plan::<f32>(g, pass)?);
-            plans64.push(self.plan::<f64>(g, pass)?);
+            plans32.push(self.plan::<f32>(g, pass, reduced.as_ref())?);
+            plans64.push(self.plan::<f64>(g, pass, reduced.as_ref())?);
         }
         let kernel32 = self.runner_kernel(&pass.program, DType::F32, &plans32)?;
         let kernel64 = self.runner_kernel(&pass.program, DType::F64, &plans64)?;
@@ -208,7 +213,12 @@ impl Optimizer {
 
     /// Checks and computes the prologue of group `g`'s parameters of dtype `T` that `pass`
     /// runs on (with a gradient for a step, with state for a swap).
-    fn plan<T: Float>(&self, g: usize, pass: &Pass) -> Result<Plan<T>> {
+    fn plan<T: Float>(
+        &self,
+        g: usize,
+        pass: &Pass,
+        reduced: Option<&super::phases::Reduced>,
+    ) -> Result<Plan<T>> {
         let program = &pass.program;
         let group = &self.groups[g];
         let selected = |i: usize| match pass.is_step {
@@ -234,6 +244,11 @@ impl Optimizer {
         let prologue = &program.prologue;
         let n_scalars = plan.n_scalars;
         let mut values = Vec::with_capacity(prologue.insts.len());
+        let per_param = reduced.is_some()
+            && program
+                .phases
+                .iter()
+                .any(|p| p.scopes.contains(&crate::ir::Scope::Param));
         // The keys (step, scalar state) of the prologues run so far, with the block each gave;
         // keys and blocks are looked up among the most recent (see `recent`).
         let mut keys: Vec<(u64, &[f64], usize)> = Vec::new();
@@ -255,13 +270,26 @@ impl Optimizer {
             if step == u64::MAX {
                 return Err(Error::StepOverflow);
             }
+            // Parameters share a prologue run unless reductions differ between them.
             let known = recent(keys.len(), |k| {
                 keys[k].0 == step && same(keys[k].1, scalars)
-            });
+            })
+            .filter(|_| !per_param);
             let key = match known {
                 Some(key) => key,
                 None => {
-                    program.eval_prologue(&hypers, step + 1, |n| scalars[n], &mut values);
+                    values.clear();
+                    let reduced = reduced.map_or(&[][..], |r| r[i].as_slice());
+                    let end = prologue.insts.len();
+                    let state = |n: usize| scalars[n];
+                    program.eval_prologue_until(
+                        end,
+                        &hypers,
+                        step + 1,
+                        state,
+                        reduced,
+                        &mut values,
+                    );
                     // The new block goes at the end; it stays there only if no recent block
                     // has the same bits.
                     let blocks = plan.blocks.len() / n_scalars.max(1);
@@ -421,7 +449,7 @@ mod tests {
             hypers: (0..opt.program.hypers.len()).collect(),
             is_step: true,
         };
-        opt.plan::<f32>(g, &pass).unwrap()
+        opt.plan::<f32>(g, &pass, None).unwrap()
     }
 
     #[test]
