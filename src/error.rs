@@ -142,6 +142,15 @@ pub enum Error {
         /// What, and the alternative.
         what: &'static str,
     },
+    /// User mistake (in the data): `clip_grad_norm` with `error_if_nonfinite` found a NaN
+    /// or infinite total norm; no gradient was changed.
+    #[error("the total norm of order {norm_type} of the gradients is non-finite ({total}), so it cannot be clipped; to scale the gradients by it anyway, pass error_if_nonfinite = false")]
+    NonFiniteNorm {
+        /// The norm's order.
+        norm_type: f64,
+        /// The norm found.
+        total: f64,
+    },
     /// User mistake: an expression from one builder used in another.
     #[error("an expression from a different builder was used")]
     ForeignExpr,
@@ -282,6 +291,7 @@ impl Error {
             | Error::InvalidProgram { .. }
             | Error::ProgramTooLarge { .. }
             | Error::ForeignExpr
+            | Error::NonFiniteNorm { .. }
             | Error::Unsupported { .. }
             | Error::InvalidOption { .. }
             | Error::StateMismatch { .. }

@@ -8,6 +8,7 @@
 //! runs one parallel region per dtype over the segments of every group: neighbouring
 //! parameters with a gradient and the same per-step scalars form one segment. For buffers the caller owns, use [`crate::Stepper`].
 
+mod clip;
 mod exec;
 mod phases;
 mod pool;

@@ -1,0 +1,109 @@
+//! Gradient clipping as PyTorch's `torch.nn.utils.clip_grad_norm_` defines it, fused into any
+//! optimizer's program: [`clip_grad_norm`] rewrites a graph so that every read of the gradient
+//! reads it scaled by `min(max_norm / (total_norm + 1e-6), 1)`, the total norm a global
+//! reduction over every parameter's gradient (one extra read-only pass over the gradients,
+//! no extra write). [`crate::Optimizer::clip_grad_norm`] is the same computation on an
+//! optimizer's gradients in place; both give the same bits.
+
+use crate::ir::{Graph, Node, NodeId, Op, ReduceOp, Scope};
+use crate::{Error, Result};
+
+/// The default for the `max_norm` hyperparameter [`clip_grad_norm`] adds.
+pub const DEFAULT_MAX_NORM: f64 = 1.0;
+
+/// The norm types a fused clip supports: 1, 2 and ∞ (the others need a per-element power;
+/// [`crate::Optimizer::clip_grad_norm`] computes them on the host).
+fn fused_norm(norm_type: f64) -> Option<ReduceOp> {
+    match norm_type {
+        1.0 => Some(ReduceOp::Sum),
+        2.0 => Some(ReduceOp::SumSquares),
+        f64::INFINITY => Some(ReduceOp::MaxAbs),
+        _ => None,
+    }
+}
+
+/// `graph` with its gradient clipped to a global norm of at most the new hyperparameter
+/// `max_norm` (default [`DEFAULT_MAX_NORM`]), as `clip_grad_norm_(params, max_norm,
+/// norm_type)` before the step would: the gradient of every parameter of the step is
+/// multiplied by `min(max_norm / (total + 1e-6), 1)`, `total` the `norm_type` norm of all of
+/// them as one vector (1, 2 or `f64::INFINITY`).
+///
+/// ```
+/// use optjit::optim::{clip_grad_norm, Adam};
+///
+/// let clipped = clip_grad_norm(&Adam::default().graph()?, 2.0)?;
+/// let program = optjit::passes::compile(&clipped)?;
+/// assert_eq!(program.phases.len(), 1); // the norm's pass, then Adam's
+/// assert!(program.hyper_index("max_norm").is_some());
+/// # Ok::<(), optjit::Error>(())
+/// ```
+///
+/// Fails with [`Error::InvalidOption`] for another norm type, and [`Error::DuplicateName`]
+/// if the graph already has a `max_norm`.
+pub fn clip_grad_norm(graph: &Graph, norm_type: f64) -> Result<Graph> {
+    let op = fused_norm(norm_type).ok_or(Error::InvalidOption {
+        option: "norm_type",
+        reason: "a fused clip takes 1, 2 or inf (Optimizer::clip_grad_norm takes any p > 0)",
+    })?;
+    let mut out = graph.empty_like();
+    let max_norm = out.add_hyper("max_norm", DEFAULT_MAX_NORM)?;
+    let mut map: Vec<NodeId> = Vec::with_capacity(graph.nodes().len());
+    let mut clipped = None;
+    for node in graph.nodes() {
+        let new = match node {
+            Node::Grad => match clipped {
+                Some(id) => id,
+                None => {
+                    let grad = out.intern(Node::Grad)?;
+                    let coef = clip_coef(&mut out, grad, max_norm, op)?;
+                    let id = out.intern(Node::apply(Op::Mul, &[grad, coef]))?;
+                    clipped = Some(id);
+                    id
+                }
+            },
+            _ => {
+                let args: Vec<NodeId> = node.args().iter().map(|a| map[a.index()]).collect();
+                out.intern(node.with_args(&args))?
+            }
+        };
+        map.push(new);
+    }
+    let (param, slots) = graph.outputs().split_first().expect("a finished graph");
+    out.set_outputs(
+        map[param.index()],
+        slots.iter().map(|s| map[s.index()]).collect(),
+    )?;
+    Ok(out)
+}
+
+/// `min(max_norm / (total + 1e-6), 1)` with `total` the norm that `op` gives of `grad` over
+/// every parameter (see [`total_norm`]).
+fn clip_coef(g: &mut Graph, grad: NodeId, max_norm: NodeId, op: ReduceOp) -> Result<NodeId> {
+    let operand = match op {
+        ReduceOp::Sum => g.intern(Node::apply(Op::Abs, &[grad]))?,
+        _ => grad,
+    };
+    let reduced = g.intern(Node::Reduce(op, Scope::Global, operand))?;
+    let total = match op {
+        ReduceOp::SumSquares => g.intern(Node::apply(Op::Sqrt, &[reduced]))?,
+        _ => reduced,
+    };
+    let eps = g.constant(1e-6);
+    let one = g.constant(1.0);
+    let denominator = g.intern(Node::apply(Op::Add, &[total, eps]))?;
+    let ratio = g.intern(Node::apply(Op::Div, &[max_norm, denominator]))?;
+    g.intern(Node::apply(Op::Min, &[ratio, one]))
+}
+
+/// The clip coefficient for a total norm: `min(max_norm / (total + 1e-6), 1)` in f64, as the
+/// fused clip's prologue computes it.
+pub(crate) fn coefficient(max_norm: f64, total: f64) -> f64 {
+    let ratio = max_norm / (total + 1e-6);
+    crate::ir::eval_op(Op::Min, ratio, 1.0, 1.0)
+}
+
+/// Which reduction, and on what, a fused clip of this norm type runs (`None` for the norm
+/// types only the host computes).
+pub(crate) fn reduction(norm_type: f64) -> Option<ReduceOp> {
+    fused_norm(norm_type)
+}
