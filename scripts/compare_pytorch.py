@@ -78,18 +78,20 @@ def parse_threads(text):
     return threads
 
 
-def optjit_command(binary, optimizer, size, threads):
+def optjit_command(binary, optimizer, size, threads, clip=False):
     count, each = size
     command = [str(binary), "bench", "--json", "--quick", "--optimizer", optimizer,
                "--threads", str(threads)]
     if count > 1:
         return command + ["--tensors", f"{count}x{each}", "--no-sizes"]
-    return command + ["--n", str(each), "--impl", "jit,native128"]
+    impls = "clip_fused,clip_unfused" if clip else "jit,native128"
+    return command + ["--n", str(each), "--impl", impls]
 
 
-def optjit_time(binary, optimizer, size, threads):
-    """One optjit run: (jit ns/element, native128 ns/element or None, the jit's record)."""
-    command = optjit_command(binary, optimizer, size, threads)
+def optjit_time(binary, optimizer, size, threads, clip=False):
+    """One optjit run: (jit ns/element, native128 ns/element or None, the jit's record); with
+    `clip`, the fused clip's and the unfused one's instead."""
+    command = optjit_command(binary, optimizer, size, threads, clip)
     run = subprocess.run(command, capture_output=True, text=True)
     if run.returncode != 0:
         sys.exit(f"error: `{' '.join(command)}` failed (status {run.returncode}):\n{run.stderr}")
@@ -106,19 +108,20 @@ def optjit_time(binary, optimizer, size, threads):
                 return r
         return None
 
-    jit = find("jit")
+    main_impl, other_impl = ("clip_fused", "clip_unfused") if clip else ("jit", "native128")
+    jit = find(main_impl)
     if jit is None:
-        sys.exit(f"error: no jit record in the output of `{' '.join(command)}`:\n{run.stdout}")
-    native128 = find("native128")
-    return jit["ns_per_elem"], native128 and native128["ns_per_elem"], jit
+        sys.exit(f"error: no {main_impl} record in the output of `{' '.join(command)}`:\n{run.stdout}")
+    other = find(other_impl)
+    return jit["ns_per_elem"], other and other["ns_per_elem"], jit
 
 
 class TorchCase:
     """A fused PyTorch optimizer over `count` parameters of `each` elements, gradients set,
     stepped once (the warm-up creates the state)."""
 
-    def __init__(self, torch, optimizer, size, threads):
-        self.torch, self.threads = torch, threads
+    def __init__(self, torch, optimizer, size, threads, clip=False):
+        self.torch, self.threads, self.clip = torch, threads, clip
         torch.set_num_threads(threads)
         count, each = size
         self.elements = count * each
@@ -130,6 +133,7 @@ class TorchCase:
         kwargs = {"lr": 1e-3, "fused": True}
         if optimizer == "sgd_momentum":
             kwargs["momentum"] = 0.9
+        self.params = params
         self.opt = getattr(torch.optim, TORCH_NAMES[optimizer])(params, **kwargs)
         self.opt.step()
 
@@ -140,6 +144,8 @@ class TorchCase:
         start = time.perf_counter()
         while len(times) < 3 or time.perf_counter() - start < min_time:
             t = time.perf_counter()
+            if self.clip:
+                self.torch.nn.utils.clip_grad_norm_(self.params, 1.0)
             self.opt.step()
             times.append(time.perf_counter() - t)
         return statistics.median(times) * 1e9 / self.elements
@@ -178,6 +184,9 @@ def main():
     parser.add_argument("--min-time", type=float, default=0.2,
                         help="seconds of PyTorch steps per round (default: 0.2, as optjit's)")
     parser.add_argument("--quick", action="store_true", help="3 rounds, 2^20 only")
+    parser.add_argument("--clip", action="store_true",
+                        help="gradient clipping to a global 2-norm of 1 before each step: optjit's "
+                             "fused clip (and its unfused one) against torch's clip_grad_norm_ + step")
     args = parser.parse_args()
 
     optimizers = [o.strip() for o in args.optimizers.split(",") if o.strip()]
@@ -209,7 +218,7 @@ def main():
             for t in threads:
                 case = f"{optimizer} {size_label(size)} threads={t}"
                 print(f"{case}: setting up PyTorch", file=sys.stderr, flush=True)
-                theirs = TorchCase(torch, optimizer, size, t)
+                theirs = TorchCase(torch, optimizer, size, t, args.clip)
                 ours, native128, torch_times = [], [], []
                 for r in range(rounds):
                     # Rotate the order: optjit first in even rounds, PyTorch first in odd ones.
@@ -218,7 +227,7 @@ def main():
                         if side == "torch":
                             torch_times.append(theirs.time(args.min_time))
                         else:
-                            jit, n128, record = optjit_time(args.optjit, optimizer, size, t)
+                            jit, n128, record = optjit_time(args.optjit, optimizer, size, t, args.clip)
                             ours.append(jit)
                             if n128 is not None:
                                 native128.append(n128)
@@ -238,7 +247,12 @@ def main():
     print(f"{rounds} rounds per case, order swapped every round; ns/element/step, medians over rounds; "
           "ratio = optjit jit / torch per round (below 1: optjit faster), median [min–max]")
     print()
-    print("| optimizer | size | threads | optjit jit | optjit native128 | torch fused | optjit / torch |")
+    if args.clip:
+        print("Clipped: optjit's fused clip (`clip_fused`) and unfused one (`clip_unfused`); torch "
+              "`clip_grad_norm_(params, 1.0)` then the fused step.")
+        print("| optimizer | size | threads | optjit clip fused | optjit clip unfused | torch clip + fused | optjit / torch |")
+    else:
+        print("| optimizer | size | threads | optjit jit | optjit native128 | torch fused | optjit / torch |")
     print("|---|--:|--:|--:|--:|--:|--:|")
     for optimizer, size, t, ours, n128, theirs, ratios in rows:
         n128_text = f"{n128:.3f}" if n128 is not None else "–"

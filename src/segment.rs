@@ -66,8 +66,9 @@ impl<'a, T> Pieces<'a, T> {
     }
 
     /// [`Pieces::cut`] for a stage with `reductions` reductions: every range starts at a
-    /// multiple of [`crate::ir::reduce::BLOCK`] and gets its blocks' part of `partials` (the
-    /// buffers' partials, block-major; see [`Segment::partials`]).
+    /// multiple of [`crate::ir::reduce::BLOCK`] from the start of its parameter (the caller
+    /// cuts them so) and gets its blocks' part of `partials`, which holds the ranges'
+    /// partials one after the other (block-major; see [`Segment::partials`]).
     pub(crate) fn cut_reducing(
         &mut self,
         param: &'a mut [T],
@@ -97,7 +98,6 @@ impl<'a, T> Pieces<'a, T> {
                 self.state.push(take(rest, skip, len));
             }
             if reductions > 0 {
-                debug_assert_eq!(offset % crate::ir::reduce::BLOCK, 0);
                 let (piece, tail) =
                     std::mem::take(&mut partials).split_at_mut(blocks(len) * reductions);
                 self.partials.push(piece);

@@ -133,6 +133,16 @@ fn show_program() {
 }
 
 #[test]
+fn show_a_clipped_optimizer_prints_its_phases() {
+    // Adam with its gradients clipped to a global 2-norm: the norm's phase, the prologue
+    // after it, then Adam's stage reading the coefficient.
+    snapshot!(
+        "cli__show_adam_clipped_program",
+        ok(&["show", "adam", "--clip", "2", "--stage", "program"])
+    );
+}
+
+#[test]
 fn show_text_of_built_ins() {
     // The text form of a few built-ins, as a reader sees it; each parses back to the same
     // graph (tests/text.rs checks every built-in).

@@ -39,6 +39,12 @@ pub enum Impl {
     Copy,
     /// `y = a·x + y`: the bandwidth floor.
     Axpy,
+    /// The JIT with gradient clipping to a global 2-norm fused into the optimizer
+    /// ([`optim::clip_grad_norm`]): a read-only pass over the gradients, then the step.
+    ClipFused,
+    /// The same clip unfused: [`Optimizer::clip_grad_norm`] (a norm pass and a scale pass
+    /// over the gradients), then the JIT's step.
+    ClipUnfused,
 }
 
 impl Impl {
@@ -52,7 +58,21 @@ impl Impl {
         }
     }
 
-    /// Every implementation, in table order.
+    /// Every implementation that `--impl` names, in table order.
+    pub const NAMED: [Impl; 10] = [
+        Impl::Jit,
+        Impl::Native,
+        Impl::Native128,
+        Impl::Chunked,
+        Impl::Eager,
+        Impl::Interp,
+        Impl::Copy,
+        Impl::Axpy,
+        Impl::ClipFused,
+        Impl::ClipUnfused,
+    ];
+
+    /// The implementations of the full suite, in table order.
     pub const ALL: [Impl; 8] = [
         Impl::Jit,
         Impl::Native,
@@ -75,6 +95,8 @@ impl Impl {
             Impl::Native128 => "native128",
             Impl::Copy => "copy",
             Impl::Axpy => "axpy",
+            Impl::ClipFused => "clip_fused",
+            Impl::ClipUnfused => "clip_unfused",
         }
     }
 
@@ -275,7 +297,22 @@ pub fn bytes_per_element(graph: &Graph) -> Result<usize> {
             loaded[*s as usize] = true;
         }
     }
-    Ok(4 * (loaded.iter().filter(|&&l| l).count() + stage.stores.len()))
+    // Each phase before the last reads its streams once more.
+    let phases: usize = program
+        .phases
+        .iter()
+        .map(|phase| {
+            let mut read = vec![false; phase.stage.n_streams as usize];
+            let operands = phase.stage.body.iter().flat_map(|i| i.args());
+            for a in operands.chain(phase.stage.results()) {
+                if let crate::program::ElemArg::Load(s) = a {
+                    read[*s as usize] = true;
+                }
+            }
+            read.iter().filter(|&&r| r).count()
+        })
+        .sum();
+    Ok(4 * (loaded.iter().filter(|&&l| l).count() + stage.stores.len() + phases))
 }
 
 /// Median duration of `f`, repeated for at least `min_time` and 3 times (1 time when one run
@@ -399,6 +436,22 @@ pub fn run(config: &Config, mut progress: impl FnMut(usize, usize, &str)) -> Res
                             }
                             _ => None,
                         },
+                        Impl::ClipFused => {
+                            let clipped = optim::clip_grad_norm(graph, 2.0)?;
+                            let bytes = bytes_per_element(&clipped)?;
+                            let mut opt =
+                                optimizer(&clipped, (Executor::Jit, &jit), threads, 1, n)?;
+                            Some((median(config.min_time, || opt.step())?, bytes))
+                        }
+                        Impl::ClipUnfused => {
+                            let mut opt = optimizer(graph, (Executor::Jit, &jit), threads, 1, n)?;
+                            // A norm pass (read) and a scale pass (read and write) more.
+                            let step = || {
+                                opt.clip_grad_norm(1.0, 2.0, false)?;
+                                opt.step()
+                            };
+                            Some((median(config.min_time, step)?, bytes + 12))
+                        }
                         _ if n > config.interp_max && imp != Impl::Jit => None,
                         _ => {
                             let executor = imp.executor().expect("an executor");

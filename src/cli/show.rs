@@ -171,11 +171,22 @@ pub struct ShowArgs {
     /// Element type of the program and of the kernel.
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     dtype: DTypeArg,
+    /// Fuse gradient clipping to this global norm type (1, 2 or inf) into the optimizer, as
+    /// `optim::clip_grad_norm` does: one more phase, a `max_norm` hyperparameter.
+    #[arg(long, value_name = "NORM_TYPE")]
+    clip: Option<f64>,
 }
 
 /// Prints one stage of an optimizer's compilation.
 pub fn show(args: &ShowArgs) -> ExitCode {
-    exit(load(&args.optimizer).and_then(|(label, graph)| {
+    let loaded = load(&args.optimizer).and_then(|(label, graph)| match args.clip {
+        None => Ok((label, graph)),
+        Some(norm_type) => {
+            let clipped = optjit::optim::clip_grad_norm(&graph, norm_type)?;
+            Ok((format!("{label} (clipped, norm {norm_type})"), clipped))
+        }
+    });
+    exit(loaded.and_then(|(label, graph)| {
         let text = stage_text(&label, &graph, args.stage, args.dtype.into())?;
         out(text);
         Ok(())
