@@ -71,6 +71,6 @@ pub use error::{Error, ErrorKind, Result};
 pub use ir::{Builder, Expr, Graph};
 pub use jit::{Jit, JitOptions, Kernel, Target};
 pub use program::Program;
-pub use runtime::{Optimizer, Param};
+pub use runtime::{GradScaler, Optimizer, Param};
 pub use segment::Segment;
 pub use stepper::{Executor, ParamRef, ParamState, SlotValue, Stepper};

@@ -126,7 +126,7 @@ impl Optimizer {
     }
 
     /// Applies `f` to every gradient element of every parameter of dtype `T` that has one.
-    fn scale_grads<T: Float>(&mut self, f: impl Fn(T) -> T) {
+    pub(super) fn scale_grads<T: Float>(&mut self, f: impl Fn(T) -> T) {
         for i in (0..self.params.len()).filter(|&i| self.has_grad[i]) {
             let info = &self.params[i];
             if info.dtype != T::DTYPE {

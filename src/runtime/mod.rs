@@ -12,6 +12,7 @@ mod clip;
 mod exec;
 mod phases;
 mod pool;
+mod scaler;
 mod state_dict;
 mod step;
 pub(crate) mod store;
@@ -19,6 +20,7 @@ pub(crate) mod store;
 pub use exec::GRAIN;
 pub(crate) use exec::{batches, batches_in_units, default_threads, run_batches, Runner};
 pub use pool::PoolKind;
+pub use scaler::GradScaler;
 pub use state_dict::{LoadReport, StateDict, StateEntry, TensorData};
 
 use crate::ir::SlotKind;

@@ -1,0 +1,166 @@
+//! Gradient scaling for mixed-precision training with `torch.amp.GradScaler`'s semantics:
+//! the loss is multiplied by a scale before the backward pass; [`GradScaler::step`] divides
+//! the gradients by it again and skips the optimizer's step when any gradient is not finite;
+//! [`GradScaler::update`] backs the scale off after such a step and grows it after
+//! `growth_interval` good ones.
+
+use super::Optimizer;
+use crate::{DType, Error, Float, Result};
+use serde::{Deserialize, Serialize};
+
+/// A gradient scaler (PyTorch's `torch.amp.GradScaler`, its defaults and its rules).
+///
+/// ```
+/// use optjit::{optim::Sgd, GradScaler, Optimizer};
+/// use ndarray::array;
+///
+/// let mut opt = Optimizer::new(&Sgd { lr: 0.5, ..Sgd::default() }.graph()?)?;
+/// let g = opt.add_param_group(&[])?;
+/// let w = opt.add_param(g, "w", &array![1.0f32])?;
+/// let mut scaler = GradScaler::new(1024.0, 2.0, 0.5, 3)?;
+/// // The backward pass of `scaler.scale() * loss` gives scaled gradients:
+/// opt.set_grad(&w, &[(scaler.scale() * 0.25) as f32])?;
+/// assert!(scaler.step(&mut opt)?, "stepped");
+/// assert_eq!(opt.param(&w)?, &[1.0 - 0.5 * 0.25]);
+/// opt.set_grad(&w, &[f32::INFINITY])?;
+/// scaler.update();
+/// assert!(!scaler.step(&mut opt)?, "skipped: the gradient overflowed");
+/// scaler.update();
+/// assert_eq!(scaler.scale(), 512.0);
+/// # Ok::<(), optjit::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GradScaler {
+    scale: f64,
+    growth_factor: f64,
+    backoff_factor: f64,
+    growth_interval: u64,
+    growth_tracker: u64,
+    /// Whether the current step's gradients were unscaled, and whether one was not finite.
+    #[serde(skip)]
+    unscaled: Option<bool>,
+}
+
+impl Default for GradScaler {
+    /// PyTorch's defaults: scale 2^16, growth ×2 every 2,000 good steps, backoff ×0.5.
+    fn default() -> Self {
+        GradScaler::new(65536.0, 2.0, 0.5, 2000).expect("valid defaults")
+    }
+}
+
+impl GradScaler {
+    /// A scaler starting at `init_scale`. Fails with [`Error::InvalidOption`] unless the
+    /// scale is finite and positive, `growth_factor > 1`, `0 < backoff_factor < 1` and
+    /// `growth_interval >= 1` (PyTorch's conditions).
+    pub fn new(
+        init_scale: f64,
+        growth_factor: f64,
+        backoff_factor: f64,
+        growth_interval: u64,
+    ) -> Result<GradScaler> {
+        let bad = |option, reason| Err(Error::InvalidOption { option, reason });
+        if !(init_scale.is_finite() && init_scale > 0.0) {
+            return bad("init_scale", "must be finite and positive");
+        }
+        if growth_factor.is_nan() || growth_factor <= 1.0 {
+            return bad("growth_factor", "must be greater than 1");
+        }
+        if !(backoff_factor > 0.0 && backoff_factor < 1.0) {
+            return bad("backoff_factor", "must be between 0 and 1");
+        }
+        if growth_interval == 0 {
+            return bad("growth_interval", "must be at least 1");
+        }
+        Ok(GradScaler {
+            scale: init_scale,
+            growth_factor,
+            backoff_factor,
+            growth_interval,
+            growth_tracker: 0,
+            unscaled: None,
+        })
+    }
+
+    /// The factor to multiply the loss by before the backward pass.
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+
+    /// Good steps since the scale last changed.
+    pub fn growth_tracker(&self) -> u64 {
+        self.growth_tracker
+    }
+
+    /// Divides every gradient of `opt` by the scale (PyTorch's `unscale_`: multiplied by
+    /// `1 / scale` rounded to the gradient's dtype) and notes whether any was NaN or infinite
+    /// before. Once per step: a second call before [`GradScaler::update`] is an error
+    /// (as in PyTorch), nothing changed.
+    pub fn unscale(&mut self, opt: &mut Optimizer) -> Result<()> {
+        if self.unscaled.is_some() {
+            return Err(Error::InvalidOption {
+                option: "unscale",
+                reason: "already called since the last update",
+            });
+        }
+        let found_inf = opt.grads_non_finite();
+        let inv = 1.0 / self.scale;
+        opt.scale_grads::<f32>(|g| g * f32::from_f64(inv));
+        opt.scale_grads::<f64>(|g| g * inv);
+        self.unscaled = Some(found_inf);
+        Ok(())
+    }
+
+    /// Unscales the gradients (unless [`GradScaler::unscale`] already did) and steps `opt`,
+    /// unless a gradient was not finite: then nothing of `opt` but its gradients changes.
+    /// Returns whether it stepped.
+    pub fn step(&mut self, opt: &mut Optimizer) -> Result<bool> {
+        if self.unscaled.is_none() {
+            self.unscale(opt)?;
+        }
+        if self.unscaled == Some(true) {
+            return Ok(false);
+        }
+        opt.step()?;
+        Ok(true)
+    }
+
+    /// Adjusts the scale after a step: ×`backoff_factor` (and the tracker to 0) if a
+    /// gradient was not finite, else the tracker counts the step and at `growth_interval`
+    /// the scale grows ×`growth_factor` (and the tracker restarts). Does nothing if no
+    /// gradient was unscaled since the last update.
+    pub fn update(&mut self) {
+        match self.unscaled.take() {
+            None => {}
+            Some(true) => {
+                self.scale *= self.backoff_factor;
+                self.growth_tracker = 0;
+            }
+            Some(false) => {
+                self.growth_tracker += 1;
+                if self.growth_tracker == self.growth_interval {
+                    self.scale *= self.growth_factor;
+                    self.growth_tracker = 0;
+                }
+            }
+        }
+    }
+}
+
+impl Optimizer {
+    /// Whether any gradient element of a parameter with a gradient is NaN or infinite.
+    pub(super) fn grads_non_finite(&self) -> bool {
+        fn any<T: Float>(opt: &Optimizer, i: usize) -> bool {
+            let info = &opt.params[i];
+            let grads = &opt.groups[info.group].store::<T>().grads.as_slice();
+            grads[info.offset..info.offset + info.len]
+                .iter()
+                .any(|g| !g.to_f64().is_finite())
+        }
+        (0..self.params.len())
+            .filter(|&i| self.has_grad[i])
+            .any(|i| match self.params[i].dtype {
+                DType::F32 => any::<f32>(self, i),
+                DType::F64 => any::<f64>(self, i),
+            })
+    }
+}
