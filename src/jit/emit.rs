@@ -280,9 +280,14 @@ impl Translator<'_> {
     /// (see [`BodyNeeds::held`]).
     fn emit_reads(&mut self, width: Width, seg: &SegmentVals) -> Reads {
         let needs = BodyNeeds::of(self.stage, &self.fixed);
-        // A reducing loop keeps four accumulators per reduction in registers.
+        // A reducing loop keeps four accumulators per reduction in registers; a scalar
+        // square root takes one more for its result (x86-64's `sqrtss` merges into a
+        // register Cranelift first clears; measured: LAMB's tail spilled without it).
         let accumulators = 4 * self.stage.reductions.len();
-        let held = needs.held(self.registers.saturating_sub(accumulators), self.n_consts);
+        let scalar_sqrt =
+            width == Width::Scalar && self.stage.body.iter().any(|inst| inst.op == Op::Sqrt);
+        let reserved = accumulators + usize::from(scalar_sqrt);
+        let held = needs.held(self.registers.saturating_sub(reserved), self.n_consts);
         let ty = self.ty(width);
         let flags = self.flags.with_aligned();
         let from_block = (0..held.len()).any(|k| needs.uses[k] > 0 && !held[k]);

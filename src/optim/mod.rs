@@ -11,7 +11,9 @@
 //! constructor's keyword arguments.
 //!
 //! Beyond `torch.optim`: [`Lion`], [`Adan`], [`AdaBelief`] and [`ScheduleFreeAdamW`], each
-//! following its authors' PyTorch implementation (named in its doc) the same way.
+//! following its authors' PyTorch implementation (named in its doc) the same way; [`Lamb`]
+//! as optax defines it ([`from_optax`]). [`clip_grad_norm`] fuses gradient clipping into any
+//! of them.
 
 mod adadelta;
 mod adagrad;
@@ -30,6 +32,7 @@ mod torch;
 // Beyond torch.optim.
 mod adabelief;
 mod adan;
+mod lamb;
 mod lion;
 mod schedule_free;
 
@@ -44,10 +47,11 @@ pub use radam::RAdam;
 pub use rmsprop::Rmsprop;
 pub use rprop::Rprop;
 pub use sgd::Sgd;
-pub use torch::from_torch;
+pub use torch::{from_optax, from_torch};
 
 pub use adabelief::AdaBelief;
 pub use adan::Adan;
+pub use lamb::Lamb;
 pub use lion::Lion;
 pub use schedule_free::ScheduleFreeAdamW;
 
@@ -79,6 +83,7 @@ pub const NAMES: &[&str] = &[
     "adan",
     "adabelief",
     "schedule_free_adamw",
+    "lamb",
 ];
 
 /// The graph of a built-in by name (see [`NAMES`]), with default options.
@@ -145,6 +150,7 @@ pub fn by_name(name: &str) -> Option<Graph> {
         "adan" => Adan::default().graph(),
         "adabelief" => AdaBelief::default().graph(),
         "schedule_free_adamw" => ScheduleFreeAdamW::default().graph(),
+        "lamb" => Lamb::default().graph(),
         _ => return None,
     };
     Some(graph.expect("built-in defaults are valid"))

@@ -1,7 +1,9 @@
-//! `torch.optim` constructors as data: a class's lower-case name and its keyword arguments
-//! (as JSON values) mapped onto the built-in with the same algorithm.
+//! `torch.optim` constructors (and optax's) as data: a class's lower-case name and its
+//! keyword arguments (as JSON values) mapped onto the built-in with the same algorithm.
 
-use super::{Adadelta, Adagrad, Adam, AdamW, Adamax, Asgd, NAdam, RAdam, Rmsprop, Rprop, Sgd};
+use super::{
+    Adadelta, Adagrad, Adam, AdamW, Adamax, Asgd, Lamb, NAdam, RAdam, Rmsprop, Rprop, Sgd,
+};
 use crate::{Error, Graph, Result};
 use serde_json::{Map, Value};
 
@@ -177,6 +179,47 @@ pub fn from_torch(optimizer: &str, kwargs: &Map<String, Value>) -> Result<Graph>
                 etas: k.pair("etas", d.etas)?,
                 step_sizes: k.pair("step_sizes", d.step_sizes)?,
                 maximize: k.flag("maximize", d.maximize)?,
+            }
+            .graph()
+        }
+        _ => {
+            return Err(Error::UnknownOptimizer {
+                name: optimizer.to_string(),
+            })
+        }
+    };
+    k.finish()?;
+    graph
+}
+
+/// The optimizer `optax.<optimizer>(**kwargs)` builds, with optax's argument names, for the
+/// optax optimizers optjit has: `lamb` (`learning_rate`, `b1`, `b2`, `eps`, `eps_root`,
+/// `weight_decay`; see [`Lamb`]).
+///
+/// ```
+/// let kwargs = serde_json::json!({"learning_rate": 0.01, "weight_decay": 0.01});
+/// let lamb = optjit::optim::from_optax("lamb", kwargs.as_object().unwrap())?;
+/// assert_eq!(lamb.hypers()[0].default, 0.01);
+/// # Ok::<(), optjit::Error>(())
+/// ```
+///
+/// Fails with [`Error::UnknownOptimizer`] for another name and
+/// [`Error::UnsupportedOption`] for an argument it does not take or of the wrong type.
+pub fn from_optax(optimizer: &str, kwargs: &Map<String, Value>) -> Result<Graph> {
+    let mut k = Kwargs {
+        optimizer,
+        kwargs,
+        taken: Vec::new(),
+    };
+    let graph = match optimizer {
+        "lamb" => {
+            let d = Lamb::default();
+            Lamb {
+                lr: k.number("learning_rate", d.lr)?,
+                betas: (k.number("b1", d.betas.0)?, k.number("b2", d.betas.1)?),
+                eps: k.number("eps", d.eps)?,
+                eps_root: k.number("eps_root", d.eps_root)?,
+                weight_decay: k.number("weight_decay", d.weight_decay)?,
             }
             .graph()
         }
