@@ -12,7 +12,7 @@
 //!
 //! Beyond `torch.optim`: [`Lion`], [`Adan`], [`AdaBelief`] and [`ScheduleFreeAdamW`], each
 //! following its authors' PyTorch implementation (named in its doc) the same way; [`Lamb`]
-//! as optax defines it ([`from_optax`]). [`clip_grad_norm`] fuses gradient clipping into any
+//! and [`Lars`] as optax defines them ([`from_optax`]). [`clip_grad_norm`] fuses gradient clipping into any
 //! of them.
 
 mod adadelta;
@@ -33,6 +33,7 @@ mod torch;
 mod adabelief;
 mod adan;
 mod lamb;
+mod lars;
 mod lion;
 mod schedule_free;
 
@@ -52,6 +53,7 @@ pub use torch::{from_optax, from_torch};
 pub use adabelief::AdaBelief;
 pub use adan::Adan;
 pub use lamb::Lamb;
+pub use lars::Lars;
 pub use lion::Lion;
 pub use schedule_free::ScheduleFreeAdamW;
 
@@ -84,6 +86,7 @@ pub const NAMES: &[&str] = &[
     "adabelief",
     "schedule_free_adamw",
     "lamb",
+    "lars",
 ];
 
 /// The graph of a built-in by name (see [`NAMES`]), with default options.
@@ -151,6 +154,7 @@ pub fn by_name(name: &str) -> Option<Graph> {
         "adabelief" => AdaBelief::default().graph(),
         "schedule_free_adamw" => ScheduleFreeAdamW::default().graph(),
         "lamb" => Lamb::default().graph(),
+        "lars" => Lars::default().graph(),
         _ => return None,
     };
     Some(graph.expect("built-in defaults are valid"))

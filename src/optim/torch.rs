@@ -2,7 +2,7 @@
 //! keyword arguments (as JSON values) mapped onto the built-in with the same algorithm.
 
 use super::{
-    Adadelta, Adagrad, Adam, AdamW, Adamax, Asgd, Lamb, NAdam, RAdam, Rmsprop, Rprop, Sgd,
+    Adadelta, Adagrad, Adam, AdamW, Adamax, Asgd, Lamb, Lars, NAdam, RAdam, Rmsprop, Rprop, Sgd,
 };
 use crate::{Error, Graph, Result};
 use serde_json::{Map, Value};
@@ -194,7 +194,8 @@ pub fn from_torch(optimizer: &str, kwargs: &Map<String, Value>) -> Result<Graph>
 
 /// The optimizer `optax.<optimizer>(**kwargs)` builds, with optax's argument names, for the
 /// optax optimizers optjit has: `lamb` (`learning_rate`, `b1`, `b2`, `eps`, `eps_root`,
-/// `weight_decay`; see [`Lamb`]).
+/// `weight_decay`; see [`Lamb`]) and `lars` (`learning_rate`, `weight_decay`,
+/// `trust_coefficient`, `eps`, `momentum`, `nesterov`; see [`Lars`]).
 ///
 /// ```
 /// let kwargs = serde_json::json!({"learning_rate": 0.01, "weight_decay": 0.01});
@@ -220,6 +221,18 @@ pub fn from_optax(optimizer: &str, kwargs: &Map<String, Value>) -> Result<Graph>
                 eps: k.number("eps", d.eps)?,
                 eps_root: k.number("eps_root", d.eps_root)?,
                 weight_decay: k.number("weight_decay", d.weight_decay)?,
+            }
+            .graph()
+        }
+        "lars" => {
+            let d = Lars::default();
+            Lars {
+                lr: k.number("learning_rate", d.lr)?,
+                weight_decay: k.number("weight_decay", d.weight_decay)?,
+                trust_coefficient: k.number("trust_coefficient", d.trust_coefficient)?,
+                eps: k.number("eps", d.eps)?,
+                momentum: k.number("momentum", d.momentum)?,
+                nesterov: k.flag("nesterov", d.nesterov)?,
             }
             .graph()
         }
