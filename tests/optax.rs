@@ -82,7 +82,8 @@ fn replay<T: Float>(case: &Value, name: &str) {
     assert!(compared > 0, "{name}: no state compared");
 }
 
-fn check_folder(folder: &str) {
+/// Every case of `folder` (there are `count`).
+fn check_folder(folder: &str, count: usize) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data/optax")
         .join(folder);
@@ -91,7 +92,7 @@ fn check_folder(folder: &str) {
         .map(|e| e.unwrap().path())
         .collect();
     files.sort();
-    assert_eq!(files.len(), 4);
+    assert_eq!(files.len(), count);
     for path in files {
         let case: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
@@ -104,10 +105,15 @@ fn check_folder(folder: &str) {
 
 #[test]
 fn lamb_follows_optax() {
-    check_folder("lamb");
+    check_folder("lamb", 4);
 }
 
 #[test]
 fn lars_follows_optax() {
-    check_folder("lars");
+    check_folder("lars", 4);
+}
+
+#[test]
+fn novograd_follows_optax() {
+    check_folder("novograd", 2);
 }

@@ -11,8 +11,8 @@
 //! constructor's keyword arguments.
 //!
 //! Beyond `torch.optim`: [`Lion`], [`Adan`], [`AdaBelief`] and [`ScheduleFreeAdamW`], each
-//! following its authors' PyTorch implementation (named in its doc) the same way; [`Lamb`]
-//! and [`Lars`] as optax defines them ([`from_optax`]). [`clip_grad_norm`] fuses gradient clipping into any
+//! following its authors' PyTorch implementation (named in its doc) the same way; [`Lamb`],
+//! [`Lars`] and [`NovoGrad`] as optax defines them ([`from_optax`]). [`clip_grad_norm`] fuses gradient clipping into any
 //! of them.
 
 mod adadelta;
@@ -35,6 +35,7 @@ mod adan;
 mod lamb;
 mod lars;
 mod lion;
+mod novograd;
 mod schedule_free;
 
 pub use adadelta::Adadelta;
@@ -55,6 +56,7 @@ pub use adan::Adan;
 pub use lamb::Lamb;
 pub use lars::Lars;
 pub use lion::Lion;
+pub use novograd::NovoGrad;
 pub use schedule_free::ScheduleFreeAdamW;
 
 use crate::Graph;
@@ -87,6 +89,7 @@ pub const NAMES: &[&str] = &[
     "schedule_free_adamw",
     "lamb",
     "lars",
+    "novograd",
 ];
 
 /// The graph of a built-in by name (see [`NAMES`]), with default options.
@@ -155,6 +158,7 @@ pub fn by_name(name: &str) -> Option<Graph> {
         "schedule_free_adamw" => ScheduleFreeAdamW::default().graph(),
         "lamb" => Lamb::default().graph(),
         "lars" => Lars::default().graph(),
+        "novograd" => NovoGrad::default().graph(),
         _ => return None,
     };
     Some(graph.expect("built-in defaults are valid"))

@@ -2,7 +2,8 @@
 //! keyword arguments (as JSON values) mapped onto the built-in with the same algorithm.
 
 use super::{
-    Adadelta, Adagrad, Adam, AdamW, Adamax, Asgd, Lamb, Lars, NAdam, RAdam, Rmsprop, Rprop, Sgd,
+    Adadelta, Adagrad, Adam, AdamW, Adamax, Asgd, Lamb, Lars, NAdam, NovoGrad, RAdam, Rmsprop,
+    Rprop, Sgd,
 };
 use crate::{Error, Graph, Result};
 use serde_json::{Map, Value};
@@ -195,7 +196,8 @@ pub fn from_torch(optimizer: &str, kwargs: &Map<String, Value>) -> Result<Graph>
 /// The optimizer `optax.<optimizer>(**kwargs)` builds, with optax's argument names, for the
 /// optax optimizers optjit has: `lamb` (`learning_rate`, `b1`, `b2`, `eps`, `eps_root`,
 /// `weight_decay`; see [`Lamb`]) and `lars` (`learning_rate`, `weight_decay`,
-/// `trust_coefficient`, `eps`, `momentum`, `nesterov`; see [`Lars`]).
+/// `trust_coefficient`, `eps`, `momentum`, `nesterov`; see [`Lars`]) and `novograd`
+/// (`learning_rate`, `b1`, `b2`, `eps`, `eps_root`, `weight_decay`; see [`NovoGrad`]).
 ///
 /// ```
 /// let kwargs = serde_json::json!({"learning_rate": 0.01, "weight_decay": 0.01});
@@ -216,6 +218,17 @@ pub fn from_optax(optimizer: &str, kwargs: &Map<String, Value>) -> Result<Graph>
         "lamb" => {
             let d = Lamb::default();
             Lamb {
+                lr: k.number("learning_rate", d.lr)?,
+                betas: (k.number("b1", d.betas.0)?, k.number("b2", d.betas.1)?),
+                eps: k.number("eps", d.eps)?,
+                eps_root: k.number("eps_root", d.eps_root)?,
+                weight_decay: k.number("weight_decay", d.weight_decay)?,
+            }
+            .graph()
+        }
+        "novograd" => {
+            let d = NovoGrad::default();
+            NovoGrad {
                 lr: k.number("learning_rate", d.lr)?,
                 betas: (k.number("b1", d.betas.0)?, k.number("b2", d.betas.1)?),
                 eps: k.number("eps", d.eps)?,
