@@ -258,3 +258,36 @@ fn a_fused_clip_equals_clipping_then_stepping_bit_for_bit() {
         Err(Error::InvalidOption { .. })
     ));
 }
+
+#[test]
+fn clip_grad_value_clamps_as_torch_clamp_for_any_bound() {
+    let (mut opt, handles) = with_grads::<f32>(&[vec![-5.0, 0.5, 5.0, -0.0]]);
+    // A negative bound: torch.clamp(min = 1, max = -1) gives -1 everywhere.
+    opt.clip_grad_value(-1.0);
+    assert_eq!(grads_of(&opt, &handles)[0], vec![-1.0f32; 4]);
+    let (mut opt, handles) = with_grads::<f32>(&[vec![-5.0, 0.5]]);
+    opt.clip_grad_value(f64::NAN);
+    assert!(grads_of(&opt, &handles)[0].iter().all(|g| g.is_nan()));
+}
+
+#[test]
+fn the_norm_of_no_gradient_is_zero() {
+    let (mut opt, handles) = with_grads::<f32>(&[vec![1.0, 2.0]]);
+    opt.zero_grad(); // set to none: no parameter has a gradient
+    for norm_type in [1.0, 2.0, f64::INFINITY, f64::NEG_INFINITY, 0.0, 3.0] {
+        let total = opt.grad_norm(norm_type).unwrap();
+        assert_eq!(
+            total.to_bits(),
+            0.0f64.to_bits(),
+            "norm {norm_type}: {total}"
+        );
+    }
+    assert_eq!(
+        opt.clip_grad_norm(1.0, f64::NEG_INFINITY, true).unwrap(),
+        0.0
+    );
+    assert!(opt.grad(&handles[0]).unwrap().is_none());
+    // Zero-length and all-zero gradients: +0, not the sums' -0.
+    let (opt, _) = with_grads::<f64>(&[vec![], vec![-0.0, 0.0]]);
+    assert_eq!(opt.grad_norm(2.0).unwrap().to_bits(), 0.0f64.to_bits());
+}

@@ -129,3 +129,48 @@ fn grad_scaler_matches_pytorch() {
     // step leaves the scaled gradients, so only the parameters are compared.
     check("grad_scaler.sgd_momentum_fused.json", false, 1e-6);
 }
+
+#[test]
+fn a_second_step_before_update_is_an_error_and_changes_nothing() {
+    let mut opt = Optimizer::new(
+        &Sgd {
+            lr: 0.5,
+            ..Sgd::default()
+        }
+        .graph()
+        .unwrap(),
+    )
+    .unwrap();
+    let g = opt.add_param_group(&[]).unwrap();
+    let w = opt.add_param(g, "w", &ndarray::array![1.0f32]).unwrap();
+    let mut scaler = GradScaler::new(4.0, 2.0, 0.5, 3).unwrap();
+    opt.set_grad(&w, &[2.0]).unwrap();
+    assert!(scaler.step(&mut opt).unwrap());
+    let after = opt.param(&w).unwrap().to_vec();
+    assert!(
+        scaler.step(&mut opt).is_err(),
+        "PyTorch: step() already called"
+    );
+    assert_eq!(opt.param(&w).unwrap(), after.as_slice());
+    scaler.update();
+    opt.set_grad(&w, &[2.0]).unwrap();
+    assert!(scaler.step(&mut opt).unwrap(), "a new step after update");
+}
+
+#[test]
+fn the_scale_is_a_float32_that_never_grows_to_infinity() {
+    let mut opt = Optimizer::new(&Sgd::default().graph().unwrap()).unwrap();
+    let g = opt.add_param_group(&[]).unwrap();
+    let w = opt.add_param(g, "w", &ndarray::array![1.0f32]).unwrap();
+    let big = f64::from(f32::MAX) / 1.5;
+    let mut scaler = GradScaler::new(big, 2.0, 0.5, 1).unwrap();
+    opt.set_grad(&w, &[1.0]).unwrap();
+    scaler.step(&mut opt).unwrap();
+    scaler.update();
+    assert_eq!(
+        scaler.scale(),
+        f64::from(big as f32),
+        "a growth past f32's range is refused"
+    );
+    assert_eq!(scaler.growth_tracker(), 0);
+}

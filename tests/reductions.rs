@@ -318,6 +318,26 @@ fn the_optimizer_clips_over_every_group_and_skips_what_has_no_grad() {
 }
 
 #[test]
+fn reductions_split_between_threads_give_the_same_bits() {
+    // More than two grains in all, so that the phases' work is cut between threads, also
+    // inside a parameter (at block boundaries).
+    let data = inputs::<f32>(&[16 * BLOCK, 70_001, 3 * BLOCK + 5, 0], 11);
+    for source in [CLIPPED_SGD, TRUSTED_SGD] {
+        let expected = step(source, &data, Executor::Jit, 1);
+        for (executor, threads) in [
+            (Executor::Jit, 2),
+            (Executor::Jit, 3),
+            (Executor::Chunked, 2),
+        ] {
+            let got = step(source, &data, executor, threads);
+            for (k, (e, g)) in expected.iter().zip(&got).enumerate() {
+                assert!(same(e, g), "{executor:?} {threads} threads: parameter {k}");
+            }
+        }
+    }
+}
+
+#[test]
 fn the_optimizer_keeps_per_parameter_reductions_apart_in_merged_segments() {
     // Small neighbours share one segment in the last stage; each ratio is still its own.
     let data = moderate(&[3, 40, 17, BLOCK + 3, 8]);

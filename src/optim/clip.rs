@@ -38,6 +38,11 @@ fn fused_norm(norm_type: f64) -> Option<ReduceOp> {
 /// # Ok::<(), optjit::Error>(())
 /// ```
 ///
+/// The same bits as [`crate::Optimizer::clip_grad_norm`] followed by the step, as long as
+/// every group has the same `max_norm` (it is a per-group hyperparameter here, one value in
+/// PyTorch's call) and the graph does not opt into `fast_math` (which may fuse the scaling
+/// into a multiply-add).
+///
 /// Fails with [`Error::InvalidOption`] for another norm type, and [`Error::DuplicateName`]
 /// if the graph already has a `max_norm`.
 pub fn clip_grad_norm(graph: &Graph, norm_type: f64) -> Result<Graph> {

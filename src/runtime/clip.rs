@@ -29,7 +29,11 @@ impl Optimizer {
                 DType::F64 => self.param_norm_part::<f64>(i, norm_type),
             });
         }
-        Ok(match crate::optim::clip::reduction(norm_type) {
+        // No gradient at all: 0, as PyTorch.
+        if values.is_empty() {
+            return Ok(0.0);
+        }
+        let total = match crate::optim::clip::reduction(norm_type) {
             Some(op) => {
                 let total = combine_all(op, values);
                 match op {
@@ -42,7 +46,9 @@ impl Optimizer {
             }
             None if norm_type == 0.0 => values.into_iter().filter(|&v| v != 0.0).count() as f64,
             None => values.into_iter().sum::<f64>().powf(1.0 / norm_type),
-        })
+        };
+        // A sum of nothing but zeros is -0 (the sums' identity): a norm is +0 there.
+        Ok(if total == 0.0 { 0.0 } else { total })
     }
 
     /// Parameter `i`'s part of the norm (see [`Optimizer::grad_norm`]).
@@ -109,17 +115,14 @@ impl Optimizer {
         Ok(total)
     }
 
-    /// `torch.nn.utils.clip_grad_value_`: every gradient element clamped to
-    /// `[-clip_value, clip_value]` (NaN stays NaN, `-0` stays `-0`).
+    /// `torch.nn.utils.clip_grad_value_`: every gradient element `g` becomes
+    /// `min(max(g, -clip_value), clip_value)`, as `torch.clamp` (NaN stays NaN, `-0` stays
+    /// `-0`; a negative `clip_value` makes every element `clip_value`, a NaN one NaN).
     pub fn clip_grad_value(&mut self, clip_value: f64) {
         fn clamp<T: Float>(g: T, v: T) -> T {
-            if g > v {
-                v
-            } else if g < -v {
-                -v
-            } else {
-                g
-            }
+            use crate::ir::{eval_op, Op};
+            let low = eval_op(Op::Max, g, -v, -v);
+            eval_op(Op::Min, low, v, v)
         }
         self.scale_grads::<f32>(|g| clamp(g, f32::from_f64(clip_value)));
         self.scale_grads::<f64>(|g| clamp(g, clip_value));

@@ -39,6 +39,9 @@ pub struct GradScaler {
     /// Whether the current step's gradients were unscaled, and whether one was not finite.
     #[serde(skip)]
     unscaled: Option<bool>,
+    /// Whether `step` ran since the last update.
+    #[serde(skip)]
+    stepped: bool,
 }
 
 impl Default for GradScaler {
@@ -49,7 +52,7 @@ impl Default for GradScaler {
 }
 
 impl GradScaler {
-    /// A scaler starting at `init_scale`. Fails with [`Error::InvalidOption`] unless the
+    /// A scaler starting at `init_scale` (rounded to f32, as PyTorch keeps it). Fails with [`Error::InvalidOption`] unless the
     /// scale is finite and positive, `growth_factor > 1`, `0 < backoff_factor < 1` and
     /// `growth_interval >= 1` (PyTorch's conditions).
     pub fn new(
@@ -72,12 +75,13 @@ impl GradScaler {
             return bad("growth_interval", "must be at least 1");
         }
         Ok(GradScaler {
-            scale: init_scale,
+            scale: f64::from(init_scale as f32),
             growth_factor,
             backoff_factor,
             growth_interval,
             growth_tracker: 0,
             unscaled: None,
+            stepped: false,
         })
     }
 
@@ -114,6 +118,13 @@ impl GradScaler {
     /// unless a gradient was not finite: then nothing of `opt` but its gradients changes.
     /// Returns whether it stepped.
     pub fn step(&mut self, opt: &mut Optimizer) -> Result<bool> {
+        if self.stepped {
+            return Err(Error::InvalidOption {
+                option: "step",
+                reason: "already called since the last update",
+            });
+        }
+        self.stepped = true;
         if self.unscaled.is_none() {
             self.unscale(opt)?;
         }
@@ -128,18 +139,27 @@ impl GradScaler {
     /// gradient was not finite, else the tracker counts the step and at `growth_interval`
     /// the scale grows ×`growth_factor` (and the tracker restarts). Does nothing if no
     /// gradient was unscaled since the last update.
+    ///
+    /// As in PyTorch, the scale is a float32 value: each new scale is rounded to f32, and a
+    /// growth that would overflow f32 keeps the old scale.
     pub fn update(&mut self) {
+        self.stepped = false;
+        let f32_scale = |x: f64| f64::from(x as f32);
         match self.unscaled.take() {
             None => {}
             Some(true) => {
-                self.scale *= self.backoff_factor;
+                self.scale = f32_scale(self.scale * self.backoff_factor);
                 self.growth_tracker = 0;
             }
             Some(false) => {
-                self.growth_tracker += 1;
-                if self.growth_tracker == self.growth_interval {
-                    self.scale *= self.growth_factor;
+                if self.growth_tracker + 1 == self.growth_interval {
+                    let grown = f32_scale(self.scale * self.growth_factor);
+                    if grown.is_finite() {
+                        self.scale = grown;
+                    }
                     self.growth_tracker = 0;
+                } else {
+                    self.growth_tracker += 1;
                 }
             }
         }
