@@ -6,10 +6,11 @@
 
 use crate::ir::SlotKind;
 use crate::program::Program;
-use crate::runtime::{batches, default_threads, run_batches, Runner};
+use crate::runtime::{
+    batches, batches_in_units, default_threads, run_batches, Runner, StageKernels,
+};
 use crate::segment::Pieces;
 use crate::{passes, DType, Error, Float, Graph, Jit, Kernel, Result};
-use std::sync::OnceLock;
 
 /// Which executor runs the stage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -70,14 +71,7 @@ pub struct Stepper {
     hypers: Vec<f64>,
     executor: Executor,
     jit: Option<Jit>,
-    kernels: [OnceLock<Kernel>; 2],
-}
-
-fn dtype_index(dtype: DType) -> usize {
-    match dtype {
-        DType::F32 => 0,
-        DType::F64 => 1,
-    }
+    kernels: StageKernels,
 }
 
 impl Stepper {
@@ -86,12 +80,13 @@ impl Stepper {
     pub fn new(graph: &Graph) -> Result<Stepper> {
         let program = passes::compile(graph)?;
         let hypers = program.hypers.iter().map(|h| h.default).collect();
+        let kernels = StageKernels::new(&program);
         Ok(Stepper {
             program,
             hypers,
             executor: Executor::Jit,
             jit: None,
-            kernels: Default::default(),
+            kernels,
         })
     }
 
@@ -104,7 +99,7 @@ impl Stepper {
     /// Compiles with `jit` (and its cache) instead of the process-wide one.
     pub fn with_jit(mut self, jit: Jit) -> Stepper {
         self.jit = Some(jit);
-        self.kernels = Default::default();
+        self.kernels = StageKernels::new(&self.program);
         self
     }
 
@@ -224,33 +219,35 @@ impl Stepper {
     /// in their order), the prologue goes on with the results, then the last stage updates.
     /// Inputs are checked; only the last stage writes.
     fn step_phased<T: Float>(&self, params: &mut [ParamRef<'_, T>]) -> Result<()> {
-        use crate::ir::reduce::{combine_all, BLOCK};
-        use crate::ir::Scope;
+        use crate::runtime::{param_values, record_results};
         let program = &self.program;
-        let scalar_state = |p: &ParamRef<'_, T>, n: usize| match p.state.slots[n] {
-            SlotValue::Scalar(v) => v,
-            SlotValue::Buffer(_) => unreachable!("checked: slot {n} is a scalar slot"),
-        };
         let n_reductions = program.reductions().count();
         let mut values: Vec<Vec<f64>> = vec![Vec::new(); params.len()];
         let mut reduced: Vec<Vec<f64>> = vec![vec![0.0; n_reductions]; params.len()];
-        let threads = default_threads();
         let lens: Vec<usize> = params.iter().map(|p| p.param.len()).collect();
+        let members: Vec<usize> = (0..params.len()).collect();
+        // Every parameter's prologue, on up to instruction `end`.
+        let advance =
+            |params: &[ParamRef<'_, T>], values: &mut [Vec<f64>], reduced: &[Vec<f64>], end| {
+                for (i, p) in params.iter().enumerate() {
+                    let state = |n: usize| match p.state.slots[n] {
+                        SlotValue::Scalar(v) => v,
+                        SlotValue::Buffer(_) => unreachable!("checked: slot {n} is a scalar slot"),
+                    };
+                    let step = p.state.step + 1;
+                    program.eval_prologue_until(
+                        end,
+                        &self.hypers,
+                        step,
+                        state,
+                        &reduced[i],
+                        &mut values[i],
+                    );
+                }
+            };
         let mut first = 0;
-        for phase in &program.phases {
-            for (i, p) in params.iter().enumerate() {
-                let end = phase.prologue_end as usize;
-                let state = |n| scalar_state(p, n);
-                let step = p.state.step + 1;
-                program.eval_prologue_until(
-                    end,
-                    &self.hypers,
-                    step,
-                    state,
-                    &reduced[i],
-                    &mut values[i],
-                );
-            }
+        for (k, phase) in program.phases.iter().enumerate() {
+            advance(params, &mut values, &reduced, phase.prologue_end as usize);
             let n = phase.stage.reductions.len();
             let blocks: Vec<Vec<T>> = values
                 .iter()
@@ -258,85 +255,28 @@ impl Stepper {
                     phase
                         .kernel_scalars
                         .iter()
-                        .map(|&k| T::from_f64(v[k as usize]))
+                        .map(|&s| T::from_f64(v[s as usize]))
                         .collect()
                 })
                 .collect();
+            let blocks: Vec<&[T]> = blocks.iter().map(Vec::as_slice).collect();
             let mut partials: Vec<Vec<f64>> = lens
                 .iter()
                 .map(|&len| vec![0.0; crate::segment::blocks(len) * n])
                 .collect();
-            let batches = crate::runtime::batches_in_units(&lens, threads.count, BLOCK);
-            let slots = program.element_slots().count();
-            let mut pieces = Pieces::with_capacity(batches.pieces.len(), slots);
-            let mut next = batches.pieces.iter().peekable();
-            let mut ranges = Vec::new();
-            for (i, (p, partials)) in params.iter_mut().zip(&mut partials).enumerate() {
-                ranges.clear();
-                while let Some(piece) = next.next_if(|piece| piece.segment == i) {
-                    ranges.push((piece.start, piece.len, blocks[i].as_slice()));
-                }
-                let buffers = p.state.slots.iter_mut().filter_map(|s| match s {
-                    SlotValue::Buffer(b) => Some(b.as_mut_slice()),
-                    SlotValue::Scalar(_) => None,
-                });
-                pieces.cut_reducing(&mut *p.param, p.grad, buffers, &ranges, partials, n);
-            }
-            let mut storage = Vec::new();
-            let mut segments = pieces.into_segments(&mut storage);
-            let kernel = match self.executor {
-                Executor::Jit => Some(self.jit()?.compile_stage(
-                    &phase.stage,
-                    T::DTYPE,
-                    crate::JitOptions::default(),
-                )?),
-                _ => None,
-            };
-            let runner = match &kernel {
-                Some(k) => Runner::Jit(k),
-                None => Runner::Interp(self.executor, &phase.stage),
-            };
-            run_batches(runner, &mut segments, &batches.ends, threads.pool)?;
-            drop(segments);
-            for (r, ((op, _), scope)) in
-                phase.stage.reductions.iter().zip(&phase.scopes).enumerate()
-            {
-                let per_param: Vec<f64> = partials
-                    .iter()
-                    .map(|p| combine_all(*op, p.iter().skip(r).step_by(n).copied()))
-                    .collect();
-                match scope {
-                    Scope::Param => {
-                        for (i, v) in per_param.iter().enumerate() {
-                            reduced[i][first + r] = op.finish(*v);
-                        }
-                    }
-                    Scope::Global => {
-                        let all = op.finish(combine_all(*op, per_param));
-                        reduced.iter_mut().for_each(|red| red[first + r] = all);
-                    }
-                }
-            }
+            self.run_stage(params, &lens, k, &blocks, &mut partials)?;
+            let raw: Vec<Vec<f64>> = partials.iter().map(|p| param_values(phase, p)).collect();
+            record_results(phase, &members, &raw, &mut reduced, first);
             first += n;
         }
         // The rest of the prologue, then the last stage.
         let prologue = &program.prologue;
+        advance(params, &mut values, &reduced, prologue.insts.len());
         let (n_scalars, n_updates) = (prologue.kernel_scalars.len(), prologue.state_updates.len());
         let mut blocks: Vec<T> = Vec::with_capacity(params.len() * n_scalars);
         let mut updates: Vec<(usize, f64)> = Vec::with_capacity(params.len() * n_updates);
-        for (i, p) in params.iter().enumerate() {
-            let end = prologue.insts.len();
-            let state = |n| scalar_state(p, n);
-            let step = p.state.step + 1;
-            program.eval_prologue_until(
-                end,
-                &self.hypers,
-                step,
-                state,
-                &reduced[i],
-                &mut values[i],
-            );
-            program.push_prologue_results(&values[i], &mut blocks, &mut updates);
+        for v in &values {
+            program.push_prologue_results(v, &mut blocks, &mut updates);
         }
         self.run_last_stage(params, &lens, &blocks, &updates)
     }
@@ -351,40 +291,13 @@ impl Stepper {
         blocks: &[T],
         updates: &[(usize, f64)],
     ) -> Result<()> {
-        let program = &self.program;
-        let (n_scalars, n_updates) = (
-            program.prologue.kernel_scalars.len(),
-            program.prologue.state_updates.len(),
-        );
-        let threads = default_threads();
-        let batches = batches::<T>(lens, threads.count);
-        let slots = program.element_slots().count();
-        let mut pieces = Pieces::with_capacity(batches.pieces.len(), slots);
-        let mut next = batches.pieces.iter().peekable();
-        let mut ranges = Vec::new();
-        for (i, p) in params.iter_mut().enumerate() {
-            let block = &blocks[i * n_scalars..(i + 1) * n_scalars];
-            ranges.clear();
-            while let Some(piece) = next.next_if(|piece| piece.segment == i) {
-                ranges.push((piece.start, piece.len, block));
-            }
-            let buffers = p.state.slots.iter_mut().filter_map(|s| match s {
-                SlotValue::Buffer(b) => Some(b.as_mut_slice()),
-                SlotValue::Scalar(_) => None,
-            });
-            pieces.cut(&mut *p.param, p.grad, buffers, &ranges);
-        }
-        let mut storage = Vec::new();
-        let mut segments = pieces.into_segments(&mut storage);
-        let kernel = match self.executor {
-            Executor::Jit => Some(self.kernel(T::DTYPE)?),
-            _ => None,
-        };
-        let runner = match &kernel {
-            Some(k) => Runner::Jit(k),
-            None => Runner::Interp(self.executor, &program.stage),
-        };
-        run_batches(runner, &mut segments, &batches.ends, threads.pool)?;
+        let prologue = &self.program.prologue;
+        let n_updates = prologue.state_updates.len();
+        let n_scalars = prologue.kernel_scalars.len();
+        let blocks: Vec<&[T]> = (0..params.len())
+            .map(|i| &blocks[i * n_scalars..(i + 1) * n_scalars])
+            .collect();
+        self.run_stage(params, lens, self.program.phases.len(), &blocks, &mut [])?;
         for (i, p) in params.iter_mut().enumerate() {
             p.state.step += 1;
             for &(slot, v) in &updates[i * n_updates..(i + 1) * n_updates] {
@@ -392,6 +305,52 @@ impl Stepper {
             }
         }
         Ok(())
+    }
+
+    /// Runs stage `k` of the program (its phases in order, then the last) over `params`
+    /// (lengths `lens`), parameter `i` with scalar block `blocks[i]` and, for a phase, its
+    /// partials in `partials[i]`; cut between threads (a phase's only at block boundaries).
+    fn run_stage<T: Float>(
+        &self,
+        params: &mut [ParamRef<'_, T>],
+        lens: &[usize],
+        k: usize,
+        blocks: &[&[T]],
+        partials: &mut [Vec<f64>],
+    ) -> Result<()> {
+        let program = &self.program;
+        let stage = program.phases.get(k).map_or(&program.stage, |p| &p.stage);
+        let n = stage.reductions.len();
+        let threads = default_threads();
+        let batches = match n {
+            0 => batches::<T>(lens, threads.count),
+            _ => batches_in_units(lens, threads.count, crate::ir::reduce::BLOCK),
+        };
+        let slots = program.element_slots().count();
+        let mut pieces = Pieces::with_capacity(batches.pieces.len(), slots);
+        let mut next = batches.pieces.iter().peekable();
+        let mut partials = partials.iter_mut();
+        let mut ranges = Vec::new();
+        for (i, p) in params.iter_mut().enumerate() {
+            ranges.clear();
+            while let Some(piece) = next.next_if(|piece| piece.segment == i) {
+                ranges.push((piece.start, piece.len, blocks[i]));
+            }
+            let buffers = p.state.slots.iter_mut().filter_map(|s| match s {
+                SlotValue::Buffer(b) => Some(b.as_mut_slice()),
+                SlotValue::Scalar(_) => None,
+            });
+            let mine = partials.next().map_or(&mut [][..], Vec::as_mut_slice);
+            pieces.cut_reducing(&mut *p.param, p.grad, buffers, &ranges, mine, n);
+        }
+        let mut storage = Vec::new();
+        let mut segments = pieces.into_segments(&mut storage);
+        let kernel = match self.executor {
+            Executor::Jit => Some(self.kernels.get(self.jit.as_ref(), program, k, T::DTYPE)?),
+            _ => None,
+        };
+        let runner = Runner::of(kernel.as_ref(), self.executor, stage);
+        run_batches(runner, &mut segments, &batches.ends, threads.pool)
     }
 
     fn check_state<T>(&self, state: &ParamState<T>, len: usize) -> Result<()> {
@@ -419,21 +378,10 @@ impl Stepper {
         Ok(())
     }
 
-    /// The JIT this stepper compiles with: its own, or the process-wide one.
-    fn jit(&self) -> Result<Jit> {
-        match &self.jit {
-            Some(jit) => Ok(jit.clone()),
-            None => Jit::global(),
-        }
-    }
-
     /// The JIT kernel for `dtype`, compiled on first use.
     pub fn kernel(&self, dtype: DType) -> Result<Kernel> {
-        let cell = &self.kernels[dtype_index(dtype)];
-        if let Some(k) = cell.get() {
-            return Ok(k.clone());
-        }
-        let kernel = self.jit()?.compile(&self.program, dtype)?;
-        Ok(cell.get_or_init(|| kernel).clone())
+        let last = self.program.phases.len();
+        self.kernels
+            .get(self.jit.as_ref(), &self.program, last, dtype)
     }
 }

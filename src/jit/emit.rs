@@ -232,10 +232,7 @@ impl Translator<'_> {
         let sign = ops().any(|op| op == Op::Sign);
         let mut pair = |wanted: bool, v: f64| {
             wanted.then(|| {
-                let s = match self.scalar_ty {
-                    types::F32 => self.b.ins().f32const(v as f32),
-                    _ => self.b.ins().f64const(v),
-                };
+                let s = self.float_const(Width::Scalar, v);
                 [s, self.b.ins().splat(self.vector_ty, s)]
             })
         };

@@ -53,9 +53,7 @@ impl Optimizer {
 
     /// Parameter `i`'s part of the norm (see [`Optimizer::grad_norm`]).
     fn param_norm_part<T: Float>(&self, i: usize, norm_type: f64) -> f64 {
-        let info = &self.params[i];
-        let store = self.groups[info.group].store::<T>();
-        let grads = &store.grads.as_slice()[info.offset..info.offset + info.len];
+        let grads = self.grad_slice::<T>(i);
         match crate::optim::clip::reduction(norm_type) {
             // The sum of magnitudes: |g| in T, then the sum's order, as the fused clip.
             Some(ReduceOp::Sum) => {
@@ -130,15 +128,11 @@ impl Optimizer {
 
     /// Applies `f` to every gradient element of every parameter of dtype `T` that has one.
     pub(super) fn scale_grads<T: Float>(&mut self, f: impl Fn(T) -> T) {
-        for i in (0..self.params.len()).filter(|&i| self.has_grad[i]) {
-            let info = &self.params[i];
-            if info.dtype != T::DTYPE {
-                continue;
-            }
-            let (offset, len) = (info.offset, info.len);
-            let store = self.groups[info.group].store_mut::<T>();
-            for g in &mut store.grads.as_mut_slice()[offset..offset + len] {
-                *g = f(*g);
+        for i in 0..self.params.len() {
+            if self.has_grad[i] && self.params[i].dtype == T::DTYPE {
+                for g in self.grad_slice_mut::<T>(i) {
+                    *g = f(*g);
+                }
             }
         }
     }

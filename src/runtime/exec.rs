@@ -27,7 +27,15 @@ pub(crate) enum Runner<'a> {
     Interp(Executor, &'a Stage),
 }
 
-impl Runner<'_> {
+impl<'a> Runner<'a> {
+    /// The JIT's `kernel` if there is one, else `executor` on `stage`.
+    pub(crate) fn of(kernel: Option<&'a Kernel>, executor: Executor, stage: &'a Stage) -> Self {
+        match kernel {
+            Some(k) => Runner::Jit(k),
+            None => Runner::Interp(executor, stage),
+        }
+    }
+
     fn run<T: Float>(self, segments: &mut [Segment<'_, T>]) -> Result<()> {
         match self {
             Runner::Jit(kernel) => kernel.run(segments),
@@ -157,6 +165,46 @@ pub(crate) fn default_threads() -> Threads {
     Threads {
         count: rayon::current_num_threads(),
         pool: PoolKind::default(),
+    }
+}
+
+/// A program's JIT kernels, compiled on first use: one per stage (its phases in order, then
+/// the last) and dtype, so that a step finds them without hashing a stage in the JIT's cache.
+pub(crate) struct StageKernels {
+    cells: Vec<[std::sync::OnceLock<Kernel>; 2]>,
+}
+
+impl StageKernels {
+    /// Empty cells for `program`'s stages.
+    pub(crate) fn new(program: &crate::Program) -> Self {
+        let cells = (0..=program.phases.len())
+            .map(|_| Default::default())
+            .collect();
+        StageKernels { cells }
+    }
+
+    /// The kernel of stage `k` of `program` (phases in order, then the last) for `dtype`,
+    /// compiled with `jit` (the process-wide one if `None`) on first use.
+    pub(crate) fn get(
+        &self,
+        jit: Option<&crate::Jit>,
+        program: &crate::Program,
+        k: usize,
+        dtype: crate::DType,
+    ) -> Result<Kernel> {
+        let cell = &self.cells[k][usize::from(dtype == crate::DType::F64)];
+        if let Some(kernel) = cell.get() {
+            return Ok(kernel.clone());
+        }
+        let jit = match jit {
+            Some(jit) => jit.clone(),
+            None => crate::Jit::global()?,
+        };
+        let kernel = match program.phases.get(k) {
+            Some(phase) => jit.compile_stage(&phase.stage, dtype, crate::JitOptions::default())?,
+            None => jit.compile(program, dtype)?,
+        };
+        Ok(cell.get_or_init(|| kernel).clone())
     }
 }
 

@@ -18,7 +18,10 @@ mod step;
 pub(crate) mod store;
 
 pub use exec::GRAIN;
-pub(crate) use exec::{batches, batches_in_units, default_threads, run_batches, Runner};
+pub(crate) use exec::{
+    batches, batches_in_units, default_threads, run_batches, Runner, StageKernels,
+};
+pub(crate) use phases::{param_values, record_results};
 pub use pool::PoolKind;
 pub use scaler::GradScaler;
 pub use state_dict::{LoadReport, StateDict, StateEntry, TensorData};
@@ -29,7 +32,7 @@ use ndarray::{ArrayBase, ArrayViewD, ArrayViewMutD, Data, Dimension, IxDyn};
 use std::any::Any;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use store::{align_elems, round_up, AlignedBuf};
 
 /// A typed handle to a parameter of one [`Optimizer`].
@@ -207,7 +210,7 @@ pub struct Optimizer {
     program: Arc<Program>,
     executor: Executor,
     jit: Option<Jit>,
-    kernels: [OnceLock<Kernel>; 2],
+    kernels: StageKernels,
     threads: pool::Threads,
     /// Whether big flat-store streams ask for transparent huge pages.
     huge_pages: bool,
@@ -266,6 +269,7 @@ impl Optimizer {
     /// dtype), with no parameter groups yet.
     pub fn new(graph: &Graph) -> Result<Optimizer> {
         let program = passes::compile(graph)?;
+        let kernels = StageKernels::new(&program);
         let slot_inits = program.slots.iter().map(|s| s.init).collect();
         let element_inits = program
             .element_slots()
@@ -278,7 +282,7 @@ impl Optimizer {
             element_inits,
             executor: Executor::Jit,
             jit: None,
-            kernels: Default::default(),
+            kernels,
             threads: default_threads(),
             huge_pages: true,
             params: Vec::new(),
@@ -368,7 +372,7 @@ impl Optimizer {
     /// Compiles with `jit` (and its cache) instead of the process-wide one.
     pub fn with_jit(mut self, jit: Jit) -> Optimizer {
         self.jit = Some(jit);
-        self.kernels = Default::default();
+        self.kernels = StageKernels::new(&self.program);
         self
     }
 
@@ -580,25 +584,34 @@ impl Optimizer {
 
     /// The gradient, or `None` when the parameter has none (it will be skipped by `step`).
     pub fn grad<T: Float>(&self, handle: &Param<T>) -> Result<Option<&[T]>> {
-        let info = self.info(handle)?;
+        self.info(handle)?;
         if !self.has_grad[handle.index] {
             return Ok(None);
         }
+        Ok(Some(self.grad_slice(handle.index)))
+    }
+
+    /// Parameter `i`'s gradient buffer, whatever it holds; `T` must be its dtype.
+    fn grad_slice<T: Float>(&self, i: usize) -> &[T] {
+        let info = &self.params[i];
         let store = self.groups[info.group].store::<T>();
-        Ok(Some(
-            &store.grads.as_slice()[info.offset..info.offset + info.len],
-        ))
+        &store.grads.as_slice()[info.offset..info.offset + info.len]
+    }
+
+    /// [`Optimizer::grad_slice`] for writing.
+    fn grad_slice_mut<T: Float>(&mut self, i: usize) -> &mut [T] {
+        let info = &self.params[i];
+        let (offset, len) = (info.offset, info.len);
+        let store = self.groups[info.group].store_mut::<T>();
+        &mut store.grads.as_mut_slice()[offset..offset + len]
     }
 
     /// The gradient for writing or accumulating into; a parameter without a gradient gets a
     /// zero one first, as PyTorch's autograd creates it.
     pub fn grad_mut<T: Float>(&mut self, handle: &Param<T>) -> Result<&mut [T]> {
-        let info = self.info(handle)?.clone();
+        self.info(handle)?;
         let had = std::mem::replace(&mut self.has_grad[handle.index], true);
-        let grad = &mut self.groups[info.group]
-            .store_mut::<T>()
-            .grads
-            .as_mut_slice()[info.offset..info.offset + info.len];
+        let grad = self.grad_slice_mut(handle.index);
         if !had {
             grad.fill(T::ZERO);
         }
@@ -739,12 +752,9 @@ impl Optimizer {
     }
 
     fn kernel(&self, dtype: DType) -> Result<Kernel> {
-        let cell = &self.kernels[usize::from(dtype == DType::F64)];
-        if let Some(k) = cell.get() {
-            return Ok(k.clone());
-        }
-        let kernel = self.jit()?.compile(&self.program, dtype)?;
-        Ok(cell.get_or_init(|| kernel).clone())
+        let last = self.program.phases.len();
+        self.kernels
+            .get(self.jit.as_ref(), &self.program, last, dtype)
     }
 
     fn jit(&self) -> Result<Jit> {

@@ -42,7 +42,7 @@ impl Optimizer {
         self.prepare_state::<f64>(&is_member)?;
         let mut values: Vec<Vec<f64>> = vec![Vec::new(); n];
         let mut first = 0;
-        for phase in &program.phases {
+        for (k, phase) in program.phases.iter().enumerate() {
             for &i in &members {
                 self.continue_prologue(
                     &program,
@@ -53,28 +53,12 @@ impl Optimizer {
                     &mut values[i],
                 );
             }
-            // Per reduction, per parameter: its value before `finish`.
+            // Per parameter: its value of each reduction, before `finish`.
             let count = phase.stage.reductions.len();
-            let mut raw = vec![vec![0.0; n]; count];
-            self.run_phase::<f32>(phase, &is_member, &values, &mut raw)?;
-            self.run_phase::<f64>(phase, &is_member, &values, &mut raw)?;
-            for (r, ((op, _), scope)) in
-                phase.stage.reductions.iter().zip(&phase.scopes).enumerate()
-            {
-                match scope {
-                    Scope::Param => {
-                        for &i in &members {
-                            reduced[i][first + r] = op.finish(raw[r][i]);
-                        }
-                    }
-                    Scope::Global => {
-                        let all = op.finish(combine_all(*op, members.iter().map(|&i| raw[r][i])));
-                        for &i in &members {
-                            reduced[i][first + r] = all;
-                        }
-                    }
-                }
-            }
+            let mut raw = vec![Vec::new(); n];
+            self.run_phase::<f32>(&program, k, &is_member, &values, &mut raw)?;
+            self.run_phase::<f64>(&program, k, &is_member, &values, &mut raw)?;
+            record_results(phase, &members, &raw, &mut reduced, first);
             first += count;
         }
         Ok(reduced)
@@ -126,15 +110,17 @@ impl Optimizer {
         Ok(())
     }
 
-    /// Runs `phase` over the members of dtype `T`; writes each member's value of each of its
-    /// reductions into `raw[r][i]`.
+    /// Runs `phase` (stage `k` of the program) over the members of dtype `T`; writes each
+    /// member's [`param_values`] into `raw[i]`.
     fn run_phase<T: Float>(
         &mut self,
-        phase: &Phase,
+        program: &Program,
+        k: usize,
         is_member: &[bool],
         values: &[Vec<f64>],
         raw: &mut [Vec<f64>],
     ) -> Result<()> {
+        let phase = &program.phases[k];
         let count = phase.stage.reductions.len();
         let of_t = |i: &usize| self.params[*i].dtype == T::DTYPE && is_member[*i];
         // Members in storage order, group by group.
@@ -147,11 +133,7 @@ impl Optimizer {
             return Ok(());
         }
         let kernel = match self.executor {
-            Executor::Jit => Some(self.jit()?.compile_stage(
-                &phase.stage,
-                T::DTYPE,
-                crate::JitOptions::default(),
-            )?),
+            Executor::Jit => Some(self.kernels.get(self.jit.as_ref(), program, k, T::DTYPE)?),
             _ => None,
         };
         let blocks_of: Vec<Vec<T>> = (0..self.params.len())
@@ -207,23 +189,47 @@ impl Optimizer {
         }
         let mut storage = Vec::new();
         let mut segments = pieces.into_segments(&mut storage);
-        let runner = match &kernel {
-            Some(k) => Runner::Jit(k),
-            None => Runner::Interp(self.executor, &phase.stage),
-        };
+        let runner = Runner::of(kernel.as_ref(), self.executor, &phase.stage);
         run_batches(runner, &mut segments, &batches.ends, self.threads.pool)?;
         drop(segments);
         for (members, partials) in order.iter().zip(&partials) {
             let mut at = 0;
             for &i in members {
                 let len = blocks(self.params[i].len) * count;
-                let mine = &partials[at..at + len];
-                for (r, (op, _)) in phase.stage.reductions.iter().enumerate() {
-                    raw[r][i] = combine_all(*op, mine.iter().skip(r).step_by(count).copied());
-                }
+                raw[i] = param_values(phase, &partials[at..at + len]);
                 at += len;
             }
         }
         Ok(())
+    }
+}
+
+/// One parameter's value of each of `phase`'s reductions, before [`crate::ir::ReduceOp::
+/// finish`], from its block partials (block-major, see [`crate::Segment::partials`]).
+pub(crate) fn param_values(phase: &Phase, partials: &[f64]) -> Vec<f64> {
+    let n = phase.stage.reductions.len();
+    let reductions = phase.stage.reductions.iter().enumerate();
+    reductions
+        .map(|(r, (op, _))| combine_all(*op, partials.iter().skip(r).step_by(n).copied()))
+        .collect()
+}
+
+/// Writes the results of `phase`'s reductions, numbered from `first`, into `reduced[i]` for
+/// every member `i`, from `raw[i]` (its [`param_values`]): each member's own for a reduction
+/// per parameter, all members' combined in their order for a global one.
+pub(crate) fn record_results(
+    phase: &Phase,
+    members: &[usize],
+    raw: &[Vec<f64>],
+    reduced: &mut [Vec<f64>],
+    first: usize,
+) {
+    let reductions = phase.stage.reductions.iter().zip(&phase.scopes);
+    for (r, ((op, _), scope)) in reductions.enumerate() {
+        let global = (*scope == Scope::Global)
+            .then(|| op.finish(combine_all(*op, members.iter().map(|&i| raw[i][r]))));
+        for &i in members {
+            reduced[i][first + r] = global.unwrap_or_else(|| op.finish(raw[i][r]));
+        }
     }
 }

@@ -170,11 +170,8 @@ impl Optimizer {
     /// Whether any gradient element of a parameter with a gradient is NaN or infinite.
     pub(super) fn grads_non_finite(&self) -> bool {
         fn any<T: Float>(opt: &Optimizer, i: usize) -> bool {
-            let info = &opt.params[i];
-            let grads = &opt.groups[info.group].store::<T>().grads.as_slice();
-            grads[info.offset..info.offset + info.len]
-                .iter()
-                .any(|g| !g.to_f64().is_finite())
+            let grads = opt.grad_slice::<T>(i);
+            grads.iter().any(|g| !g.to_f64().is_finite())
         }
         (0..self.params.len())
             .filter(|&i| self.has_grad[i])

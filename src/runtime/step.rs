@@ -373,10 +373,7 @@ impl Optimizer {
         }
         let mut storage = Vec::new();
         let mut segments = pieces.into_segments(&mut storage);
-        let runner = match kernel {
-            Some(k) => Runner::Jit(k),
-            None => Runner::Interp(self.executor, &program.stage),
-        };
+        let runner = Runner::of(kernel, self.executor, &program.stage);
         run_batches(runner, &mut segments, &batches.ends, self.threads.pool)
     }
 

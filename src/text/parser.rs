@@ -674,6 +674,18 @@ impl<'s> Parser<'s> {
             let kind = TextErrorKind::UnknownFunction { name, suggestion };
             return Err(self.error(kind, callee.start, callee.end));
         };
+        let (args, end) = self.arguments(name, callee.start, op.arity())?;
+        self.apply_as(op, &args, callee.start, end, true)
+    }
+
+    /// A call's `(arguments)` after its name (which starts at `start`): exactly `arity` of
+    /// them, else an arity error under the whole call. Returns them and the call's end.
+    fn arguments(
+        &mut self,
+        name: String,
+        start: usize,
+        arity: usize,
+    ) -> PResult<(Vec<Spanned>, usize)> {
         self.next(); // `(`
         self.enter()?;
         let mut args = Vec::new();
@@ -685,50 +697,32 @@ impl<'s> Parser<'s> {
         }
         let close = self.expect_punct(")", "`)`")?;
         self.depth -= 1;
-        if args.len() != op.arity() {
+        if args.len() != arity {
             let kind = TextErrorKind::Arity {
                 function: name,
-                expected: op.arity(),
+                expected: arity,
                 actual: args.len(),
             };
-            return Err(self.error(kind, callee.start, close.end));
+            return Err(self.error(kind, start, close.end));
         }
-        self.apply_as(op, &args, callee.start, close.end, true)
+        Ok((args, close.end))
     }
 
     /// `sumsq(x)`, `global_sumsq(x)`, ...: a reduction of one per-element argument.
     fn reduce_call(&mut self, name: String, op: ReduceOp, scope: Scope) -> PResult<Spanned> {
         let callee = self.next();
-        self.next(); // `(`
-        self.enter()?;
-        let mut args = Vec::new();
-        while !self.is_punct(")") {
-            args.push(self.expression()?);
-            if !self.is_punct(")") {
-                self.expect_punct(",", "`,` or `)`")?;
-            }
-        }
-        let close = self.expect_punct(")", "`)`")?;
-        self.depth -= 1;
-        if args.len() != 1 {
-            let kind = TextErrorKind::Arity {
-                function: name,
-                expected: 1,
-                actual: args.len(),
-            };
-            return Err(self.error(kind, callee.start, close.end));
-        }
+        let (args, end) = self.arguments(name.clone(), callee.start, 1)?;
         let arg = self.materialize(args[0])?;
         if self.graph.rank(arg) != Rank::Element {
             let what = format!("the argument of `{name}`");
             let kind = TextErrorKind::ElementRequired { what };
             return Err(self.error(kind, args[0].start, args[0].end));
         }
-        let id = self.intern(Node::Reduce(op, scope, arg), callee.start, close.end)?;
+        let id = self.intern(Node::Reduce(op, scope, arg), callee.start, end)?;
         Ok(Spanned {
             val: Val::Node(id),
             start: callee.start,
-            end: close.end,
+            end,
         })
     }
 }
