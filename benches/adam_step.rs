@@ -121,7 +121,7 @@ fn main() {
             let grad = grad.clone();
             names.push("jit via Stepper".into());
             runs.push(Box::new(move || {
-                stepper.step(&mut p, &grad, &mut state).unwrap()
+                stepper.step(&mut p, &grad, &mut state).unwrap();
             }));
         }
         {
@@ -157,7 +157,9 @@ fn main() {
             let stepper = Stepper::new(&graph).unwrap().with_executor(executor);
             let mut p = vec![1.0f32; n];
             let mut state = stepper.init_state(n).unwrap();
-            let t = median(3, || stepper.step(&mut p, &grad, &mut state).unwrap());
+            let t = median(3, || {
+                stepper.step(&mut p, &grad, &mut state).unwrap();
+            });
             let name = format!("{executor:?}").to_lowercase();
             println!("  {name:<19} {:>8.3} ns/element", ns_per_elem(t, n));
         }

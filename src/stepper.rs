@@ -166,7 +166,7 @@ impl Stepper {
         param: &mut [T],
         grad: &[T],
         state: &mut ParamState<T>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         self.step_many(&mut [ParamRef { param, grad, state }])
     }
 
@@ -175,7 +175,10 @@ impl Stepper {
     ///
     /// Everything is checked first (state shape, lengths, aliasing, step overflow): on error
     /// no parameter and no state is changed.
-    pub fn step_many<T: Float>(&self, params: &mut [ParamRef<'_, T>]) -> Result<()> {
+    ///
+    /// Returns whether the step was applied: `false` when the program's skip condition held
+    /// for any parameter (see [`Graph::skip`]), and then nothing changed.
+    pub fn step_many<T: Float>(&self, params: &mut [ParamRef<'_, T>]) -> Result<bool> {
         let program = &self.program;
         for (i, p) in params.iter().enumerate() {
             if p.grad.len() != p.param.len() {
@@ -208,6 +211,9 @@ impl Stepper {
                 SlotValue::Buffer(_) => unreachable!("checked: slot {n} is a scalar slot"),
             };
             program.eval_prologue(&self.hypers, p.state.step + 1, scalar, &mut values);
+            if program.skips(&values) {
+                return Ok(false);
+            }
             program.push_prologue_results(&values, &mut blocks, &mut updates);
         }
         let lens: Vec<usize> = params.iter().map(|p| p.param.len()).collect();
@@ -218,7 +224,7 @@ impl Stepper {
     /// parameter (its reductions per parameter, and for a global one combined over `params`
     /// in their order), the prologue goes on with the results, then the last stage updates.
     /// Inputs are checked; only the last stage writes.
-    fn step_phased<T: Float>(&self, params: &mut [ParamRef<'_, T>]) -> Result<()> {
+    fn step_phased<T: Float>(&self, params: &mut [ParamRef<'_, T>]) -> Result<bool> {
         use crate::runtime::{param_values, record_results};
         let program = &self.program;
         let n_reductions = program.reductions().count();
@@ -272,6 +278,9 @@ impl Stepper {
         // The rest of the prologue, then the last stage.
         let prologue = &program.prologue;
         advance(params, &mut values, &reduced, prologue.insts.len());
+        if values.iter().any(|v| program.skips(v)) {
+            return Ok(false);
+        }
         let (n_scalars, n_updates) = (prologue.kernel_scalars.len(), prologue.state_updates.len());
         let mut blocks: Vec<T> = Vec::with_capacity(params.len() * n_scalars);
         let mut updates: Vec<(usize, f64)> = Vec::with_capacity(params.len() * n_updates);
@@ -290,7 +299,7 @@ impl Stepper {
         lens: &[usize],
         blocks: &[T],
         updates: &[(usize, f64)],
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let prologue = &self.program.prologue;
         let n_updates = prologue.state_updates.len();
         let n_scalars = prologue.kernel_scalars.len();
@@ -304,7 +313,7 @@ impl Stepper {
                 p.state.slots[slot] = SlotValue::Scalar(v);
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Runs stage `k` of the program (its phases in order, then the last) over `params`

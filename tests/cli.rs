@@ -143,6 +143,17 @@ fn show_a_clipped_optimizer_prints_its_phases() {
 }
 
 #[test]
+fn show_amp_with_clipping_prints_one_program_that_can_skip() {
+    // AMP + clipping + Adam: one pass computing the norm of the unscaled gradients and the
+    // non-finite check of the incoming ones, the clip coefficient and the skip condition,
+    // then Adam's stage reading the gradient unscaled and clipped.
+    snapshot!(
+        "cli__show_adam_clipped_amp_program",
+        ok(&["show", "adam", "--clip", "2", "--amp", "--stage", "program"])
+    );
+}
+
+#[test]
 fn show_text_of_built_ins() {
     // The text form of a few built-ins, as a reader sees it; each parses back to the same
     // graph (tests/text.rs checks every built-in).

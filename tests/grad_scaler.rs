@@ -5,7 +5,7 @@
 //! within PyTorch's own spread between its foreach and fused SGD.
 
 use ndarray::Array1;
-use optjit::optim::Sgd;
+use optjit::optim::{self, Sgd};
 use optjit::{GradScaler, Optimizer};
 use serde_json::Value;
 
@@ -32,7 +32,9 @@ fn tensors(v: &Value) -> Vec<Vec<f32>> {
         .collect()
 }
 
-fn check(file: &str, check_grads: bool, tolerance: f32) {
+/// Replays `file` with SGD-momentum stepped by the scaler: unfused (gradients unscaled in
+/// place, then the step), or `fused` (`optim::amp`: one program, gradients left scaled).
+fn check(file: &str, fused: bool, check_grads: bool, tolerance: f32) {
     let path = format!("{}/tests/data/clip/{file}", env!("CARGO_MANIFEST_DIR"));
     let case: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let kwargs = &case["scaler_kwargs"];
@@ -48,7 +50,11 @@ fn check(file: &str, check_grads: bool, tolerance: f32) {
         momentum: number(&case["optimizer"]["momentum"]),
         ..Sgd::default()
     };
-    let mut opt = Optimizer::new(&sgd.graph().unwrap()).unwrap();
+    let graph = match fused {
+        true => optim::amp(&sgd.graph().unwrap()).unwrap(),
+        false => sgd.graph().unwrap(),
+    };
+    let mut opt = Optimizer::new(&graph).unwrap();
     let group = opt.add_param_group(&[]).unwrap();
     let handles: Vec<_> = tensors(&case["params"])
         .into_iter()
@@ -60,7 +66,7 @@ fn check(file: &str, check_grads: bool, tolerance: f32) {
         .collect();
     let coefs = case["coefs"].as_array().unwrap();
     for (k, record) in case["step_records"].as_array().unwrap().iter().enumerate() {
-        let what = format!("{file} step {}", k + 1);
+        let what = format!("{file} (fused: {fused}) step {}", k + 1);
         let scale = scaler.scale();
         assert_eq!(scale, number(&record["scale_used"]), "{what}: scale");
         // The scaled gradients of the recorded loss: scale · coefs, exactly (powers of two).
@@ -124,10 +130,14 @@ fn check(file: &str, check_grads: bool, tolerance: f32) {
 #[test]
 fn grad_scaler_matches_pytorch() {
     // PyTorch's foreach SGD: our SGD-momentum is within a few float32 ulps of it.
-    check("grad_scaler.sgd_momentum.json", true, 1e-6);
+    check("grad_scaler.sgd_momentum.json", false, true, 1e-6);
     // Its fused SGD differs from its foreach SGD by up to 2.4e-7 (README); a skipped fused
     // step leaves the scaled gradients, so only the parameters are compared.
-    check("grad_scaler.sgd_momentum_fused.json", false, 1e-6);
+    check("grad_scaler.sgd_momentum_fused.json", false, false, 1e-6);
+    // optjit's fused form (`optim::amp`: unscaled in registers, skipped on overflow by the
+    // program) against both.
+    check("grad_scaler.sgd_momentum.json", true, false, 1e-6);
+    check("grad_scaler.sgd_momentum_fused.json", true, false, 1e-6);
 }
 
 #[test]

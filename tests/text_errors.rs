@@ -69,7 +69,7 @@ fn bad_numbers_are_one_token_under_the_caret() {
 
 #[test]
 fn unexpected_tokens_say_what_was_expected() {
-    let statement = "a statement: `let`, `state`, `flags` or an assignment";
+    let statement = "a statement: `let`, `state`, `flags`, `skip if` or an assignment";
     let expression = "an expression: a name, a number, `-`, `(` or a function call";
     let cases: [(&str, TextErrorKind, usize, usize, &str); 12] = [
         (
@@ -254,7 +254,7 @@ fn a_token_missing_at_the_end_of_a_line_was_reported_on_the_next_line() {
     let name = "a hyperparameter name or `)`";
     assert_error(header, unexpected("a number", name), 2, 5, "2");
     // So is a token that cannot start a statement, or anything after the closing `}`.
-    let statement = "a statement: `let`, `state`, `flags` or an assignment";
+    let statement = "a statement: `let`, `state`, `flags`, `skip if` or an assignment";
     let source = opt("    m = m\n    2 = m");
     assert_error(&source, unexpected("a number", statement), 4, 5, "2");
     let trailing = "optimizer t() { param = grad }\nx";

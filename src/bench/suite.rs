@@ -432,14 +432,14 @@ pub fn run(config: &Config, mut progress: impl FnMut(usize, usize, &str)) -> Res
                             let bytes = bytes_per_element(&clipped)?;
                             let mut opt =
                                 optimizer(&clipped, (Executor::Jit, &jit), threads, 1, n)?;
-                            Some((median(config.min_time, || opt.step())?, bytes))
+                            Some((median(config.min_time, || opt.step().map(drop))?, bytes))
                         }
                         Impl::ClipUnfused => {
                             let mut opt = optimizer(graph, (Executor::Jit, &jit), threads, 1, n)?;
                             // A norm pass (read) and a scale pass (read and write) more.
                             let step = || {
                                 opt.clip_grad_norm(1.0, 2.0, false)?;
-                                opt.step()
+                                opt.step().map(drop)
                             };
                             Some((median(config.min_time, step)?, bytes + 12))
                         }
@@ -447,7 +447,7 @@ pub fn run(config: &Config, mut progress: impl FnMut(usize, usize, &str)) -> Res
                         _ => {
                             let executor = imp.executor().expect("an executor");
                             let mut opt = optimizer(graph, (executor, &jit), threads, 1, n)?;
-                            Some((median(config.min_time, || opt.step())?, bytes))
+                            Some((median(config.min_time, || opt.step().map(drop))?, bytes))
                         }
                     };
                     if let Some((time, bytes)) = time {
@@ -463,7 +463,10 @@ pub fn run(config: &Config, mut progress: impl FnMut(usize, usize, &str)) -> Res
             progress(done, total, &format!("{name} jit {count} tensors: setup"));
             let mut layouts = many_small(graph, &jit, threads, count, each)?;
             let labels: Vec<String> = layouts.iter().map(Layout::label).collect();
-            let mut steps: Vec<_> = layouts.iter_mut().map(|l| move || l.opt.step()).collect();
+            let mut steps: Vec<_> = layouts
+                .iter_mut()
+                .map(|l| move || l.opt.step().map(drop))
+                .collect();
             let times = alternated(config.min_time, &mut steps, |round, i| {
                 let what = format!("{name} jit {} round {}/{ROUNDS}", labels[i], round + 1);
                 progress(done, total, &what);
@@ -483,7 +486,7 @@ pub fn run(config: &Config, mut progress: impl FnMut(usize, usize, &str)) -> Res
             records.extend(compile_times(name, graph, config.target)?);
             // The fixed cost of a step: one tensor of 16 elements, one thread.
             let mut opt = optimizer(graph, (Executor::Jit, &jit), 1, 1, 16)?;
-            let t = median(config.min_time, || opt.step())?;
+            let t = median(config.min_time, || opt.step().map(drop))?;
             records.push(Record::duration(name, "step_overhead", t).with_isa(isa(Impl::Jit)));
         }
     }

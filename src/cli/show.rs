@@ -175,17 +175,30 @@ pub struct ShowArgs {
     /// `optim::clip_grad_norm` does: one more phase, a `max_norm` hyperparameter.
     #[arg(long, value_name = "NORM_TYPE")]
     clip: Option<f64>,
+    /// Fuse mixed-precision gradient scaling into the optimizer (after the clip), as
+    /// `optim::amp` does: an `inv_scale` hyperparameter, a global non-finite check, and a
+    /// step skipped on overflow.
+    #[arg(long)]
+    amp: bool,
+}
+
+/// The optimizer `args` name, with the transforms it asks for, and its label.
+fn transformed(args: &ShowArgs) -> Result<(String, Graph), CliError> {
+    let (mut label, mut graph) = load(&args.optimizer)?;
+    if let Some(norm_type) = args.clip {
+        graph = optjit::optim::clip_grad_norm(&graph, norm_type)?;
+        label = format!("{label} (clipped, norm {norm_type})");
+    }
+    if args.amp {
+        graph = optjit::optim::amp(&graph)?;
+        label = format!("{label} (amp)");
+    }
+    Ok((label, graph))
 }
 
 /// Prints one stage of an optimizer's compilation.
 pub fn show(args: &ShowArgs) -> ExitCode {
-    let loaded = load(&args.optimizer).and_then(|(label, graph)| match args.clip {
-        None => Ok((label, graph)),
-        Some(norm_type) => {
-            let clipped = optjit::optim::clip_grad_norm(&graph, norm_type)?;
-            Ok((format!("{label} (clipped, norm {norm_type})"), clipped))
-        }
-    });
+    let loaded = transformed(args);
     exit(loaded.and_then(|(label, graph)| {
         let text = stage_text(&label, &graph, args.stage, args.dtype.into())?;
         out(text);

@@ -210,6 +210,8 @@ pub struct Graph {
     index: HashMap<Node, NodeId>,
     /// New param first, then one per slot; empty until set.
     outputs: Vec<NodeId>,
+    /// The scalar condition under which a step changes nothing (see [`Graph::skip`]).
+    skip: Option<NodeId>,
     flags: GraphFlags,
 }
 
@@ -225,6 +227,7 @@ impl Graph {
             ranks: Vec::new(),
             index: HashMap::new(),
             outputs: Vec::new(),
+            skip: None,
             flags: GraphFlags::default(),
         };
         for h in hypers {
@@ -248,6 +251,33 @@ impl Graph {
                 name: name.to_string(),
             });
         }
+        Ok(())
+    }
+
+    /// The condition under which a step is skipped, if the optimizer has one: a scalar that,
+    /// when it is not zero for any parameter of a step, makes the whole step change nothing
+    /// (no parameter, no state, no step count, in any group). Mixed-precision training skips
+    /// the steps whose gradients overflowed this way (see [`crate::optim::amp`]).
+    pub fn skip(&self) -> Option<NodeId> {
+        self.skip
+    }
+
+    /// Every root of the graph: its outputs, then its skip condition.
+    pub fn roots(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.outputs.iter().copied().chain(self.skip)
+    }
+
+    /// Sets the skip condition (see [`Graph::skip`]).
+    ///
+    /// Fails with [`Error::ScalarRequired`] for a per-element value: a step is skipped as a
+    /// whole.
+    pub(crate) fn set_skip(&mut self, condition: Option<NodeId>) -> Result<()> {
+        if condition.is_some_and(|c| self.rank(c) == Rank::Element) {
+            return Err(Error::ScalarRequired {
+                what: "the condition to skip a step".to_string(),
+            });
+        }
+        self.skip = condition;
         Ok(())
     }
 
@@ -285,6 +315,7 @@ impl Graph {
             ranks: Vec::new(),
             index: HashMap::new(),
             outputs: Vec::new(),
+            skip: None,
             flags: self.flags,
         }
     }

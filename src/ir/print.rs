@@ -83,6 +83,9 @@ impl fmt::Display for Graph {
                 writeln!(f, "  {} <- {}", slot.name, names[out.index()])?;
             }
         }
+        if let Some(skip) = self.skip() {
+            writeln!(f, "  skip if {}", names[skip.index()])?;
+        }
         Ok(())
     }
 }

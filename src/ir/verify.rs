@@ -57,8 +57,11 @@ pub fn verify_graph(graph: &Graph, pass: &'static str) -> Result<()> {
             graph.slots().len()
         ));
     }
-    if outputs.iter().any(|o| o.index() >= graph.nodes().len()) {
+    if graph.roots().any(|o| o.index() >= graph.nodes().len()) {
         return fail("an output names a missing node".to_string());
+    }
+    if graph.skip().is_some_and(|s| graph.rank(s) == Rank::Element) {
+        return fail("the skip condition is per element".to_string());
     }
     for (slot, out) in graph.slots().iter().zip(&outputs[1..]) {
         if slot.kind == SlotKind::Scalar && graph.rank(*out) == Rank::Element {

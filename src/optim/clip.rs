@@ -43,29 +43,53 @@ fn fused_norm(norm_type: f64) -> Option<ReduceOp> {
 /// PyTorch's call) and the graph does not opt into `fast_math` (which may fuse the scaling
 /// into a multiply-add).
 ///
-/// Fails with [`Error::InvalidOption`] for another norm type, and [`Error::DuplicateName`]
-/// if the graph already has a `max_norm`.
+/// Fails with [`Error::InvalidOption`] for another norm type, [`Error::DuplicateName`] if
+/// the graph already has a `max_norm`, and [`Error::Unsupported`] if it has a skip condition
+/// (clip first, then [`crate::optim::amp`], so that the norm is that of the unscaled
+/// gradients).
 pub fn clip_grad_norm(graph: &Graph, norm_type: f64) -> Result<Graph> {
+    if graph.skip().is_some() {
+        return Err(Error::Unsupported {
+            what: "clipping a graph with a skip condition; clip first, then apply amp",
+        });
+    }
     let op = fused_norm(norm_type).ok_or(Error::InvalidOption {
         option: "norm_type",
         reason: "a fused clip takes 1, 2 or inf (Optimizer::clip_grad_norm takes any p > 0)",
     })?;
+    let (out, _) = replace_grad(graph, "max_norm", DEFAULT_MAX_NORM, |g, grad, max_norm| {
+        let coef = clip_coef(g, grad, max_norm, op)?;
+        g.intern(Node::apply(Op::Mul, &[grad, coef]))
+    })?;
+    Ok(out)
+}
+
+/// `graph` with a new hyperparameter `hyper` (default `default`) and every read of the
+/// gradient replaced by `replace(graph, grad, hyper)` (built once, where the gradient was
+/// first read); the outputs and the skip condition are mapped. Returns the new graph and the
+/// node of the gradient as it comes in (`None` if the graph never reads it).
+pub(crate) fn replace_grad(
+    graph: &Graph,
+    hyper: &str,
+    default: f64,
+    replace: impl FnOnce(&mut Graph, NodeId, NodeId) -> Result<NodeId>,
+) -> Result<(Graph, Option<NodeId>)> {
     let mut out = graph.empty_like();
-    let max_norm = out.add_hyper("max_norm", DEFAULT_MAX_NORM)?;
+    let value = out.add_hyper(hyper, default)?;
     let mut map: Vec<NodeId> = Vec::with_capacity(graph.nodes().len());
-    let mut clipped = None;
+    let mut replace = Some(replace);
+    let mut replaced = None;
+    let mut grad = None;
     for node in graph.nodes() {
-        let new = match node {
-            Node::Grad => match clipped {
-                Some(id) => id,
-                None => {
-                    let grad = out.intern(Node::Grad)?;
-                    let coef = clip_coef(&mut out, grad, max_norm, op)?;
-                    let id = out.intern(Node::apply(Op::Mul, &[grad, coef]))?;
-                    clipped = Some(id);
-                    id
-                }
-            },
+        let new = match (node, replaced) {
+            (Node::Grad, Some(id)) => id,
+            (Node::Grad, None) => {
+                let raw = out.intern(Node::Grad)?;
+                let make = replace.take().expect("the gradient is replaced once");
+                let id = make(&mut out, raw, value)?;
+                (grad, replaced) = (Some(raw), Some(id));
+                id
+            }
             _ => {
                 let args: Vec<NodeId> = node.args().iter().map(|a| map[a.index()]).collect();
                 out.intern(node.with_args(&args))?
@@ -78,7 +102,8 @@ pub fn clip_grad_norm(graph: &Graph, norm_type: f64) -> Result<Graph> {
         map[param.index()],
         slots.iter().map(|s| map[s.index()]).collect(),
     )?;
-    Ok(out)
+    out.set_skip(graph.skip().map(|s| map[s.index()]))?;
+    Ok((out, grad))
 }
 
 /// `min(max_norm / (total + 1e-6), 1)` with `total` the norm that `op` gives of `grad` over

@@ -13,12 +13,13 @@
 //! Beyond `torch.optim`: [`Lion`], [`Adan`], [`AdaBelief`] and [`ScheduleFreeAdamW`], each
 //! following its authors' PyTorch implementation (named in its doc) the same way; [`Lamb`],
 //! [`Lars`] and [`NovoGrad`] as optax defines them ([`from_optax`]). [`clip_grad_norm`] fuses gradient clipping into any
-//! of them.
+//! of them, [`amp`] mixed-precision gradient unscaling and overflow skipping.
 
 mod adadelta;
 mod adagrad;
 mod adam;
 mod adamax;
+mod amp;
 mod asgd;
 pub mod clip;
 mod common;
@@ -42,6 +43,7 @@ pub use adadelta::Adadelta;
 pub use adagrad::Adagrad;
 pub use adam::{Adam, AdamW};
 pub use adamax::Adamax;
+pub use amp::{amp, INV_SCALE};
 pub use asgd::Asgd;
 pub use clip::clip_grad_norm;
 pub use nadam::NAdam;

@@ -24,8 +24,8 @@ pub fn run(graph: &Graph) -> Result<Graph> {
             uses[a.index()] += 1;
         }
     }
-    for out in graph.outputs() {
-        uses[out.index()] += 1;
+    for root in graph.roots() {
+        uses[root.index()] += 1;
     }
     // The operands of `id` if it is a per-element product used only once.
     let product = |id: NodeId| match graph.node(id) {

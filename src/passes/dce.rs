@@ -1,4 +1,4 @@
-//! `dce`: keeps only the nodes the outputs depend on, in their original order.
+//! `dce`: keeps only the nodes the roots (outputs and skip condition) depend on, in their original order.
 
 use crate::ir::{Graph, NodeId};
 use crate::Result;
@@ -7,8 +7,8 @@ use crate::Result;
 pub fn run(graph: &Graph) -> Result<Graph> {
     let n = graph.nodes().len();
     let mut live = vec![false; n];
-    for out in graph.outputs() {
-        live[out.index()] = true;
+    for root in graph.roots() {
+        live[root.index()] = true;
     }
     // Operands precede users, so one backward sweep marks everything live.
     for i in (0..n).rev() {
@@ -36,5 +36,6 @@ pub fn run(graph: &Graph) -> Result<Graph> {
     if let Some((param, slots)) = graph.outputs().split_first() {
         out.set_outputs(mapped(param), slots.iter().map(mapped).collect())?;
     }
+    out.set_skip(graph.skip().as_ref().map(mapped))?;
     Ok(out)
 }

@@ -3,7 +3,7 @@
 //! from the scalar block.
 //!
 //! Reductions split the work into phases: a node's *phase* is the number of reductions on
-//! its longest path from the leaves. Phase `p < P` (`P` the outputs' last phase) is a pass
+//! its longest path from the leaves. Phase `p < P` (`P` the roots' last phase) is a pass
 //! over the elements computing the reductions whose operands are of phase `p`; the last
 //! stage writes the outputs. Each stage computes again what it needs (no value is carried
 //! from one pass to the next in a hidden buffer). The prologue lists scalars by phase, so
@@ -36,12 +36,7 @@ pub fn run(graph: &Graph) -> Result<Program> {
         let operands = node.args().iter().map(|a| phase[a.index()]).max();
         phase[i] = operands.unwrap_or(0) + u32::from(matches!(node, Node::Reduce(..)));
     }
-    let last = graph
-        .outputs()
-        .iter()
-        .map(|o| phase[o.index()])
-        .max()
-        .unwrap_or(0);
+    let last = graph.roots().map(|o| phase[o.index()]).max().unwrap_or(0);
     // Reductions, numbered by (phase, position).
     let mut reductions: Vec<usize> = (0..n)
         .filter(|&i| matches!(graph.nodes()[i], Node::Reduce(..)))
@@ -134,6 +129,8 @@ pub fn run(graph: &Graph) -> Result<Program> {
             }
         }
     }
+
+    prologue.skip = graph.skip().map(|s| scalar[s.index()]);
 
     Ok(Program {
         name: graph.name().to_string(),

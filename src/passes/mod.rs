@@ -117,5 +117,6 @@ pub(crate) fn rebuild(
             slots.iter().map(|s| map[s.index()]).collect(),
         )?;
     }
+    out.set_skip(graph.skip().map(|s| map[s.index()]))?;
     Ok(out)
 }

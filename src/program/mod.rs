@@ -79,6 +79,10 @@ pub struct Prologue {
     pub kernel_scalars: Vec<u32>,
     /// New values of scalar state slots: `(slot index, $ value)`.
     pub state_updates: Vec<(u32, u32)>,
+    /// The `$` value of the skip condition, if any: a step whose prologue gives it a value
+    /// other than zero for any parameter changes nothing (see [`crate::Graph::skip`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip: Option<u32>,
 }
 
 /// An operand of an element instruction.
@@ -247,6 +251,14 @@ impl Program {
         scalars.extend(kernel.map(|&s| T::from_f64(values[s as usize])));
         let state = self.prologue.state_updates.iter();
         updates.extend(state.map(|&(slot, v)| (slot as usize, values[v as usize])));
+    }
+
+    /// Whether a parameter's prologue results (`values`, the whole prologue) skip the step:
+    /// its skip condition is not zero (NaN included, as `select` reads a condition).
+    pub fn skips(&self, values: &[f64]) -> bool {
+        self.prologue
+            .skip
+            .is_some_and(|s| values[s as usize] != 0.0)
     }
 
     /// Wraps the program for printing with element types of `dtype`.

@@ -42,6 +42,9 @@ impl fmt::Display for ProgramDisplay<'_> {
         for (slot, value) in &p.prologue.state_updates {
             writeln!(f, "  {} <- ${value}", p.slots[*slot as usize].name)?;
         }
+        if let Some(skip) = p.prologue.skip {
+            writeln!(f, "  skip if ${skip}")?;
+        }
         let scalars = &p.prologue.kernel_scalars;
         writeln!(f, "stage (scalars: {}):", scalar_list(scalars))?;
         self.body(f, &p.stage, scalars)?;

@@ -34,6 +34,9 @@ pub fn verify_program(p: &Program, pass: &'static str) -> Result<()> {
     {
         return fail("a kernel scalar names a missing prologue value".to_string());
     }
+    if p.prologue.skip.is_some_and(|s| s as usize >= n_values) {
+        return fail("the skip condition names a missing prologue value".to_string());
+    }
     for &(slot, value) in &p.prologue.state_updates {
         let scalar_slot = p
             .slots

@@ -5,6 +5,7 @@
 //! `growth_interval` good ones.
 
 use super::Optimizer;
+use crate::optim::INV_SCALE;
 use crate::{DType, Error, Float, Result};
 use serde::{Deserialize, Serialize};
 
@@ -107,22 +108,51 @@ impl GradScaler {
             });
         }
         let found_inf = opt.grads_non_finite();
-        let inv = 1.0 / self.scale;
+        let inv = self.inv_scale();
         opt.scale_grads::<f32>(|g| g * f32::from_f64(inv));
         opt.scale_grads::<f64>(|g| g * inv);
         self.unscaled = Some(found_inf);
         Ok(())
     }
 
+    /// The factor that unscales the gradients: `1 / scale` rounded to f32, as PyTorch
+    /// computes it (`scale.double().reciprocal().float()`), for gradients of every dtype.
+    pub fn inv_scale(&self) -> f64 {
+        f64::from((1.0 / self.scale) as f32)
+    }
+
     /// Unscales the gradients (unless [`GradScaler::unscale`] already did) and steps `opt`,
     /// unless a gradient was not finite: then nothing of `opt` but its gradients changes.
     /// Returns whether it stepped.
+    ///
+    /// An optimizer built from [`crate::optim::amp`] does it all in its own step: the
+    /// scaler sets its [`crate::optim::INV_SCALE`] in every group (1 if the gradients were
+    /// unscaled already) and the step, one program, unscales in registers and skips itself
+    /// on overflow; its gradients stay as they were. The other optimizers have their
+    /// gradients unscaled in place first.
     pub fn step(&mut self, opt: &mut Optimizer) -> Result<bool> {
         if self.stepped {
             return Err(Error::InvalidOption {
                 option: "step",
                 reason: "already called since the last update",
             });
+        }
+        let program = opt.program();
+        let fused = program.prologue.skip.is_some() && program.hyper_index(INV_SCALE).is_some();
+        if fused {
+            let inv = match self.unscaled {
+                Some(true) => {
+                    self.stepped = true;
+                    return Ok(false);
+                }
+                Some(false) => 1.0,
+                None => self.inv_scale(),
+            };
+            opt.set_hyper_all(INV_SCALE, inv)?;
+            let applied = opt.step()?;
+            self.stepped = true;
+            self.unscaled.get_or_insert(!applied);
+            return Ok(applied);
         }
         self.stepped = true;
         if self.unscaled.is_none() {

@@ -35,6 +35,8 @@ struct Plan<T> {
     runs: Vec<(usize, usize, usize)>,
     /// Ranges of members without state yet.
     fresh: Vec<(usize, usize)>,
+    /// Whether a member's prologue met the program's skip condition.
+    skip: bool,
 }
 
 impl<T> Plan<T> {
@@ -61,11 +63,14 @@ pub(super) struct Pass {
 
 impl Optimizer {
     /// Updates every parameter that has a gradient; parameters without one are skipped, their
-    /// state and step count untouched.
+    /// state and step count untouched. Returns whether the step was applied: `false` when
+    /// the program's skip condition held (see [`crate::Graph::skip`]; e.g. an overflowed
+    /// gradient under [`crate::optim::amp`]), and then no parameter, state or step count
+    /// changed in any group. The hooks run either way.
     ///
     /// Everything is checked before the first buffer is written; on error nothing changed.
     /// Fails with [`Error::EvalMode`] between [`Optimizer::eval`] and [`Optimizer::train`].
-    pub fn step(&mut self) -> Result<()> {
+    pub fn step(&mut self) -> Result<bool> {
         if !self.training {
             return Err(Error::EvalMode);
         }
@@ -75,14 +80,15 @@ impl Optimizer {
             hypers: (0..self.program.hypers.len()).collect(),
             is_step: true,
         };
-        self.run_pass(&pass)?;
+        let applied = self.run_pass(&pass)?;
         self.run_hooks(false);
-        Ok(())
+        Ok(applied)
     }
 
     /// Runs `pass` over every group and dtype: plans first (every check), then one parallel
-    /// region per dtype over the segments of every group, then the bookkeeping.
-    fn run_pass(&mut self, pass: &Pass) -> Result<()> {
+    /// region per dtype over the segments of every group, then the bookkeeping. Returns
+    /// whether it ran (`false`: the skip condition held, nothing changed).
+    fn run_pass(&mut self, pass: &Pass) -> Result<bool> {
         // A program with reductions runs its phases first: they write nothing.
         let reduced = match pass.program.phases.is_empty() {
             true => None,
@@ -93,6 +99,9 @@ impl Optimizer {
         for g in 0..self.groups.len() {
             plans32.push(self.plan::<f32>(g, pass, reduced.as_ref())?);
             plans64.push(self.plan::<f64>(g, pass, reduced.as_ref())?);
+        }
+        if plans32.iter().any(|p| p.skip) || plans64.iter().any(|p| p.skip) {
+            return Ok(false);
         }
         let kernel32 = self.runner_kernel(&pass.program, DType::F32, &plans32)?;
         let kernel64 = self.runner_kernel(&pass.program, DType::F64, &plans64)?;
@@ -111,7 +120,7 @@ impl Optimizer {
         for plan in &plans64 {
             self.finish(plan, pass.is_step);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Switches to evaluation mode, running the optimizer's eval graph (see
@@ -235,6 +244,7 @@ impl Optimizer {
             n_updates: program.prologue.state_updates.len(),
             runs: Vec::new(),
             fresh: Vec::new(),
+            skip: false,
         };
         if !group.params.iter().any(runs) {
             return Ok(plan); // nothing to run (e.g. no parameter of this dtype): no allocation
@@ -293,6 +303,7 @@ impl Optimizer {
                     // The new block goes at the end; it stays there only if no recent block
                     // has the same bits.
                     let blocks = plan.blocks.len() / n_scalars.max(1);
+                    plan.skip |= program.skips(&values);
                     program.push_prologue_results(&values, &mut plan.blocks, &mut plan.updates);
                     let found = recent(blocks, |b| same_block(plan.block(b), plan.block(blocks)));
                     let index = match found {

@@ -21,10 +21,16 @@
 //!   [`crate::ir::GraphFlags`].
 //! - `let NAME = EXPR` names a value; `param = EXPR` and `STATE = EXPR` assign, in order:
 //!   later lines see earlier updates. The param must be assigned, and so must every state.
+//! - `skip if EXPR` (at most once) gives the step a skip condition: a per-step scalar that,
+//!   when not zero, makes the whole step change nothing ([`crate::Graph::skip`]); e.g.
+//!   `skip if global_nonfinite(grad)`.
 //! - Operators, loosest first: comparisons `== != < <= > >=` (yielding 1 or 0, not chained),
 //!   `+ -`, `* /`, unary `-`, `^` (power, right-associative). Functions: `sqrt abs sign exp
 //!   ln min max pow select fma`. `^`, `pow`, `exp` and `ln` take per-step scalars only
-//!   (hyperparameters, `step`, scalar state, numbers). Literals: decimal numbers, `inf`,
+//!   (hyperparameters, `step`, scalar state, numbers). Reductions of a per-element value to
+//!   a per-step scalar: `sum sumsq maxabs nonfinite` over each parameter tensor, and
+//!   `global_sum global_sumsq global_maxabs global_nonfinite` over every parameter of the
+//!   step (see [`crate::ir::reduce`]). Literals: decimal numbers, `inf`,
 //!   `nan`. `#` starts a comment.
 //!
 //! Errors carry the line and column, the offending line with a caret under the offending

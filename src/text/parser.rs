@@ -347,7 +347,7 @@ impl<'s> Parser<'s> {
             return Ok(());
         }
         let Tok::Ident(word) = self.peek().tok.clone() else {
-            let expected = "a statement: `let`, `state`, `flags` or an assignment";
+            let expected = "a statement: `let`, `state`, `flags`, `skip if` or an assignment";
             return Err(self.unexpected_at(self.peek(), expected));
         };
         match word.as_str() {
@@ -386,6 +386,24 @@ impl<'s> Parser<'s> {
                 self.scope.insert(name, Binding::Slot(index, id));
                 self.slot_assigned.push(false);
                 self.slot_decl.push((start, end));
+            }
+            "skip" if self.peek_at(1) == &Tok::Ident("if".into()) => {
+                let t = self.next();
+                self.next();
+                if self.graph.skip().is_some() {
+                    let kind = TextErrorKind::Redefined {
+                        name: "skip".into(),
+                        what: "set: a step has one skip condition",
+                    };
+                    return Err(self.error(kind, t.start, t.end));
+                }
+                let value = self.expression()?;
+                let (start, end) = (value.start, value.end);
+                let id = self.materialize(value)?;
+                if self.graph.set_skip(Some(id)).is_err() {
+                    let what = "the condition of `skip if`".to_string();
+                    return Err(self.error(TextErrorKind::ScalarRequired { what }, start, end));
+                }
             }
             "flags" => {
                 let t = self.next();

@@ -69,6 +69,11 @@ impl<'g> Printer<'g> {
                 users[a.index()].push(i);
             }
         }
+        // The skip condition is read after every node (`skip if ...` comes last): a user
+        // past the arena's end keeps its name alive to the end.
+        if let Some(skip) = g.skip() {
+            users[skip.index()].push(n);
+        }
         let (param_out, slot_outs) = g.outputs().split_first().expect("a finished graph");
         let targets: Vec<(Target, NodeId)> = std::iter::once((None, *param_out))
             .chain(slot_outs.iter().enumerate().map(|(i, &o)| (Some(i), o)))
@@ -208,6 +213,10 @@ impl<'g> Printer<'g> {
                     self.name[pos] = Some(t);
                 }
             }
+        }
+        if let Some(skip) = self.g.skip() {
+            let text = self.reference(skip.index(), false);
+            self.line(format!("skip if {text}"));
         }
         self.trailing_assignments();
         let mut out = String::new();
