@@ -65,6 +65,7 @@ pub mod runtime;
 mod segment;
 mod stepper;
 pub mod text;
+pub mod transform;
 
 pub use dtype::{DType, Float};
 pub use error::{Error, ErrorKind, Result};

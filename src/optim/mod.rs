@@ -22,7 +22,7 @@ mod adamax;
 mod amp;
 mod asgd;
 pub mod clip;
-mod common;
+pub mod common;
 mod nadam;
 mod radam;
 mod rmsprop;
