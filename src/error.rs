@@ -106,6 +106,13 @@ pub enum Error {
         /// Where the element value was required, e.g. "the operand of `sumsq`".
         what: String,
     },
+    /// User mistake: the new value of a group state reads something that differs between
+    /// the parameters of its group.
+    #[error("{what} must be the same for every parameter of a group, but it reads the step count, a parameter's own state or a per-parameter value")]
+    PerParameterValue {
+        /// What, e.g. "the new value of group state `k`".
+        what: String,
+    },
     /// User mistake: an op applied to the wrong number of operands.
     #[error("`{op}` takes {expected} operand(s), got {actual}")]
     Arity {
@@ -287,6 +294,7 @@ impl Error {
             | Error::OutputNotSet { .. }
             | Error::ScalarRequired { .. }
             | Error::ElementRequired { .. }
+            | Error::PerParameterValue { .. }
             | Error::Arity { .. }
             | Error::InvalidProgram { .. }
             | Error::ProgramTooLarge { .. }

@@ -154,7 +154,7 @@ impl Stepper {
                     buffer.resize(len, T::from_f64(s.init));
                     Ok(SlotValue::Buffer(buffer))
                 }
-                SlotKind::Scalar => Ok(SlotValue::Scalar(s.init)),
+                SlotKind::Scalar | SlotKind::Group => Ok(SlotValue::Scalar(s.init)),
             })
             .collect::<Result<_>>()?;
         Ok(ParamState { step: 0, slots })
@@ -376,7 +376,9 @@ impl Stepper {
                     "its buffer's length differs from the parameter's"
                 }
                 (SlotKind::Element, SlotValue::Scalar(_)) => "a scalar where a buffer belongs",
-                (SlotKind::Scalar, SlotValue::Buffer(_)) => "a buffer where a scalar belongs",
+                (SlotKind::Scalar | SlotKind::Group, SlotValue::Buffer(_)) => {
+                    "a buffer where a scalar belongs"
+                }
                 _ => continue,
             };
             return Err(Error::StateMismatch {

@@ -361,10 +361,20 @@ impl Options {
         }
     }
 
-    /// The per-parameter scalar state (the reference's group scalars).
+    /// The scalar state (the reference's group scalars; a `Stepper`'s `ParamState` holds
+    /// its own copy).
     fn scalar_names(&self) -> Vec<&'static str> {
         match self {
             Options::ScheduleFree(_) => vec!["lr_max", "weight_sum"],
+            _ => vec![],
+        }
+    }
+
+    /// Scalar state counting the steps taken (schedule-free's group `k`): the textbook's
+    /// step count.
+    fn counter_names(&self) -> Vec<&'static str> {
+        match self {
+            Options::ScheduleFree(_) => vec!["k"],
             _ => vec![],
         }
     }
@@ -448,7 +458,13 @@ fn check<T: Float>(label: &str, run: Run, failures: &mut Vec<String>) {
     slots.sort_unstable();
     let buffer_names = options.buffer_names();
     let scalar_names = options.scalar_names();
-    let mut expected_slots: Vec<&str> = buffer_names.iter().chain(&scalar_names).copied().collect();
+    let counter_names = options.counter_names();
+    let mut expected_slots: Vec<&str> = buffer_names
+        .iter()
+        .chain(&scalar_names)
+        .chain(&counter_names)
+        .copied()
+        .collect();
     expected_slots.sort_unstable();
     assert_eq!(slots, expected_slots, "{label}: state slots");
 
@@ -512,6 +528,18 @@ fn check<T: Float>(label: &str, run: Run, failures: &mut Vec<String>) {
                     &format!("{at} {name}"),
                     &[actual],
                     &[t.scalar(name)],
+                    failures,
+                );
+            }
+            for name in &counter_names {
+                let n = slot_index(&stepper, name).expect("checked above");
+                let SlotValue::Scalar(actual) = state.slots[n] else {
+                    panic!("{at}: {name} is not a scalar slot");
+                };
+                compare(
+                    &format!("{at} {name}"),
+                    &[actual],
+                    &[t.step as f64],
                     failures,
                 );
             }

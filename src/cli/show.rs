@@ -64,6 +64,7 @@ fn state_text(graph: &Graph) -> String {
         .map(|s| match s.kind {
             SlotKind::Element => s.name.clone(),
             SlotKind::Scalar => format!("{} (scalar)", s.name),
+            SlotKind::Group => format!("{} (group)", s.name),
         })
         .collect();
     slots.join(", ")
@@ -116,6 +117,7 @@ fn list_json(name: &str, graph: &Graph) -> serde_json::Value {
             let kind = match s.kind {
                 SlotKind::Element => "element",
                 SlotKind::Scalar => "scalar",
+                SlotKind::Group => "group",
             };
             serde_json::json!({ "name": s.name, "init": s.init, "kind": kind })
         })

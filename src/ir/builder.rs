@@ -124,6 +124,13 @@ impl Builder {
         self.add_slot(name, init, SlotKind::Scalar)
     }
 
+    /// Declares a per-group scalar state slot (like schedule-free's `weight_sum`) starting at
+    /// `init`; returns its value before this step. See [`SlotKind::Group`] for what its new
+    /// value may read.
+    pub fn group_state(&self, name: &str, init: f64) -> Expr<'_> {
+        self.add_slot(name, init, SlotKind::Group)
+    }
+
     /// The parameter's value before this step.
     pub fn param(&self) -> Expr<'_> {
         self.leaf(Node::Param)

@@ -121,13 +121,20 @@ pub struct HyperDef {
     pub default: f64,
 }
 
-/// Whether a state slot holds a buffer or one scalar per parameter.
+/// The scope of a state slot: a buffer, one scalar per parameter, or one per group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum SlotKind {
     /// One value per element, like Adam's `exp_avg`.
     Element,
     /// One f64 per parameter, carried from step to step and updated in the prologue.
     Scalar,
+    /// One f64 per parameter group (schedule-free's `weight_sum`, kept in PyTorch's
+    /// `param_groups`): every parameter of the group reads the same value, and it advances
+    /// once per applied step, whether or not the group's parameters have gradients. Its new
+    /// value may only read what is the same for the whole group: hyperparameters, group
+    /// state, constants and global reductions (not `step`, a parameter's own state or a
+    /// per-parameter reduction).
+    Group,
 }
 
 impl SlotKind {
@@ -136,7 +143,14 @@ impl SlotKind {
         match self {
             SlotKind::Element => "state",
             SlotKind::Scalar => "scalar state",
+            SlotKind::Group => "group state",
         }
+    }
+
+    /// Whether the slot holds a scalar (per parameter or per group), computed in the
+    /// prologue.
+    pub fn is_scalar(self) -> bool {
+        self != SlotKind::Element
     }
 }
 
@@ -416,7 +430,7 @@ impl Graph {
             }
             Node::State(n) => match self.slots[n as usize].kind {
                 SlotKind::Element => Rank::Element,
-                SlotKind::Scalar => Rank::Scalar,
+                SlotKind::Scalar | SlotKind::Group => Rank::Scalar,
             },
             Node::Reduce(op, _, arg) => {
                 assert!(arg.index() < self.nodes.len(), "operand {arg:?} exists");
@@ -443,16 +457,54 @@ impl Graph {
         })
     }
 
+    /// Per node: whether its value can differ between the parameters of one group (it reads
+    /// an element, `step`, a parameter's scalar state or a per-parameter reduction).
+    pub fn per_parameter(&self) -> Vec<bool> {
+        let mut varies = Vec::with_capacity(self.nodes.len());
+        self.extend_per_parameter(&mut varies);
+        varies
+    }
+
+    /// [`Graph::per_parameter`] for the nodes added since `varies` was computed (nodes are
+    /// only ever appended), so that a parser checking each assignment stays linear.
+    pub(crate) fn extend_per_parameter(&self, varies: &mut Vec<bool>) {
+        for node in &self.nodes[varies.len()..] {
+            let own = match *node {
+                Node::Param | Node::Grad | Node::Step => true,
+                Node::State(n) => self.slots[n as usize].kind != SlotKind::Group,
+                Node::Reduce(_, Scope::Param, _) => true,
+                Node::Reduce(_, Scope::Global, _) => false,
+                Node::Const(_) | Node::Hyper(_) | Node::Apply(..) => false,
+            };
+            let from_args = match node {
+                Node::Reduce(..) => false,
+                _ => node.args().iter().any(|a| varies[a.index()]),
+            };
+            varies.push(own || from_args);
+        }
+    }
+
     /// Sets the outputs: the new param, then the new value of each slot in slot order.
     ///
-    /// Fails with [`Error::ScalarRequired`] when a scalar slot gets a per-element value.
+    /// Fails with [`Error::ScalarRequired`] when a scalar slot gets a per-element value, and
+    /// [`Error::PerParameterValue`] when a group slot gets one that differs between the
+    /// parameters of a group.
     pub(crate) fn set_outputs(&mut self, param: NodeId, slots: Vec<NodeId>) -> Result<()> {
         assert_eq!(slots.len(), self.slots.len(), "one output per slot");
+        let mut varies = None;
         for (slot, &value) in self.slots.iter().zip(&slots) {
-            if slot.kind == SlotKind::Scalar && self.rank(value) == Rank::Element {
+            if slot.kind.is_scalar() && self.rank(value) == Rank::Element {
                 return Err(Error::ScalarRequired {
-                    what: format!("the new value of scalar state `{}`", slot.name),
+                    what: format!("the new value of {} `{}`", slot.kind.keyword(), slot.name),
                 });
+            }
+            if slot.kind == SlotKind::Group {
+                let varies = varies.get_or_insert_with(|| self.per_parameter());
+                if varies[value.index()] {
+                    return Err(Error::PerParameterValue {
+                        what: format!("the new value of group state `{}`", slot.name),
+                    });
+                }
             }
         }
         self.outputs = std::iter::once(param).chain(slots).collect();

@@ -26,7 +26,7 @@ pub fn verify_graph(graph: &Graph, pass: &'static str) -> Result<()> {
             Node::State(n) if (n as usize) < graph.slots().len() => {
                 match graph.slots()[n as usize].kind {
                     SlotKind::Element => Rank::Element,
-                    SlotKind::Scalar => Rank::Scalar,
+                    SlotKind::Scalar | SlotKind::Group => Rank::Scalar,
                 }
             }
             Node::Hyper(_) | Node::State(_) => {
@@ -64,7 +64,7 @@ pub fn verify_graph(graph: &Graph, pass: &'static str) -> Result<()> {
         return fail("the skip condition is per element".to_string());
     }
     for (slot, out) in graph.slots().iter().zip(&outputs[1..]) {
-        if slot.kind == SlotKind::Scalar && graph.rank(*out) == Rank::Element {
+        if slot.kind.is_scalar() && graph.rank(*out) == Rank::Element {
             return fail(format!(
                 "scalar slot {} gets a per-element value",
                 slot.name

@@ -2,9 +2,7 @@
 //! with the parameter holding the interpolation `y` during training and the average `x` for
 //! evaluation.
 
-use super::common::{
-    bias_correction, builder, ema, ema_sq, initialized, l2_penalty, lerp_torch, signed_grad,
-};
+use super::common::{builder, ema, ema_sq, initialized, l2_penalty, lerp_torch, signed_grad};
 use crate::{Builder, Expr, Graph, Result};
 
 /// Schedule-free AdamW as `schedulefree.AdamWScheduleFree` (its `foreach=False` path; the
@@ -17,8 +15,8 @@ use crate::{Builder, Expr, Graph, Result};
 ///
 /// ```text
 /// g ← −∇ if maximize else ∇
-/// z ← θ at step 1                                    (θ holds y)
-/// k ← t − 1
+/// z ← θ at the parameter's first step                (θ holds y)
+/// t ← k + 1                                          (k: the group's steps so far)
 /// lr ← lr · (t / warmup_steps if k < warmup_steps else 1)
 /// lr_max ← max(lr, lr_max)                           (starts at −1)
 /// w ← tʳ · lr_maxᵖ                                   (p = weight_lr_power)
@@ -36,14 +34,18 @@ use crate::{Builder, Expr, Graph, Result};
 /// Hyperparameters: `lr`, `b1`, `b2` (the reference's `betas`), `eps`, `weight_decay`,
 /// `warmup_steps`, `r`, `weight_lr_power`, and `inner_momentum` when it is not 0. State:
 /// `z` and `exp_avg_sq` (`v`) per element, `exp_avg` (`m`) with inner momentum, and the
-/// per-parameter scalars `lr_max` and `weight_sum`. `lerp` is PyTorch's, with its two
+/// group state `k`, `lr_max` and `weight_sum` ([`crate::ir::SlotKind::Group`]), as the
+/// reference keeps them in its param groups. `lerp` is PyTorch's, with its two
 /// formulas, chosen by `|c| < 0.5` (so `c = 1` gives `z` exactly). Whether there is inner momentum
 /// (an `exp_avg` slot) is decided by `inner_momentum ≠ 0` when the graph is built, as the
 /// reference allocates no buffer without it; `maximize` is optjit's addition.
 ///
-/// The reference keeps `k`, `lr_max` and `weight_sum` per parameter group and advances them
-/// at every `step()`; optjit keeps them per parameter and advances them when the parameter
-/// has a gradient. The two agree when every parameter of a group has a gradient at every step.
+/// Like the reference, the [`Optimizer`](crate::Optimizer) advances `k`, `lr_max` and
+/// `weight_sum` once per group at every `step()`, whether or not a parameter has a gradient;
+/// a parameter stepping for the first time at the group's step `k` uses that `k`. A
+/// [`Stepper`](crate::Stepper) has no groups: each `ParamState` carries its own copy, which
+/// advances with that parameter's steps (the same values when every parameter steps every
+/// time).
 ///
 /// # Train and eval
 ///
@@ -119,6 +121,7 @@ struct Slots<'b> {
     z: Expr<'b>,
     exp_avg_sq: Expr<'b>,
     exp_avg: Option<Expr<'b>>,
+    k: Expr<'b>,
     lr_max: Expr<'b>,
     weight_sum: Expr<'b>,
 }
@@ -129,8 +132,9 @@ impl<'b> Slots<'b> {
             z: b.state("z", 0.0),
             exp_avg_sq: b.state("exp_avg_sq", 0.0),
             exp_avg: inner_momentum.then(|| b.state("exp_avg", 0.0)),
-            lr_max: b.scalar_state("lr_max", -1.0),
-            weight_sum: b.scalar_state("weight_sum", 0.0),
+            k: b.group_state("k", 0.0),
+            lr_max: b.group_state("lr_max", -1.0),
+            weight_sum: b.group_state("weight_sum", 0.0),
         }
     }
 
@@ -141,6 +145,7 @@ impl<'b> Slots<'b> {
         if let Some(exp_avg) = self.exp_avg {
             b.set_state("exp_avg", exp_avg)?;
         }
+        b.set_state("k", self.k)?;
         b.set_state("lr_max", self.lr_max)?;
         b.set_state("weight_sum", self.weight_sum)
     }
@@ -160,14 +165,16 @@ impl ScheduleFreeAdamW {
         let weight_lr_power = b.hyper("weight_lr_power", self.weight_lr_power);
         let slots = Slots::declare(&b, self.inner_momentum != 0.0);
 
-        // The reference's group scalars, per parameter.
-        let t = b.step();
-        let warming_up = (t - 1.0).lt(warmup_steps);
+        // The reference's group scalars: its step count `k` (so far), `lr_max`, `weight_sum`.
+        let k = slots.k;
+        let t = k + 1.0;
+        let warming_up = k.lt(warmup_steps);
         let lr = lr * b.select(warming_up, t / warmup_steps, 1.0);
         let lr_max = lr.max(slots.lr_max);
         let weight = t.pow(r) * lr_max.pow(weight_lr_power);
         let weight_sum = slots.weight_sum + weight;
         let ckp1 = b.select(weight_sum.eq(0.0), 0.0, weight / weight_sum);
+        b.set_state("k", t)?;
         b.set_state("lr_max", lr_max)?;
         b.set_state("weight_sum", weight_sum)?;
 
@@ -176,13 +183,13 @@ impl ScheduleFreeAdamW {
         let z = initialized(&b, slots.z, y);
         let v = ema_sq(slots.exp_avg_sq, g, b2);
         b.set_state("exp_avg_sq", v)?;
-        let denom = (v / bias_correction(&b, b2)).sqrt() + eps;
+        let denom = (v / (1.0 - b2.pow(t))).sqrt() + eps;
         let g_hat = match slots.exp_avg {
             Some(m) => {
                 let mu = b.hyper("inner_momentum", self.inner_momentum);
                 let m = ema(m, g, mu);
                 b.set_state("exp_avg", m)?;
-                m / bias_correction(&b, mu) / denom
+                m / (1.0 - mu.pow(t)) / denom
             }
             None => g / denom,
         };

@@ -2,7 +2,6 @@
 //! stored at most once and the grad never. A failure is always an optjit bug.
 
 use super::{ElemArg, Program, ScalarInst, Stage, GRAD_STREAM};
-use crate::ir::SlotKind;
 use crate::{Error, Result};
 
 /// Checks the invariants of a [`Program`]; `pass` names the pass that produced it.
@@ -12,10 +11,7 @@ pub fn verify_program(p: &Program, pass: &'static str) -> Result<()> {
         let ok = match *inst {
             ScalarInst::Const(_) | ScalarInst::Step => true,
             ScalarInst::Hyper(n) => (n as usize) < p.hypers.len(),
-            ScalarInst::State(n) => p
-                .slots
-                .get(n as usize)
-                .is_some_and(|s| s.kind == SlotKind::Scalar),
+            ScalarInst::State(n) => p.slots.get(n as usize).is_some_and(|s| s.kind.is_scalar()),
             ScalarInst::Apply(op, args) => args[..op.arity()].iter().all(|&a| (a as usize) < i),
             // After the phase that computes it.
             ScalarInst::Reduced(n) => {
@@ -41,7 +37,7 @@ pub fn verify_program(p: &Program, pass: &'static str) -> Result<()> {
         let scalar_slot = p
             .slots
             .get(slot as usize)
-            .is_some_and(|s| s.kind == SlotKind::Scalar);
+            .is_some_and(|s| s.kind.is_scalar());
         if !scalar_slot || value as usize >= n_values {
             return fail(format!("bad scalar state update of slot {slot}"));
         }

@@ -154,6 +154,8 @@ impl<T: Float> FlatStore<T> {
 /// A parameter group: hyperparameter values and its stores.
 pub(crate) struct Group {
     hypers: Vec<f64>,
+    /// Per slot: the group state's value (meaningful for group slots only).
+    scalars: Vec<f64>,
     params: Vec<usize>,
     f32: FlatStore<f32>,
     f64: FlatStore<f64>,
@@ -415,6 +417,7 @@ impl Optimizer {
         }
         self.groups.push(Group {
             hypers,
+            scalars: self.slot_inits.clone(),
             params: Vec::new(),
             f32: FlatStore::new(),
             f64: FlatStore::new(),
@@ -766,6 +769,15 @@ impl Optimizer {
 
     fn is_scalar_slot(&self, n: usize) -> bool {
         self.program.slots[n].kind == SlotKind::Scalar
+    }
+
+    /// The value of scalar slot `n` a parameter of group `g` with scalar state `own` reads:
+    /// its own, or the group's for a group slot.
+    fn scalar_state(&self, g: usize, own: &[f64], n: usize) -> f64 {
+        match self.program.slots[n].kind {
+            SlotKind::Group => self.groups[g].scalars[n],
+            _ => own[n],
+        }
     }
 }
 

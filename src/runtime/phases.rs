@@ -80,7 +80,9 @@ impl Optimizer {
             Some(s) => (s.step, s.scalars.as_slice()),
             None => (0, self.slot_inits.as_slice()),
         };
-        program.eval_prologue_until(end, &hypers, step + 1, |n| scalars[n], reduced, values);
+        let g = self.params[i].group;
+        let state = |n| self.scalar_state(g, scalars, n);
+        program.eval_prologue_until(end, &hypers, step + 1, state, reduced, values);
     }
 
     /// Allocates the element slots of every group with a member of dtype `T`, and gives the

@@ -72,6 +72,15 @@ pub struct GroupEntry {
     pub params: Vec<usize>,
     /// Their names, in the same order.
     pub param_names: Vec<String>,
+    /// The group state's values by slot name (see [`crate::ir::SlotKind::Group`]; in
+    /// PyTorch, such values sit in the param group beside the hyperparameters). Absent when
+    /// the optimizer has no group state.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        with = "exact_f64"
+    )]
+    pub state: BTreeMap<String, f64>,
 }
 
 /// An optimizer's state, in PyTorch's layout.
@@ -406,9 +415,13 @@ impl Optimizer {
             let p = &self.params[i];
             let mut element = 0;
             for (n, slot) in self.program.slots.iter().enumerate() {
-                if slot.kind == SlotKind::Scalar {
-                    entry.scalars.insert(slot.name.clone(), info.scalars[n]);
-                    continue;
+                match slot.kind {
+                    SlotKind::Scalar => {
+                        entry.scalars.insert(slot.name.clone(), info.scalars[n]);
+                        continue;
+                    }
+                    SlotKind::Group => continue,
+                    SlotKind::Element => {}
                 }
                 let range = p.offset..p.offset + p.len;
                 let data = match p.dtype {
@@ -446,6 +459,14 @@ impl Optimizer {
                         .params
                         .iter()
                         .map(|&i| self.params[i].name.clone())
+                        .collect(),
+                    state: self
+                        .program
+                        .slots
+                        .iter()
+                        .zip(&g.scalars)
+                        .filter(|(s, _)| s.kind == SlotKind::Group)
+                        .map(|(s, &v)| (s.name.clone(), v))
                         .collect(),
                 }
             })
@@ -518,8 +539,32 @@ impl Optimizer {
                     .push(format!("parameter `{}`", self.params[i].name));
             }
         }
-        // Hyperparameters, group by group.
+        // Hyperparameters and group state, group by group.
         let mut hypers: Vec<Vec<f64>> = self.groups.iter().map(|g| g.hypers.clone()).collect();
+        let mut group_state: Vec<Vec<f64>> =
+            self.groups.iter().map(|g| g.scalars.clone()).collect();
+        for (k, (group, values)) in dict.param_groups.iter().zip(&mut group_state).enumerate() {
+            for (n, slot) in self.program.slots.iter().enumerate() {
+                if slot.kind != SlotKind::Group {
+                    continue;
+                }
+                match group.state.get(&slot.name) {
+                    Some(&v) => values[n] = v,
+                    None => report
+                        .missing
+                        .push(format!("group state `{}` of group {k}", slot.name)),
+                }
+            }
+            let group_slot = |name: &String| {
+                let slot = self.program.slots.iter().find(|s| &s.name == name);
+                slot.is_some_and(|s| s.kind == SlotKind::Group)
+            };
+            for name in group.state.keys().filter(|n| !group_slot(n)) {
+                report
+                    .unexpected
+                    .push(format!("group state `{name}` of group {k}"));
+            }
+        }
         if dict.param_groups.len() != self.groups.len() {
             report.mismatched.push(format!(
                 "the dict has {} parameter groups, the optimizer {}",
@@ -580,8 +625,9 @@ impl Optimizer {
             }
         }
         // Apply.
-        for (g, values) in self.groups.iter_mut().zip(hypers) {
+        for ((g, values), state) in self.groups.iter_mut().zip(hypers).zip(group_state) {
             g.hypers = values;
+            g.scalars = state;
         }
         for (i, s) in seen.iter().enumerate() {
             if *s {
@@ -607,6 +653,9 @@ impl Optimizer {
                     .ok_or_else(|| format!("no scalar `{}`", slot.name))?;
                 continue;
             }
+            if slot.kind == SlotKind::Group {
+                continue; // in the param group
+            }
             let (shape, data) = entry
                 .tensors
                 .get(&slot.name)
@@ -630,7 +679,10 @@ impl Optimizer {
                 DType::F64 => TensorData::F64(data.to_vec()),
             });
         }
-        let known = |name: &String| self.program.slots.iter().any(|s| &s.name == name);
+        let known = |name: &String| {
+            let slot = self.program.slots.iter().find(|s| &s.name == name);
+            slot.is_some_and(|s| s.kind != SlotKind::Group)
+        };
         if let Some(extra) = entry
             .tensors
             .keys()

@@ -120,7 +120,46 @@ impl Optimizer {
         for plan in &plans64 {
             self.finish(plan, pass.is_step);
         }
+        if pass.is_step {
+            self.advance_groups(&pass.program, reduced.as_ref());
+        }
         Ok(true)
+    }
+
+    /// Advances the group state of every group after an applied step (whether or not the
+    /// group had a parameter with a gradient): its new values read only what is the same for
+    /// the whole group (see [`crate::ir::SlotKind::Group`]), so one prologue run per group,
+    /// with a parameter's inputs at their initial values, gives them.
+    fn advance_groups(&mut self, program: &Program, reduced: Option<&super::phases::Reduced>) {
+        let slots = &program.slots;
+        let group_updates: Vec<(u32, u32)> = program
+            .prologue
+            .state_updates
+            .iter()
+            .copied()
+            .filter(|&(slot, _)| slots[slot as usize].kind == crate::ir::SlotKind::Group)
+            .collect();
+        if group_updates.is_empty() {
+            return;
+        }
+        // The global reductions' results, as any member of the step got them (none: the
+        // step had no member, and a global reduction over nothing is its identity, 0).
+        let n_reductions = program.reductions().count();
+        let results = reduced
+            .and_then(|r| r.iter().find(|v| !v.is_empty()).cloned())
+            .unwrap_or_else(|| vec![0.0; n_reductions]);
+        let mut values = Vec::with_capacity(program.prologue.insts.len());
+        for g in 0..self.groups.len() {
+            values.clear();
+            let inits = &self.slot_inits;
+            let state = |n: usize| self.scalar_state(g, inits, n);
+            let end = program.prologue.insts.len();
+            let hypers = &self.groups[g].hypers;
+            program.eval_prologue_until(end, hypers, 1, state, &results, &mut values);
+            for &(slot, v) in &group_updates {
+                self.groups[g].scalars[slot as usize] = values[v as usize];
+            }
+        }
     }
 
     /// Switches to evaluation mode, running the optimizer's eval graph (see
@@ -291,7 +330,7 @@ impl Optimizer {
                     values.clear();
                     let reduced = reduced.map_or(&[][..], |r| r[i].as_slice());
                     let end = prologue.insts.len();
-                    let state = |n: usize| scalars[n];
+                    let state = |n: usize| self.scalar_state(g, scalars, n);
                     program.eval_prologue_until(
                         end,
                         &hypers,

@@ -90,6 +90,11 @@ pub enum TextErrorKind {
         /// Where: "the argument of `sumsq`".
         what: String,
     },
+    /// A group state's new value that differs between the parameters of a group.
+    PerParameterValue {
+        /// What: "the new value of group state `k`".
+        what: String,
+    },
     /// Comparisons written in a chain (`a < b < c`).
     ChainedComparison,
     /// A `flags` item that is not a known flag, or `flags` given twice.
@@ -145,6 +150,11 @@ impl fmt::Display for TextErrorKind {
                 f,
                 "{what} must be a per-element value, but it is a per-step scalar"
             ),
+            PerParameterValue { what } => write!(
+                f,
+                "{what} must be the same for every parameter of a group, but it reads the \
+                 step count, a parameter's own state or a per-parameter value"
+            ),
             ChainedComparison => write!(f, "comparisons cannot be chained"),
             // `flags` is a keyword, never a flag: this is the statement given twice.
             BadFlag { name } if name == "flags" => write!(f, "`flags` is given twice"),
@@ -191,6 +201,11 @@ impl TextErrorKind {
             }
             ElementRequired { .. } => {
                 "expected an expression of param, grad or a state, e.g. `sumsq(grad)`".into()
+            }
+            PerParameterValue { .. } => {
+                "expected an expression of hyperparameters, group state, numbers and global \
+                 reductions"
+                    .into()
             }
             ChainedComparison => "expected parentheses, e.g. `(a < b) * (b < c)`".into(),
             BadFlag { name } if name == "flags" => {

@@ -65,6 +65,9 @@ struct Parser<'s> {
     /// Whether each slot was assigned, and where it was declared.
     slot_assigned: Vec<bool>,
     slot_decl: Vec<(usize, usize)>,
+    /// Per node so far: whether it differs between parameters (see
+    /// [`Graph::per_parameter`]), extended as group states are assigned.
+    per_parameter: Vec<bool>,
     flags_seen: bool,
     depth: usize,
 }
@@ -84,6 +87,7 @@ pub(super) fn parse(source: &str) -> PResult<Graph> {
         param: None,
         slot_assigned: Vec::new(),
         slot_decl: Vec::new(),
+        per_parameter: Vec::new(),
         flags_seen: false,
         depth: 0,
     };
@@ -362,16 +366,20 @@ impl<'s> Parser<'s> {
                 let id = self.materialize(value)?;
                 self.scope.insert(name, Binding::Let(id));
             }
-            "state" | "scalar" => {
-                let kind = if word == "scalar" {
+            "state" | "scalar" | "group"
+                if word != "group" || self.peek_at(1) == &Tok::Ident("state".into()) =>
+            {
+                let kind = match word.as_str() {
+                    "scalar" => SlotKind::Scalar,
+                    "group" => SlotKind::Group,
+                    _ => SlotKind::Element,
+                };
+                if kind != SlotKind::Element {
                     self.next();
                     if !self.is_keyword("state") {
                         return Err(self.unexpected("`state` after `scalar`"));
                     }
-                    SlotKind::Scalar
-                } else {
-                    SlotKind::Element
-                };
+                }
                 self.next();
                 let (name, start, end) = self.declared_name("the state's name")?;
                 self.check_free(&name, start, end)?;
@@ -494,9 +502,18 @@ impl<'s> Parser<'s> {
             None => self.param = Some(id),
             Some(index) => {
                 let def = &self.graph.slots()[index];
-                if def.kind == SlotKind::Scalar && self.graph.rank(id) == Rank::Element {
-                    let what = format!("the new value of scalar state `{}`", def.name);
+                if def.kind.is_scalar() && self.graph.rank(id) == Rank::Element {
+                    let what = format!("the new value of {} `{}`", def.kind.keyword(), def.name);
                     let kind = TextErrorKind::ScalarRequired { what };
+                    return Err(self.error(kind, value.start, value.end));
+                }
+                let group = def.kind == SlotKind::Group;
+                if group {
+                    self.graph.extend_per_parameter(&mut self.per_parameter);
+                }
+                if group && self.per_parameter[id.index()] {
+                    let what = format!("the new value of group state `{}`", def.name);
+                    let kind = TextErrorKind::PerParameterValue { what };
                     return Err(self.error(kind, value.start, value.end));
                 }
                 self.scope.insert(name, Binding::Slot(index, id));
