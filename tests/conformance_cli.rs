@@ -42,6 +42,42 @@ fn every_vendored_case_passes_through_the_runtime() {
 }
 
 #[test]
+fn the_clipping_scaler_and_optax_cases_pass_too() {
+    // PyTorch's clip_grad_norm_/clip_grad_value_/GradScaler cases and optax's trajectories:
+    // every file of each folder runs and passes.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    for (folder, at_least) in [("clip", 32), ("optax", 10)] {
+        let dir = root.join(folder);
+        let cases = optjit::conformance::case_files(&dir).unwrap().len();
+        assert!(cases >= at_least, "{folder}: {cases} case files");
+        let (ok, out, err) = optjit(&["conformance", dir.to_str().unwrap()]);
+        assert!(ok, "{folder}: {out}{err}");
+        assert!(
+            out.ends_with(&format!("{cases} passed, 0 failed\n")),
+            "{out}"
+        );
+    }
+}
+
+#[test]
+fn a_clip_case_with_a_wrong_total_norm_fails() {
+    // The runner compares, not just runs: a tampered expectation is a failure.
+    let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/clip/clip_grad_norm.norm2_clip.float64.json");
+    let mut case: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let total = case["total_norm"].as_f64().unwrap();
+    case["total_norm"] = serde_json::json!(total * (1.0 + 1e-9));
+    let dir = std::env::temp_dir().join(format!("optjit-clip-tampered-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("case.json"), case.to_string()).unwrap();
+    let (ok, out, _) = optjit(&["conformance", dir.to_str().unwrap()]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(!ok, "{out}");
+    assert!(out.contains("FAIL case.json"), "{out}");
+}
+
+#[test]
 fn json_output_has_one_object_per_case_and_a_summary() {
     let (ok, out, _) = optjit(&[
         "conformance",

@@ -1,6 +1,8 @@
 //! The conformance runner: replays PyTorch reference trajectories (the case format of
 //! `tests/data/conformance/README.md`) through the [`Optimizer`] runtime and compares every
-//! step and the final state against PyTorch within the README's tolerances.
+//! step and the final state against PyTorch within the README's tolerances. It also runs
+//! PyTorch's clipping and `GradScaler` cases (`tests/data/clip`) and optax's trajectories
+//! (`tests/data/optax`), recognised by their `function` and `source` fields.
 //!
 //! Used by `optjit conformance DIR` and by the test suite.
 
@@ -10,6 +12,8 @@ use ndarray::Array1;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
+
+mod extra;
 
 /// Per-element tolerance `|actual - expected| <= atol + rtol * |expected|`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -61,6 +65,10 @@ impl Errors {
     }
 
     fn add(&mut self, actual: f64, expected: f64, tol: Tolerance) {
+        // The same infinity, or NaN for NaN, is an exact match.
+        if actual == expected || actual.is_nan() && expected.is_nan() {
+            return;
+        }
         let abs = (actual - expected).abs();
         // NaN never passes and always shows.
         self.max_abs = if abs.is_nan() {
@@ -100,7 +108,6 @@ impl CaseReport {
 #[derive(Deserialize)]
 struct Case {
     optimizer: String,
-    dtype: String,
     hyper: Map<String, Value>,
     params: Vec<Vec<f64>>,
     grads: Vec<Vec<Option<Vec<f64>>>>,
@@ -149,20 +156,57 @@ pub fn run_file(file: &Path, name: &str, executor: Executor) -> CaseReport {
         state: Errors::new(),
         problem: None,
     };
-    let case = std::fs::read_to_string(file)
+    let value = std::fs::read_to_string(file)
         .map_err(|e| e.to_string())
         .and_then(|text| {
-            serde_json::from_str::<Case>(&text).map_err(|e| format!("malformed case file: {e}"))
+            serde_json::from_str::<Value>(&text).map_err(|e| format!("malformed case file: {e}"))
         });
-    let outcome = case.and_then(|case| match case.dtype.as_str() {
-        "float32" => replay::<f32>(&case, executor, &mut report),
-        "float64" => replay::<f64>(&case, executor, &mut report),
-        other => Err(format!("unknown dtype `{other}`")),
-    });
+    let outcome = value.and_then(|value| run_value(value, executor, &mut report));
     if let Err(problem) = outcome {
         report.problem = Some(problem);
     }
     report
+}
+
+/// Runs one parsed case file of any of the kinds the module knows.
+fn run_value(
+    value: Value,
+    executor: Executor,
+    report: &mut CaseReport,
+) -> std::result::Result<(), String> {
+    let dtype = value
+        .get("dtype")
+        .and_then(Value::as_str)
+        .unwrap_or("float32");
+    let f64 = match dtype {
+        "float32" => false,
+        "float64" => true,
+        other => return Err(format!("unknown dtype `{other}`")),
+    };
+    let function = value.get("function").and_then(Value::as_str);
+    let source = value.get("source").and_then(Value::as_str);
+    match (function, source) {
+        (Some("torch.nn.utils.clip_grad_norm_" | "torch.nn.utils.clip_grad_value_"), _) => {
+            match f64 {
+                false => extra::clip::<f32>(&value, executor, report),
+                true => extra::clip::<f64>(&value, executor, report),
+            }
+        }
+        (Some("torch.amp.GradScaler"), _) => extra::grad_scaler(&value, executor, report),
+        (Some(other), _) => Err(format!("unknown function `{other}`")),
+        (None, Some("optax")) => match f64 {
+            false => extra::optax::<f32>(&value, executor, report),
+            true => extra::optax::<f64>(&value, executor, report),
+        },
+        (None, _) => {
+            let case: Case =
+                serde_json::from_value(value).map_err(|e| format!("malformed case file: {e}"))?;
+            match f64 {
+                false => replay::<f32>(&case, executor, report),
+                true => replay::<f64>(&case, executor, report),
+            }
+        }
+    }
 }
 
 /// Replays `case` in dtype `T` through the runtime, filling `report`.
