@@ -9,6 +9,7 @@
 
 use super::clip::replace_grad;
 use crate::ir::{Graph, Node, Op, ReduceOp, Scope};
+use crate::program::{ElemArg, Program, ScalarInst, GRAD_STREAM};
 use crate::{Error, Result};
 
 /// The hyperparameter [`amp`] adds: the factor the gradients are multiplied by, `1 / scale`
@@ -55,4 +56,27 @@ pub fn amp(graph: &Graph) -> Result<Graph> {
         out.set_skip(Some(found_inf))?;
     }
     Ok(out)
+}
+
+/// Whether `program` is [`amp`]'s: an [`INV_SCALE`] hyperparameter, and a skip condition
+/// that is a global non-finite check of the incoming gradient.
+pub fn is_amp(program: &Program) -> bool {
+    let Some(skip) = program.prologue.skip else {
+        return false;
+    };
+    let ScalarInst::Reduced(r) = program.prologue.insts[skip as usize] else {
+        return false;
+    };
+    let mut reductions = program.phases.iter().flat_map(|p| {
+        let stage = p.stage.reductions.iter();
+        stage
+            .zip(&p.scopes)
+            .map(|(&(op, value), &scope)| (op, value, scope))
+    });
+    let check = (
+        ReduceOp::NonFinite,
+        ElemArg::Load(GRAD_STREAM),
+        Scope::Global,
+    );
+    program.hyper_index(INV_SCALE).is_some() && reductions.nth(r as usize) == Some(check)
 }

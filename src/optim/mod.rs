@@ -43,7 +43,7 @@ pub use adadelta::Adadelta;
 pub use adagrad::Adagrad;
 pub use adam::{Adam, AdamW};
 pub use adamax::Adamax;
-pub use amp::{amp, INV_SCALE};
+pub use amp::{amp, is_amp, INV_SCALE};
 pub use asgd::Asgd;
 pub use clip::clip_grad_norm;
 pub use nadam::NAdam;

@@ -253,6 +253,26 @@ impl Program {
         updates.extend(state.map(|&(slot, v)| (slot as usize, values[v as usize])));
     }
 
+    /// Per prologue value: whether it can differ between the parameters of one group (it
+    /// reads `step`, a parameter's own scalar state or a per-parameter reduction).
+    pub fn per_parameter(&self) -> Vec<bool> {
+        let scopes: Vec<Scope> = self.reductions().map(|(_, scope)| scope).collect();
+        let mut varies: Vec<bool> = Vec::with_capacity(self.prologue.insts.len());
+        for inst in &self.prologue.insts {
+            let v = match *inst {
+                ScalarInst::Const(_) | ScalarInst::Hyper(_) => false,
+                ScalarInst::Step => true,
+                ScalarInst::State(n) => self.slots[n as usize].kind != SlotKind::Group,
+                ScalarInst::Apply(op, args) => {
+                    args[..op.arity()].iter().any(|&a| varies[a as usize])
+                }
+                ScalarInst::Reduced(n) => scopes[n as usize] == Scope::Param,
+            };
+            varies.push(v);
+        }
+        varies
+    }
+
     /// Whether a parameter's prologue results (`values`, the whole prologue) skip the step:
     /// its skip condition is not zero (NaN included, as `select` reads a condition).
     pub fn skips(&self, values: &[f64]) -> bool {

@@ -326,13 +326,27 @@ impl Optimizer {
     /// ```
     ///
     /// Both graphs must have the optimizer's state slots (same names and kinds, in order) and
-    /// only hyperparameters the optimizer has.
+    /// only hyperparameters the optimizer has. A mode swap is not a step: the graphs may not
+    /// reduce, skip, or change group state ([`Error::Unsupported`]).
     pub fn with_modes(mut self, train: &Graph, eval: &Graph) -> Result<Optimizer> {
         let compile = |graph: &Graph| -> Result<(Arc<Program>, Vec<usize>)> {
             let program = passes::compile(graph)?;
             if !program.phases.is_empty() {
                 return Err(Error::Unsupported {
                     what: "train and eval graphs with reductions",
+                });
+            }
+            if program.prologue.skip.is_some() {
+                return Err(Error::Unsupported {
+                    what: "train and eval graphs with a skip condition",
+                });
+            }
+            let group_slot = |&(slot, _): &(u32, u32)| {
+                program.slots[slot as usize].kind == crate::ir::SlotKind::Group
+            };
+            if program.prologue.state_updates.iter().any(group_slot) {
+                return Err(Error::Unsupported {
+                    what: "train and eval graphs that change group state",
                 });
             }
             let same = |a: &crate::ir::SlotDef, b: &crate::ir::SlotDef| {

@@ -125,11 +125,14 @@ impl GradScaler {
     /// unless a gradient was not finite: then nothing of `opt` but its gradients changes.
     /// Returns whether it stepped.
     ///
-    /// An optimizer built from [`crate::optim::amp`] does it all in its own step: the
-    /// scaler sets its [`crate::optim::INV_SCALE`] in every group (1 if the gradients were
-    /// unscaled already) and the step, one program, unscales in registers and skips itself
-    /// on overflow; its gradients stay as they were. The other optimizers have their
-    /// gradients unscaled in place first.
+    /// An optimizer built from [`crate::optim::amp`] (see [`crate::optim::is_amp`]) does it
+    /// all in its own step: the scaler sets its [`crate::optim::INV_SCALE`] in every group
+    /// for that step (1 if the gradients were unscaled already), and the step, one program,
+    /// unscales in registers and skips itself on overflow; the gradients and the
+    /// hyperparameter stay as they were. As with PyTorch's fused optimizers, the
+    /// optimizer's `step` (and its hooks) runs on an overflowed step too, and changes nothing;
+    /// for the other optimizers, the scaler unscales the gradients in place and does not call
+    /// `step` on overflow (PyTorch's `_maybe_opt_step`).
     pub fn step(&mut self, opt: &mut Optimizer) -> Result<bool> {
         if self.stepped {
             return Err(Error::InvalidOption {
@@ -137,19 +140,20 @@ impl GradScaler {
                 reason: "already called since the last update",
             });
         }
-        let program = opt.program();
-        let fused = program.prologue.skip.is_some() && program.hyper_index(INV_SCALE).is_some();
-        if fused {
+        if crate::optim::is_amp(opt.program()) {
             let inv = match self.unscaled {
-                Some(true) => {
-                    self.stepped = true;
-                    return Ok(false);
-                }
-                Some(false) => 1.0,
+                Some(_) => 1.0,
                 None => self.inv_scale(),
             };
+            let before: Vec<f64> = (0..opt.num_groups())
+                .map(|g| opt.hyper(g, INV_SCALE))
+                .collect::<Result<_>>()?;
             opt.set_hyper_all(INV_SCALE, inv)?;
-            let applied = opt.step()?;
+            let applied = opt.step();
+            for (g, &value) in before.iter().enumerate() {
+                opt.set_hyper(g, INV_SCALE, value)?;
+            }
+            let applied = applied?;
             self.stepped = true;
             self.unscaled.get_or_insert(!applied);
             return Ok(applied);

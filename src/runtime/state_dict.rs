@@ -137,7 +137,7 @@ where
             let mut out = BTreeMap::new();
             while let Some((key, value)) = map.next_entry::<String, V>()? {
                 if out.contains_key(&key) {
-                    let why = format!("state key `{key}` appears twice");
+                    let why = format!("key `{key}` appears twice");
                     return Err(serde::de::Error::custom(why));
                 }
                 out.insert(key, value);
@@ -221,7 +221,7 @@ mod exact_f64 {
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
     ) -> Result<BTreeMap<String, f64>, D::Error> {
-        let reprs = BTreeMap::<String, Repr>::deserialize(d)?;
+        let reprs: BTreeMap<String, Repr> = super::unique_keys(d)?;
         let expected = "expected a number, or inf, -inf, nan, nan:0x<16 hex digits>";
         reprs
             .into_iter()

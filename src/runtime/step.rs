@@ -100,9 +100,16 @@ impl Optimizer {
             plans32.push(self.plan::<f32>(g, pass, reduced.as_ref())?);
             plans64.push(self.plan::<f64>(g, pass, reduced.as_ref())?);
         }
-        if plans32.iter().any(|p| p.skip) || plans64.iter().any(|p| p.skip) {
+        // Group state's new values (and a skip condition that reads only group-wide values,
+        // which holds or not even in a group without gradients).
+        let groups = match pass.is_step {
+            true => self.group_updates(&pass.program, reduced.as_ref()),
+            false => Some(Vec::new()),
+        };
+        let skip = plans32.iter().any(|p| p.skip) || plans64.iter().any(|p| p.skip);
+        let Some(groups) = groups.filter(|_| !skip) else {
             return Ok(false);
-        }
+        };
         let kernel32 = self.runner_kernel(&pass.program, DType::F32, &plans32)?;
         let kernel64 = self.runner_kernel(&pass.program, DType::F64, &plans64)?;
         // State memory for both dtypes before either runs: running out of it is an error with
@@ -120,17 +127,24 @@ impl Optimizer {
         for plan in &plans64 {
             self.finish(plan, pass.is_step);
         }
-        if pass.is_step {
-            self.advance_groups(&pass.program, reduced.as_ref());
+        for (group, updates) in self.groups.iter_mut().zip(groups) {
+            for (slot, value) in updates {
+                group.scalars[slot] = value;
+            }
         }
         Ok(true)
     }
 
-    /// Advances the group state of every group after an applied step (whether or not the
-    /// group had a parameter with a gradient): its new values read only what is the same for
-    /// the whole group (see [`crate::ir::SlotKind::Group`]), so one prologue run per group,
-    /// with a parameter's inputs at their initial values, gives them.
-    fn advance_groups(&mut self, program: &Program, reduced: Option<&super::phases::Reduced>) {
+    /// Per group, the new values of its group state, `(slot, value)`, for a step (whether
+    /// or not the group has a parameter with a gradient); `None` if a skip condition that
+    /// reads only group-wide values holds in a group. Those values read only what is the same
+    /// for the whole group (see [`crate::ir::SlotKind::Group`]), so one prologue run per
+    /// group, with a parameter's own inputs at their initial values, gives them.
+    fn group_updates(
+        &self,
+        program: &Program,
+        reduced: Option<&super::phases::Reduced>,
+    ) -> Option<Vec<Vec<(usize, f64)>>> {
         let slots = &program.slots;
         let group_updates: Vec<(u32, u32)> = program
             .prologue
@@ -139,8 +153,12 @@ impl Optimizer {
             .copied()
             .filter(|&(slot, _)| slots[slot as usize].kind == crate::ir::SlotKind::Group)
             .collect();
-        if group_updates.is_empty() {
-            return;
+        let skip = program
+            .prologue
+            .skip
+            .filter(|&s| !program.per_parameter()[s as usize]);
+        if group_updates.is_empty() && skip.is_none() {
+            return Some(Vec::new());
         }
         // The global reductions' results, as any member of the step got them (none: the
         // step had no member, and a global reduction over nothing is its identity, 0).
@@ -149,6 +167,7 @@ impl Optimizer {
             .and_then(|r| r.iter().find(|v| !v.is_empty()).cloned())
             .unwrap_or_else(|| vec![0.0; n_reductions]);
         let mut values = Vec::with_capacity(program.prologue.insts.len());
+        let mut all = Vec::with_capacity(self.groups.len());
         for g in 0..self.groups.len() {
             values.clear();
             let inits = &self.slot_inits;
@@ -156,10 +175,17 @@ impl Optimizer {
             let end = program.prologue.insts.len();
             let hypers = &self.groups[g].hypers;
             program.eval_prologue_until(end, hypers, 1, state, &results, &mut values);
-            for &(slot, v) in &group_updates {
-                self.groups[g].scalars[slot as usize] = values[v as usize];
+            if skip.is_some_and(|s| values[s as usize] != 0.0) {
+                return None;
             }
+            let updates = group_updates.iter();
+            all.push(
+                updates
+                    .map(|&(slot, v)| (slot as usize, values[v as usize]))
+                    .collect(),
+            );
         }
+        Some(all)
     }
 
     /// Switches to evaluation mode, running the optimizer's eval graph (see
