@@ -12,8 +12,9 @@
 //!
 //! Beyond `torch.optim`: [`Lion`], [`Adan`], [`AdaBelief`] and [`ScheduleFreeAdamW`], each
 //! following its authors' PyTorch implementation (named in its doc) the same way; [`Lamb`],
-//! [`Lars`] and [`NovoGrad`] as optax defines them ([`from_optax`]). [`clip_grad_norm`] fuses gradient clipping into any
-//! of them, [`amp`] mixed-precision gradient unscaling and overflow skipping.
+//! [`Lars`] and [`NovoGrad`] as optax defines them ([`from_optax`]). [`clip_grad_norm`]
+//! fuses PyTorch's gradient clipping into any of them ([`clip_by_global_norm`] optax's),
+//! [`amp`] mixed-precision gradient unscaling and overflow skipping.
 
 mod adadelta;
 mod adagrad;
@@ -45,7 +46,7 @@ pub use adam::{Adam, AdamW};
 pub use adamax::Adamax;
 pub use amp::{amp, INV_SCALE};
 pub use asgd::Asgd;
-pub use clip::clip_grad_norm;
+pub use clip::{clip_by_global_norm, clip_grad_norm};
 pub use nadam::NAdam;
 pub use radam::RAdam;
 pub use rmsprop::Rmsprop;
