@@ -226,3 +226,30 @@ fn lars_follows_optax() {
 fn novograd_follows_optax() {
     check_folder("novograd", 2);
 }
+
+#[test]
+fn yogi_follows_optax() {
+    check_folder("yogi", 2);
+}
+
+/// Yogi's moments start at optax's `initial_accumulator_value` (1e-6), not at 0 as Adam's:
+/// started at 0 they miss the recorded float64 trajectory.
+#[test]
+fn yogi_catches_moments_started_at_zero() {
+    let (name, case) = cases("yogi", 2)
+        .into_iter()
+        .find(|(name, _)| name.ends_with("float64.json"))
+        .unwrap();
+    let zero = optim::Yogi {
+        lr: case["hyper"]["learning_rate"].as_f64().unwrap(),
+        initial_accumulator_value: 0.0,
+        ..optim::Yogi::default()
+    };
+    let worst = replay_case(&case, &zero.graph().unwrap(), &name, false);
+    println!("moments started at 0: largest error {:.3e}", worst.abs);
+    assert!(
+        worst.of_tolerance > 10.0,
+        "moments started at 0 are within {:.3} of the tolerance",
+        worst.of_tolerance
+    );
+}

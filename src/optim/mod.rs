@@ -12,9 +12,10 @@
 //!
 //! Beyond `torch.optim`: [`Lion`], [`Adan`], [`AdaBelief`] and [`ScheduleFreeAdamW`], each
 //! following its authors' PyTorch implementation (named in its doc) the same way; [`Lamb`],
-//! [`Lars`] and [`NovoGrad`] as optax defines them ([`from_optax`]). [`clip_grad_norm`]
-//! fuses PyTorch's gradient clipping into any of them ([`clip_by_global_norm`] optax's),
-//! [`amp`] mixed-precision gradient unscaling and overflow skipping.
+//! [`Lars`], [`NovoGrad`] and [`Yogi`] as optax defines them ([`from_optax`]).
+//! [`clip_grad_norm`] fuses PyTorch's gradient clipping into any of them
+//! ([`clip_by_global_norm`] optax's), [`amp`] mixed-precision gradient unscaling and overflow
+//! skipping.
 
 mod adadelta;
 mod adagrad;
@@ -39,6 +40,7 @@ mod lars;
 mod lion;
 mod novograd;
 mod schedule_free;
+mod yogi;
 
 pub use adadelta::Adadelta;
 pub use adagrad::Adagrad;
@@ -61,6 +63,7 @@ pub use lars::Lars;
 pub use lion::Lion;
 pub use novograd::NovoGrad;
 pub use schedule_free::ScheduleFreeAdamW;
+pub use yogi::Yogi;
 
 use crate::Graph;
 
@@ -93,6 +96,7 @@ pub const NAMES: &[&str] = &[
     "lamb",
     "lars",
     "novograd",
+    "yogi",
 ];
 
 /// The graph of a built-in by name (see [`NAMES`]), with default options.
@@ -162,6 +166,7 @@ pub fn by_name(name: &str) -> Option<Graph> {
         "lamb" => Lamb::default().graph(),
         "lars" => Lars::default().graph(),
         "novograd" => NovoGrad::default().graph(),
+        "yogi" => Yogi::default().graph(),
         _ => return None,
     };
     Some(graph.expect("built-in defaults are valid"))

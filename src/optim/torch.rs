@@ -3,7 +3,7 @@
 
 use super::{
     Adadelta, Adagrad, Adam, AdamW, Adamax, Asgd, Lamb, Lars, NAdam, NovoGrad, RAdam, Rmsprop,
-    Rprop, Sgd,
+    Rprop, Sgd, Yogi,
 };
 use crate::{Error, Graph, Result};
 use serde_json::{Map, Value};
@@ -194,10 +194,19 @@ pub fn from_torch(optimizer: &str, kwargs: &Map<String, Value>) -> Result<Graph>
 }
 
 /// The optimizer `optax.<optimizer>(**kwargs)` builds, with optax's argument names, for the
-/// optax optimizers optjit has: `lamb` (`learning_rate`, `b1`, `b2`, `eps`, `eps_root`,
-/// `weight_decay`; see [`Lamb`]) and `lars` (`learning_rate`, `weight_decay`,
-/// `trust_coefficient`, `eps`, `momentum`, `nesterov`; see [`Lars`]) and `novograd`
-/// (`learning_rate`, `b1`, `b2`, `eps`, `eps_root`, `weight_decay`; see [`NovoGrad`]).
+/// optax optimizers optjit has:
+///
+/// - `lamb`, `optax.lamb` ([`Lamb`]): `learning_rate`, `b1`, `b2`, `eps`, `eps_root`,
+///   `weight_decay`;
+/// - `lars`, `optax.lars` ([`Lars`]): `learning_rate`, `weight_decay`, `trust_coefficient`,
+///   `eps`, `momentum`, `nesterov`;
+/// - `novograd`, `optax.novograd` ([`NovoGrad`]): `learning_rate`, `b1`, `b2`, `eps`,
+///   `eps_root`, `weight_decay`;
+/// - `yogi`, `optax.yogi` ([`Yogi`]): `learning_rate`, `b1`, `b2`, `eps`.
+///
+/// Missing arguments take optax's defaults (where optax has none, `learning_rate`, the
+/// built-in's). Schedules (optax's callables) have no JSON form: a schedule is the caller
+/// setting the hyperparameter before each step.
 ///
 /// ```
 /// let kwargs = serde_json::json!({"learning_rate": 0.01, "weight_decay": 0.01});
@@ -234,6 +243,16 @@ pub fn from_optax(optimizer: &str, kwargs: &Map<String, Value>) -> Result<Graph>
                 eps: k.number("eps", d.eps)?,
                 eps_root: k.number("eps_root", d.eps_root)?,
                 weight_decay: k.number("weight_decay", d.weight_decay)?,
+            }
+            .graph()
+        }
+        "yogi" => {
+            let d = Yogi::default();
+            Yogi {
+                lr: k.number("learning_rate", d.lr)?,
+                betas: (k.number("b1", d.betas.0)?, k.number("b2", d.betas.1)?),
+                eps: k.number("eps", d.eps)?,
+                ..d
             }
             .graph()
         }
@@ -500,6 +519,46 @@ mod tests {
         assert_eq!(adamw.name(), "adamw");
         let centered = from_torch("rmsprop", &kwargs(json!({"centered": true}))).unwrap();
         assert_eq!(centered.name(), "rmsprop_centered");
+    }
+
+    #[test]
+    fn every_optax_optimizer_maps_with_empty_kwargs() {
+        let names = [
+            ("lamb", "lamb"),
+            ("lars", "lars"),
+            ("novograd", "novograd"),
+            ("yogi", "yogi"),
+        ];
+        for (name, graph) in names {
+            let built = from_optax(name, &Map::new()).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(built.name(), graph);
+        }
+        assert_eq!(
+            from_optax("adafactor", &Map::new()).unwrap_err(),
+            Error::UnknownOptimizer {
+                name: "adafactor".to_string()
+            }
+        );
+    }
+
+    #[test]
+    fn an_optax_argument_the_call_does_not_take_is_reported() {
+        let cases = [
+            // optax.yogi has no eps_root (scale_by_yogi has).
+            ("yogi", json!({"eps_root": 0.0})),
+        ];
+        for (optimizer, value) in cases {
+            let option = value.as_object().unwrap().keys().next().unwrap().clone();
+            assert_eq!(
+                from_optax(optimizer, &kwargs(value)).unwrap_err(),
+                unsupported(optimizer, &option, "")
+            );
+        }
+        let err = from_optax("yogi", &kwargs(json!({"b1": "0.9"}))).unwrap_err();
+        assert_eq!(
+            err,
+            unsupported("yogi", "b1", ": expected a number, got \"0.9\"")
+        );
     }
 
     #[test]
