@@ -12,7 +12,7 @@
 //!
 //! Beyond `torch.optim`: [`Lion`], [`Adan`], [`AdaBelief`] and [`ScheduleFreeAdamW`], each
 //! following its authors' PyTorch implementation (named in its doc) the same way; [`Lamb`],
-//! [`Lars`], [`NovoGrad`] and [`Yogi`] as optax defines them ([`from_optax`]).
+//! [`Lars`], [`NovoGrad`], [`Yogi`] and [`SignSgd`] as optax defines them ([`from_optax`]).
 //! [`clip_grad_norm`] fuses PyTorch's gradient clipping into any of them
 //! ([`clip_by_global_norm`] optax's), [`amp`] mixed-precision gradient unscaling and overflow
 //! skipping.
@@ -40,6 +40,7 @@ mod lars;
 mod lion;
 mod novograd;
 mod schedule_free;
+mod sign_sgd;
 mod yogi;
 
 pub use adadelta::Adadelta;
@@ -63,6 +64,7 @@ pub use lars::Lars;
 pub use lion::Lion;
 pub use novograd::NovoGrad;
 pub use schedule_free::ScheduleFreeAdamW;
+pub use sign_sgd::SignSgd;
 pub use yogi::Yogi;
 
 use crate::Graph;
@@ -97,6 +99,7 @@ pub const NAMES: &[&str] = &[
     "lars",
     "novograd",
     "yogi",
+    "sign_sgd",
 ];
 
 /// The graph of a built-in by name (see [`NAMES`]), with default options.
@@ -167,6 +170,7 @@ pub fn by_name(name: &str) -> Option<Graph> {
         "lars" => Lars::default().graph(),
         "novograd" => NovoGrad::default().graph(),
         "yogi" => Yogi::default().graph(),
+        "sign_sgd" => SignSgd::default().graph(),
         _ => return None,
     };
     Some(graph.expect("built-in defaults are valid"))

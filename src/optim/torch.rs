@@ -3,7 +3,7 @@
 
 use super::{
     Adadelta, Adagrad, Adam, AdamW, Adamax, Asgd, Lamb, Lars, NAdam, NovoGrad, RAdam, Rmsprop,
-    Rprop, Sgd, Yogi,
+    Rprop, Sgd, SignSgd, Yogi,
 };
 use crate::{Error, Graph, Result};
 use serde_json::{Map, Value};
@@ -202,7 +202,8 @@ pub fn from_torch(optimizer: &str, kwargs: &Map<String, Value>) -> Result<Graph>
 ///   `eps`, `momentum`, `nesterov`;
 /// - `novograd`, `optax.novograd` ([`NovoGrad`]): `learning_rate`, `b1`, `b2`, `eps`,
 ///   `eps_root`, `weight_decay`;
-/// - `yogi`, `optax.yogi` ([`Yogi`]): `learning_rate`, `b1`, `b2`, `eps`.
+/// - `yogi`, `optax.yogi` ([`Yogi`]): `learning_rate`, `b1`, `b2`, `eps`;
+/// - `sign_sgd`, `optax.sign_sgd` ([`SignSgd`]): `learning_rate`.
 ///
 /// Missing arguments take optax's defaults (where optax has none, `learning_rate`, the
 /// built-in's). Schedules (optax's callables) have no JSON form: a schedule is the caller
@@ -256,6 +257,10 @@ pub fn from_optax(optimizer: &str, kwargs: &Map<String, Value>) -> Result<Graph>
             }
             .graph()
         }
+        "sign_sgd" => SignSgd {
+            lr: k.number("learning_rate", SignSgd::default().lr)?,
+        }
+        .graph(),
         "lars" => {
             let d = Lars::default();
             Lars {
@@ -528,6 +533,7 @@ mod tests {
             ("lars", "lars"),
             ("novograd", "novograd"),
             ("yogi", "yogi"),
+            ("sign_sgd", "sign_sgd"),
         ];
         for (name, graph) in names {
             let built = from_optax(name, &Map::new()).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -546,6 +552,8 @@ mod tests {
         let cases = [
             // optax.yogi has no eps_root (scale_by_yogi has).
             ("yogi", json!({"eps_root": 0.0})),
+            // optax.sign_sgd has no momentum (optax.signum has).
+            ("sign_sgd", json!({"momentum": 0.9})),
         ];
         for (optimizer, value) in cases {
             let option = value.as_object().unwrap().keys().next().unwrap().clone();
