@@ -237,6 +237,11 @@ fn sign_sgd_follows_optax() {
     check_folder("sign_sgd", 2);
 }
 
+#[test]
+fn ademamix_follows_optax() {
+    check_folder("ademamix", 2);
+}
+
 /// Yogi's moments start at optax's `initial_accumulator_value` (1e-6), not at 0 as Adam's:
 /// started at 0 they miss the recorded float64 trajectory.
 #[test]

@@ -12,8 +12,8 @@
 //!
 //! Beyond `torch.optim`: [`Lion`], [`Adan`], [`AdaBelief`] and [`ScheduleFreeAdamW`], each
 //! following its authors' PyTorch implementation (named in its doc) the same way; [`Lamb`],
-//! [`Lars`], [`NovoGrad`], [`Yogi`] and [`SignSgd`] as optax defines them ([`from_optax`]).
-//! [`clip_grad_norm`] fuses PyTorch's gradient clipping into any of them
+//! [`Lars`], [`NovoGrad`], [`Yogi`], [`SignSgd`] and [`AdEMAMix`] as optax defines them
+//! ([`from_optax`]). [`clip_grad_norm`] fuses PyTorch's gradient clipping into any of them
 //! ([`clip_by_global_norm`] optax's), [`amp`] mixed-precision gradient unscaling and overflow
 //! skipping.
 
@@ -35,6 +35,7 @@ mod torch;
 // Beyond torch.optim.
 mod adabelief;
 mod adan;
+mod ademamix;
 mod lamb;
 mod lars;
 mod lion;
@@ -59,6 +60,7 @@ pub use torch::{from_optax, from_torch};
 
 pub use adabelief::AdaBelief;
 pub use adan::Adan;
+pub use ademamix::AdEMAMix;
 pub use lamb::Lamb;
 pub use lars::Lars;
 pub use lion::Lion;
@@ -100,6 +102,7 @@ pub const NAMES: &[&str] = &[
     "novograd",
     "yogi",
     "sign_sgd",
+    "ademamix",
 ];
 
 /// The graph of a built-in by name (see [`NAMES`]), with default options.
@@ -171,6 +174,7 @@ pub fn by_name(name: &str) -> Option<Graph> {
         "novograd" => NovoGrad::default().graph(),
         "yogi" => Yogi::default().graph(),
         "sign_sgd" => SignSgd::default().graph(),
+        "ademamix" => AdEMAMix::default().graph(),
         _ => return None,
     };
     Some(graph.expect("built-in defaults are valid"))

@@ -2,8 +2,8 @@
 //! keyword arguments (as JSON values) mapped onto the built-in with the same algorithm.
 
 use super::{
-    Adadelta, Adagrad, Adam, AdamW, Adamax, Asgd, Lamb, Lars, NAdam, NovoGrad, RAdam, Rmsprop,
-    Rprop, Sgd, SignSgd, Yogi,
+    AdEMAMix, Adadelta, Adagrad, Adam, AdamW, Adamax, Asgd, Lamb, Lars, NAdam, NovoGrad, RAdam,
+    Rmsprop, Rprop, Sgd, SignSgd, Yogi,
 };
 use crate::{Error, Graph, Result};
 use serde_json::{Map, Value};
@@ -203,7 +203,9 @@ pub fn from_torch(optimizer: &str, kwargs: &Map<String, Value>) -> Result<Graph>
 /// - `novograd`, `optax.novograd` ([`NovoGrad`]): `learning_rate`, `b1`, `b2`, `eps`,
 ///   `eps_root`, `weight_decay`;
 /// - `yogi`, `optax.yogi` ([`Yogi`]): `learning_rate`, `b1`, `b2`, `eps`;
-/// - `sign_sgd`, `optax.sign_sgd` ([`SignSgd`]): `learning_rate`.
+/// - `sign_sgd`, `optax.sign_sgd` ([`SignSgd`]): `learning_rate`;
+/// - `ademamix`, `optax.contrib.ademamix` ([`AdEMAMix`]): `learning_rate`, `b1`, `b2`, `b3`,
+///   `alpha`, `eps`, `eps_root`, `weight_decay`.
 ///
 /// Missing arguments take optax's defaults (where optax has none, `learning_rate`, the
 /// built-in's). Schedules (optax's callables) have no JSON form: a schedule is the caller
@@ -261,6 +263,22 @@ pub fn from_optax(optimizer: &str, kwargs: &Map<String, Value>) -> Result<Graph>
             lr: k.number("learning_rate", SignSgd::default().lr)?,
         }
         .graph(),
+        "ademamix" => {
+            let d = AdEMAMix::default();
+            AdEMAMix {
+                lr: k.number("learning_rate", d.lr)?,
+                betas: (
+                    k.number("b1", d.betas.0)?,
+                    k.number("b2", d.betas.1)?,
+                    k.number("b3", d.betas.2)?,
+                ),
+                alpha: k.number("alpha", d.alpha)?,
+                eps: k.number("eps", d.eps)?,
+                eps_root: k.number("eps_root", d.eps_root)?,
+                weight_decay: k.number("weight_decay", d.weight_decay)?,
+            }
+            .graph()
+        }
         "lars" => {
             let d = Lars::default();
             Lars {
@@ -534,6 +552,7 @@ mod tests {
             ("novograd", "novograd"),
             ("yogi", "yogi"),
             ("sign_sgd", "sign_sgd"),
+            ("ademamix", "ademamix"),
         ];
         for (name, graph) in names {
             let built = from_optax(name, &Map::new()).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -554,6 +573,8 @@ mod tests {
             ("yogi", json!({"eps_root": 0.0})),
             // optax.sign_sgd has no momentum (optax.signum has).
             ("sign_sgd", json!({"momentum": 0.9})),
+            // PyTorch's names are not optax's.
+            ("ademamix", json!({"lr": 0.01})),
         ];
         for (optimizer, value) in cases {
             let option = value.as_object().unwrap().keys().next().unwrap().clone();
@@ -566,6 +587,36 @@ mod tests {
         assert_eq!(
             err,
             unsupported("yogi", "b1", ": expected a number, got \"0.9\"")
+        );
+    }
+
+    #[test]
+    fn optax_arguments_reach_the_hyperparameters() {
+        let defaults = |graph: &Graph| -> Vec<(String, f64)> {
+            graph
+                .hypers()
+                .iter()
+                .map(|h| (h.name.clone(), h.default))
+                .collect()
+        };
+        let ademamix = from_optax(
+            "ademamix",
+            &kwargs(json!({"learning_rate": 0.01, "b3": 0.999, "alpha": 8})),
+        )
+        .unwrap();
+        let expected = [
+            ("lr", 0.01),
+            ("b1", 0.9),
+            ("b2", 0.999),
+            ("b3", 0.999),
+            ("alpha", 8.0),
+            ("eps", 1e-8),
+            ("eps_root", 0.0),
+            ("weight_decay", 0.0),
+        ];
+        assert_eq!(
+            defaults(&ademamix),
+            expected.map(|(n, v)| (n.to_string(), v))
         );
     }
 
