@@ -242,6 +242,36 @@ fn ademamix_follows_optax() {
     check_folder("ademamix", 2);
 }
 
+#[test]
+fn clip_adam_follows_optax() {
+    check_folder("clip_adam", 2);
+}
+
+/// PyTorch's clip (`optim::clip_grad_norm`: `max_norm / (‖g‖ + 1e-6)`) in place of optax's
+/// misses the float64 `clip_adam` trajectory (by 2.9e-10 in the parameters and 2.9e-9 in
+/// the state, where the tolerance is 1e-12):
+/// the recorded case tells the two clips apart, so it catches a `from_optax("clip_adam")`
+/// built on the wrong one.
+#[test]
+fn clip_adam_catches_pytorch_clip_epsilon() {
+    let (name, case) = cases("clip_adam", 2)
+        .into_iter()
+        .find(|(name, _)| name.ends_with("float64.json"))
+        .unwrap();
+    let adam = optim::Adam {
+        lr: case["hyper"]["learning_rate"].as_f64().unwrap(),
+        ..optim::Adam::default()
+    };
+    let torch_clip = optim::clip_grad_norm(&adam.graph().unwrap(), 2.0).unwrap();
+    let worst = replay_case(&case, &torch_clip, &name, false);
+    println!("PyTorch's clip: largest error {:.3e}", worst.abs);
+    assert!(
+        worst.of_tolerance > 10.0,
+        "PyTorch's clip is within {:.3} of the tolerance",
+        worst.of_tolerance
+    );
+}
+
 /// Yogi's moments start at optax's `initial_accumulator_value` (1e-6), not at 0 as Adam's:
 /// started at 0 they miss the recorded float64 trajectory.
 #[test]

@@ -2,8 +2,8 @@
 //! keyword arguments (as JSON values) mapped onto the built-in with the same algorithm.
 
 use super::{
-    AdEMAMix, Adadelta, Adagrad, Adam, AdamW, Adamax, Asgd, Lamb, Lars, NAdam, NovoGrad, RAdam,
-    Rmsprop, Rprop, Sgd, SignSgd, Yogi,
+    clip::DEFAULT_MAX_NORM, clip_by_global_norm, AdEMAMix, Adadelta, Adagrad, Adam, AdamW, Adamax,
+    Asgd, Lamb, Lars, NAdam, NovoGrad, RAdam, Rmsprop, Rprop, Sgd, SignSgd, Yogi,
 };
 use crate::{Error, Graph, Result};
 use serde_json::{Map, Value};
@@ -205,11 +205,22 @@ pub fn from_torch(optimizer: &str, kwargs: &Map<String, Value>) -> Result<Graph>
 /// - `yogi`, `optax.yogi` ([`Yogi`]): `learning_rate`, `b1`, `b2`, `eps`;
 /// - `sign_sgd`, `optax.sign_sgd` ([`SignSgd`]): `learning_rate`;
 /// - `ademamix`, `optax.contrib.ademamix` ([`AdEMAMix`]): `learning_rate`, `b1`, `b2`, `b3`,
-///   `alpha`, `eps`, `eps_root`, `weight_decay`.
+///   `alpha`, `eps`, `eps_root`, `weight_decay`;
+/// - `clip_adam`, `optax.chain(optax.clip_by_global_norm(max_norm), optax.adam(...))`
+///   ([`clip_by_global_norm`] over [`Adam`]): `max_norm`, `learning_rate`, `b1`, `b2`, `eps`;
+/// - `clip_adamw`, the same over `optax.adamw(...)` ([`AdamW`]): those and `weight_decay`
+///   (optax's default, 1e-4).
 ///
-/// Missing arguments take optax's defaults (where optax has none, `learning_rate`, the
-/// built-in's). Schedules (optax's callables) have no JSON form: a schedule is the caller
-/// setting the hyperparameter before each step.
+/// Missing arguments take optax's defaults (where optax has none, `learning_rate` and
+/// `max_norm`, the built-in's). Schedules (optax's callables) have no JSON form: a schedule
+/// is the caller setting the hyperparameter before each step.
+///
+/// `clip_adam` and `clip_adamw` are optjit's Adam and AdamW, which follow PyTorch's
+/// formulas: the same algorithm as optax's `scale_by_adam` (and `add_decayed_weights`
+/// before `scale_by_learning_rate` for AdamW: `θ − lr·(u + λθ)` where PyTorch computes
+/// `θ·(1 − lr·λ) − lr·u`), rounded in another order. optax's `eps_root`, `nesterov` and
+/// `mu_dtype` are not taken. The clip is optax's, not PyTorch's (see
+/// [`clip_by_global_norm`]).
 ///
 /// ```
 /// let kwargs = serde_json::json!({"learning_rate": 0.01, "weight_decay": 0.01});
@@ -278,6 +289,27 @@ pub fn from_optax(optimizer: &str, kwargs: &Map<String, Value>) -> Result<Graph>
                 weight_decay: k.number("weight_decay", d.weight_decay)?,
             }
             .graph()
+        }
+        "clip_adam" | "clip_adamw" => {
+            let max_norm = k.number("max_norm", DEFAULT_MAX_NORM)?;
+            let d = Adam::default();
+            let adam = Adam {
+                lr: k.number("learning_rate", d.lr)?,
+                betas: (k.number("b1", d.betas.0)?, k.number("b2", d.betas.1)?),
+                eps: k.number("eps", d.eps)?,
+                ..d
+            };
+            let graph = if optimizer == "clip_adamw" {
+                AdamW {
+                    // optax.adamw's default.
+                    weight_decay: k.number("weight_decay", 1e-4)?,
+                    ..AdamW::from(adam)
+                }
+                .graph()
+            } else {
+                adam.graph()
+            };
+            graph.and_then(|graph| clip_by_global_norm(&graph, max_norm))
         }
         "lars" => {
             let d = Lars::default();
@@ -553,6 +585,8 @@ mod tests {
             ("yogi", "yogi"),
             ("sign_sgd", "sign_sgd"),
             ("ademamix", "ademamix"),
+            ("clip_adam", "adam"),
+            ("clip_adamw", "adamw"),
         ];
         for (name, graph) in names {
             let built = from_optax(name, &Map::new()).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -575,6 +609,10 @@ mod tests {
             ("sign_sgd", json!({"momentum": 0.9})),
             // PyTorch's names are not optax's.
             ("ademamix", json!({"lr": 0.01})),
+            // optax.adam has no weight_decay (optax.adamw has).
+            ("clip_adam", json!({"weight_decay": 0.01})),
+            // optax's adam arguments optjit's Adam does not have.
+            ("clip_adamw", json!({"eps_root": 0.0})),
         ];
         for (optimizer, value) in cases {
             let option = value.as_object().unwrap().keys().next().unwrap().clone();
@@ -583,10 +621,10 @@ mod tests {
                 unsupported(optimizer, &option, "")
             );
         }
-        let err = from_optax("yogi", &kwargs(json!({"b1": "0.9"}))).unwrap_err();
+        let err = from_optax("clip_adam", &kwargs(json!({"max_norm": "1"}))).unwrap_err();
         assert_eq!(
             err,
-            unsupported("yogi", "b1", ": expected a number, got \"0.9\"")
+            unsupported("clip_adam", "max_norm", ": expected a number, got \"1\"")
         );
     }
 
@@ -618,6 +656,15 @@ mod tests {
             defaults(&ademamix),
             expected.map(|(n, v)| (n.to_string(), v))
         );
+        // optax.adamw's weight decay defaults to 1e-4 (PyTorch's to 1e-2); the clip's
+        // max_norm is the last hyperparameter.
+        let clipped = from_optax("clip_adamw", &kwargs(json!({"max_norm": 0.5}))).unwrap();
+        let hypers = defaults(&clipped);
+        assert!(
+            hypers.contains(&("weight_decay".to_string(), 1e-4)),
+            "{hypers:?}"
+        );
+        assert_eq!(hypers.last(), Some(&("max_norm".to_string(), 0.5)));
     }
 
     #[test]
