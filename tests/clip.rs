@@ -1,7 +1,8 @@
 //! Gradient clipping: `Optimizer::clip_grad_norm`/`clip_grad_value` against PyTorch's
 //! recorded `clip_grad_norm_`/`clip_grad_value_` (tests/data/clip, from PyTorch 2.15; README
 //! there), and the fused clip (`optim::clip_grad_norm`) against clipping then stepping, bit
-//! for bit.
+//! for bit; optax's variant (`optim::clip_by_global_norm`) on the cases where the two differ
+//! (its trajectories are in tests/optax.rs).
 
 use ndarray::Array1;
 use optjit::optim::{self, Adam, Sgd};
@@ -290,4 +291,89 @@ fn the_norm_of_no_gradient_is_zero() {
     // Zero-length and all-zero gradients: +0, not the sums' -0.
     let (opt, _) = with_grads::<f64>(&[vec![], vec![-0.0, 0.0]]);
     assert_eq!(opt.grad_norm(2.0).unwrap().to_bits(), 0.0f64.to_bits());
+}
+
+/// The gradients SGD (lr 1, from 0) sees after `clip` at `max_norm`: `-θ` after one step.
+fn clipped_grads<T: Float>(
+    clip: impl Fn(&optjit::Graph, f64) -> optjit::Graph,
+    max_norm: f64,
+    grads: &[Vec<f64>],
+) -> Vec<Vec<T>> {
+    let sgd = Sgd {
+        lr: 1.0,
+        ..Sgd::default()
+    };
+    let mut opt = Optimizer::new(&clip(&sgd.graph().unwrap(), max_norm)).unwrap();
+    let group = opt.add_param_group(&[("max_norm", max_norm)]).unwrap();
+    let handles: Vec<Param<T>> = grads
+        .iter()
+        .enumerate()
+        .map(|(k, g)| {
+            let zeros = Array1::from_elem(g.len(), T::ZERO);
+            let h = opt.add_param(group, &format!("p{k}"), &zeros).unwrap();
+            let g: Vec<T> = g.iter().map(|&x| T::from_f64(x)).collect();
+            opt.set_grad(&h, &g).unwrap();
+            h
+        })
+        .collect();
+    opt.step().unwrap();
+    handles
+        .iter()
+        .map(|h| {
+            let theta = opt.param(h).unwrap();
+            theta.iter().map(|&x| T::from_f64(-x.to_f64())).collect()
+        })
+        .collect()
+}
+
+fn optax_clip(graph: &optjit::Graph, max_norm: f64) -> optjit::Graph {
+    optim::clip_by_global_norm(graph, max_norm).unwrap()
+}
+
+fn torch_clip(graph: &optjit::Graph, _: f64) -> optjit::Graph {
+    optim::clip_grad_norm(graph, 2.0).unwrap()
+}
+
+/// A global norm of exactly `max_norm` is not below it: optax scales by `max_norm / n = 1`,
+/// which keeps every bit, where PyTorch's `max_norm / (n + 1e-6)` shrinks the gradient.
+#[test]
+fn optax_clip_keeps_a_gradient_at_exactly_max_norm() {
+    let grads = [vec![3.0], vec![-4.0, 0.0]];
+    let optax = clipped_grads::<f64>(optax_clip, 5.0, &grads);
+    assert_eq!(optax, [vec![3.0], vec![-4.0, 0.0]]);
+    let torch = clipped_grads::<f64>(torch_clip, 5.0, &grads);
+    assert!(torch[0][0] < 3.0 && torch[1][0] > -4.0, "{torch:?}");
+    let optax = clipped_grads::<f32>(optax_clip, 5.0, &grads);
+    assert_eq!(optax, [vec![3.0f32], vec![-4.0, 0.0]]);
+}
+
+/// Below `max_norm` the gradient is untouched; above it, its global norm (over every
+/// parameter) becomes `max_norm`; a NaN norm makes every gradient NaN.
+#[test]
+fn optax_clip_scales_only_norms_not_below_max_norm() {
+    let grads = [vec![3.0, 0.0], vec![-4.0], vec![12.0]];
+    // Norm 13: below 13.5, so untouched.
+    let kept = clipped_grads::<f64>(optax_clip, 13.5, &grads);
+    assert_eq!(kept, [vec![3.0, 0.0], vec![-4.0], vec![12.0]]);
+    // Scaled by 1/13 to a norm of 1, within an ulp of optax's `(g / 13) · 1` per element.
+    let scaled = clipped_grads::<f64>(optax_clip, 1.0, &grads);
+    for (ours, g) in scaled.iter().flatten().zip(grads.iter().flatten()) {
+        assert!((ours - g / 13.0).abs() <= f64::EPSILON * (g / 13.0).abs());
+    }
+    let norm: f64 = scaled.iter().flatten().map(|g| g * g).sum::<f64>().sqrt();
+    assert!((norm - 1.0).abs() <= 2.0 * f64::EPSILON, "{norm}");
+    let nan = clipped_grads::<f32>(optax_clip, 1.0, &[vec![f64::NAN], vec![1.0, 0.0]]);
+    assert!(nan.iter().flatten().all(|g| g.is_nan()), "{nan:?}");
+}
+
+/// As `clip_grad_norm`: clipping after AMP would take the norm of the scaled gradients.
+#[test]
+fn optax_clip_refuses_a_graph_with_a_skip_condition() {
+    let amp = optim::amp(&Adam::default().graph().unwrap()).unwrap();
+    assert!(matches!(
+        optim::clip_by_global_norm(&amp, 1.0),
+        Err(Error::Unsupported { .. })
+    ));
+    let clipped = optim::clip_by_global_norm(&Adam::default().graph().unwrap(), 1.0).unwrap();
+    optim::amp(&clipped).unwrap();
 }

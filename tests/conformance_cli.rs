@@ -77,6 +77,25 @@ fn a_clip_case_with_a_wrong_total_norm_fails() {
     assert!(out.contains("FAIL case.json"), "{out}");
 }
 
+/// The runner compared AdEMAMix's `nu` but skipped its `m1` and `m2` (no slot of those
+/// names): a tampered slow average must fail.
+#[test]
+fn an_ademamix_case_with_a_wrong_slow_average_fails() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/optax/ademamix/default.float64.json");
+    let mut case: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let m2 = &mut case["expected_state_after_last"]["[0].m2"][0][1];
+    *m2 = serde_json::json!(m2.as_f64().unwrap() + 1e-6);
+    let dir = std::env::temp_dir().join(format!("optjit-optax-tampered-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("case.json"), case.to_string()).unwrap();
+    let (ok, out, _) = optjit(&["conformance", dir.to_str().unwrap()]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(!ok, "{out}");
+    assert!(out.contains("FAIL case.json"), "{out}");
+}
+
 #[test]
 fn json_output_has_one_object_per_case_and_a_summary() {
     let (ok, out, _) = optjit(&[

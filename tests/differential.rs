@@ -354,6 +354,10 @@ fn builtins() -> Vec<Graph> {
         ]
         .map(Result::unwrap),
     );
+    // The global clips: PyTorch's and optax's.
+    let adam = optim::Adam::default().graph().unwrap();
+    graphs.push(optim::clip_grad_norm(&adam, 2.0).unwrap());
+    graphs.push(optim::clip_by_global_norm(&adam, 1.0).unwrap());
     graphs
 }
 

@@ -304,6 +304,9 @@ fn optax_slot<'d>(dict: &'d StateDict, leaf: &'d str) -> Option<&'d str> {
     let alias = match leaf {
         "mu" => "exp_avg",
         "nu" => "exp_avg_sq",
+        // AdEMAMix's fast and slow averages, by the authors' PyTorch names.
+        "m1" => "exp_avg_fast",
+        "m2" => "exp_avg_slow",
         other => other,
     };
     let entry = dict.state.values().next()?;

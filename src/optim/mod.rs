@@ -12,8 +12,10 @@
 //!
 //! Beyond `torch.optim`: [`Lion`], [`Adan`], [`AdaBelief`] and [`ScheduleFreeAdamW`], each
 //! following its authors' PyTorch implementation (named in its doc) the same way; [`Lamb`],
-//! [`Lars`] and [`NovoGrad`] as optax defines them ([`from_optax`]). [`clip_grad_norm`] fuses gradient clipping into any
-//! of them, [`amp`] mixed-precision gradient unscaling and overflow skipping.
+//! [`Lars`], [`NovoGrad`], [`Yogi`], [`SignSgd`] and [`AdEMAMix`] as optax defines them
+//! ([`from_optax`]). [`clip_grad_norm`] fuses PyTorch's gradient clipping into any of them
+//! ([`clip_by_global_norm`] optax's), [`amp`] mixed-precision gradient unscaling and overflow
+//! skipping.
 
 mod adadelta;
 mod adagrad;
@@ -33,11 +35,14 @@ mod torch;
 // Beyond torch.optim.
 mod adabelief;
 mod adan;
+mod ademamix;
 mod lamb;
 mod lars;
 mod lion;
 mod novograd;
 mod schedule_free;
+mod sign_sgd;
+mod yogi;
 
 pub use adadelta::Adadelta;
 pub use adagrad::Adagrad;
@@ -45,7 +50,7 @@ pub use adam::{Adam, AdamW};
 pub use adamax::Adamax;
 pub use amp::{amp, is_amp, INV_SCALE};
 pub use asgd::Asgd;
-pub use clip::clip_grad_norm;
+pub use clip::{clip_by_global_norm, clip_grad_norm};
 pub use nadam::NAdam;
 pub use radam::RAdam;
 pub use rmsprop::Rmsprop;
@@ -55,11 +60,14 @@ pub use torch::{from_optax, from_torch};
 
 pub use adabelief::AdaBelief;
 pub use adan::Adan;
+pub use ademamix::AdEMAMix;
 pub use lamb::Lamb;
 pub use lars::Lars;
 pub use lion::Lion;
 pub use novograd::NovoGrad;
 pub use schedule_free::ScheduleFreeAdamW;
+pub use sign_sgd::SignSgd;
+pub use yogi::Yogi;
 
 use crate::Graph;
 
@@ -92,6 +100,9 @@ pub const NAMES: &[&str] = &[
     "lamb",
     "lars",
     "novograd",
+    "yogi",
+    "sign_sgd",
+    "ademamix",
 ];
 
 /// The graph of a built-in by name (see [`NAMES`]), with default options.
@@ -161,6 +172,9 @@ pub fn by_name(name: &str) -> Option<Graph> {
         "lamb" => Lamb::default().graph(),
         "lars" => Lars::default().graph(),
         "novograd" => NovoGrad::default().graph(),
+        "yogi" => Yogi::default().graph(),
+        "sign_sgd" => SignSgd::default().graph(),
+        "ademamix" => AdEMAMix::default().graph(),
         _ => return None,
     };
     Some(graph.expect("built-in defaults are valid"))

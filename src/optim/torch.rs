@@ -2,8 +2,8 @@
 //! keyword arguments (as JSON values) mapped onto the built-in with the same algorithm.
 
 use super::{
-    Adadelta, Adagrad, Adam, AdamW, Adamax, Asgd, Lamb, Lars, NAdam, NovoGrad, RAdam, Rmsprop,
-    Rprop, Sgd,
+    clip::DEFAULT_MAX_NORM, clip_by_global_norm, AdEMAMix, Adadelta, Adagrad, Adam, AdamW, Adamax,
+    Asgd, Lamb, Lars, NAdam, NovoGrad, RAdam, Rmsprop, Rprop, Sgd, SignSgd, Yogi,
 };
 use crate::{Error, Graph, Result};
 use serde_json::{Map, Value};
@@ -194,10 +194,33 @@ pub fn from_torch(optimizer: &str, kwargs: &Map<String, Value>) -> Result<Graph>
 }
 
 /// The optimizer `optax.<optimizer>(**kwargs)` builds, with optax's argument names, for the
-/// optax optimizers optjit has: `lamb` (`learning_rate`, `b1`, `b2`, `eps`, `eps_root`,
-/// `weight_decay`; see [`Lamb`]) and `lars` (`learning_rate`, `weight_decay`,
-/// `trust_coefficient`, `eps`, `momentum`, `nesterov`; see [`Lars`]) and `novograd`
-/// (`learning_rate`, `b1`, `b2`, `eps`, `eps_root`, `weight_decay`; see [`NovoGrad`]).
+/// optax optimizers optjit has:
+///
+/// - `lamb`, `optax.lamb` ([`Lamb`]): `learning_rate`, `b1`, `b2`, `eps`, `eps_root`,
+///   `weight_decay`;
+/// - `lars`, `optax.lars` ([`Lars`]): `learning_rate`, `weight_decay`, `trust_coefficient`,
+///   `eps`, `momentum`, `nesterov`;
+/// - `novograd`, `optax.novograd` ([`NovoGrad`]): `learning_rate`, `b1`, `b2`, `eps`,
+///   `eps_root`, `weight_decay`;
+/// - `yogi`, `optax.yogi` ([`Yogi`]): `learning_rate`, `b1`, `b2`, `eps`;
+/// - `sign_sgd`, `optax.sign_sgd` ([`SignSgd`]): `learning_rate`;
+/// - `ademamix`, `optax.contrib.ademamix` ([`AdEMAMix`]): `learning_rate`, `b1`, `b2`, `b3`,
+///   `alpha`, `eps`, `eps_root`, `weight_decay`;
+/// - `clip_adam`, `optax.chain(optax.clip_by_global_norm(max_norm), optax.adam(...))`
+///   ([`clip_by_global_norm`] over [`Adam`]): `max_norm`, `learning_rate`, `b1`, `b2`, `eps`;
+/// - `clip_adamw`, the same over `optax.adamw(...)` ([`AdamW`]): those and `weight_decay`
+///   (optax's default, 1e-4).
+///
+/// Missing arguments take optax's defaults (where optax has none, `learning_rate` and
+/// `max_norm`, the built-in's). Schedules (optax's callables) have no JSON form: a schedule
+/// is the caller setting the hyperparameter before each step.
+///
+/// `clip_adam` and `clip_adamw` are optjit's Adam and AdamW, which follow PyTorch's
+/// formulas: the same algorithm as optax's `scale_by_adam` (and `add_decayed_weights`
+/// before `scale_by_learning_rate` for AdamW: `θ − lr·(u + λθ)` where PyTorch computes
+/// `θ·(1 − lr·λ) − lr·u`), rounded in another order. optax's `eps_root`, `nesterov` and
+/// `mu_dtype` are not taken. The clip is optax's, not PyTorch's (see
+/// [`clip_by_global_norm`]).
 ///
 /// ```
 /// let kwargs = serde_json::json!({"learning_rate": 0.01, "weight_decay": 0.01});
@@ -236,6 +259,57 @@ pub fn from_optax(optimizer: &str, kwargs: &Map<String, Value>) -> Result<Graph>
                 weight_decay: k.number("weight_decay", d.weight_decay)?,
             }
             .graph()
+        }
+        "yogi" => {
+            let d = Yogi::default();
+            Yogi {
+                lr: k.number("learning_rate", d.lr)?,
+                betas: (k.number("b1", d.betas.0)?, k.number("b2", d.betas.1)?),
+                eps: k.number("eps", d.eps)?,
+                ..d
+            }
+            .graph()
+        }
+        "sign_sgd" => SignSgd {
+            lr: k.number("learning_rate", SignSgd::default().lr)?,
+        }
+        .graph(),
+        "ademamix" => {
+            let d = AdEMAMix::default();
+            AdEMAMix {
+                lr: k.number("learning_rate", d.lr)?,
+                betas: (
+                    k.number("b1", d.betas.0)?,
+                    k.number("b2", d.betas.1)?,
+                    k.number("b3", d.betas.2)?,
+                ),
+                alpha: k.number("alpha", d.alpha)?,
+                eps: k.number("eps", d.eps)?,
+                eps_root: k.number("eps_root", d.eps_root)?,
+                weight_decay: k.number("weight_decay", d.weight_decay)?,
+            }
+            .graph()
+        }
+        "clip_adam" | "clip_adamw" => {
+            let max_norm = k.number("max_norm", DEFAULT_MAX_NORM)?;
+            let d = Adam::default();
+            let adam = Adam {
+                lr: k.number("learning_rate", d.lr)?,
+                betas: (k.number("b1", d.betas.0)?, k.number("b2", d.betas.1)?),
+                eps: k.number("eps", d.eps)?,
+                ..d
+            };
+            let graph = if optimizer == "clip_adamw" {
+                AdamW {
+                    // optax.adamw's default.
+                    weight_decay: k.number("weight_decay", 1e-4)?,
+                    ..AdamW::from(adam)
+                }
+                .graph()
+            } else {
+                adam.graph()
+            };
+            graph.and_then(|graph| clip_by_global_norm(&graph, max_norm))
         }
         "lars" => {
             let d = Lars::default();
@@ -500,6 +574,97 @@ mod tests {
         assert_eq!(adamw.name(), "adamw");
         let centered = from_torch("rmsprop", &kwargs(json!({"centered": true}))).unwrap();
         assert_eq!(centered.name(), "rmsprop_centered");
+    }
+
+    #[test]
+    fn every_optax_optimizer_maps_with_empty_kwargs() {
+        let names = [
+            ("lamb", "lamb"),
+            ("lars", "lars"),
+            ("novograd", "novograd"),
+            ("yogi", "yogi"),
+            ("sign_sgd", "sign_sgd"),
+            ("ademamix", "ademamix"),
+            ("clip_adam", "adam"),
+            ("clip_adamw", "adamw"),
+        ];
+        for (name, graph) in names {
+            let built = from_optax(name, &Map::new()).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(built.name(), graph);
+        }
+        assert_eq!(
+            from_optax("adafactor", &Map::new()).unwrap_err(),
+            Error::UnknownOptimizer {
+                name: "adafactor".to_string()
+            }
+        );
+    }
+
+    #[test]
+    fn an_optax_argument_the_call_does_not_take_is_reported() {
+        let cases = [
+            // optax.yogi has no eps_root (scale_by_yogi has).
+            ("yogi", json!({"eps_root": 0.0})),
+            // optax.sign_sgd has no momentum (optax.signum has).
+            ("sign_sgd", json!({"momentum": 0.9})),
+            // PyTorch's names are not optax's.
+            ("ademamix", json!({"lr": 0.01})),
+            // optax.adam has no weight_decay (optax.adamw has).
+            ("clip_adam", json!({"weight_decay": 0.01})),
+            // optax's adam arguments optjit's Adam does not have.
+            ("clip_adamw", json!({"eps_root": 0.0})),
+        ];
+        for (optimizer, value) in cases {
+            let option = value.as_object().unwrap().keys().next().unwrap().clone();
+            assert_eq!(
+                from_optax(optimizer, &kwargs(value)).unwrap_err(),
+                unsupported(optimizer, &option, "")
+            );
+        }
+        let err = from_optax("clip_adam", &kwargs(json!({"max_norm": "1"}))).unwrap_err();
+        assert_eq!(
+            err,
+            unsupported("clip_adam", "max_norm", ": expected a number, got \"1\"")
+        );
+    }
+
+    #[test]
+    fn optax_arguments_reach_the_hyperparameters() {
+        let defaults = |graph: &Graph| -> Vec<(String, f64)> {
+            graph
+                .hypers()
+                .iter()
+                .map(|h| (h.name.clone(), h.default))
+                .collect()
+        };
+        let ademamix = from_optax(
+            "ademamix",
+            &kwargs(json!({"learning_rate": 0.01, "b3": 0.999, "alpha": 8})),
+        )
+        .unwrap();
+        let expected = [
+            ("lr", 0.01),
+            ("b1", 0.9),
+            ("b2", 0.999),
+            ("b3", 0.999),
+            ("alpha", 8.0),
+            ("eps", 1e-8),
+            ("eps_root", 0.0),
+            ("weight_decay", 0.0),
+        ];
+        assert_eq!(
+            defaults(&ademamix),
+            expected.map(|(n, v)| (n.to_string(), v))
+        );
+        // optax.adamw's weight decay defaults to 1e-4 (PyTorch's to 1e-2); the clip's
+        // max_norm is the last hyperparameter.
+        let clipped = from_optax("clip_adamw", &kwargs(json!({"max_norm": 0.5}))).unwrap();
+        let hypers = defaults(&clipped);
+        assert!(
+            hypers.contains(&("weight_decay".to_string(), 1e-4)),
+            "{hypers:?}"
+        );
+        assert_eq!(hypers.last(), Some(&("max_norm".to_string(), 0.5)));
     }
 
     #[test]
