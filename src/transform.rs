@@ -220,13 +220,23 @@ pub fn clip<'b>(max_delta: Expr<'b>) -> impl Transform<'b> {
 }
 
 /// Scales the updates by `min(max_norm / (‖u‖ + 10⁻⁶), 1)`, `‖u‖` the 2-norm of every
-/// parameter's updates as one vector: `clip_grad_norm_`'s coefficient (a global reduction;
-/// see [`crate::optim::clip_grad_norm`]). optax's `clip_by_global_norm` divides by the norm
-/// itself instead, and only when it exceeds `max_norm`.
-pub fn clip_by_global_norm<'b>(max_norm: Expr<'b>) -> impl Transform<'b> {
+/// parameter's updates as one vector: PyTorch's `clip_grad_norm_` (a global reduction; see
+/// [`crate::optim::clip_grad_norm`], which it equals bit for bit as the chain's first
+/// transform).
+pub fn clip_grad_norm<'b>(max_norm: Expr<'b>) -> impl Transform<'b> {
     map_updates(move |_, _, u| {
         let norm = u.sum_squares(Scope::Global).sqrt();
         u * (max_norm / (norm + 1e-6)).min(1.0)
+    })
+}
+
+/// optax's `clip_by_global_norm`: the updates unchanged while `‖u‖ < max_norm`, else scaled
+/// by `max_norm / ‖u‖` (see [`crate::optim::clip_by_global_norm`]; no `10⁻⁶`, unlike
+/// [`clip_grad_norm`]).
+pub fn clip_by_global_norm<'b>(max_norm: Expr<'b>) -> impl Transform<'b> {
+    map_updates(move |b: &'b Builder, _, u| {
+        let norm = u.sum_squares(Scope::Global).sqrt();
+        u * b.select(norm.lt(max_norm), 1.0, max_norm / norm)
     })
 }
 

@@ -80,8 +80,8 @@ pub fn clip_grad_norm(graph: &Graph, norm_type: f64) -> Result<Graph> {
 /// `clip_adam` run in f64, norms 20 to 29, where the tolerance is 1e-12). optax rounds
 /// twice per element (`(g / n) · max_norm`); here the factor is one per-step scalar, so an
 /// element can differ in its last bit. A NaN norm makes every gradient NaN, as in optax.
-/// (In a chain of transforms, [`crate::transform::clip_by_global_norm`] is PyTorch's
-/// coefficient under optax's name.)
+/// (In a chain of transforms: [`crate::transform::clip_by_global_norm`], and PyTorch's
+/// [`crate::transform::clip_grad_norm`].)
 ///
 /// ```
 /// use optjit::optim::{clip_by_global_norm, Adam};
