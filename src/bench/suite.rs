@@ -45,6 +45,13 @@ pub enum Impl {
     /// The same clip unfused: [`Optimizer::clip_grad_norm`] (a norm pass and a scale pass
     /// over the gradients), then the JIT's step.
     ClipUnfused,
+    /// Mixed-precision scaling and the clip fused ([`optim::amp`] over
+    /// [`optim::clip_grad_norm`]): one read-only pass (the norm of the unscaled gradients
+    /// and the non-finite check), then the step, the gradients unscaled in registers.
+    AmpClipFused,
+    /// The same unfused, as PyTorch's `GradScaler` runs it: unscale in place (a check and a
+    /// scale pass), clip (a norm pass and a scale pass), then the step.
+    AmpClipUnfused,
 }
 
 impl Impl {
@@ -59,7 +66,7 @@ impl Impl {
     }
 
     /// Every implementation that `--impl` names, in table order.
-    pub const NAMED: [Impl; 10] = [
+    pub const NAMED: [Impl; 12] = [
         Impl::Jit,
         Impl::Native,
         Impl::Native128,
@@ -70,6 +77,8 @@ impl Impl {
         Impl::Axpy,
         Impl::ClipFused,
         Impl::ClipUnfused,
+        Impl::AmpClipFused,
+        Impl::AmpClipUnfused,
     ];
 
     /// The implementations of the full suite, in table order: all but the clipped ones.
@@ -88,6 +97,8 @@ impl Impl {
             Impl::Axpy => "axpy",
             Impl::ClipFused => "clip_fused",
             Impl::ClipUnfused => "clip_unfused",
+            Impl::AmpClipFused => "amp_clip_fused",
+            Impl::AmpClipUnfused => "amp_clip_unfused",
         }
     }
 
@@ -442,6 +453,32 @@ pub fn run(config: &Config, mut progress: impl FnMut(usize, usize, &str)) -> Res
                                 opt.step().map(drop)
                             };
                             Some((median(config.min_time, step)?, bytes + 12))
+                        }
+                        Impl::AmpClipFused => {
+                            let fused = optim::amp(&optim::clip_grad_norm(graph, 2.0)?)?;
+                            let bytes = bytes_per_element(&fused)?;
+                            let mut opt = optimizer(&fused, (Executor::Jit, &jit), threads, 1, n)?;
+                            let mut scaler = crate::GradScaler::new(1.0, 2.0, 0.5, 1 << 40)?;
+                            let step = || {
+                                scaler.step(&mut opt)?;
+                                scaler.update();
+                                Ok(())
+                            };
+                            Some((median(config.min_time, step)?, bytes))
+                        }
+                        Impl::AmpClipUnfused => {
+                            let mut opt = optimizer(graph, (Executor::Jit, &jit), threads, 1, n)?;
+                            let mut scaler = crate::GradScaler::new(1.0, 2.0, 0.5, 1 << 40)?;
+                            // A check pass (read), an unscale pass (read and write), the
+                            // clip's norm (read) and scale (read and write) passes more.
+                            let step = || {
+                                scaler.unscale(&mut opt)?;
+                                opt.clip_grad_norm(1.0, 2.0, false)?;
+                                scaler.step(&mut opt)?;
+                                scaler.update();
+                                Ok(())
+                            };
+                            Some((median(config.min_time, step)?, bytes + 24))
                         }
                         _ if n > config.interp_max && imp != Impl::Jit => None,
                         _ => {

@@ -26,7 +26,9 @@ pub struct BenchArgs {
     optimizer: Option<Vec<String>>,
     /// Implementations (comma-separated: jit, native, native128, chunked, eager, interp,
     /// copy, axpy; default: all of these; also clip_fused and clip_unfused: the JIT with
-    /// gradient clipping to a global 2-norm fused into the step, and as a separate pass). `native` is the handwritten loop for the CPU's best
+    /// gradient clipping to a global 2-norm fused into the step, and as a separate pass;
+    /// amp_clip_fused and amp_clip_unfused: the same with a GradScaler's unscaling and
+    /// overflow check). `native` is the handwritten loop for the CPU's best
     /// instruction set, `native128` the same loop for the portable 128-bit one (SSE2).
     #[arg(long = "impl", value_delimiter = ',')]
     impls: Option<Vec<String>>,
@@ -181,8 +183,15 @@ fn print_table(records: &[suite::Record]) {
         .max()
         .unwrap_or(0);
     let steps = |r: &suite::Record| r.steps.map_or(String::new(), |s| format!(" {s}"));
+    // The impl column fits the longest name (`amp_clip_unfused`).
+    let iw = records
+        .iter()
+        .map(|r| r.implementation.len())
+        .max()
+        .unwrap_or(0)
+        .max(9);
     outln(format_args!(
-        "{:<w$} {:>9} {:>7}{:<steps_w$} {:>3} {:<9} {:>10} {:>8} {:>7} {:>7} {:>8}  isa",
+        "{:<w$} {:>9} {:>7}{:<steps_w$} {:>3} {:<iw$} {:>10} {:>8} {:>7} {:>7} {:>8}  isa",
         "optimizer",
         "n",
         "tensors",
@@ -198,7 +207,7 @@ fn print_table(records: &[suite::Record]) {
     let rows: Vec<_> = records.iter().filter(|r| !is_duration(r)).collect();
     for r in &rows {
         outln(format_args!(
-            "{:<w$} {:>9} {:>7}{:<steps_w$} {:>3} {:<9} {:>10.3} {:>8.1} {:>7} {:>7} {:>8}  {}",
+            "{:<w$} {:>9} {:>7}{:<steps_w$} {:>3} {:<iw$} {:>10.3} {:>8.1} {:>7} {:>7} {:>8}  {}",
             r.optimizer,
             r.n,
             r.tensors,
