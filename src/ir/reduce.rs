@@ -84,7 +84,7 @@ impl ReduceOp {
     }
 
     /// The accumulators' starting value: `-0` for the sums (so that a sum of `-0`s is `-0`),
-    /// `+0` for the maxima of magnitudes.
+    /// `+0` for the maxima of magnitudes and the non-finite check.
     pub fn identity(self) -> f64 {
         match self {
             ReduceOp::Sum | ReduceOp::SumSquares => -0.0,
@@ -92,27 +92,31 @@ impl ReduceOp {
         }
     }
 
-    /// What an element contributes: `x`, `x·x` or `|x|`.
+    /// What an element contributes: `x`, `x·x`, `|x|`, or for the non-finite check `x − x`
+    /// (`+0` for a finite `x`, NaN for ±inf and NaN).
     #[inline]
     pub fn map<T: Float>(self, x: T) -> T {
         match self {
             ReduceOp::Sum => x,
             ReduceOp::SumSquares => x * x,
-            ReduceOp::MaxAbs | ReduceOp::NonFinite => x.abs(),
+            ReduceOp::MaxAbs => x.abs(),
+            ReduceOp::NonFinite => x - x,
         }
     }
 
-    /// `a ⊕ b`: the sum, or the NaN-propagating maximum.
+    /// `a ⊕ b`: the sum (for the non-finite check, a sum of `+0`s that any NaN makes NaN:
+    /// two instructions per element, where a NaN-propagating maximum takes several), or the
+    /// NaN-propagating maximum.
     #[inline]
     pub fn combine<T: Float>(self, a: T, b: T) -> T {
         match self {
-            ReduceOp::Sum | ReduceOp::SumSquares => a + b,
-            ReduceOp::MaxAbs | ReduceOp::NonFinite => eval_op(Op::Max, a, b, b),
+            ReduceOp::Sum | ReduceOp::SumSquares | ReduceOp::NonFinite => a + b,
+            ReduceOp::MaxAbs => eval_op(Op::Max, a, b, b),
         }
     }
 
     /// The result from the combined value: itself, or for [`ReduceOp::NonFinite`] `1` when
-    /// it (the largest magnitude) is not finite and `0` otherwise.
+    /// it is not finite (NaN: some element was not finite) and `0` otherwise.
     pub fn finish(self, value: f64) -> f64 {
         match self {
             ReduceOp::NonFinite => f64::from(u8::from(!value.is_finite())),

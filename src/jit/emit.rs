@@ -493,7 +493,8 @@ impl Translator<'_> {
         let mapped = match op {
             ReduceOp::Sum => x,
             ReduceOp::SumSquares => self.b.ins().fmul(x, x),
-            ReduceOp::MaxAbs | ReduceOp::NonFinite => self.b.ins().fabs(x),
+            ReduceOp::MaxAbs => self.b.ins().fabs(x),
+            ReduceOp::NonFinite => self.b.ins().fsub(x, x),
         };
         self.combine(width, op, acc, mapped)
     }
@@ -501,8 +502,8 @@ impl Translator<'_> {
     /// `a ⊕ b`: the sum, or the maximum as [`Op::Max`] defines it.
     fn combine(&mut self, width: Width, op: ReduceOp, a: Value, b: Value) -> Value {
         match op {
-            ReduceOp::Sum | ReduceOp::SumSquares => self.b.ins().fadd(a, b),
-            ReduceOp::MaxAbs | ReduceOp::NonFinite => {
+            ReduceOp::Sum | ReduceOp::SumSquares | ReduceOp::NonFinite => self.b.ins().fadd(a, b),
+            ReduceOp::MaxAbs => {
                 let v = self.emit_op(width, Op::Max, &[Val::Float(a), Val::Float(b)]);
                 self.float(width, v)
             }
