@@ -12,8 +12,8 @@
 //! *partial*, widened exactly to f64, joins the parameter's value in block order:
 //! `((identity ⊕ p0) ⊕ p1) ⊕ …` in f64. A global reduction combines the parameters' values
 //! the same way in parameter order (the optimizer's order of insertion), and only then
-//! [`ReduceOp::finish`] gives the result. `⊕` is `+` for the sums and [`crate::ir::Op::Max`]
-//! (NaN-propagating) for the others.
+//! [`ReduceOp::finish`] gives the result. `⊕` is `+` for the sums and the non-finite check,
+//! [`crate::ir::Op::Max`] (NaN-propagating) for the maximum.
 
 use super::{eval_op, Op};
 use crate::Float;
