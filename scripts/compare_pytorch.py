@@ -78,20 +78,23 @@ def parse_threads(text):
     return threads
 
 
-def optjit_command(binary, optimizer, size, threads, clip=False):
+IMPLS = {"plain": ("jit", "native128"), "clip": ("clip_fused", "clip_unfused"),
+         "amp": ("amp_clip_fused", "amp_clip_unfused")}
+
+
+def optjit_command(binary, optimizer, size, threads, mode="plain"):
     count, each = size
     command = [str(binary), "bench", "--json", "--quick", "--optimizer", optimizer,
                "--threads", str(threads)]
     if count > 1:
         return command + ["--tensors", f"{count}x{each}", "--no-sizes"]
-    impls = "clip_fused,clip_unfused" if clip else "jit,native128"
-    return command + ["--n", str(each), "--impl", impls]
+    return command + ["--n", str(each), "--impl", ",".join(IMPLS[mode])]
 
 
-def optjit_time(binary, optimizer, size, threads, clip=False):
-    """One optjit run: (jit ns/element, native128 ns/element or None, the jit's record); with
-    `clip`, the fused clip's and the unfused one's instead."""
-    command = optjit_command(binary, optimizer, size, threads, clip)
+def optjit_time(binary, optimizer, size, threads, mode="plain"):
+    """One optjit run: (jit ns/element, native128 ns/element or None, the jit's record); for
+    `mode` clip or amp, the fused program's and the unfused sequence's instead."""
+    command = optjit_command(binary, optimizer, size, threads, mode)
     run = subprocess.run(command, capture_output=True, text=True)
     if run.returncode != 0:
         sys.exit(f"error: `{' '.join(command)}` failed (status {run.returncode}):\n{run.stderr}")
@@ -108,7 +111,7 @@ def optjit_time(binary, optimizer, size, threads, clip=False):
                 return r
         return None
 
-    main_impl, other_impl = ("clip_fused", "clip_unfused") if clip else ("jit", "native128")
+    main_impl, other_impl = IMPLS[mode]
     jit = find(main_impl)
     if jit is None:
         sys.exit(f"error: no {main_impl} record in the output of `{' '.join(command)}`:\n{run.stdout}")
@@ -120,8 +123,11 @@ class TorchCase:
     """A fused PyTorch optimizer over `count` parameters of `each` elements, gradients set,
     stepped once (the warm-up creates the state)."""
 
-    def __init__(self, torch, optimizer, size, threads, clip=False):
-        self.torch, self.threads, self.clip = torch, threads, clip
+    def __init__(self, torch, optimizer, size, threads, mode="plain"):
+        self.torch, self.threads, self.mode = torch, threads, mode
+        # Scale 1 that never grows: unscaling leaves the gradients as they are every round.
+        self.scaler = torch.amp.GradScaler("cpu", init_scale=1.0, growth_interval=2**30)
+        self.scaler.scale(torch.ones(1))  # creates its scale, as scaling the loss would
         torch.set_num_threads(threads)
         count, each = size
         self.elements = count * each
@@ -144,9 +150,16 @@ class TorchCase:
         start = time.perf_counter()
         while len(times) < 3 or time.perf_counter() - start < min_time:
             t = time.perf_counter()
-            if self.clip:
+            if self.mode == "amp":
+                self.scaler.unscale_(self.opt)
                 self.torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-            self.opt.step()
+                self.scaler.step(self.opt)
+                self.scaler.update()
+            elif self.mode == "clip":
+                self.torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+                self.opt.step()
+            else:
+                self.opt.step()
             times.append(time.perf_counter() - t)
         return statistics.median(times) * 1e9 / self.elements
 
@@ -187,7 +200,11 @@ def main():
     parser.add_argument("--clip", action="store_true",
                         help="gradient clipping to a global 2-norm of 1 before each step: optjit's "
                              "fused clip (and its unfused one) against torch's clip_grad_norm_ + step")
+    parser.add_argument("--amp", action="store_true",
+                        help="a GradScaler and clipping: optjit's amp + clip fused into the step (and "
+                             "unfused) against torch's scaler.unscale_, clip_grad_norm_, scaler.step, update")
     args = parser.parse_args()
+    mode = "amp" if args.amp else "clip" if args.clip else "plain"
 
     optimizers = [o.strip() for o in args.optimizers.split(",") if o.strip()]
     unknown = [o for o in optimizers if o not in TORCH_NAMES]
@@ -218,7 +235,7 @@ def main():
             for t in threads:
                 case = f"{optimizer} {size_label(size)} threads={t}"
                 print(f"{case}: setting up PyTorch", file=sys.stderr, flush=True)
-                theirs = TorchCase(torch, optimizer, size, t, args.clip)
+                theirs = TorchCase(torch, optimizer, size, t, mode)
                 ours, native128, torch_times = [], [], []
                 for r in range(rounds):
                     # Rotate the order: optjit first in even rounds, PyTorch first in odd ones.
@@ -227,7 +244,7 @@ def main():
                         if side == "torch":
                             torch_times.append(theirs.time(args.min_time))
                         else:
-                            jit, n128, record = optjit_time(args.optjit, optimizer, size, t, args.clip)
+                            jit, n128, record = optjit_time(args.optjit, optimizer, size, t, mode)
                             ours.append(jit)
                             if n128 is not None:
                                 native128.append(n128)
@@ -247,7 +264,12 @@ def main():
     print(f"{rounds} rounds per case, order swapped every round; ns/element/step, medians over rounds; "
           "ratio = optjit jit / torch per round (below 1: optjit faster), median [min–max]")
     print()
-    if args.clip:
+    if mode == "amp":
+        print("AMP: optjit's amp + clip fused into the step (`amp_clip_fused`) and unfused "
+              "(`amp_clip_unfused`); torch `scaler.unscale_`, `clip_grad_norm_(params, 1.0)`, "
+              "`scaler.step`, `scaler.update` with the fused optimizer.")
+        print("| optimizer | size | threads | optjit fused | optjit unfused | torch | optjit / torch |")
+    elif mode == "clip":
         print("Clipped: optjit's fused clip (`clip_fused`) and unfused one (`clip_unfused`); torch "
               "`clip_grad_norm_(params, 1.0)` then the fused step.")
         print("| optimizer | size | threads | optjit clip fused | optjit clip unfused | torch clip + fused | optjit / torch |")
