@@ -184,3 +184,95 @@ fn the_scale_is_a_float32_that_never_grows_to_infinity() {
     );
     assert_eq!(scaler.growth_tracker(), 0);
 }
+
+#[test]
+fn the_scaler_state_round_trips_in_pytorchs_layout_and_resumes_exactly() {
+    // Two runs of SGD under a scaler with an overflow at step 3; one is saved after step 4
+    // (scaler state as PyTorch's JSON) and resumed in a fresh scaler: the same scales after.
+    let grads = [1.0f32, 2.0, f32::INFINITY, 0.5, 0.25, 1.0, 3.0];
+    let run = |resume_after: Option<usize>| {
+        let mut opt = Optimizer::new(&Sgd::default().graph().unwrap()).unwrap();
+        let g = opt.add_param_group(&[]).unwrap();
+        let w = opt.add_param(g, "w", &ndarray::array![1.0f32]).unwrap();
+        let mut scaler = GradScaler::new(8.0, 2.0, 0.5, 2).unwrap();
+        let mut scales = Vec::new();
+        for (k, &grad) in grads.iter().enumerate() {
+            opt.set_grad(&w, &[grad * scaler.scale() as f32]).unwrap();
+            scaler.step(&mut opt).unwrap();
+            scaler.update();
+            if Some(k) == resume_after {
+                let json = serde_json::to_value(scaler.state_dict()).unwrap();
+                let mut keys: Vec<&str> = json
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .map(|k| k.as_str())
+                    .collect();
+                keys.sort_unstable();
+                assert_eq!(
+                    keys,
+                    [
+                        "_growth_tracker",
+                        "backoff_factor",
+                        "growth_factor",
+                        "growth_interval",
+                        "scale"
+                    ]
+                );
+                let mut fresh = GradScaler::default();
+                fresh
+                    .load_state_dict(&serde_json::from_value(json).unwrap())
+                    .unwrap();
+                scaler = fresh;
+            }
+            scales.push((scaler.scale(), scaler.growth_tracker()));
+        }
+        (scales, opt.param(&w).unwrap().to_vec())
+    };
+    let plain = run(None);
+    assert_eq!(plain.0[1], (16.0, 0), "grown after two good steps");
+    assert_eq!(plain.0[2], (8.0, 0), "backed off after the overflow");
+    assert_eq!(run(Some(3)), plain);
+}
+
+#[test]
+fn an_invalid_scaler_state_is_refused_and_changes_nothing() {
+    let mut scaler = GradScaler::new(4.0, 2.0, 0.5, 3).unwrap();
+    let good = scaler.state_dict();
+    for (what, state) in [
+        (
+            "scale",
+            optjit::runtime::ScalerState {
+                scale: f64::NAN,
+                ..good.clone()
+            },
+        ),
+        (
+            "growth",
+            optjit::runtime::ScalerState {
+                growth_factor: 0.5,
+                ..good.clone()
+            },
+        ),
+        (
+            "tracker",
+            optjit::runtime::ScalerState {
+                growth_tracker: 3,
+                ..good.clone()
+            },
+        ),
+        (
+            "interval",
+            optjit::runtime::ScalerState {
+                growth_interval: 0,
+                ..good.clone()
+            },
+        ),
+    ] {
+        assert!(scaler.load_state_dict(&state).is_err(), "{what}");
+        assert_eq!(scaler.state_dict(), good, "{what}: nothing changed");
+    }
+    let unknown = serde_json::json!({"scale": 1.0, "growth_factor": 2.0, "backoff_factor": 0.5,
+        "growth_interval": 3, "_growth_tracker": 0, "extra": 1});
+    assert!(serde_json::from_value::<optjit::runtime::ScalerState>(unknown).is_err());
+}

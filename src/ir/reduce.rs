@@ -100,6 +100,8 @@ impl ReduceOp {
             ReduceOp::Sum => x,
             ReduceOp::SumSquares => x * x,
             ReduceOp::MaxAbs => x.abs(),
+            // Not zero: NaN for ±inf and NaN, the point of the check.
+            #[allow(clippy::eq_op)]
             ReduceOp::NonFinite => x - x,
         }
     }

@@ -23,7 +23,7 @@ pub(crate) use exec::{
 };
 pub(crate) use phases::{param_values, record_results};
 pub use pool::PoolKind;
-pub use scaler::GradScaler;
+pub use scaler::{GradScaler, ScalerState};
 pub use state_dict::{LoadReport, StateDict, StateEntry, TensorData};
 
 use crate::ir::SlotKind;

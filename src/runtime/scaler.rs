@@ -45,6 +45,23 @@ pub struct GradScaler {
     stepped: bool,
 }
 
+/// A [`GradScaler`]'s state, in PyTorch's `state_dict()` layout and key names.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScalerState {
+    /// The current scale (a float32 value).
+    pub scale: f64,
+    /// The factor the scale grows by.
+    pub growth_factor: f64,
+    /// The factor the scale backs off by.
+    pub backoff_factor: f64,
+    /// Good steps between growths.
+    pub growth_interval: u64,
+    /// Good steps since the scale last changed.
+    #[serde(rename = "_growth_tracker")]
+    pub growth_tracker: u64,
+}
+
 impl Default for GradScaler {
     /// PyTorch's defaults: scale 2^16, growth ×2 every 2,000 good steps, backoff ×0.5.
     fn default() -> Self {
@@ -84,6 +101,41 @@ impl GradScaler {
             unscaled: None,
             stepped: false,
         })
+    }
+
+    /// The scaler's state in PyTorch's `GradScaler.state_dict()` layout (`scale`,
+    /// `growth_factor`, `backoff_factor`, `growth_interval`, `_growth_tracker`), to save
+    /// beside the optimizer's; serializes to the same JSON keys.
+    pub fn state_dict(&self) -> ScalerState {
+        ScalerState {
+            scale: self.scale,
+            growth_factor: self.growth_factor,
+            backoff_factor: self.backoff_factor,
+            growth_interval: self.growth_interval,
+            growth_tracker: self.growth_tracker,
+        }
+    }
+
+    /// Restores a state from [`GradScaler::state_dict`] (or PyTorch's, read from JSON).
+    /// Checked as [`GradScaler::new`] checks its arguments, and the tracker must be below the
+    /// interval; on error nothing changed. A step in progress (unscaled, not updated) is
+    /// forgotten, as PyTorch's `load_state_dict` resets it.
+    pub fn load_state_dict(&mut self, state: &ScalerState) -> Result<()> {
+        let mut loaded = GradScaler::new(
+            state.scale,
+            state.growth_factor,
+            state.backoff_factor,
+            state.growth_interval,
+        )?;
+        if state.growth_tracker >= state.growth_interval {
+            return Err(Error::InvalidOption {
+                option: "_growth_tracker",
+                reason: "must be below growth_interval",
+            });
+        }
+        loaded.growth_tracker = state.growth_tracker;
+        *self = loaded;
+        Ok(())
     }
 
     /// The factor to multiply the loss by before the backward pass.
