@@ -300,3 +300,39 @@ fn misplaced_skip_conditions_are_errors() {
         Err(Error::Unsupported { .. })
     ));
 }
+
+#[test]
+fn the_scaler_reports_a_step_the_optimizers_own_skip_condition_skipped() {
+    // Not amp's program: the scaler unscales in place, and the optimizer's own condition
+    // (a gradient above a limit) skips; the scaler must say so.
+    let source = "optimizer s(lr = 1, limit = 1) {
+        param = param - lr * grad
+        skip if global_maxabs(grad) > limit
+    }";
+    let mut opt = Optimizer::new(&text::parse(source).unwrap()).unwrap();
+    let g = opt.add_param_group(&[]).unwrap();
+    let w = opt.add_param(g, "w", &ndarray::array![0.0f32]).unwrap();
+    let mut scaler = GradScaler::new(4.0, 2.0, 0.5, 100).unwrap();
+    opt.set_grad(&w, &[4.0 * 3.0]).unwrap(); // unscaled: 3 > limit
+    assert!(
+        !scaler.step(&mut opt).unwrap(),
+        "skipped by the optimizer's condition"
+    );
+    assert_eq!(opt.param(&w).unwrap(), &[0.0]);
+}
+
+#[test]
+fn an_overflow_found_by_unscale_skips_a_fused_step_even_if_the_gradients_are_fixed() {
+    // PyTorch hands the recorded found_inf to its fused optimizers: the step is skipped and
+    // the scale backs off, whatever the gradients became after `unscale_`.
+    let mut m = model(&amp_clip_adam(), 1, Executor::Jit);
+    let before = m.params();
+    let mut scaler = GradScaler::new(1024.0, 2.0, 0.5, 100).unwrap();
+    m.set_grads(0, 1024.0, Some(0));
+    scaler.unscale(&mut m.opt).unwrap();
+    m.set_grads(0, 1.0, None); // "fixed" after the check
+    assert!(!scaler.step(&mut m.opt).unwrap());
+    assert_eq!(m.params(), before);
+    scaler.update();
+    assert_eq!(scaler.scale(), 512.0, "backed off");
+}

@@ -217,3 +217,36 @@ fn a_state_dict_without_the_group_state_loads_only_if_not_strict() {
     assert_eq!(report.missing, ["group state `weight_sum` of group 0"]);
     assert_eq!(opt.state_dict(), before, "the missing value kept");
 }
+
+#[test]
+fn skip_group_and_if_stay_usable_as_names() {
+    // `skip if` and `group state` are keywords only in their place: hyperparameters, states
+    // and `let`s of these names parse, print and parse back.
+    let source = "optimizer o(skip = 1, group = 2, if = 3) {
+        state m = 0
+        let x = skip * group + if
+        m = m + x * grad
+        param = param - m
+    }";
+    let graph = text::parse(source).unwrap();
+    assert_eq!(text::parse(&text::print(&graph)).unwrap(), graph);
+}
+
+#[test]
+fn a_global_reduction_over_no_gradient_is_its_identity_in_group_state() {
+    // No parameter has a gradient: the sum over nothing is -0 (as the Stepper's and the
+    // reference's), so 1 / sum is -inf, not +inf.
+    let source = "optimizer o(lr = 1) {
+        group state x = 0
+        x = 1 / global_sum(grad)
+        param = param - lr * grad
+    }";
+    let mut opt = Optimizer::new(&text::parse(source).unwrap()).unwrap();
+    let g = opt.add_param_group(&[]).unwrap();
+    opt.add_param(g, "w", &ndarray::array![1.0f32]).unwrap();
+    assert!(opt.step().unwrap());
+    assert_eq!(
+        opt.state_dict().param_groups[0].state["x"],
+        f64::NEG_INFINITY
+    );
+}

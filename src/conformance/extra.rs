@@ -37,7 +37,7 @@ fn tensors(v: &Value) -> std::result::Result<Vec<Vec<f64>>, String> {
     list.iter().map(numbers).collect()
 }
 
-/// An SGD optimizer (or `graph`'s) with one group holding `values` as its parameters.
+/// An optimizer of `graph` with one group holding `values` as its parameters.
 fn with_params<T: Float>(
     graph: &crate::Graph,
     values: &[Vec<f64>],
@@ -67,6 +67,22 @@ fn set_grads<T: Float>(opt: &mut Optimizer, handles: &[Param<T>], grads: &[Vec<f
         opt.set_grad(h, &g).map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// `expected`, one entry per parameter of `handles`, or an error saying what is missing.
+fn per_param<'e, V, H>(
+    handles: &[H],
+    expected: &'e [V],
+    what: &str,
+) -> std::result::Result<&'e [V], String> {
+    match expected.len() == handles.len() {
+        true => Ok(expected),
+        false => Err(format!(
+            "{what}: {} tensors, the case has {} parameters",
+            expected.len(),
+            handles.len()
+        )),
+    }
 }
 
 /// Compares `actual` with `expected` (rounded to `T`), value by value.
@@ -111,7 +127,7 @@ pub(super) fn clip<T: Float>(case: &Value, executor: Executor, report: &mut Case
         let result = opt.clip_grad_norm(max_norm, norm_type, error_if_nonfinite == Some(true));
         match (result, case.get("raises")) {
             (Err(Error::NonFiniteNorm { .. }), Some(_)) => {
-                for (h, g) in handles.iter().zip(&grads) {
+                for (h, g) in handles.iter().zip(per_param(&handles, &grads, "grads")?) {
                     let ours = opt.grad(h).map_err(|e| e.to_string())?.unwrap_or(&[]);
                     compare(ours, g, tol, &mut errors)?;
                 }
@@ -135,7 +151,10 @@ pub(super) fn clip<T: Float>(case: &Value, executor: Executor, report: &mut Case
         }
     }
     let expected = tensors(field(case, "clipped_grads")?)?;
-    for (h, e) in handles.iter().zip(&expected) {
+    for (h, e) in handles
+        .iter()
+        .zip(per_param(&handles, &expected, "clipped_grads")?)
+    {
         let ours = opt.grad(h).map_err(|e| e.to_string())?.unwrap_or(&[]);
         compare(ours, e, tol, &mut errors)?;
     }
@@ -232,7 +251,10 @@ fn scaler_run(case: &Value, fused: bool, executor: Executor, report: &mut CaseRe
         }
         let mut errors = Errors::new();
         let expected = tensors(field(record, "params_after")?)?;
-        for (h, e) in handles.iter().zip(&expected) {
+        for (h, e) in handles
+            .iter()
+            .zip(per_param(&handles, &expected, "params_after")?)
+        {
             compare(
                 opt.param(h).map_err(|e| e.to_string())?,
                 e,
@@ -272,7 +294,11 @@ pub(super) fn optax<T: Float>(
         set_grads(&mut opt, &handles, &tensors(grads)?)?;
         opt.step().map_err(|e| e.to_string())?;
         let mut errors = Errors::new();
-        for (h, e) in handles.iter().zip(&tensors(expected)?) {
+        let expected = tensors(expected)?;
+        for (h, e) in handles
+            .iter()
+            .zip(per_param(&handles, &expected, "expected_params")?)
+        {
             compare(
                 opt.param(h).map_err(|e| e.to_string())?,
                 e,
@@ -288,10 +314,26 @@ pub(super) fn optax<T: Float>(
     let dict = opt.state_dict();
     for (key, leaves) in state {
         let leaf = key.rsplit('.').next().unwrap_or(key);
-        let Some(slot) = optax_slot(&dict, leaf) else {
+        if leaf.starts_with("count") {
+            continue; // step counters: the steps were counted by the trajectory itself
+        }
+        // `name[k]`: a per-tensor scalar of tensor `k` (NovoGrad's per-layer `nu`).
+        if let Some((name, k)) = leaf.strip_suffix(']').and_then(|l| l.split_once('[')) {
+            let k: usize = k.parse().map_err(|_| format!("state leaf `{key}`"))?;
+            let ours = dict.state.get(&k).and_then(|e| e.scalars.get(name));
+            let ours = ours.ok_or_else(|| format!("optjit has no scalar for leaf `{key}`"))?;
+            compare(
+                &[T::from_f64(*ours)],
+                &[number(leaves)?],
+                tol,
+                &mut report.state,
+            )?;
             continue;
-        };
-        for (h, leaf) in handles.iter().zip(&tensors(leaves)?) {
+        }
+        let slot = optax_slot(&dict, leaf)
+            .ok_or_else(|| format!("optjit has no state for optax's leaf `{key}`"))?;
+        let leaves = tensors(leaves)?;
+        for (h, leaf) in handles.iter().zip(per_param(&handles, &leaves, key)?) {
             let ours = opt.state_buffer(h, slot).map_err(|e| e.to_string())?;
             compare(ours.unwrap_or(&[]), leaf, tol, &mut report.state)?;
         }

@@ -192,7 +192,8 @@ fn run_value(
                 true => extra::clip::<f64>(&value, executor, report),
             }
         }
-        (Some("torch.amp.GradScaler"), _) => extra::grad_scaler(&value, executor, report),
+        (Some("torch.amp.GradScaler"), _) if !f64 => extra::grad_scaler(&value, executor, report),
+        (Some("torch.amp.GradScaler"), _) => Err("GradScaler cases are float32".into()),
         (Some(other), _) => Err(format!("unknown function `{other}`")),
         (None, Some("optax")) => match f64 {
             false => extra::optax::<f32>(&value, executor, report),

@@ -129,8 +129,10 @@ pub enum SlotKind {
     /// One f64 per parameter, carried from step to step and updated in the prologue.
     Scalar,
     /// One f64 per parameter group (schedule-free's `weight_sum`, kept in PyTorch's
-    /// `param_groups`): every parameter of the group reads the same value, and it advances
-    /// once per applied step, whether or not the group's parameters have gradients. Its new
+    /// `param_groups`): in the [`crate::Optimizer`], every parameter of the group reads the
+    /// same value, and it advances once per applied step, whether or not the group's
+    /// parameters have gradients. A [`crate::Stepper`] has no groups: each `ParamState`
+    /// keeps its own copy, which advances with that parameter's steps. Its new
     /// value may only read what is the same for the whole group: hyperparameters, group
     /// state, constants and global reductions (not `step`, a parameter's own state or a
     /// per-parameter reduction).

@@ -18,8 +18,9 @@ use crate::{Graph, Result};
 /// Hyperparameters: `lr`, `b1`, `b2`, `b3`, `alpha`, `eps`, `eps_root`, `weight_decay`.
 /// State: `exp_avg_fast` (`m₁`, optax's `m1`), `exp_avg_slow` (`m₂`, `m2`) and `exp_avg_sq`
 /// (`ν`, `nu`), the names of the authors' PyTorch implementation. The slow average is not
-/// bias-corrected, by design. The weight decay is skipped at `weight_decay = 0`, as optax
-/// skips `add_decayed_weights(0)` (a run-time choice).
+/// bias-corrected, by design. The weight decay is skipped at `weight_decay = 0` (a run-time
+/// choice, as PyTorch skips it); optax's `add_decayed_weights` adds `0·θ`, which differs only
+/// for a non-finite θ or a `−0` update.
 ///
 /// Schedules: optax takes a schedule (a function of its `count_m2`, which is `t − 1` at step
 /// `t`) for `b3` and `alpha`; here they are hyperparameters, so a schedule is the caller

@@ -182,15 +182,24 @@ impl GradScaler {
     /// for that step (1 if the gradients were unscaled already), and the step, one program,
     /// unscales in registers and skips itself on overflow; the gradients and the
     /// hyperparameter stay as they were. As with PyTorch's fused optimizers, the
-    /// optimizer's `step` (and its hooks) runs on an overflowed step too, and changes nothing;
-    /// for the other optimizers, the scaler unscales the gradients in place and does not call
-    /// `step` on overflow (PyTorch's `_maybe_opt_step`).
+    /// optimizer's `step` (and its hooks) runs on an overflowed step too, and changes nothing
+    /// — unless [`GradScaler::unscale`] already found the overflow: then, as for the other
+    /// optimizers, `step` is not called (PyTorch's `_maybe_opt_step`). Either way the overflow
+    /// found (by `unscale` or by the program) is what [`GradScaler::update`] acts on.
+    ///
+    /// If the optimizer's step fails, the error is returned and the call can be repeated (the
+    /// gradients are not unscaled twice). Returns whether the optimizer's step was applied
+    /// (`false` also when the optimizer's own skip condition held).
     pub fn step(&mut self, opt: &mut Optimizer) -> Result<bool> {
         if self.stepped {
             return Err(Error::InvalidOption {
                 option: "step",
                 reason: "already called since the last update",
             });
+        }
+        if self.unscaled == Some(true) {
+            self.stepped = true;
+            return Ok(false);
         }
         if crate::optim::is_amp(opt.program()) {
             let inv = match self.unscaled {
@@ -207,18 +216,21 @@ impl GradScaler {
             }
             let applied = applied?;
             self.stepped = true;
-            self.unscaled.get_or_insert(!applied);
+            // A skip is an overflow (an unscaling in place may have made one, with a scale
+            // below 1).
+            self.unscaled = Some(!applied);
             return Ok(applied);
         }
-        self.stepped = true;
         if self.unscaled.is_none() {
             self.unscale(opt)?;
         }
         if self.unscaled == Some(true) {
+            self.stepped = true;
             return Ok(false);
         }
-        opt.step()?;
-        Ok(true)
+        let applied = opt.step()?;
+        self.stepped = true;
+        Ok(applied)
     }
 
     /// Adjusts the scale after a step: ×`backoff_factor` (and the tracker to 0) if a

@@ -161,11 +161,14 @@ impl Optimizer {
             return Some(Vec::new());
         }
         // The global reductions' results, as any member of the step got them (none: the
-        // step had no member, and a global reduction over nothing is its identity, 0).
-        let n_reductions = program.reductions().count();
+        // step had no member, and a reduction over nothing finishes its identity, as the
+        // Stepper's over no parameter does).
         let results = reduced
             .and_then(|r| r.iter().find(|v| !v.is_empty()).cloned())
-            .unwrap_or_else(|| vec![0.0; n_reductions]);
+            .unwrap_or_else(|| {
+                let nothing = |(op, _): (crate::ir::ReduceOp, _)| op.finish(op.identity());
+                program.reductions().map(nothing).collect()
+            });
         let mut values = Vec::with_capacity(program.prologue.insts.len());
         let mut all = Vec::with_capacity(self.groups.len());
         for g in 0..self.groups.len() {
@@ -473,7 +476,11 @@ impl Optimizer {
                 scalars: inits.clone(),
             });
             state.step += u64::from(is_step);
-            for &(slot, value) in plan.update(key) {
+            // Group state lives in the group (see `group_updates`), not in its parameters.
+            let own = |(slot, _): &&(usize, f64)| {
+                self.program.slots[*slot].kind != crate::ir::SlotKind::Group
+            };
+            for &(slot, value) in plan.update(key).iter().filter(own) {
                 state.scalars[slot] = value;
             }
         }
