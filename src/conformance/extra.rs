@@ -38,7 +38,7 @@ fn tensors(v: &Value) -> std::result::Result<Vec<Vec<f64>>, String> {
 }
 
 /// An optimizer of `graph` with one group holding `values` as its parameters.
-fn with_params<T: Float>(
+pub(super) fn with_params<T: Float>(
     graph: &crate::Graph,
     values: &[Vec<f64>],
     executor: Executor,
@@ -83,6 +83,27 @@ fn per_param<'e, V, H>(
             handles.len()
         )),
     }
+}
+
+/// The parameters of `handles` against `expected` (one tensor per parameter), as one step's
+/// errors.
+fn param_errors<T: Float>(
+    opt: &Optimizer,
+    handles: &[Param<T>],
+    expected: &[Vec<f64>],
+    what: &str,
+    tol: Tolerance,
+) -> std::result::Result<Errors, String> {
+    let mut errors = Errors::new();
+    for (h, e) in handles.iter().zip(per_param(handles, expected, what)?) {
+        compare(
+            opt.param(h).map_err(|e| e.to_string())?,
+            e,
+            tol,
+            &mut errors,
+        )?;
+    }
+    Ok(errors)
 }
 
 /// Compares `actual` with `expected` (rounded to `T`), value by value.
@@ -249,19 +270,8 @@ fn scaler_run(case: &Value, fused: bool, executor: Executor, report: &mut CaseRe
         if Some(scaler.growth_tracker()) != tracker {
             return Err(at("the growth tracker differs"));
         }
-        let mut errors = Errors::new();
         let expected = tensors(field(record, "params_after")?)?;
-        for (h, e) in handles
-            .iter()
-            .zip(per_param(&handles, &expected, "params_after")?)
-        {
-            compare(
-                opt.param(h).map_err(|e| e.to_string())?,
-                e,
-                tol,
-                &mut errors,
-            )?;
-        }
+        let errors = param_errors(&opt, &handles, &expected, "params_after", tol)?;
         report.steps.push(errors);
     }
     Ok(())
@@ -293,19 +303,8 @@ pub(super) fn optax<T: Float>(
         opt.zero_grad();
         set_grads(&mut opt, &handles, &tensors(grads)?)?;
         opt.step().map_err(|e| e.to_string())?;
-        let mut errors = Errors::new();
         let expected = tensors(expected)?;
-        for (h, e) in handles
-            .iter()
-            .zip(per_param(&handles, &expected, "expected_params")?)
-        {
-            compare(
-                opt.param(h).map_err(|e| e.to_string())?,
-                e,
-                tol,
-                &mut errors,
-            )?;
-        }
+        let errors = param_errors(&opt, &handles, &expected, "expected_params", tol)?;
         report.steps.push(errors);
     }
     let state = field(case, "expected_state_after_last")?

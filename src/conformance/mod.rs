@@ -1,5 +1,5 @@
 //! The conformance runner: replays PyTorch reference trajectories (the case format of
-//! `tests/data/conformance/README.md`) through the [`Optimizer`] runtime and compares every
+//! `tests/data/conformance/README.md`) through the [`Optimizer`](crate::Optimizer) runtime and compares every
 //! step and the final state against PyTorch within the README's tolerances. It also runs
 //! PyTorch's clipping and `GradScaler` cases (`tests/data/clip`) and optax's trajectories
 //! (`tests/data/optax`), recognised by their `function` and `source` fields.
@@ -7,8 +7,7 @@
 //! Used by `optjit conformance DIR` and by the test suite.
 
 use crate::runtime::{StateDict, TensorData};
-use crate::{optim, DType, Error, Executor, Float, Optimizer, Result};
-use ndarray::Array1;
+use crate::{optim, DType, Error, Executor, Float, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
@@ -218,20 +217,7 @@ fn replay<T: Float>(
 ) -> std::result::Result<(), String> {
     let tol = Tolerance::for_dtype(T::DTYPE);
     let graph = optim::from_torch(&case.optimizer, &case.hyper).map_err(|e| e.to_string())?;
-    let mut opt = Optimizer::new(&graph)
-        .map_err(|e| e.to_string())?
-        .with_executor(executor);
-    let group = opt.add_param_group(&[]).map_err(|e| e.to_string())?;
-    let handles = case
-        .params
-        .iter()
-        .enumerate()
-        .map(|(i, values)| {
-            let values: Array1<T> = values.iter().map(|&x| T::from_f64(x)).collect();
-            opt.add_param(group, &format!("p{i}"), &values)
-        })
-        .collect::<Result<Vec<_>>>()
-        .map_err(|e| e.to_string())?;
+    let (mut opt, handles) = extra::with_params::<T>(&graph, &case.params, executor)?;
     if case.grads.len() != case.expected_params.len() {
         return Err("grads and expected_params have different lengths".into());
     }

@@ -213,6 +213,8 @@ pub struct Optimizer {
     executor: Executor,
     jit: Option<Jit>,
     kernels: StageKernels,
+    /// What a step computes per group (group state, a group-wide skip condition).
+    group_step: step::GroupStep,
     threads: pool::Threads,
     /// Whether big flat-store streams ask for transparent huge pages.
     huge_pages: bool,
@@ -272,6 +274,7 @@ impl Optimizer {
     pub fn new(graph: &Graph) -> Result<Optimizer> {
         let program = passes::compile(graph)?;
         let kernels = StageKernels::new(&program);
+        let group_step = step::GroupStep::of(&program);
         let slot_inits = program.slots.iter().map(|s| s.init).collect();
         let element_inits = program
             .element_slots()
@@ -285,6 +288,7 @@ impl Optimizer {
             executor: Executor::Jit,
             jit: None,
             kernels,
+            group_step,
             threads: default_threads(),
             huge_pages: true,
             params: Vec::new(),

@@ -4,6 +4,7 @@
 
 use super::store::round_up;
 use super::{batches, run_batches, HookId, Optimizer, Runner, StateInfo};
+use crate::ir::SlotKind;
 use crate::segment::Pieces;
 use crate::{DType, Error, Executor, Float, Program, Result};
 use std::sync::Arc;
@@ -103,7 +104,7 @@ impl Optimizer {
         // Group state's new values (and a skip condition that reads only group-wide values,
         // which holds or not even in a group without gradients).
         let groups = match pass.is_step {
-            true => self.group_updates(&pass.program, reduced.as_ref()),
+            true => self.group_updates(reduced.as_ref()),
             false => Some(Vec::new()),
         };
         let skip = plans32.iter().any(|p| p.skip) || plans64.iter().any(|p| p.skip);
@@ -142,24 +143,13 @@ impl Optimizer {
     /// group, with a parameter's own inputs at their initial values, gives them.
     fn group_updates(
         &self,
-        program: &Program,
         reduced: Option<&super::phases::Reduced>,
     ) -> Option<Vec<Vec<(usize, f64)>>> {
-        let slots = &program.slots;
-        let group_updates: Vec<(u32, u32)> = program
-            .prologue
-            .state_updates
-            .iter()
-            .copied()
-            .filter(|&(slot, _)| slots[slot as usize].kind == crate::ir::SlotKind::Group)
-            .collect();
-        let skip = program
-            .prologue
-            .skip
-            .filter(|&s| !program.per_parameter()[s as usize]);
-        if group_updates.is_empty() && skip.is_none() {
+        let GroupStep { updates, skip, end } = &self.group_step;
+        if *end == 0 {
             return Some(Vec::new());
         }
+        let program = &self.program;
         // The global reductions' results, as any member of the step got them (none: the
         // step had no member, and a reduction over nothing finishes its identity, as the
         // Stepper's over no parameter does).
@@ -169,19 +159,18 @@ impl Optimizer {
                 let nothing = |(op, _): (crate::ir::ReduceOp, _)| op.finish(op.identity());
                 program.reductions().map(nothing).collect()
             });
-        let mut values = Vec::with_capacity(program.prologue.insts.len());
+        let mut values = Vec::with_capacity(*end);
         let mut all = Vec::with_capacity(self.groups.len());
         for g in 0..self.groups.len() {
             values.clear();
             let inits = &self.slot_inits;
             let state = |n: usize| self.scalar_state(g, inits, n);
-            let end = program.prologue.insts.len();
             let hypers = &self.groups[g].hypers;
-            program.eval_prologue_until(end, hypers, 1, state, &results, &mut values);
+            program.eval_prologue_until(*end, hypers, 1, state, &results, &mut values);
             if skip.is_some_and(|s| values[s as usize] != 0.0) {
                 return None;
             }
-            let updates = group_updates.iter();
+            let updates = updates.iter();
             all.push(
                 updates
                     .map(|&(slot, v)| (slot as usize, values[v as usize]))
@@ -477,13 +466,41 @@ impl Optimizer {
             });
             state.step += u64::from(is_step);
             // Group state lives in the group (see `group_updates`), not in its parameters.
-            let own = |(slot, _): &&(usize, f64)| {
-                self.program.slots[*slot].kind != crate::ir::SlotKind::Group
-            };
+            let own = |(slot, _): &&(usize, f64)| self.program.slots[*slot].kind != SlotKind::Group;
             for &(slot, value) in plan.update(key).iter().filter(own) {
                 state.scalars[slot] = value;
             }
         }
+    }
+}
+
+/// What a step of a program computes once per group, worked out once per program: the
+/// updates of its group state `(slot, $ value)`, its skip condition if that reads only
+/// group-wide values, and how much of the prologue gives them (0: nothing to compute).
+pub(super) struct GroupStep {
+    updates: Vec<(u32, u32)>,
+    skip: Option<u32>,
+    end: usize,
+}
+
+impl GroupStep {
+    pub(super) fn of(program: &Program) -> GroupStep {
+        let slots = &program.slots;
+        let group = |&(slot, _): &(u32, u32)| slots[slot as usize].kind == SlotKind::Group;
+        let updates: Vec<(u32, u32)> = program
+            .prologue
+            .state_updates
+            .iter()
+            .copied()
+            .filter(group)
+            .collect();
+        let skip = program
+            .prologue
+            .skip
+            .filter(|&s| !program.per_parameter()[s as usize]);
+        let needed = updates.iter().map(|&(_, v)| v).chain(skip);
+        let end = needed.max().map_or(0, |last| last as usize + 1);
+        GroupStep { updates, skip, end }
     }
 }
 
