@@ -54,6 +54,7 @@ pub mod bench;
 #[cfg(feature = "cli")]
 pub mod conformance;
 mod dtype;
+mod engine;
 mod error;
 pub mod interp;
 pub mod ir;
@@ -68,10 +69,11 @@ pub mod text;
 pub mod transform;
 
 pub use dtype::{DType, Float};
+pub use engine::Executor;
 pub use error::{Error, ErrorKind, Result};
 pub use ir::{Builder, Expr, Graph};
 pub use jit::{Jit, JitOptions, Kernel, Target};
 pub use program::Program;
 pub use runtime::{GradScaler, Optimizer, Param};
 pub use segment::Segment;
-pub use stepper::{Executor, ParamRef, ParamState, SlotValue, Stepper};
+pub use stepper::{ParamRef, ParamState, SlotValue, Stepper};

@@ -51,25 +51,15 @@ impl<'a, T> Pieces<'a, T> {
 
     /// Appends the pieces `(offset, len, scalars)` of one set of buffers (its param, grad and
     /// `slots` state buffers, all of the same length); `ranges` are sorted and disjoint.
+    /// For a stage with `reductions` reductions, every range starts at a multiple of
+    /// [`crate::ir::reduce::BLOCK`] from the start of its parameter (the caller cuts them so)
+    /// and gets its blocks' part of `partials`, which holds the ranges' partials one after
+    /// the other (block-major; see [`Segment::partials`]).
     ///
     /// Panics if `state` does not yield `slots` buffers or a range falls outside the buffers:
     /// callers check both before (the runtime's store holds every slot over its whole length;
     /// the Stepper checks each state's shape and the grad's length).
     pub(crate) fn cut(
-        &mut self,
-        param: &'a mut [T],
-        grad: &'a [T],
-        state: impl Iterator<Item = &'a mut [T]>,
-        ranges: &[(usize, usize, &'a [T])],
-    ) {
-        self.cut_reducing(param, grad, state, ranges, &mut [], 0);
-    }
-
-    /// [`Pieces::cut`] for a stage with `reductions` reductions: every range starts at a
-    /// multiple of [`crate::ir::reduce::BLOCK`] from the start of its parameter (the caller
-    /// cuts them so) and gets its blocks' part of `partials`, which holds the ranges'
-    /// partials one after the other (block-major; see [`Segment::partials`]).
-    pub(crate) fn cut_reducing(
         &mut self,
         param: &'a mut [T],
         grad: &'a [T],

@@ -4,28 +4,10 @@
 //! executor; the caller owns parameters, gradients and each parameter's [`ParamState`].
 //! One call updates any number of parameters with one kernel call per thread.
 
+use crate::engine::{Buffers, Engine, Member, Outcome, Settings, Work};
 use crate::ir::SlotKind;
 use crate::program::Program;
-use crate::runtime::{
-    batches, batches_in_units, default_threads, run_batches, Runner, StageKernels,
-};
-use crate::segment::Pieces;
-use crate::{passes, DType, Error, Float, Graph, Jit, Kernel, Result};
-
-/// Which executor runs the stage.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Executor {
-    /// Cranelift-compiled kernel (the default).
-    #[default]
-    Jit,
-    /// The reference interpreter, element by element.
-    Reference,
-    /// One op at a time over whole arrays (ndarray), like an unfused framework.
-    Eager,
-    /// One op at a time over cache-sized blocks, in loops rustc vectorizes: the fastest
-    /// executor without code generation, for platforms where JIT code cannot run.
-    Chunked,
-}
+use crate::{passes, DType, Error, Executor, Float, Graph, Jit, Kernel, Result};
 
 /// The value of one state slot of one parameter.
 #[derive(Clone, Debug, PartialEq)]
@@ -67,11 +49,10 @@ pub struct ParamRef<'a, T> {
 
 /// An optimizer ready to update caller-owned slices.
 pub struct Stepper {
-    program: Program,
+    engine: Engine,
     hypers: Vec<f64>,
     executor: Executor,
     jit: Option<Jit>,
-    kernels: StageKernels,
 }
 
 impl Stepper {
@@ -80,13 +61,11 @@ impl Stepper {
     pub fn new(graph: &Graph) -> Result<Stepper> {
         let program = passes::compile(graph)?;
         let hypers = program.hypers.iter().map(|h| h.default).collect();
-        let kernels = StageKernels::new(&program);
         Ok(Stepper {
-            program,
+            engine: Engine::new(program),
             hypers,
             executor: Executor::Jit,
             jit: None,
-            kernels,
         })
     }
 
@@ -99,13 +78,13 @@ impl Stepper {
     /// Compiles with `jit` (and its cache) instead of the process-wide one.
     pub fn with_jit(mut self, jit: Jit) -> Stepper {
         self.jit = Some(jit);
-        self.kernels = StageKernels::new(&self.program);
+        self.engine.reset_kernels();
         self
     }
 
     /// The compiled program.
     pub fn program(&self) -> &Program {
-        &self.program
+        &self.engine.program
     }
 
     /// The executor in use.
@@ -127,7 +106,7 @@ impl Stepper {
     }
 
     fn hyper_index(&self, name: &str) -> Result<usize> {
-        self.program
+        (self.engine.program)
             .hyper_index(name)
             .ok_or_else(|| Error::UnknownHyper {
                 name: name.to_string(),
@@ -139,6 +118,7 @@ impl Stepper {
     /// Fails with [`Error::OutOfMemory`] when the buffers cannot be allocated.
     pub fn init_state<T: Float>(&self, len: usize) -> Result<ParamState<T>> {
         let slots = self
+            .engine
             .program
             .slots
             .iter()
@@ -179,7 +159,9 @@ impl Stepper {
     /// Returns whether the step was applied: `false` when the program's skip condition held
     /// for any parameter (see [`Graph::skip`]), and then nothing changed.
     pub fn step_many<T: Float>(&self, params: &mut [ParamRef<'_, T>]) -> Result<bool> {
-        let program = &self.program;
+        let n_slots = self.engine.program.slots.len();
+        let mut members = Vec::with_capacity(params.len());
+        let mut scalars = Vec::with_capacity(params.len() * n_slots);
         for (i, p) in params.iter().enumerate() {
             if p.grad.len() != p.param.len() {
                 return Err(Error::LengthMismatch {
@@ -189,181 +171,74 @@ impl Stepper {
                 });
             }
             self.check_state(p.state, p.param.len())?;
-            if p.state.step == u64::MAX {
-                return Err(Error::StepOverflow);
-            }
-        }
-        if !program.phases.is_empty() {
-            return self.step_phased(params);
-        }
-        // Prologue per parameter, in f64 on the host: each parameter's kernel scalars and
-        // scalar-state updates, in one flat list each (a handful of allocations per call,
-        // whatever the number of parameters).
-        let prologue = &program.prologue;
-        let (n_scalars, n_updates) = (prologue.kernel_scalars.len(), prologue.state_updates.len());
-        let mut values = Vec::with_capacity(prologue.insts.len());
-        let mut blocks: Vec<T> = Vec::with_capacity(params.len() * n_scalars);
-        let mut updates: Vec<(usize, f64)> = Vec::with_capacity(params.len() * n_updates);
-        for p in params.iter() {
-            let state = &p.state.slots;
-            let scalar = |n: usize| match state[n] {
-                SlotValue::Scalar(v) => v,
-                SlotValue::Buffer(_) => unreachable!("checked: slot {n} is a scalar slot"),
-            };
-            program.eval_prologue(&self.hypers, p.state.step + 1, scalar, &mut values);
-            if program.skips(&values) {
-                return Ok(false);
-            }
-            program.push_prologue_results(&values, &mut blocks, &mut updates);
-        }
-        let lens: Vec<usize> = params.iter().map(|p| p.param.len()).collect();
-        self.run_last_stage(params, &lens, &blocks, &updates)
-    }
-
-    /// [`Stepper::step_many`] for a program with phases: each phase runs over every
-    /// parameter (its reductions per parameter, and for a global one combined over `params`
-    /// in their order), the prologue goes on with the results, then the last stage updates.
-    /// Inputs are checked; only the last stage writes.
-    fn step_phased<T: Float>(&self, params: &mut [ParamRef<'_, T>]) -> Result<bool> {
-        use crate::runtime::{param_values, record_results};
-        let program = &self.program;
-        let n_reductions = program.reductions().count();
-        let mut values: Vec<Vec<f64>> = vec![Vec::new(); params.len()];
-        let mut reduced: Vec<Vec<f64>> = vec![vec![0.0; n_reductions]; params.len()];
-        let lens: Vec<usize> = params.iter().map(|p| p.param.len()).collect();
-        let members: Vec<usize> = (0..params.len()).collect();
-        // Every parameter's prologue, on up to instruction `end`.
-        let advance =
-            |params: &[ParamRef<'_, T>], values: &mut [Vec<f64>], reduced: &[Vec<f64>], end| {
-                for (i, p) in params.iter().enumerate() {
-                    let state = |n: usize| match p.state.slots[n] {
-                        SlotValue::Scalar(v) => v,
-                        SlotValue::Buffer(_) => unreachable!("checked: slot {n} is a scalar slot"),
-                    };
-                    let step = p.state.step + 1;
-                    program.eval_prologue_until(
-                        end,
-                        &self.hypers,
-                        step,
-                        state,
-                        &reduced[i],
-                        &mut values[i],
-                    );
-                }
-            };
-        let mut first = 0;
-        for (k, phase) in program.phases.iter().enumerate() {
-            advance(params, &mut values, &reduced, phase.prologue_end as usize);
-            let n = phase.stage.reductions.len();
-            let blocks: Vec<Vec<T>> = values
-                .iter()
-                .map(|v| {
-                    phase
-                        .kernel_scalars
-                        .iter()
-                        .map(|&s| T::from_f64(v[s as usize]))
-                        .collect()
-                })
-                .collect();
-            let blocks: Vec<&[T]> = blocks.iter().map(Vec::as_slice).collect();
-            let mut partials: Vec<Vec<f64>> = lens
-                .iter()
-                .map(|&len| vec![0.0; crate::segment::blocks(len) * n])
-                .collect();
-            self.run_stage(params, &lens, k, &blocks, &mut partials)?;
-            let raw: Vec<Vec<f64>> = partials.iter().map(|p| param_values(phase, p)).collect();
-            record_results(phase, &members, &raw, &mut reduced, first);
-            first += n;
-        }
-        // The rest of the prologue, then the last stage.
-        let prologue = &program.prologue;
-        advance(params, &mut values, &reduced, prologue.insts.len());
-        if values.iter().any(|v| program.skips(v)) {
-            return Ok(false);
-        }
-        let (n_scalars, n_updates) = (prologue.kernel_scalars.len(), prologue.state_updates.len());
-        let mut blocks: Vec<T> = Vec::with_capacity(params.len() * n_scalars);
-        let mut updates: Vec<(usize, f64)> = Vec::with_capacity(params.len() * n_updates);
-        for v in &values {
-            program.push_prologue_results(v, &mut blocks, &mut updates);
-        }
-        self.run_last_stage(params, &lens, &blocks, &updates)
-    }
-
-    /// The last stage over `params` (lengths `lens`), each with its scalar block in
-    /// `blocks` and its scalar-state updates in `updates` (flat lists, one entry per
-    /// parameter); then the step count and the scalar state.
-    fn run_last_stage<T: Float>(
-        &self,
-        params: &mut [ParamRef<'_, T>],
-        lens: &[usize],
-        blocks: &[T],
-        updates: &[(usize, f64)],
-    ) -> Result<bool> {
-        let prologue = &self.program.prologue;
-        let n_updates = prologue.state_updates.len();
-        let n_scalars = prologue.kernel_scalars.len();
-        let blocks: Vec<&[T]> = (0..params.len())
-            .map(|i| &blocks[i * n_scalars..(i + 1) * n_scalars])
-            .collect();
-        self.run_stage(params, lens, self.program.phases.len(), &blocks, &mut [])?;
-        for (i, p) in params.iter_mut().enumerate() {
-            p.state.step += 1;
-            for &(slot, v) in &updates[i * n_updates..(i + 1) * n_updates] {
-                p.state.slots[slot] = SlotValue::Scalar(v);
-            }
-        }
-        Ok(true)
-    }
-
-    /// Runs stage `k` of the program (its phases in order, then the last) over `params`
-    /// (lengths `lens`), parameter `i` with scalar block `blocks[i]` and, for a phase, its
-    /// partials in `partials[i]`; cut between threads (a phase's only at block boundaries).
-    fn run_stage<T: Float>(
-        &self,
-        params: &mut [ParamRef<'_, T>],
-        lens: &[usize],
-        k: usize,
-        blocks: &[&[T]],
-        partials: &mut [Vec<f64>],
-    ) -> Result<()> {
-        let program = &self.program;
-        let stage = program.phases.get(k).map_or(&program.stage, |p| &p.stage);
-        let n = stage.reductions.len();
-        let threads = default_threads();
-        let batches = match n {
-            0 => batches::<T>(lens, threads.count),
-            _ => batches_in_units(lens, threads.count, crate::ir::reduce::BLOCK),
-        };
-        let slots = program.element_slots().count();
-        let mut pieces = Pieces::with_capacity(batches.pieces.len(), slots);
-        let mut next = batches.pieces.iter().peekable();
-        let mut partials = partials.iter_mut();
-        let mut ranges = Vec::new();
-        for (i, p) in params.iter_mut().enumerate() {
-            ranges.clear();
-            while let Some(piece) = next.next_if(|piece| piece.segment == i) {
-                ranges.push((piece.start, piece.len, blocks[i]));
-            }
-            let buffers = p.state.slots.iter_mut().filter_map(|s| match s {
-                SlotValue::Buffer(b) => Some(b.as_mut_slice()),
-                SlotValue::Scalar(_) => None,
+            members.push(Member {
+                id: i,
+                dtype: 0,
+                set: i,
+                offset: 0,
+                len: p.param.len(),
+                group: 0,
+                step: p.state.step,
+                fresh: false,
             });
-            let mine = partials.next().map_or(&mut [][..], Vec::as_mut_slice);
-            pieces.cut_reducing(&mut *p.param, p.grad, buffers, &ranges, mine, n);
+            scalars.extend(p.state.slots.iter().map(|s| match s {
+                SlotValue::Scalar(v) => *v,
+                SlotValue::Buffer(_) => 0.0, // an element slot: not read by the prologue
+            }));
         }
-        let mut storage = Vec::new();
-        let mut segments = pieces.into_segments(&mut storage);
-        let kernel = match self.executor {
-            Executor::Jit => Some(self.kernels.get(self.jit.as_ref(), program, k, T::DTYPE)?),
-            _ => None,
+        let work = Work {
+            members,
+            scalars,
+            slots: n_slots,
+            hypers: vec![&self.hypers],
+            groups: None,
         };
-        let runner = Runner::of(kernel.as_ref(), self.executor, stage);
-        run_batches(runner, &mut segments, &batches.ends, threads.pool)
+        // Each parameter's buffers for the engine, and where its commit goes: its step count
+        // and its scalar slots.
+        let mut sets: Vec<Buffers<'_, T>> = Vec::with_capacity(params.len());
+        let mut commits: Vec<(&mut u64, Vec<Option<&mut f64>>)> = Vec::with_capacity(params.len());
+        for p in params.iter_mut() {
+            let ParamState { step, slots } = &mut *p.state;
+            let mut state = Vec::with_capacity(slots.len());
+            let mut own = Vec::with_capacity(slots.len());
+            for slot in slots.iter_mut() {
+                match slot {
+                    SlotValue::Buffer(b) => {
+                        state.push(b.as_mut_slice());
+                        own.push(None);
+                    }
+                    SlotValue::Scalar(v) => own.push(Some(v)),
+                }
+            }
+            sets.push(Buffers {
+                param: &mut *p.param,
+                grad: p.grad,
+                state,
+            });
+            commits.push((step, own));
+        }
+        let settings = Settings {
+            executor: self.executor,
+            jit: self.jit.clone(),
+            ..Settings::default()
+        };
+        let mut commit = |i: usize, updates: &[(usize, f64)]| {
+            let (step, own) = &mut commits[i];
+            **step += 1;
+            for &(slot, value) in updates {
+                if let Some(v) = own[slot].as_deref_mut() {
+                    *v = value; // a scalar slot, checked above
+                }
+            }
+        };
+        let outcome = self
+            .engine
+            .run(&settings, &work, &mut [&mut sets], &mut commit)?;
+        Ok(outcome != Outcome::Skipped)
     }
 
     fn check_state<T>(&self, state: &ParamState<T>, len: usize) -> Result<()> {
-        let slots = &self.program.slots;
+        let slots = &self.engine.program.slots;
         if state.slots.len() != slots.len() {
             return Err(Error::StateMismatch {
                 slot: format!("#{}", state.slots.len().min(slots.len())),
@@ -391,8 +266,11 @@ impl Stepper {
 
     /// The JIT kernel for `dtype`, compiled on first use.
     pub fn kernel(&self, dtype: DType) -> Result<Kernel> {
-        let last = self.program.phases.len();
-        self.kernels
-            .get(self.jit.as_ref(), &self.program, last, dtype)
+        let settings = Settings {
+            jit: self.jit.clone(),
+            ..Settings::default()
+        };
+        let last = self.engine.program.phases.len();
+        self.engine.kernel(&settings, last, dtype)
     }
 }

@@ -671,7 +671,7 @@ fn native_time(
         .collect::<Result<_>>()?;
     let (param, grad) = (param.as_mut_slice(), grad.as_slice());
     let mut step = 0u64;
-    // Threads only where the runtime would use them too (see `runtime::exec::GRAIN`).
+    // Threads only where the runtime would use them too (see `runtime::GRAIN`).
     let threads = threads.min(n / crate::runtime::GRAIN).max(1);
     let chunk = n.div_ceil(threads).div_ceil(16) * 16;
     median(config.min_time, || {

@@ -9,30 +9,22 @@
 //! parameters with a gradient and the same per-step scalars form one segment. For buffers the caller owns, use [`crate::Stepper`].
 
 mod clip;
-mod exec;
-mod phases;
-mod pool;
 mod scaler;
 mod state_dict;
 mod step;
 pub(crate) mod store;
 
-pub use exec::GRAIN;
-pub(crate) use exec::{
-    batches, batches_in_units, default_threads, run_batches, Runner, StageKernels,
-};
-pub(crate) use phases::{param_values, record_results};
-pub use pool::PoolKind;
+pub use crate::engine::{PoolKind, GRAIN};
 pub use scaler::{GradScaler, ScalerState};
 pub use state_dict::{LoadReport, StateDict, StateEntry, TensorData};
 
+use crate::engine::{Engine, Settings};
 use crate::ir::SlotKind;
-use crate::{passes, DType, Error, Executor, Float, Graph, Jit, Kernel, Program, Result};
+use crate::{passes, DType, Error, Executor, Float, Graph, Jit, Program, Result};
 use ndarray::{ArrayBase, ArrayViewD, ArrayViewMutD, Data, Dimension, IxDyn};
 use std::any::Any;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use store::{align_elems, round_up, AlignedBuf};
 
 /// A typed handle to a parameter of one [`Optimizer`].
@@ -128,6 +120,15 @@ impl<T: Float> FlatStore<T> {
         Ok(())
     }
 
+    /// The buffers of every stream, for the engine (no element slot before they exist).
+    pub(crate) fn buffers(&mut self) -> crate::engine::Buffers<'_, T> {
+        crate::engine::Buffers {
+            param: self.params.as_mut_slice(),
+            grad: self.grads.as_slice(),
+            state: self.slots.iter_mut().map(|s| s.as_mut_slice()).collect(),
+        }
+    }
+
     /// Grows every stream to `len` elements (new ones zero), all or none: on failure the
     /// streams grown so far shrink back (which never allocates) and the error is returned.
     fn grow(&mut self, len: usize, huge: bool) -> Result<()> {
@@ -209,13 +210,10 @@ pub struct HookId(u64);
 /// ```
 pub struct Optimizer {
     id: u64,
-    program: Arc<Program>,
-    executor: Executor,
-    jit: Option<Jit>,
-    kernels: StageKernels,
-    /// What a step computes per group (group state, a group-wide skip condition).
-    group_step: step::GroupStep,
-    threads: pool::Threads,
+    /// The step's program and kernels.
+    engine: Engine,
+    /// Executor, JIT and threads of every run.
+    settings: Settings,
     /// Whether big flat-store streams ask for transparent huge pages.
     huge_pages: bool,
     params: Vec<ParamInfo>,
@@ -223,8 +221,6 @@ pub struct Optimizer {
     names: std::collections::HashMap<String, usize>,
     /// Initial value of every slot, in slot order (the scalar state of a fresh parameter).
     slot_inits: Vec<f64>,
-    /// Initial value of every element slot, in stream order.
-    element_inits: Vec<f64>,
     has_grad: Vec<bool>,
     state: Vec<Option<StateInfo>>,
     groups: Vec<Group>,
@@ -241,8 +237,8 @@ pub struct Optimizer {
 
 /// The compiled mode-switch programs of an optimizer (see [`Optimizer::with_modes`]).
 pub(crate) struct Modes {
-    pub(crate) train: (Arc<Program>, Vec<usize>),
-    pub(crate) eval: (Arc<Program>, Vec<usize>),
+    pub(crate) train: (Engine, Vec<usize>),
+    pub(crate) eval: (Engine, Vec<usize>),
 }
 
 static NEXT_OPTIMIZER: AtomicU64 = AtomicU64::new(1);
@@ -273,23 +269,12 @@ impl Optimizer {
     /// dtype), with no parameter groups yet.
     pub fn new(graph: &Graph) -> Result<Optimizer> {
         let program = passes::compile(graph)?;
-        let kernels = StageKernels::new(&program);
-        let group_step = step::GroupStep::of(&program);
         let slot_inits = program.slots.iter().map(|s| s.init).collect();
-        let element_inits = program
-            .element_slots()
-            .map(|s| program.slots[s].init)
-            .collect();
         Ok(Optimizer {
             id: NEXT_OPTIMIZER.fetch_add(1, Ordering::Relaxed),
-            program: Arc::new(program),
+            engine: Engine::new(program),
             slot_inits,
-            element_inits,
-            executor: Executor::Jit,
-            jit: None,
-            kernels,
-            group_step,
-            threads: default_threads(),
+            settings: Settings::default(),
             huge_pages: true,
             params: Vec::new(),
             names: std::collections::HashMap::new(),
@@ -333,7 +318,7 @@ impl Optimizer {
     /// only hyperparameters the optimizer has. A mode swap is not a step: the graphs may not
     /// reduce, skip, or change group state ([`Error::Unsupported`]).
     pub fn with_modes(mut self, train: &Graph, eval: &Graph) -> Result<Optimizer> {
-        let compile = |graph: &Graph| -> Result<(Arc<Program>, Vec<usize>)> {
+        let compile = |graph: &Graph| -> Result<(Engine, Vec<usize>)> {
             let program = passes::compile(graph)?;
             if !program.phases.is_empty() {
                 return Err(Error::Unsupported {
@@ -356,11 +341,11 @@ impl Optimizer {
             let same = |a: &crate::ir::SlotDef, b: &crate::ir::SlotDef| {
                 a.name == b.name && a.kind == b.kind
             };
-            let slots_match = program.slots.len() == self.program.slots.len()
+            let slots_match = program.slots.len() == self.engine.program.slots.len()
                 && program
                     .slots
                     .iter()
-                    .zip(&self.program.slots)
+                    .zip(&self.engine.program.slots)
                     .all(|(a, b)| same(a, b));
             if !slots_match {
                 return Err(Error::StateMismatch {
@@ -373,7 +358,7 @@ impl Optimizer {
                 .iter()
                 .map(|h| self.hyper_index(&h.name))
                 .collect::<Result<Vec<usize>>>()?;
-            Ok((Arc::new(program), hypers))
+            Ok((Engine::new(program), hypers))
         };
         let modes = Modes {
             train: compile(train)?,
@@ -385,27 +370,31 @@ impl Optimizer {
 
     /// Runs steps with `executor` instead of the JIT.
     pub fn with_executor(mut self, executor: Executor) -> Optimizer {
-        self.executor = executor;
+        self.settings.executor = executor;
         self
     }
 
     /// Compiles with `jit` (and its cache) instead of the process-wide one.
     pub fn with_jit(mut self, jit: Jit) -> Optimizer {
-        self.jit = Some(jit);
-        self.kernels = StageKernels::new(&self.program);
+        self.settings.jit = Some(jit);
+        self.engine.reset_kernels();
+        if let Some(modes) = &mut self.modes {
+            modes.train.0.reset_kernels();
+            modes.eval.0.reset_kernels();
+        }
         self
     }
 
     /// Uses at most `threads` threads per step (default: all of rayon's pool).
     pub fn with_threads(mut self, threads: usize) -> Optimizer {
-        self.threads.count = threads.max(1);
+        self.settings.threads.count = threads.max(1);
         self
     }
 
     /// Runs steps on `pool` (default: [`PoolKind::Rayon`]); results are identical on every
     /// pool, bit for bit.
     pub fn with_pool(mut self, pool: PoolKind) -> Optimizer {
-        self.threads.pool = pool;
+        self.settings.threads.pool = pool;
         self
     }
 
@@ -423,13 +412,19 @@ impl Optimizer {
 
     /// The compiled program.
     pub fn program(&self) -> &Program {
-        &self.program
+        &self.engine.program
     }
 
     /// Adds a parameter group whose hyperparameters are the definition's defaults, except
     /// those in `overrides`; returns its index.
     pub fn add_param_group(&mut self, overrides: &[(&str, f64)]) -> Result<usize> {
-        let mut hypers: Vec<f64> = self.program.hypers.iter().map(|h| h.default).collect();
+        let mut hypers: Vec<f64> = self
+            .engine
+            .program
+            .hypers
+            .iter()
+            .map(|h| h.default)
+            .collect();
         for &(name, value) in overrides {
             hypers[self.hyper_index(name)?] = value;
         }
@@ -511,7 +506,8 @@ impl Optimizer {
     }
 
     fn hyper_index(&self, name: &str) -> Result<usize> {
-        self.program
+        self.engine
+            .program
             .hyper_index(name)
             .ok_or_else(|| Error::UnknownHyper {
                 name: name.to_string(),
@@ -764,7 +760,7 @@ impl Optimizer {
 
     /// Position among the element slots (the store's slot buffers) of slot `name`.
     fn element_slot(&self, name: &str) -> Result<usize> {
-        let p = &self.program;
+        let p = &self.engine.program;
         p.element_slots()
             .position(|s| p.slots[s].name == name)
             .ok_or_else(|| Error::UnknownSlot {
@@ -772,27 +768,14 @@ impl Optimizer {
             })
     }
 
-    fn kernel(&self, dtype: DType) -> Result<Kernel> {
-        let last = self.program.phases.len();
-        self.kernels
-            .get(self.jit.as_ref(), &self.program, last, dtype)
-    }
-
-    fn jit(&self) -> Result<Jit> {
-        match &self.jit {
-            Some(jit) => Ok(jit.clone()),
-            None => Jit::global(),
-        }
-    }
-
     fn is_scalar_slot(&self, n: usize) -> bool {
-        self.program.slots[n].kind == SlotKind::Scalar
+        self.engine.program.slots[n].kind == SlotKind::Scalar
     }
 
     /// The value of scalar slot `n` a parameter of group `g` with scalar state `own` reads:
     /// its own, or the group's for a group slot.
     fn scalar_state(&self, g: usize, own: &[f64], n: usize) -> f64 {
-        match self.program.slots[n].kind {
+        match self.engine.program.slots[n].kind {
             SlotKind::Group => self.groups[g].scalars[n],
             _ => own[n],
         }

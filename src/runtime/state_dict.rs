@@ -414,7 +414,7 @@ impl Optimizer {
             };
             let p = &self.params[i];
             let mut element = 0;
-            for (n, slot) in self.program.slots.iter().enumerate() {
+            for (n, slot) in self.engine.program.slots.iter().enumerate() {
                 match slot.kind {
                     SlotKind::Scalar => {
                         entry.scalars.insert(slot.name.clone(), info.scalars[n]);
@@ -448,6 +448,7 @@ impl Optimizer {
                 next += g.params.len();
                 GroupEntry {
                     hypers: self
+                        .engine
                         .program
                         .hypers
                         .iter()
@@ -461,6 +462,7 @@ impl Optimizer {
                         .map(|&i| self.params[i].name.clone())
                         .collect(),
                     state: self
+                        .engine
                         .program
                         .slots
                         .iter()
@@ -544,7 +546,7 @@ impl Optimizer {
         let mut group_state: Vec<Vec<f64>> =
             self.groups.iter().map(|g| g.scalars.clone()).collect();
         for (k, (group, values)) in dict.param_groups.iter().zip(&mut group_state).enumerate() {
-            for (n, slot) in self.program.slots.iter().enumerate() {
+            for (n, slot) in self.engine.program.slots.iter().enumerate() {
                 if slot.kind != SlotKind::Group {
                     continue;
                 }
@@ -556,7 +558,7 @@ impl Optimizer {
                 }
             }
             let group_slot = |name: &String| {
-                let slot = self.program.slots.iter().find(|s| &s.name == name);
+                let slot = self.engine.program.slots.iter().find(|s| &s.name == name);
                 slot.is_some_and(|s| s.kind == SlotKind::Group)
             };
             for name in group.state.keys().filter(|n| !group_slot(n)) {
@@ -573,7 +575,7 @@ impl Optimizer {
             ));
         }
         for (k, (group, values)) in dict.param_groups.iter().zip(&mut hypers).enumerate() {
-            for (n, h) in self.program.hypers.iter().enumerate() {
+            for (n, h) in self.engine.program.hypers.iter().enumerate() {
                 match group.hypers.get(&h.name) {
                     Some(&v) => values[n] = v,
                     None => report
@@ -582,7 +584,7 @@ impl Optimizer {
                 }
             }
             for name in group.hypers.keys() {
-                if self.program.hyper_index(name).is_none() {
+                if self.engine.program.hyper_index(name).is_none() {
                     report
                         .unexpected
                         .push(format!("hyperparameter `{name}` of group {k}"));
@@ -615,7 +617,7 @@ impl Optimizer {
             return Err(invalid(all.join("; ")));
         }
         // Everything checked; the state memory the loaded entries need, before any change.
-        let (n_elem, huge) = (self.element_inits.len(), self.huge_pages);
+        let (n_elem, huge) = (self.engine.program.element_slots().count(), self.huge_pages);
         for l in &loaded {
             let p = &self.params[l.param];
             let group = &mut self.groups[p.group];
@@ -645,7 +647,7 @@ impl Optimizer {
         let p = &self.params[i];
         let mut scalars = self.slot_inits.clone();
         let mut buffers = Vec::new();
-        for (n, slot) in self.program.slots.iter().enumerate() {
+        for (n, slot) in self.engine.program.slots.iter().enumerate() {
             if self.is_scalar_slot(n) {
                 scalars[n] = *entry
                     .scalars
@@ -680,7 +682,7 @@ impl Optimizer {
             });
         }
         let known = |name: &String| {
-            let slot = self.program.slots.iter().find(|s| &s.name == name);
+            let slot = self.engine.program.slots.iter().find(|s| &s.name == name);
             slot.is_some_and(|s| s.kind != SlotKind::Group)
         };
         if let Some(extra) = entry

@@ -3,10 +3,8 @@
 //! 64-byte boundary, so a whole group is a few long streams. Big streams ask for transparent
 //! huge pages (see [`HUGE_MIN`] and [`AlignedBuf::filled`]).
 
+pub(crate) use crate::engine::{align_elems, round_up, ALIGN};
 use crate::{Error, Float, Result};
-
-/// Bytes every range starts on.
-pub(crate) const ALIGN: usize = 64;
 
 /// Bytes between the starts of consecutive streams, modulo the page size: 25 cache lines,
 /// not a power of two.
@@ -166,16 +164,6 @@ fn huge_mapping<T: Float>(elems: usize) -> Option<Memory<T>> {
 #[cfg(not(target_os = "linux"))]
 fn huge_mapping<T: Float>(_elems: usize) -> Option<Memory<T>> {
     None
-}
-
-/// Elements per [`ALIGN`] bytes.
-pub(crate) fn align_elems<T>() -> usize {
-    ALIGN / std::mem::size_of::<T>()
-}
-
-/// `n` rounded up to a whole number of aligned blocks.
-pub(crate) fn round_up<T>(n: usize) -> usize {
-    n.div_ceil(align_elems::<T>()) * align_elems::<T>()
 }
 
 #[cfg(test)]

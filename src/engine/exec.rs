@@ -1,13 +1,14 @@
 //! Running a stage over segments on every core: when there are at least [`GRAIN`] elements
 //! per thread, segments are cut into (segment, range) pieces dealt into one batch per thread
-//! (see [`batches`]), and each batch is one kernel (or interpreter) call on a persistent
+//! (see [`batches_in_units`]), and each batch is one kernel (or interpreter) call on a persistent
 //! pool: rayon's, or optjit's pinned one (see [`PoolKind`]). Both run the same batches, so
 //! their results are identical bit for bit.
 
+use super::Executor;
 use crate::interp::{run_chunked, run_eager, run_reference};
 use crate::program::Stage;
 use crate::segment::Segment;
-use crate::{Executor, Float, Kernel, Result};
+use crate::{Float, Kernel, Result};
 use rayon::prelude::*;
 
 use super::pool::{PoolKind, Threads};
@@ -63,17 +64,19 @@ pub(crate) struct Batches {
     pub(crate) ends: Vec<usize>,
 }
 
-/// Cuts segments of lengths `lens` (elements of `T`) into one batch per thread, at most
-/// `threads` of them and no more than [`GRAIN`] elements allow: each batch gets about the
-/// same number of elements, and a segment is cut only on a 64-byte boundary, so that every
-/// piece keeps its buffers' alignment. With one batch, each segment is one piece.
-pub(crate) fn batches<T>(lens: &[usize], threads: usize) -> Batches {
-    batches_in_units(lens, threads, crate::runtime::store::align_elems::<T>())
+/// [`batches_in_units`] for a stage without reductions over elements of `T`: cuts on
+/// 64-byte boundaries.
+#[cfg(test)]
+fn batches<T>(lens: &[usize], threads: usize) -> Batches {
+    batches_in_units(lens, threads, super::align_elems::<T>())
 }
 
-/// [`batches`] cutting segments only at multiples of `unit` elements from their start (a
-/// multiple of the 64-byte block): [`crate::ir::reduce::BLOCK`] for a stage with
-/// reductions, whose partials are per block of a parameter.
+/// Cuts segments of lengths `lens` into one batch per thread, at most `threads` of them and
+/// no more than [`GRAIN`] elements allow: each batch gets about the same number of elements,
+/// and a segment is cut only at multiples of `unit` elements from its start — a multiple of
+/// the 64-byte block, so that every piece keeps its buffers' alignment;
+/// [`crate::ir::reduce::BLOCK`] for a stage with reductions, whose partials are per block of
+/// a parameter. With one batch, each segment is one piece.
 pub(crate) fn batches_in_units(lens: &[usize], threads: usize, unit: usize) -> Batches {
     let whole = |(segment, &len): (usize, &usize)| Piece {
         segment,
@@ -125,7 +128,7 @@ pub(crate) fn batches_in_units(lens: &[usize], threads: usize, unit: usize) -> B
     Batches { pieces, ends }
 }
 
-/// Runs `segments` (one per piece of `ends`'s batches, see [`batches`]) with `runner`, each
+/// Runs `segments` (one per piece of `ends`'s batches, see [`batches_in_units`]) with `runner`, each
 /// batch one call on a thread of `pool`.
 ///
 /// Every segment is validated by the runner before it touches memory; since all batches are

@@ -1,0 +1,624 @@
+//! The engine that [`crate::Optimizer`] and [`crate::Stepper`] are façades over: a compiled
+//! program with its kernel cache, run over a list of parameters (the *members* of a step)
+//! whose buffers lie in sets of streams of any dtype.
+//!
+//! A run is: checks → each phase (the prologue up to it, scalar blocks, one parallel region
+//! per dtype, the reductions combined per parameter and globally) → the rest of the prologue
+//! (parameters with the same inputs share one run of it, and equal scalar blocks are one
+//! block) → the skip condition → the last stage, one parallel region per dtype, in which
+//! neighbouring parameters of one set with the same block form one segment → commit. Phases
+//! write nothing; when the skip condition holds nothing is committed, anywhere. The façades
+//! own where parameters, gradients and state live, and what a commit stores.
+
+mod exec;
+mod pool;
+mod sets;
+
+pub use exec::GRAIN;
+pub(crate) use exec::{Runner, StageKernels};
+pub use pool::PoolKind;
+pub(crate) use pool::Threads;
+pub(crate) use sets::{Buffers, StreamSets};
+
+use crate::ir::reduce::combine_all;
+use crate::ir::{Scope, SlotKind};
+use crate::program::{Phase, Program};
+use crate::{DType, Error, Jit, Kernel, Result};
+use sets::{Job, Run};
+use std::sync::Arc;
+
+/// Which executor runs a stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Executor {
+    /// Cranelift-compiled kernel (the default).
+    #[default]
+    Jit,
+    /// The reference interpreter, element by element.
+    Reference,
+    /// One op at a time over whole arrays (ndarray), like an unfused framework.
+    Eager,
+    /// One op at a time over cache-sized blocks, in loops rustc vectorizes: the fastest
+    /// executor without code generation, for platforms where JIT code cannot run.
+    Chunked,
+}
+
+/// Bytes every flat-store stream and every cut between threads is aligned to.
+pub(crate) const ALIGN: usize = 64;
+
+/// Elements per [`ALIGN`] bytes.
+pub(crate) fn align_elems<T>() -> usize {
+    ALIGN / std::mem::size_of::<T>()
+}
+
+/// `n` rounded up to a whole number of aligned blocks.
+pub(crate) fn round_up<T>(n: usize) -> usize {
+    n.div_ceil(align_elems::<T>()) * align_elems::<T>()
+}
+
+/// How a run executes: which executor, which JIT, how many threads on which pool.
+#[derive(Clone)]
+pub(crate) struct Settings {
+    pub(crate) executor: Executor,
+    /// `None`: the process-wide JIT.
+    pub(crate) jit: Option<Jit>,
+    pub(crate) threads: Threads,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            executor: Executor::Jit,
+            jit: None,
+            threads: exec::default_threads(),
+        }
+    }
+}
+
+/// One parameter of a run.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Member {
+    /// The façade's name for it, given back to its commit.
+    pub(crate) id: usize,
+    /// Its entry in the run's list of stream sets (one per dtype).
+    pub(crate) dtype: usize,
+    /// Its set of buffers in that entry.
+    pub(crate) set: usize,
+    /// Where it starts in its set's buffers, and its length.
+    pub(crate) offset: usize,
+    pub(crate) len: usize,
+    /// Its group (the hyperparameters it reads).
+    pub(crate) group: usize,
+    /// Updates it has received.
+    pub(crate) step: u64,
+    /// Whether its element state is yet to be set to the slots' initial values.
+    pub(crate) fresh: bool,
+}
+
+/// What a run reads besides the buffers: its members, in the order global reductions
+/// combine them, and their scalar inputs.
+pub(crate) struct Work<'w> {
+    pub(crate) members: Vec<Member>,
+    /// Per member, the value of every slot it reads (`slots` each; meaningful for scalar and
+    /// group slots); empty when the program has none of those.
+    pub(crate) scalars: Vec<f64>,
+    /// The program's number of slots.
+    pub(crate) slots: usize,
+    /// Per group, the program's hyperparameter values.
+    pub(crate) hypers: Vec<&'w [f64]>,
+    /// Per group, its group state (every slot, meaningful for group slots), when group state
+    /// lives in the groups: then the run computes it once per group, members or not, and a
+    /// skip condition that reads only group-wide values is checked in every group. `None`
+    /// when each member carries its copy of group state (the Stepper), or when the program
+    /// computes nothing per group (see [`Engine::reads_groups`]).
+    pub(crate) groups: Option<Vec<&'w [f64]>>,
+}
+
+/// Stores the step of the member with [`Member::id`] `id` and its new scalar state
+/// `(slot, value)`; see [`Engine::run`].
+pub(crate) type Commit<'c> = dyn FnMut(usize, &[(usize, f64)]) + 'c;
+
+/// Per member of a run, a list of values.
+type PerMember = Vec<Vec<f64>>;
+
+impl Work<'_> {
+    /// Member `i`'s slot values (empty if the program reads none).
+    fn scalars(&self, i: usize) -> &[f64] {
+        self.scalars
+            .get(i * self.slots..(i + 1) * self.slots)
+            .unwrap_or(&[])
+    }
+}
+
+/// What a run did.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Outcome {
+    /// The skip condition held: nothing was written or committed.
+    Skipped,
+    /// Every member was updated and committed; per group of [`Work::groups`], the new values
+    /// of its group state, `(slot, value)`, for the façade to store.
+    Applied(Vec<Vec<(usize, f64)>>),
+}
+
+/// A compiled program, its kernels and what a run of it needs worked out once.
+pub(crate) struct Engine {
+    pub(crate) program: Arc<Program>,
+    kernels: StageKernels,
+    group_step: GroupStep,
+    /// Initial value of every element slot, in stream order.
+    element_inits: Vec<f64>,
+}
+
+impl Engine {
+    pub(crate) fn new(program: Program) -> Engine {
+        let element_inits = program
+            .element_slots()
+            .map(|s| program.slots[s].init)
+            .collect();
+        Engine {
+            kernels: StageKernels::new(&program),
+            group_step: GroupStep::of(&program),
+            element_inits,
+            program: Arc::new(program),
+        }
+    }
+
+    /// Whether a step computes something once per group (group state, or a skip condition
+    /// that reads only group-wide values): then [`Work::groups`] is needed.
+    pub(crate) fn reads_groups(&self) -> bool {
+        self.group_step.end > 0
+    }
+
+    /// Forgets the kernels compiled so far (the JIT changed).
+    pub(crate) fn reset_kernels(&mut self) {
+        self.kernels = StageKernels::new(&self.program);
+    }
+
+    /// The JIT kernel of stage `k` (phases in order, then the last) for `dtype`.
+    pub(crate) fn kernel(&self, settings: &Settings, k: usize, dtype: DType) -> Result<Kernel> {
+        self.kernels
+            .get(settings.jit.as_ref(), &self.program, k, dtype)
+    }
+
+    /// What runs stage `k` on `dtype`: its kernel for the JIT executor, else the executor.
+    fn runner_kernel(&self, settings: &Settings, k: usize, dtype: DType) -> Result<Option<Kernel>> {
+        match settings.executor {
+            Executor::Jit => self.kernel(settings, k, dtype).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Runs the program over `work`'s members, whose buffers are in `sets` (one entry per
+    /// dtype, [`Member::dtype`]); `commit(id, updates)` stores a member's step and its new
+    /// scalar state `(slot, value)` once its dtype's last stage has run.
+    ///
+    /// The façade has checked the buffers (lengths, state shapes, aliasing) and allocated
+    /// every member's element state. Here: a member at step `u64::MAX` is an error before
+    /// anything happens; an error after that is an internal bug or the environment (a kernel
+    /// that cannot be compiled, found before any write).
+    pub(crate) fn run(
+        &self,
+        settings: &Settings,
+        work: &Work<'_>,
+        sets: &mut [&mut dyn StreamSets],
+        commit: &mut Commit<'_>,
+    ) -> Result<Outcome> {
+        if work.members.iter().any(|m| m.step == u64::MAX) {
+            return Err(Error::StepOverflow);
+        }
+        for (d, set) in sets.iter_mut().enumerate() {
+            let fresh = work.members.iter().filter(|m| m.dtype == d && m.fresh);
+            let ranges: Vec<(usize, usize, usize)> =
+                fresh.map(|m| (m.set, m.offset, m.len)).collect();
+            if !ranges.is_empty() {
+                set.fill(&ranges, &self.element_inits);
+            }
+        }
+        let (reduced, values) = self.run_phases(settings, work, sets)?;
+        let dtypes: Vec<DType> = sets.iter().map(|s| s.dtype()).collect();
+        let plan = self.plan(work, &dtypes, &reduced, values);
+        let groups = match &work.groups {
+            Some(groups) => self
+                .group_step
+                .updates(&self.program, work, groups, &reduced),
+            None => Some(Vec::new()),
+        };
+        let Some(groups) = groups.filter(|_| !plan.skip) else {
+            return Ok(Outcome::Skipped);
+        };
+        // Every kernel before the first write.
+        let last = self.program.phases.len();
+        let mut kernels = Vec::with_capacity(sets.len());
+        for (d, &dtype) in dtypes.iter().enumerate() {
+            let used = work.members.iter().any(|m| m.dtype == d);
+            kernels.push(match used {
+                true => self.runner_kernel(settings, last, dtype)?,
+                false => None,
+            });
+        }
+        for (d, set) in sets.iter_mut().enumerate() {
+            let runs = plan.runs(work, d, dtypes[d]);
+            if runs.is_empty() {
+                continue;
+            }
+            let runner = Runner::of(kernels[d].as_ref(), settings.executor, &self.program.stage);
+            set.run(Job {
+                runner,
+                runs: &runs,
+                blocks: &plan.blocks,
+                n_scalars: plan.n_scalars,
+                partials: &mut [],
+                reductions: 0,
+                threads: settings.threads,
+            })?;
+            let of_dtype = work.members.iter().zip(&plan.member);
+            for (m, &(key, _)) in of_dtype.filter(|(m, _)| m.dtype == d) {
+                commit(m.id, plan.update(key));
+            }
+        }
+        Ok(Outcome::Applied(groups))
+    }
+
+    /// Runs the phases: per member, the results of every reduction and its prologue values
+    /// so far (both empty for a program without phases).
+    fn run_phases(
+        &self,
+        settings: &Settings,
+        work: &Work<'_>,
+        sets: &mut [&mut dyn StreamSets],
+    ) -> Result<(PerMember, PerMember)> {
+        let program = &self.program;
+        if program.phases.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let n = work.members.len();
+        let mut reduced = vec![vec![0.0; program.reductions().count()]; n];
+        let mut values = vec![Vec::new(); n];
+        let all: Vec<usize> = (0..n).collect();
+        let mut first = 0;
+        for (k, phase) in program.phases.iter().enumerate() {
+            for (i, values) in values.iter_mut().enumerate() {
+                let end = phase.prologue_end as usize;
+                self.prologue(work, i, end, &reduced[i], values);
+            }
+            let scalars = phase.kernel_scalars.iter();
+            let blocks: Vec<f64> = values
+                .iter()
+                .flat_map(|v| scalars.clone().map(|&s| v[s as usize]))
+                .collect();
+            let count = phase.stage.reductions.len();
+            let mut raw = vec![Vec::new(); n];
+            for (d, set) in sets.iter_mut().enumerate() {
+                // One run per member (a reduction per parameter never straddles two), in
+                // storage order; its block is the member's.
+                let mut runs: Vec<Run> = (work.members.iter().enumerate())
+                    .filter(|(_, m)| m.dtype == d)
+                    .map(|(i, m)| Run {
+                        set: m.set,
+                        offset: m.offset,
+                        len: m.len,
+                        block: i,
+                    })
+                    .collect();
+                if runs.is_empty() {
+                    continue;
+                }
+                runs.sort_by_key(|r| (r.set, r.offset));
+                let mut partials: Vec<f64> = Vec::new();
+                let len = runs.iter().map(|r| crate::segment::blocks(r.len) * count);
+                partials.resize(len.sum(), 0.0);
+                let kernel = self.runner_kernel(settings, k, set.dtype())?;
+                set.run(Job {
+                    runner: Runner::of(kernel.as_ref(), settings.executor, &phase.stage),
+                    runs: &runs,
+                    blocks: &blocks,
+                    n_scalars: phase.kernel_scalars.len(),
+                    partials: &mut partials,
+                    reductions: count,
+                    threads: settings.threads,
+                })?;
+                let mut at = 0;
+                for r in &runs {
+                    let len = crate::segment::blocks(r.len) * count;
+                    raw[r.block] = param_values(phase, &partials[at..at + len]);
+                    at += len;
+                }
+            }
+            record_results(phase, &all, &raw, &mut reduced, first);
+            first += count;
+        }
+        Ok((reduced, values))
+    }
+
+    /// Member `i`'s prologue, continued in `values` up to instruction `end`.
+    fn prologue(
+        &self,
+        work: &Work<'_>,
+        i: usize,
+        end: usize,
+        reduced: &[f64],
+        values: &mut Vec<f64>,
+    ) {
+        let m = &work.members[i];
+        let scalars = work.scalars(i);
+        let hypers = work.hypers[m.group];
+        let state = |n: usize| scalars[n];
+        (self.program).eval_prologue_until(end, hypers, m.step + 1, state, reduced, values);
+    }
+
+    /// The rest of every member's prologue (`values`: as far as the phases went, or empty),
+    /// its scalar block and its scalar-state updates. `dtypes`: the dtype of each entry of
+    /// the run's stream sets, which blocks are rounded to.
+    pub(crate) fn plan(
+        &self,
+        work: &Work<'_>,
+        dtypes: &[DType],
+        reduced: &[Vec<f64>],
+        mut values: Vec<Vec<f64>>,
+    ) -> Plan {
+        let program = &self.program;
+        let prologue = &program.prologue;
+        let n_scalars = prologue.kernel_scalars.len();
+        let n = work.members.len();
+        let mut plan = Plan {
+            blocks: Vec::with_capacity(n_scalars),
+            n_scalars,
+            member: Vec::with_capacity(n),
+            updates: Vec::with_capacity(prologue.state_updates.len()),
+            n_updates: prologue.state_updates.len(),
+            skip: false,
+        };
+        // Members with the same (dtype, group, step, scalar state) share a prologue run,
+        // unless reductions (run per member) are in it; keys and blocks are looked up among
+        // the most recent (see `recent`).
+        let share = program.phases.is_empty();
+        let mut keys: Vec<(usize, usize)> = Vec::new(); // (member that ran it, its block)
+        let same = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+        let scalars_of = |i: usize| work.scalars(i);
+        let mut own = Vec::with_capacity(prologue.insts.len());
+        // Per block, the entry of the stream sets (the dtype) it is rounded for.
+        let mut block_dtype: Vec<usize> = Vec::new();
+        for i in 0..n {
+            let m = &work.members[i];
+            let known = share.then(|| {
+                recent(keys.len(), |k| {
+                    let o = &work.members[keys[k].0];
+                    (o.dtype, o.group, o.step) == (m.dtype, m.group, m.step)
+                        && same(scalars_of(keys[k].0), scalars_of(i))
+                })
+            });
+            if let Some(Some(key)) = known {
+                plan.member.push((key, keys[key].1));
+                continue;
+            }
+            let values = match values.get_mut(i) {
+                Some(v) => v,
+                None => {
+                    own.clear();
+                    &mut own
+                }
+            };
+            let no_reductions: &[f64] = &[];
+            let reduced = reduced.get(i).map_or(no_reductions, Vec::as_slice);
+            self.prologue(work, i, prologue.insts.len(), reduced, values);
+            plan.skip |= program.skips(values);
+            // The new block goes at the end; it stays there only if no recent block of the
+            // same dtype rounds to the same bits.
+            let start = plan.blocks.len();
+            program.push_prologue_results(values, &mut plan.blocks, &mut plan.updates);
+            let dtype = dtypes[m.dtype];
+            let new = &plan.blocks[start..];
+            let same_bits = |b: usize| {
+                let old = &plan.blocks[b * n_scalars..(b + 1) * n_scalars];
+                block_dtype[b] == m.dtype
+                    && old
+                        .iter()
+                        .zip(new)
+                        .all(|(&x, &y)| rounded(dtype, x) == rounded(dtype, y))
+            };
+            let index = match recent(block_dtype.len(), same_bits) {
+                Some(b) => {
+                    plan.blocks.truncate(start);
+                    b
+                }
+                None => {
+                    block_dtype.push(m.dtype);
+                    block_dtype.len() - 1
+                }
+            };
+            keys.push((i, index));
+            plan.member.push((keys.len() - 1, index));
+        }
+        plan
+    }
+}
+
+/// What the last stage runs, worked out before it writes anything.
+pub(crate) struct Plan {
+    /// The distinct scalar blocks, in f64 (rounded to a member's dtype when it runs): block
+    /// `b` is `blocks[b * n_scalars..][..n_scalars]`. Prologues whose kernel scalars round
+    /// to the same bits share a block (an optimizer whose scalars do not depend on the step,
+    /// such as SGD-momentum after its first step or Lion, has one block whatever the
+    /// members' steps).
+    pub(crate) blocks: Vec<f64>,
+    pub(crate) n_scalars: usize,
+    /// Per member, its prologue run (index into `updates`) and its block.
+    pub(crate) member: Vec<(usize, usize)>,
+    /// Per prologue run: the new values of scalar state slots, `(slot, value)`, `n_updates`
+    /// of them each, in one flat list.
+    updates: Vec<(usize, f64)>,
+    n_updates: usize,
+    /// Whether a member's prologue met the program's skip condition.
+    skip: bool,
+}
+
+impl Plan {
+    /// The scalar-state updates of prologue run `key`.
+    fn update(&self, key: usize) -> &[(usize, f64)] {
+        &self.updates[key * self.n_updates..(key + 1) * self.n_updates]
+    }
+
+    /// The segments of the stream sets of entry `d` (of `dtype`): its members in storage
+    /// order, neighbours in one set with the same block merged into one segment, the
+    /// alignment padding between them included (the kernel computes on the padding too and
+    /// nothing ever reads the result; a stage with reductions is never merged).
+    pub(crate) fn runs(&self, work: &Work<'_>, d: usize, dtype: DType) -> Vec<Run> {
+        let align = ALIGN / dtype.size();
+        let mine = || {
+            let members = work.members.iter().zip(&self.member);
+            members
+                .filter(|(m, _)| m.dtype == d)
+                .map(|(m, &(_, block))| Run {
+                    set: m.set,
+                    offset: m.offset,
+                    len: m.len,
+                    block,
+                })
+        };
+        let place = |r: &Run| (r.set, r.offset);
+        // Members usually come in storage order (a flat store's are added one after the other).
+        if mine().is_sorted_by_key(|r| place(&r)) {
+            return merge(mine(), align);
+        }
+        let mut sorted: Vec<Run> = mine().collect();
+        sorted.sort_by_key(place);
+        merge(sorted.into_iter(), align)
+    }
+}
+
+/// `runs` (sorted by set and offset) with neighbours in one set with the same block merged,
+/// when the second starts where the first's padding to `align` elements ends.
+fn merge(runs: impl Iterator<Item = Run>, align: usize) -> Vec<Run> {
+    let mut merged: Vec<Run> = Vec::new();
+    for run in runs {
+        match merged.last_mut() {
+            Some(r)
+                if r.set == run.set
+                    && r.block == run.block
+                    && run.offset == r.offset + r.len.div_ceil(align) * align =>
+            {
+                r.len = run.offset + run.len - r.offset;
+            }
+            _ => merged.push(run),
+        }
+    }
+    merged
+}
+
+/// `x` rounded to `dtype`, as bits: what a kernel of that dtype would read.
+fn rounded(dtype: DType, x: f64) -> u64 {
+    match dtype {
+        DType::F32 => u64::from((x as f32).to_bits()),
+        DType::F64 => x.to_bits(),
+    }
+}
+
+/// What a step of a program computes once per group, worked out once per program: the
+/// updates of its group state `(slot, $ value)`, its skip condition if that reads only
+/// group-wide values, and how much of the prologue gives them (0: nothing to compute).
+struct GroupStep {
+    updates: Vec<(u32, u32)>,
+    skip: Option<u32>,
+    end: usize,
+}
+
+impl GroupStep {
+    fn of(program: &Program) -> GroupStep {
+        let slots = &program.slots;
+        let group = |&(slot, _): &(u32, u32)| slots[slot as usize].kind == SlotKind::Group;
+        let updates: Vec<(u32, u32)> = program
+            .prologue
+            .state_updates
+            .iter()
+            .copied()
+            .filter(group)
+            .collect();
+        let skip = program
+            .prologue
+            .skip
+            .filter(|&s| !program.per_parameter()[s as usize]);
+        let needed = updates.iter().map(|&(_, v)| v).chain(skip);
+        let end = needed.max().map_or(0, |last| last as usize + 1);
+        GroupStep { updates, skip, end }
+    }
+
+    /// Per group (whether or not it has a member), the new values of its group state; `None`
+    /// if a skip condition that reads only group-wide values holds in a group. Those values
+    /// read only what is the same for the whole group (see [`SlotKind::Group`]), so one
+    /// prologue run per group, with a parameter's own inputs at their initial values, gives
+    /// them. `groups`: each group's slot values; `reduced`: each member's reductions.
+    fn updates(
+        &self,
+        program: &Program,
+        work: &Work<'_>,
+        groups: &[&[f64]],
+        reduced: &[Vec<f64>],
+    ) -> Option<Vec<Vec<(usize, f64)>>> {
+        if self.end == 0 {
+            return Some(Vec::new());
+        }
+        // The global reductions' results, as any member got them (none: the run had no
+        // member, and a reduction over nothing finishes its identity).
+        let results = reduced.first().cloned().unwrap_or_else(|| {
+            let nothing = |(op, _): (crate::ir::ReduceOp, _)| op.finish(op.identity());
+            program.reductions().map(nothing).collect()
+        });
+        let inits: Vec<f64> = program.slots.iter().map(|s| s.init).collect();
+        let mut values = Vec::with_capacity(self.end);
+        let mut all = Vec::with_capacity(groups.len());
+        for (scalars, hypers) in groups.iter().zip(&work.hypers) {
+            values.clear();
+            let state = |n: usize| match program.slots[n].kind {
+                SlotKind::Group => scalars[n],
+                _ => inits[n],
+            };
+            program.eval_prologue_until(self.end, hypers, 1, state, &results, &mut values);
+            if self.skip.is_some_and(|s| values[s as usize] != 0.0) {
+                return None;
+            }
+            let updates = self.updates.iter();
+            all.push(
+                updates
+                    .map(|&(slot, v)| (slot as usize, values[v as usize]))
+                    .collect(),
+            );
+        }
+        Some(all)
+    }
+}
+
+/// The newest of the last 8 of `len` items for which `matches` holds. Searching only those
+/// keeps planning linear whatever the steps are; a group has few distinct (step, scalar state)
+/// keys and scalar blocks (parameters skipped now and then fall a step behind).
+fn recent(len: usize, matches: impl Fn(usize) -> bool) -> Option<usize> {
+    (len.saturating_sub(8)..len).rev().find(|&k| matches(k))
+}
+
+/// One parameter's value of each of `phase`'s reductions, before [`crate::ir::ReduceOp::
+/// finish`], from its block partials (block-major, see [`crate::Segment::partials`]).
+fn param_values(phase: &Phase, partials: &[f64]) -> Vec<f64> {
+    let n = phase.stage.reductions.len();
+    let reductions = phase.stage.reductions.iter().enumerate();
+    reductions
+        .map(|(r, (op, _))| combine_all(*op, partials.iter().skip(r).step_by(n).copied()))
+        .collect()
+}
+
+/// Writes the results of `phase`'s reductions, numbered from `first`, into `reduced[i]` for
+/// every member `i`, from `raw[i]` (its [`param_values`]): each member's own for a reduction
+/// per parameter, all members' combined in their order for a global one.
+fn record_results(
+    phase: &Phase,
+    members: &[usize],
+    raw: &[Vec<f64>],
+    reduced: &mut [Vec<f64>],
+    first: usize,
+) {
+    let reductions = phase.stage.reductions.iter().zip(&phase.scopes);
+    for (r, ((op, _), scope)) in reductions.enumerate() {
+        let global = (*scope == Scope::Global)
+            .then(|| op.finish(combine_all(*op, members.iter().map(|&i| raw[i][r]))));
+        for &i in members {
+            reduced[i][first + r] = global.unwrap_or_else(|| op.finish(raw[i][r]));
+        }
+    }
+}

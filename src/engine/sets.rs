@@ -1,0 +1,120 @@
+//! The buffers a run updates, seen by the engine without their element type: a list of
+//! [`Buffers`] of one dtype is a [`StreamSets`], which cuts a stage's runs into one batch per
+//! thread and executes them.
+
+use super::exec::{batches_in_units, run_batches, Runner};
+use super::pool::Threads;
+use crate::segment::{blocks, Pieces};
+use crate::{DType, Float, Result};
+
+/// The streams of the kernel contract for some parameters: a flat store's (many parameters
+/// one after the other) or one caller-owned parameter's.
+pub(crate) struct Buffers<'a, T> {
+    /// Stream 0.
+    pub(crate) param: &'a mut [T],
+    /// Stream 1.
+    pub(crate) grad: &'a [T],
+    /// Streams 2.., one per element slot, each as long as `param`.
+    pub(crate) state: Vec<&'a mut [T]>,
+}
+
+/// A stretch of one set of buffers that one scalar block runs over: elements
+/// `offset..offset + len` of set `set`, with block `block`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Run {
+    pub(crate) set: usize,
+    pub(crate) offset: usize,
+    pub(crate) len: usize,
+    pub(crate) block: usize,
+}
+
+/// One stage over some runs of a list of sets.
+pub(crate) struct Job<'j> {
+    pub(crate) runner: Runner<'j>,
+    /// Sorted by set, then offset; disjoint.
+    pub(crate) runs: &'j [Run],
+    /// The scalar blocks in f64, `n_scalars` each, rounded to the element type here.
+    pub(crate) blocks: &'j [f64],
+    pub(crate) n_scalars: usize,
+    /// For a stage with reductions: per run in order, one f64 per reduction for each block
+    /// of [`crate::ir::reduce::BLOCK`] elements (see [`crate::Segment::partials`]).
+    pub(crate) partials: &'j mut [f64],
+    pub(crate) reductions: usize,
+    pub(crate) threads: Threads,
+}
+
+/// Sets of buffers of one dtype.
+pub(crate) trait StreamSets {
+    /// The dtype of every buffer.
+    fn dtype(&self) -> DType;
+
+    /// Sets the element state of each `(set, offset, len)` range to `inits` (one per slot).
+    fn fill(&mut self, ranges: &[(usize, usize, usize)], inits: &[f64]);
+
+    /// Runs `job`: its runs cut into one batch per thread (a stage with reductions only at
+    /// block boundaries from a run's start), each batch one call.
+    fn run(&mut self, job: Job<'_>) -> Result<()>;
+}
+
+impl<T: Float> StreamSets for Vec<Buffers<'_, T>> {
+    fn dtype(&self) -> DType {
+        T::DTYPE
+    }
+
+    fn fill(&mut self, ranges: &[(usize, usize, usize)], inits: &[f64]) {
+        for &(set, offset, len) in ranges {
+            for (slot, &init) in self[set].state.iter_mut().zip(inits) {
+                slot[offset..offset + len].fill(T::from_f64(init));
+            }
+        }
+    }
+
+    fn run(&mut self, job: Job<'_>) -> Result<()> {
+        let Job {
+            runs, n_scalars, ..
+        } = job;
+        let scalars: Vec<T> = job.blocks.iter().map(|&v| T::from_f64(v)).collect();
+        let block = |b: usize| &scalars[b * n_scalars..(b + 1) * n_scalars];
+        let lens: Vec<usize> = runs.iter().map(|r| r.len).collect();
+        let unit = match job.reductions {
+            0 => super::align_elems::<T>(),
+            _ => crate::ir::reduce::BLOCK,
+        };
+        let batches = batches_in_units(&lens, job.threads.count, unit);
+        let slots = runs.first().map_or(0, |r| self[r.set].state.len());
+        let mut pieces = Pieces::with_capacity(batches.pieces.len(), slots);
+        let mut next = batches.pieces.iter().peekable();
+        let mut partials = job.partials;
+        let mut ranges = Vec::new();
+        let mut first = 0;
+        for (s, set) in self.iter_mut().enumerate() {
+            // The runs of this set: `first..end`.
+            let end = first + runs[first..].iter().take_while(|r| r.set == s).count();
+            if end == first {
+                continue;
+            }
+            ranges.clear();
+            while let Some(piece) = next.next_if(|p| p.segment < end) {
+                let run = &runs[piece.segment];
+                ranges.push((run.offset + piece.start, piece.len, block(run.block)));
+            }
+            let reduced: usize = runs[first..end].iter().map(|r| blocks(r.len)).sum();
+            let (mine, rest) = std::mem::take(&mut partials).split_at_mut(reduced * job.reductions);
+            partials = rest;
+            let state = set.state.iter_mut().map(|b| &mut **b);
+            pieces.cut(
+                &mut *set.param,
+                set.grad,
+                state,
+                &ranges,
+                mine,
+                job.reductions,
+            );
+            first = end;
+        }
+        debug_assert_eq!(first, runs.len(), "runs sorted by set");
+        let mut storage = Vec::new();
+        let mut segments = pieces.into_segments(&mut storage);
+        run_batches(job.runner, &mut segments, &batches.ends, job.threads.pool)
+    }
+}
