@@ -65,6 +65,37 @@ impl Builder {
         }
     }
 
+    /// A builder that goes on with `graph`, for a rewrite of another graph (see
+    /// [`Builder::node`]); [`Builder::into_graph`] gives it back, its outputs for the caller
+    /// to set.
+    pub(crate) fn on(graph: Graph) -> Builder {
+        let slots = graph.slots().len();
+        Builder {
+            inner: RefCell::new(State {
+                graph,
+                param_out: None,
+                slot_out: vec![None; slots],
+                error: None,
+            }),
+        }
+    }
+
+    /// Adds `node` as it is (one copied from another graph, its arguments already mapped).
+    pub(crate) fn node(&self, node: Node) -> Result<Expr<'_>> {
+        let id = self.inner.borrow_mut().graph.intern(node)?;
+        Ok(self.expr(id))
+    }
+
+    /// The graph built so far, outputs not set; fails with the first mistake made while
+    /// building.
+    pub(crate) fn into_graph(self) -> Result<Graph> {
+        let state = self.inner.into_inner();
+        match state.error {
+            Some(e) => Err(e),
+            None => Ok(state.graph),
+        }
+    }
+
     fn expr(&self, id: NodeId) -> Expr<'_> {
         Expr { id, builder: self }
     }

@@ -8,7 +8,7 @@
 //! applied.
 
 use super::clip::replace_grad;
-use crate::ir::{Graph, Node, Op, ReduceOp, Scope};
+use crate::ir::{Graph, Node, ReduceOp, Scope};
 use crate::program::{ElemArg, Program, ScalarInst, GRAD_STREAM};
 use crate::{Error, Result};
 
@@ -48,9 +48,8 @@ pub fn amp(graph: &Graph) -> Result<Graph> {
             what: "amp on a graph that already has a skip condition",
         });
     }
-    let (mut out, grad) = replace_grad(graph, INV_SCALE, 1.0, |g, grad, inv_scale| {
-        g.intern(Node::apply(Op::Mul, &[grad, inv_scale]))
-    })?;
+    let (mut out, grad) =
+        replace_grad(graph, INV_SCALE, 1.0, |_, grad, inv_scale| grad * inv_scale)?;
     if let Some(grad) = grad {
         let found_inf = out.intern(Node::Reduce(ReduceOp::NonFinite, Scope::Global, grad))?;
         out.set_skip(Some(found_inf))?;

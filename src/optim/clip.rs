@@ -6,15 +6,18 @@
 //! optimizer's gradients in place; both give the same bits. [`clip_by_global_norm`] is
 //! optax's variant of the global 2-norm clip (no `1e-6`, no scaling below the bound).
 
-use crate::ir::{Graph, Node, NodeId, Op, ReduceOp, Scope};
+use crate::ir::{Graph, Node, NodeId, ReduceOp};
+use crate::transform::{global_norm, optax_clip_factor, torch_clip_factor};
+use crate::{Builder, Expr};
 use crate::{Error, Result};
 
 /// The default for the `max_norm` hyperparameter [`clip_grad_norm`] adds.
 pub const DEFAULT_MAX_NORM: f64 = 1.0;
 
-/// The norm types a fused clip supports: 1, 2 and ∞ (the others need a per-element power;
-/// [`crate::Optimizer::clip_grad_norm`] computes them on the host).
-fn fused_norm(norm_type: f64) -> Option<ReduceOp> {
+/// The reduction a fused clip of this norm type runs: 1, 2 and ∞ (`None` for the others,
+/// which need a per-element power; [`crate::Optimizer::clip_grad_norm`] computes them on the
+/// host).
+pub(crate) fn reduction(norm_type: f64) -> Option<ReduceOp> {
     match norm_type {
         1.0 => Some(ReduceOp::Sum),
         2.0 => Some(ReduceOp::SumSquares),
@@ -46,7 +49,7 @@ fn fused_norm(norm_type: f64) -> Option<ReduceOp> {
 ///
 /// Fails with [`Error::InvalidOption`] for another norm type, [`Error::DuplicateName`] if
 /// the graph already has a `max_norm`, and [`Error::Unsupported`] if it has a skip condition
-/// (clip first, then [`crate::optim::amp`], so that the norm is that of the unscaled
+/// (clip first, then [`crate::optim::amp()`], so that the norm is that of the unscaled
 /// gradients).
 pub fn clip_grad_norm(graph: &Graph, norm_type: f64) -> Result<Graph> {
     if graph.skip().is_some() {
@@ -54,13 +57,12 @@ pub fn clip_grad_norm(graph: &Graph, norm_type: f64) -> Result<Graph> {
             what: "clipping a graph with a skip condition; clip first, then apply amp",
         });
     }
-    let op = fused_norm(norm_type).ok_or(Error::InvalidOption {
+    let op = reduction(norm_type).ok_or(Error::InvalidOption {
         option: "norm_type",
         reason: "a fused clip takes 1, 2 or inf (Optimizer::clip_grad_norm takes any p > 0)",
     })?;
-    let (out, _) = replace_grad(graph, "max_norm", DEFAULT_MAX_NORM, |g, grad, max_norm| {
-        let coef = clip_coef(g, grad, max_norm, op)?;
-        g.intern(Node::apply(Op::Mul, &[grad, coef]))
+    let (out, _) = replace_grad(graph, "max_norm", DEFAULT_MAX_NORM, |_, grad, max_norm| {
+        grad * torch_clip_factor(max_norm, global_norm(grad, op))
     })?;
     Ok(out)
 }
@@ -100,30 +102,24 @@ pub fn clip_by_global_norm(graph: &Graph, max_norm: f64) -> Result<Graph> {
             what: "clipping a graph with a skip condition; clip first, then apply amp",
         });
     }
-    let (out, _) = replace_grad(graph, "max_norm", max_norm, |g, grad, max_norm| {
-        let squares = g.intern(Node::Reduce(ReduceOp::SumSquares, Scope::Global, grad))?;
-        let total = g.intern(Node::apply(Op::Sqrt, &[squares]))?;
-        let below = g.intern(Node::apply(Op::Lt, &[total, max_norm]))?;
-        let ratio = g.intern(Node::apply(Op::Div, &[max_norm, total]))?;
-        let one = g.constant(1.0);
-        let coef = g.intern(Node::apply(Op::Select, &[below, one, ratio]))?;
-        g.intern(Node::apply(Op::Mul, &[grad, coef]))
+    let (out, _) = replace_grad(graph, "max_norm", max_norm, |b, grad, max_norm| {
+        grad * optax_clip_factor(b, grad, max_norm)
     })?;
     Ok(out)
 }
 
 /// `graph` with a new hyperparameter `hyper` (default `default`) and every read of the
-/// gradient replaced by `replace(graph, grad, hyper)` (built once, where the gradient was
+/// gradient replaced by `replace(builder, grad, hyper)` (built once, where the gradient was
 /// first read); the outputs and the skip condition are mapped. Returns the new graph and the
 /// node of the gradient as it comes in (`None` if the graph never reads it).
 pub(crate) fn replace_grad(
     graph: &Graph,
     hyper: &str,
     default: f64,
-    replace: impl FnOnce(&mut Graph, NodeId, NodeId) -> Result<NodeId>,
+    replace: impl for<'b> FnOnce(&'b Builder, Expr<'b>, Expr<'b>) -> Expr<'b>,
 ) -> Result<(Graph, Option<NodeId>)> {
-    let mut out = graph.empty_like();
-    let value = out.add_hyper(hyper, default)?;
+    let b = Builder::on(graph.empty_like());
+    let value = b.hyper(hyper, default);
     let mut map: Vec<NodeId> = Vec::with_capacity(graph.nodes().len());
     let mut replace = Some(replace);
     let mut replaced = None;
@@ -132,19 +128,20 @@ pub(crate) fn replace_grad(
         let new = match (node, replaced) {
             (Node::Grad, Some(id)) => id,
             (Node::Grad, None) => {
-                let raw = out.intern(Node::Grad)?;
+                let raw = b.grad();
                 let make = replace.take().expect("the gradient is replaced once");
-                let id = make(&mut out, raw, value)?;
-                (grad, replaced) = (Some(raw), Some(id));
+                let id = make(&b, raw, value).id();
+                (grad, replaced) = (Some(raw.id()), Some(id));
                 id
             }
             _ => {
                 let args: Vec<NodeId> = node.args().iter().map(|a| map[a.index()]).collect();
-                out.intern(node.with_args(&args))?
+                b.node(node.with_args(&args))?.id()
             }
         };
         map.push(new);
     }
+    let mut out = b.into_graph()?;
     let (param, slots) = graph.outputs().split_first().expect("a finished graph");
     out.set_outputs(
         map[param.index()],
@@ -152,36 +149,4 @@ pub(crate) fn replace_grad(
     )?;
     out.set_skip(graph.skip().map(|s| map[s.index()]))?;
     Ok((out, grad))
-}
-
-/// `min(max_norm / (total + 1e-6), 1)` with `total` the norm that `op` gives of `grad` over
-/// every parameter (see [`total_norm`]).
-fn clip_coef(g: &mut Graph, grad: NodeId, max_norm: NodeId, op: ReduceOp) -> Result<NodeId> {
-    let operand = match op {
-        ReduceOp::Sum => g.intern(Node::apply(Op::Abs, &[grad]))?,
-        _ => grad,
-    };
-    let reduced = g.intern(Node::Reduce(op, Scope::Global, operand))?;
-    let total = match op {
-        ReduceOp::SumSquares => g.intern(Node::apply(Op::Sqrt, &[reduced]))?,
-        _ => reduced,
-    };
-    let eps = g.constant(1e-6);
-    let one = g.constant(1.0);
-    let denominator = g.intern(Node::apply(Op::Add, &[total, eps]))?;
-    let ratio = g.intern(Node::apply(Op::Div, &[max_norm, denominator]))?;
-    g.intern(Node::apply(Op::Min, &[ratio, one]))
-}
-
-/// The clip coefficient for a total norm: `min(max_norm / (total + 1e-6), 1)` in f64, as the
-/// fused clip's prologue computes it.
-pub(crate) fn coefficient(max_norm: f64, total: f64) -> f64 {
-    let ratio = max_norm / (total + 1e-6);
-    crate::ir::eval_op(Op::Min, ratio, 1.0, 1.0)
-}
-
-/// Which reduction, and on what, a fused clip of this norm type runs (`None` for the norm
-/// types only the host computes).
-pub(crate) fn reduction(norm_type: f64) -> Option<ReduceOp> {
-    fused_norm(norm_type)
 }

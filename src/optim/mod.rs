@@ -14,7 +14,7 @@
 //! following its authors' PyTorch implementation (named in its doc) the same way; [`Lamb`],
 //! [`Lars`], [`NovoGrad`], [`Yogi`], [`SignSgd`] and [`AdEMAMix`] as optax defines them
 //! ([`from_optax`]). [`clip_grad_norm`] fuses PyTorch's gradient clipping into any of them
-//! ([`clip_by_global_norm`] optax's), [`amp`] mixed-precision gradient unscaling and overflow
+//! ([`clip_by_global_norm`] optax's), [`amp()`] mixed-precision gradient unscaling and overflow
 //! skipping.
 
 mod adadelta;

@@ -107,7 +107,7 @@ impl Optimizer {
         if error_if_nonfinite && !total.is_finite() {
             return Err(Error::NonFiniteNorm { norm_type, total });
         }
-        let coef = crate::optim::clip::coefficient(max_norm, total);
+        let coef = crate::transform::torch_clip_factor(max_norm, total);
         self.scale_grads::<f32>(|g| g * f32::from_f64(coef));
         self.scale_grads::<f64>(|g| g * coef);
         Ok(total)

@@ -1,6 +1,6 @@
-//! Helpers shared by the built-ins and open to custom optimizers (and to the transforms of
-//! [`crate::transform`]), named after the quantities of the papers: moving averages, bias
-//! corrections, PyTorch's `lerp` and weight decay, its `sign`.
+//! Helpers shared by the transforms, the built-ins of [`crate::optim`] (which re-exports
+//! them as `optim::common`) and custom optimizers, named after the quantities of the papers:
+//! moving averages, bias corrections, PyTorch's `lerp` and weight decay, its `sign`.
 
 use crate::ir::GraphFlags;
 use crate::{Builder, Expr};

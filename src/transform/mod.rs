@@ -34,9 +34,11 @@
 //! A transform is anything implementing [`Transform`], closures included:
 //! `&|b: &Builder, s: Chained| ...`.
 
-use crate::ir::Scope;
-use crate::optim::common::{bias_correction, l2_penalty, lerp};
+use crate::ir::{ReduceOp, Scope};
+pub mod common;
+
 use crate::{Builder, Expr, Result};
+use common::{bias_correction, l2_penalty, lerp};
 
 /// The updates a chain carries: `±(f₁·f₂·… / (1 − βᵗ)) · value / denominator`, with the
 /// scalar factors, the bias correction, the denominator and the sign applied only when the
@@ -173,7 +175,7 @@ pub fn map_updates<'b>(
 }
 
 /// `u + λ·θ`, skipped where `λ = 0` (`torch.optim`'s L2 penalty, see
-/// [`crate::optim::common::l2_penalty`]; optax's `add_decayed_weights` adds `0·θ` too).
+/// [`common::l2_penalty`]; optax's `add_decayed_weights` adds `0·θ` too).
 pub fn add_decayed_weights<'b>(weight_decay: Expr<'b>) -> impl Transform<'b> {
     map_updates(move |b, param, u| l2_penalty(b, u, weight_decay, param))
 }
@@ -225,8 +227,7 @@ pub fn clip<'b>(max_delta: Expr<'b>) -> impl Transform<'b> {
 /// transform).
 pub fn clip_grad_norm<'b>(max_norm: Expr<'b>) -> impl Transform<'b> {
     map_updates(move |_, _, u| {
-        let norm = u.sum_squares(Scope::Global).sqrt();
-        u * (max_norm / (norm + 1e-6)).min(1.0)
+        u * torch_clip_factor(max_norm, global_norm(u, ReduceOp::SumSquares))
     })
 }
 
@@ -234,10 +235,53 @@ pub fn clip_grad_norm<'b>(max_norm: Expr<'b>) -> impl Transform<'b> {
 /// by `max_norm / ‖u‖` (see [`crate::optim::clip_by_global_norm`]; no `10⁻⁶`, unlike
 /// [`clip_grad_norm`]).
 pub fn clip_by_global_norm<'b>(max_norm: Expr<'b>) -> impl Transform<'b> {
-    map_updates(move |b: &'b Builder, _, u| {
-        let norm = u.sum_squares(Scope::Global).sqrt();
-        u * b.select(norm.lt(max_norm), 1.0, max_norm / norm)
-    })
+    map_updates(move |b: &'b Builder, _, u| u * optax_clip_factor(b, u, max_norm))
+}
+
+/// The norm of `u` over every parameter of the step as one vector, from the reduction `op`
+/// computes: the 1-norm (`Sum` of `|u|`), the 2-norm (`SumSquares`, then `√`) or the ∞-norm
+/// (`MaxAbs`).
+pub(crate) fn global_norm(u: Expr<'_>, op: ReduceOp) -> Expr<'_> {
+    match op {
+        ReduceOp::Sum => u.abs().sum(Scope::Global),
+        ReduceOp::SumSquares => u.sum_squares(Scope::Global).sqrt(),
+        _ => u.max_abs(Scope::Global),
+    }
+}
+
+/// What PyTorch's `clip_grad_norm_` multiplies every gradient by, `min(max_norm / (total +
+/// 10⁻⁶), 1)`: the one definition of that factor, in the graph ([`Expr`]) and on the host
+/// (`f64`, [`crate::Optimizer::clip_grad_norm`]), which therefore agree bit for bit.
+pub(crate) fn torch_clip_factor<S: ClipArith>(max_norm: S, total: S) -> S {
+    (max_norm / (total + 1e-6)).op_min(1.0)
+}
+
+/// optax's `clip_by_global_norm` factor for updates `u`: 1 while `‖u‖ < max_norm`, else
+/// `max_norm / ‖u‖`.
+pub(crate) fn optax_clip_factor<'b>(b: &'b Builder, u: Expr<'b>, max_norm: Expr<'b>) -> Expr<'b> {
+    let norm = global_norm(u, ReduceOp::SumSquares);
+    b.select(norm.lt(max_norm), 1.0, max_norm / norm)
+}
+
+/// The arithmetic [`torch_clip_factor`] is written in: graph expressions, or `f64` with the
+/// ops' semantics of [`crate::ir::eval_op`].
+pub(crate) trait ClipArith:
+    Copy + std::ops::Add<f64, Output = Self> + std::ops::Div<Output = Self>
+{
+    /// [`crate::ir::Op::Min`].
+    fn op_min(self, other: f64) -> Self;
+}
+
+impl ClipArith for f64 {
+    fn op_min(self, other: f64) -> f64 {
+        crate::ir::eval_op(crate::ir::Op::Min, self, other, other)
+    }
+}
+
+impl ClipArith for Expr<'_> {
+    fn op_min(self, other: f64) -> Self {
+        self.min(other)
+    }
 }
 
 /// LAMB's trust ratio, per parameter tensor: the updates times `‖θ‖ / ‖u‖`, or 1 where
