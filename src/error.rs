@@ -113,6 +113,20 @@ pub enum Error {
         /// What, e.g. "the new value of group state `k`".
         what: String,
     },
+    /// User mistake: optimizer state whose new value differs between parameter groups (it
+    /// reads a hyperparameter or group state that differs between them); see
+    /// [`crate::ir::SlotKind::Optimizer`]. The step changed nothing.
+    #[error(
+        "{what} differs between parameter groups {} and {}: it reads something they do not share",
+        groups.0,
+        groups.1
+    )]
+    GroupsDisagree {
+        /// What, e.g. "the new value of optimizer state `t`".
+        what: String,
+        /// Two groups that disagree.
+        groups: (usize, usize),
+    },
     /// User mistake: an op applied to the wrong number of operands.
     #[error("`{op}` takes {expected} operand(s), got {actual}")]
     Arity {
@@ -295,6 +309,7 @@ impl Error {
             | Error::ScalarRequired { .. }
             | Error::ElementRequired { .. }
             | Error::PerParameterValue { .. }
+            | Error::GroupsDisagree { .. }
             | Error::Arity { .. }
             | Error::InvalidProgram { .. }
             | Error::ProgramTooLarge { .. }

@@ -134,7 +134,9 @@ impl Stepper {
                     buffer.resize(len, T::from_f64(s.init));
                     Ok(SlotValue::Buffer(buffer))
                 }
-                SlotKind::Scalar | SlotKind::Group => Ok(SlotValue::Scalar(s.init)),
+                SlotKind::Scalar | SlotKind::Group | SlotKind::Optimizer => {
+                    Ok(SlotValue::Scalar(s.init))
+                }
             })
             .collect::<Result<_>>()?;
         Ok(ParamState { step: 0, slots })
@@ -192,6 +194,7 @@ impl Stepper {
             slots: n_slots,
             hypers: vec![&self.hypers],
             groups: None,
+            optimizer: &[],
         };
         // Each parameter's buffers for the engine, and where its commit goes: its step count
         // and its scalar slots.
@@ -251,9 +254,10 @@ impl Stepper {
                     "its buffer's length differs from the parameter's"
                 }
                 (SlotKind::Element, SlotValue::Scalar(_)) => "a scalar where a buffer belongs",
-                (SlotKind::Scalar | SlotKind::Group, SlotValue::Buffer(_)) => {
-                    "a buffer where a scalar belongs"
-                }
+                (
+                    SlotKind::Scalar | SlotKind::Group | SlotKind::Optimizer,
+                    SlotValue::Buffer(_),
+                ) => "a buffer where a scalar belongs",
                 _ => continue,
             };
             return Err(Error::StateMismatch {

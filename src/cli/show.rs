@@ -65,6 +65,7 @@ fn state_text(graph: &Graph) -> String {
             SlotKind::Element => s.name.clone(),
             SlotKind::Scalar => format!("{} (scalar)", s.name),
             SlotKind::Group => format!("{} (group)", s.name),
+            SlotKind::Optimizer => format!("{} (optimizer)", s.name),
         })
         .collect();
     slots.join(", ")
@@ -118,6 +119,7 @@ fn list_json(name: &str, graph: &Graph) -> serde_json::Value {
                 SlotKind::Element => "element",
                 SlotKind::Scalar => "scalar",
                 SlotKind::Group => "group",
+                SlotKind::Optimizer => "optimizer",
             };
             serde_json::json!({ "name": s.name, "init": s.init, "kind": kind })
         })

@@ -111,6 +111,9 @@ pub(crate) struct Work<'w> {
     /// when each member carries its copy of group state (the Stepper), or when the program
     /// computes nothing per group (see [`Engine::reads_groups`]).
     pub(crate) groups: Option<Vec<&'w [f64]>>,
+    /// The optimizer state (every slot, meaningful for optimizer slots), read with
+    /// [`Work::groups`].
+    pub(crate) optimizer: &'w [f64],
 }
 
 /// Stores the step of the member with [`Member::id`] `id` and its new scalar state
@@ -134,9 +137,16 @@ impl Work<'_> {
 pub(crate) enum Outcome {
     /// The skip condition held: nothing was written or committed.
     Skipped,
-    /// Every member was updated and committed; per group of [`Work::groups`], the new values
-    /// of its group state, `(slot, value)`, for the façade to store.
-    Applied(Vec<Vec<(usize, f64)>>),
+    /// Every member was updated and committed; the new shared state for the façade to store.
+    Applied(Shared),
+}
+
+/// The new values of shared state after a step, `(slot, value)`: per group of
+/// [`Work::groups`] its group state, and the optimizer state (the same in every group).
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Shared {
+    pub(crate) groups: Vec<Vec<(usize, f64)>>,
+    pub(crate) optimizer: Vec<(usize, f64)>,
 }
 
 /// A compiled program, its kernels and what a run of it needs worked out once.
@@ -162,8 +172,8 @@ impl Engine {
         }
     }
 
-    /// Whether a step computes something once per group (group state, or a skip condition
-    /// that reads only group-wide values): then [`Work::groups`] is needed.
+    /// Whether a step computes something once per group (group or optimizer state, or a
+    /// skip condition that reads only group-wide values): then [`Work::groups`] is needed.
     pub(crate) fn reads_groups(&self) -> bool {
         self.group_step.end > 0
     }
@@ -193,8 +203,9 @@ impl Engine {
     ///
     /// The façade has checked the buffers (lengths, state shapes, aliasing) and allocated
     /// every member's element state. Here: a member at step `u64::MAX` is an error before
-    /// anything happens; an error after that is an internal bug or the environment (a kernel
-    /// that cannot be compiled, found before any write).
+    /// anything happens, and so is optimizer state to which the groups give different values
+    /// ([`Error::GroupsDisagree`]); an error after that is an internal bug or the environment
+    /// (a kernel that cannot be compiled, found before any write).
     pub(crate) fn run(
         &self,
         settings: &Settings,
@@ -219,8 +230,8 @@ impl Engine {
         let groups = match &work.groups {
             Some(groups) => self
                 .group_step
-                .updates(&self.program, work, groups, &reduced),
-            None => Some(Vec::new()),
+                .updates(&self.program, work, groups, &reduced)?,
+            None => Some(Shared::default()),
         };
         let Some(groups) = groups.filter(|_| !plan.skip) else {
             return Ok(Outcome::Skipped);
@@ -513,8 +524,9 @@ fn rounded(dtype: DType, x: f64) -> u64 {
 }
 
 /// What a step of a program computes once per group, worked out once per program: the
-/// updates of its group state `(slot, $ value)`, its skip condition if that reads only
-/// group-wide values, and how much of the prologue gives them (0: nothing to compute).
+/// updates of its group and optimizer state `(slot, $ value)`, its skip condition if that
+/// reads only group-wide values, and how much of the prologue gives them (0: nothing to
+/// compute).
 struct GroupStep {
     updates: Vec<(u32, u32)>,
     skip: Option<u32>,
@@ -524,7 +536,7 @@ struct GroupStep {
 impl GroupStep {
     fn of(program: &Program) -> GroupStep {
         let slots = &program.slots;
-        let group = |&(slot, _): &(u32, u32)| slots[slot as usize].kind == SlotKind::Group;
+        let group = |&(slot, _): &(u32, u32)| slots[slot as usize].kind.is_shared();
         let updates: Vec<(u32, u32)> = program
             .prologue
             .state_updates
@@ -541,20 +553,22 @@ impl GroupStep {
         GroupStep { updates, skip, end }
     }
 
-    /// Per group (whether or not it has a member), the new values of its group state; `None`
-    /// if a skip condition that reads only group-wide values holds in a group. Those values
-    /// read only what is the same for the whole group (see [`SlotKind::Group`]), so one
-    /// prologue run per group, with a parameter's own inputs at their initial values, gives
-    /// them. `groups`: each group's slot values; `reduced`: each member's reductions.
+    /// Per group (whether or not it has a member), the new values of its group state, and
+    /// those of the optimizer state; `None` if a skip condition that reads only group-wide
+    /// values holds in a group. Those values read only what is the same for the whole group
+    /// (see [`SlotKind::Group`]), so one prologue run per group, with a parameter's own
+    /// inputs at their initial values, gives them; every group must give optimizer state the
+    /// same bits ([`Error::GroupsDisagree`]). `groups`: each group's slot values; `reduced`:
+    /// each member's reductions.
     fn updates(
         &self,
         program: &Program,
         work: &Work<'_>,
         groups: &[&[f64]],
         reduced: &[Vec<f64>],
-    ) -> Option<Vec<Vec<(usize, f64)>>> {
+    ) -> Result<Option<Shared>> {
         if self.end == 0 {
-            return Some(Vec::new());
+            return Ok(Some(Shared::default()));
         }
         // The global reductions' results, as any member got them (none: the run had no
         // member, and a reduction over nothing finishes its identity).
@@ -564,25 +578,39 @@ impl GroupStep {
         });
         let inits: Vec<f64> = program.slots.iter().map(|s| s.init).collect();
         let mut values = Vec::with_capacity(self.end);
-        let mut all = Vec::with_capacity(groups.len());
-        for (scalars, hypers) in groups.iter().zip(&work.hypers) {
+        let mut shared = Shared {
+            groups: Vec::with_capacity(groups.len()),
+            optimizer: Vec::new(),
+        };
+        for (g, (scalars, hypers)) in groups.iter().zip(&work.hypers).enumerate() {
             values.clear();
             let state = |n: usize| match program.slots[n].kind {
                 SlotKind::Group => scalars[n],
+                SlotKind::Optimizer => work.optimizer[n],
                 _ => inits[n],
             };
             program.eval_prologue_until(self.end, hypers, 1, state, &results, &mut values);
             if self.skip.is_some_and(|s| values[s as usize] != 0.0) {
-                return None;
+                return Ok(None);
             }
-            let updates = self.updates.iter();
-            all.push(
-                updates
-                    .map(|&(slot, v)| (slot as usize, values[v as usize]))
-                    .collect(),
-            );
+            let mut mine = Vec::with_capacity(self.updates.len());
+            for (k, &(slot, v)) in self.updates.iter().enumerate() {
+                let (slot, value) = (slot as usize, values[v as usize]);
+                let def = &program.slots[slot];
+                if def.kind == SlotKind::Group {
+                    mine.push((slot, value));
+                } else if g == 0 {
+                    shared.optimizer.push((slot, value));
+                } else if shared.optimizer[k - mine.len()].1.to_bits() != value.to_bits() {
+                    return Err(Error::GroupsDisagree {
+                        what: format!("the new value of optimizer state `{}`", def.name),
+                        groups: (0, g),
+                    });
+                }
+            }
+            shared.groups.push(mine);
         }
-        Some(all)
+        Ok(Some(shared))
     }
 }
 

@@ -162,6 +162,13 @@ impl Builder {
         self.add_slot(name, init, SlotKind::Group)
     }
 
+    /// Declares a scalar state slot of the whole optimizer (one value for every parameter of
+    /// every group) starting at `init`; returns its value before this step. See
+    /// [`SlotKind::Optimizer`] for what its new value may read.
+    pub fn optimizer_state(&self, name: &str, init: f64) -> Expr<'_> {
+        self.add_slot(name, init, SlotKind::Optimizer)
+    }
+
     /// The parameter's value before this step.
     pub fn param(&self) -> Expr<'_> {
         self.leaf(Node::Param)

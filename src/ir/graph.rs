@@ -121,7 +121,8 @@ pub struct HyperDef {
     pub default: f64,
 }
 
-/// The scope of a state slot: a buffer, one scalar per parameter, or one per group.
+/// The scope of a state slot: a buffer, one scalar per parameter, one per group, or one for
+/// the whole optimizer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum SlotKind {
     /// One value per element, like Adam's `exp_avg`.
@@ -137,6 +138,14 @@ pub enum SlotKind {
     /// state, constants and global reductions (not `step`, a parameter's own state or a
     /// per-parameter reduction).
     Group,
+    /// One f64 for the whole optimizer (a count of applied steps, a global estimate): every
+    /// parameter of every group reads the same value, and it advances once per applied step.
+    /// Its new value may read what [`SlotKind::Group`]'s may; when it reads something that
+    /// differs between groups (a hyperparameter, group state), every group must still give
+    /// it the same bits, else the step fails with [`crate::Error::GroupsDisagree`] and
+    /// changes nothing. A [`crate::Stepper`] keeps a copy per `ParamState`, as for group
+    /// state.
+    Optimizer,
 }
 
 impl SlotKind {
@@ -146,6 +155,7 @@ impl SlotKind {
             SlotKind::Element => "state",
             SlotKind::Scalar => "scalar state",
             SlotKind::Group => "group state",
+            SlotKind::Optimizer => "optimizer state",
         }
     }
 
@@ -153,6 +163,12 @@ impl SlotKind {
     /// prologue.
     pub fn is_scalar(self) -> bool {
         self != SlotKind::Element
+    }
+
+    /// Whether one value serves many parameters (group and optimizer state): then its new
+    /// value may not read anything that differs between the parameters of a group.
+    pub fn is_shared(self) -> bool {
+        matches!(self, SlotKind::Group | SlotKind::Optimizer)
     }
 }
 
@@ -432,7 +448,7 @@ impl Graph {
             }
             Node::State(n) => match self.slots[n as usize].kind {
                 SlotKind::Element => Rank::Element,
-                SlotKind::Scalar | SlotKind::Group => Rank::Scalar,
+                SlotKind::Scalar | SlotKind::Group | SlotKind::Optimizer => Rank::Scalar,
             },
             Node::Reduce(op, _, arg) => {
                 assert!(arg.index() < self.nodes.len(), "operand {arg:?} exists");
@@ -473,7 +489,7 @@ impl Graph {
         for node in &self.nodes[varies.len()..] {
             let own = match *node {
                 Node::Param | Node::Grad | Node::Step => true,
-                Node::State(n) => self.slots[n as usize].kind != SlotKind::Group,
+                Node::State(n) => !self.slots[n as usize].kind.is_shared(),
                 Node::Reduce(_, Scope::Param, _) => true,
                 Node::Reduce(_, Scope::Global, _) => false,
                 Node::Const(_) | Node::Hyper(_) | Node::Apply(..) => false,
@@ -500,11 +516,11 @@ impl Graph {
                     what: format!("the new value of {} `{}`", slot.kind.keyword(), slot.name),
                 });
             }
-            if slot.kind == SlotKind::Group {
+            if slot.kind.is_shared() {
                 let varies = varies.get_or_insert_with(|| self.per_parameter());
                 if varies[value.index()] {
                     return Err(Error::PerParameterValue {
-                        what: format!("the new value of group state `{}`", slot.name),
+                        what: format!("the new value of {} `{}`", slot.kind.keyword(), slot.name),
                     });
                 }
             }

@@ -26,7 +26,7 @@ pub fn verify_graph(graph: &Graph, pass: &'static str) -> Result<()> {
             Node::State(n) if (n as usize) < graph.slots().len() => {
                 match graph.slots()[n as usize].kind {
                     SlotKind::Element => Rank::Element,
-                    SlotKind::Scalar | SlotKind::Group => Rank::Scalar,
+                    SlotKind::Scalar | SlotKind::Group | SlotKind::Optimizer => Rank::Scalar,
                 }
             }
             Node::Hyper(_) | Node::State(_) => {

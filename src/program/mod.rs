@@ -262,7 +262,7 @@ impl Program {
             let v = match *inst {
                 ScalarInst::Const(_) | ScalarInst::Hyper(_) => false,
                 ScalarInst::Step => true,
-                ScalarInst::State(n) => self.slots[n as usize].kind != SlotKind::Group,
+                ScalarInst::State(n) => !self.slots[n as usize].kind.is_shared(),
                 ScalarInst::Apply(op, args) => {
                     args[..op.arity()].iter().any(|&a| varies[a as usize])
                 }

@@ -223,6 +223,8 @@ pub struct Optimizer {
     slot_inits: Vec<f64>,
     has_grad: Vec<bool>,
     state: Vec<Option<StateInfo>>,
+    /// Per slot: the optimizer state's value (meaningful for optimizer slots only).
+    shared: Vec<f64>,
     groups: Vec<Group>,
     /// Registered hooks in registration order; `None` while the hook runs (it is taken out
     /// to be given the optimizer).
@@ -269,10 +271,11 @@ impl Optimizer {
     /// dtype), with no parameter groups yet.
     pub fn new(graph: &Graph) -> Result<Optimizer> {
         let program = passes::compile(graph)?;
-        let slot_inits = program.slots.iter().map(|s| s.init).collect();
+        let slot_inits: Vec<f64> = program.slots.iter().map(|s| s.init).collect();
         Ok(Optimizer {
             id: NEXT_OPTIMIZER.fetch_add(1, Ordering::Relaxed),
             engine: Engine::new(program),
+            shared: slot_inits.clone(),
             slot_inits,
             settings: Settings::default(),
             huge_pages: true,
@@ -330,12 +333,11 @@ impl Optimizer {
                     what: "train and eval graphs with a skip condition",
                 });
             }
-            let group_slot = |&(slot, _): &(u32, u32)| {
-                program.slots[slot as usize].kind == crate::ir::SlotKind::Group
-            };
+            let group_slot =
+                |&(slot, _): &(u32, u32)| program.slots[slot as usize].kind.is_shared();
             if program.prologue.state_updates.iter().any(group_slot) {
                 return Err(Error::Unsupported {
-                    what: "train and eval graphs that change group state",
+                    what: "train and eval graphs that change group or optimizer state",
                 });
             }
             let same = |a: &crate::ir::SlotDef, b: &crate::ir::SlotDef| {
@@ -777,6 +779,7 @@ impl Optimizer {
     fn scalar_state(&self, g: usize, own: &[f64], n: usize) -> f64 {
         match self.engine.program.slots[n].kind {
             SlotKind::Group => self.groups[g].scalars[n],
+            SlotKind::Optimizer => self.shared[n],
             _ => own[n],
         }
     }

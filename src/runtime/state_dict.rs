@@ -90,6 +90,9 @@ pub struct StateDict {
     pub state: BTreeMap<usize, StateEntry>,
     /// The groups.
     pub param_groups: Vec<GroupEntry>,
+    /// The optimizer state's values by slot name (see [`crate::ir::SlotKind::Optimizer`]);
+    /// empty when the optimizer has none. In JSON, as [`GroupEntry::hypers`].
+    pub optimizer_state: BTreeMap<String, f64>,
 }
 
 /// What a non-strict load did not load.
@@ -116,6 +119,12 @@ struct Meta {
     #[serde(deserialize_with = "unique_keys")]
     state: BTreeMap<String, MetaEntry>,
     param_groups: Vec<GroupEntry>,
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        with = "exact_f64"
+    )]
+    optimizer_state: BTreeMap<String, f64>,
 }
 
 /// A JSON object as a map, refusing a key that appears twice (serde_json would keep the last).
@@ -264,6 +273,7 @@ impl StateDict {
                 })
                 .collect(),
             param_groups: self.param_groups.clone(),
+            optimizer_state: self.optimizer_state.clone(),
         };
         let json = serde_json::to_string(&meta).map_err(|e| invalid(e.to_string()))?;
         let mut bytes: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
@@ -360,6 +370,7 @@ impl StateDict {
         Ok(StateDict {
             state,
             param_groups: meta.param_groups,
+            optimizer_state: meta.optimizer_state,
         })
     }
 
@@ -420,7 +431,7 @@ impl Optimizer {
                         entry.scalars.insert(slot.name.clone(), info.scalars[n]);
                         continue;
                     }
-                    SlotKind::Group => continue,
+                    SlotKind::Group | SlotKind::Optimizer => continue,
                     SlotKind::Element => {}
                 }
                 let range = p.offset..p.offset + p.len;
@@ -473,9 +484,15 @@ impl Optimizer {
                 }
             })
             .collect();
+        let slots = self.engine.program.slots.iter().zip(&self.shared);
+        let optimizer_state = slots
+            .filter(|(s, _)| s.kind == SlotKind::Optimizer)
+            .map(|(s, &v)| (s.name.clone(), v))
+            .collect();
         StateDict {
             state,
             param_groups,
+            optimizer_state,
         }
     }
 
@@ -567,6 +584,26 @@ impl Optimizer {
                     .push(format!("group state `{name}` of group {k}"));
             }
         }
+        // Optimizer state.
+        let mut shared = self.shared.clone();
+        for (n, slot) in self.engine.program.slots.iter().enumerate() {
+            if slot.kind != SlotKind::Optimizer {
+                continue;
+            }
+            match dict.optimizer_state.get(&slot.name) {
+                Some(&v) => shared[n] = v,
+                None => report
+                    .missing
+                    .push(format!("optimizer state `{}`", slot.name)),
+            }
+        }
+        let optimizer_slot = |name: &String| {
+            let slot = self.engine.program.slots.iter().find(|s| &s.name == name);
+            slot.is_some_and(|s| s.kind == SlotKind::Optimizer)
+        };
+        for name in dict.optimizer_state.keys().filter(|n| !optimizer_slot(n)) {
+            report.unexpected.push(format!("optimizer state `{name}`"));
+        }
         if dict.param_groups.len() != self.groups.len() {
             report.mismatched.push(format!(
                 "the dict has {} parameter groups, the optimizer {}",
@@ -631,6 +668,7 @@ impl Optimizer {
             g.hypers = values;
             g.scalars = state;
         }
+        self.shared = shared;
         for (i, s) in seen.iter().enumerate() {
             if *s {
                 self.state[i] = None;
@@ -655,8 +693,8 @@ impl Optimizer {
                     .ok_or_else(|| format!("no scalar `{}`", slot.name))?;
                 continue;
             }
-            if slot.kind == SlotKind::Group {
-                continue; // in the param group
+            if slot.kind.is_shared() {
+                continue; // in the param group, or the optimizer's
             }
             let (shape, data) = entry
                 .tensors
@@ -683,7 +721,7 @@ impl Optimizer {
         }
         let known = |name: &String| {
             let slot = self.engine.program.slots.iter().find(|s| &s.name == name);
-            slot.is_some_and(|s| s.kind != SlotKind::Group)
+            slot.is_some_and(|s| !s.kind.is_shared())
         };
         if let Some(extra) = entry
             .tensors

@@ -72,6 +72,7 @@ impl Optimizer {
             slots: engine.program.slots.len(),
             hypers: Vec::with_capacity(n),
             groups: (pass == Pass::Step && engine.reads_groups()).then(|| Vec::with_capacity(n)),
+            optimizer: &self.shared,
         };
         let mut f32s: Vec<Buffers<'_, f32>> = Vec::with_capacity(n);
         let mut f64s: Vec<Buffers<'_, f64>> = Vec::with_capacity(n);
@@ -99,7 +100,7 @@ impl Optimizer {
                 scalars: inits.clone(),
             });
             state.step += counts;
-            let own = |(slot, _): &&(usize, f64)| program.slots[*slot].kind != SlotKind::Group;
+            let own = |(slot, _): &&(usize, f64)| !program.slots[*slot].kind.is_shared();
             for &(slot, value) in updates.iter().filter(own) {
                 state.scalars[slot] = value;
             }
@@ -109,11 +110,14 @@ impl Optimizer {
         drop((work, f32s, f64s));
         match outcome {
             Outcome::Skipped => Ok(false),
-            Outcome::Applied(groups) => {
-                for (group, updates) in self.groups.iter_mut().zip(groups) {
+            Outcome::Applied(shared) => {
+                for (group, updates) in self.groups.iter_mut().zip(shared.groups) {
                     for (slot, value) in updates {
                         group.scalars[slot] = value;
                     }
+                }
+                for (slot, value) in shared.optimizer {
+                    self.shared[slot] = value;
                 }
                 Ok(true)
             }
@@ -272,6 +276,7 @@ mod tests {
             slots: opt.engine.program.slots.len(),
             hypers: vec![&opt.groups[g].hypers],
             groups: None,
+            optimizer: &[],
         };
         let plan = opt
             .engine

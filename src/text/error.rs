@@ -90,7 +90,8 @@ pub enum TextErrorKind {
         /// Where: "the argument of `sumsq`".
         what: String,
     },
-    /// A group state's new value that differs between the parameters of a group.
+    /// A group or optimizer state's new value that differs between the parameters of a
+    /// group.
     PerParameterValue {
         /// What: "the new value of group state `k`".
         what: String,
@@ -203,8 +204,8 @@ impl TextErrorKind {
                 "expected an expression of param, grad or a state, e.g. `sumsq(grad)`".into()
             }
             PerParameterValue { .. } => {
-                "expected an expression of hyperparameters, group state, numbers and global \
-                 reductions"
+                "expected an expression of hyperparameters, group or optimizer state, numbers \
+                 and global reductions"
                     .into()
             }
             ChainedComparison => "expected parentheses, e.g. `(a < b) * (b < c)`".into(),

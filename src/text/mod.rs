@@ -18,7 +18,8 @@
 //! - The header names the optimizer and its hyperparameters with their defaults.
 //! - `state NAME = INIT` declares a per-element state slot, `scalar state NAME = INIT` a
 //!   per-parameter scalar one, `group state NAME = INIT` one scalar per parameter group
-//!   ([`crate::ir::SlotKind::Group`]); `flags reciprocal, fast_math` opts into
+//!   ([`crate::ir::SlotKind::Group`]), `optimizer state NAME = INIT` one scalar for the whole
+//!   optimizer ([`crate::ir::SlotKind::Optimizer`]); `flags reciprocal, fast_math` opts into
 //!   [`crate::ir::GraphFlags`].
 //! - `let NAME = EXPR` names a value; `param = EXPR` and `STATE = EXPR` assign, in order:
 //!   later lines see earlier updates. The param must be assigned, and so must every state.

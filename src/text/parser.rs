@@ -366,18 +366,20 @@ impl<'s> Parser<'s> {
                 let id = self.materialize(value)?;
                 self.scope.insert(name, Binding::Let(id));
             }
-            "state" | "scalar" | "group"
-                if word != "group" || self.peek_at(1) == &Tok::Ident("state".into()) =>
+            "state" | "scalar" | "group" | "optimizer"
+                if !matches!(word.as_str(), "group" | "optimizer")
+                    || self.peek_at(1) == &Tok::Ident("state".into()) =>
             {
                 let kind = match word.as_str() {
                     "scalar" => SlotKind::Scalar,
                     "group" => SlotKind::Group,
+                    "optimizer" => SlotKind::Optimizer,
                     _ => SlotKind::Element,
                 };
                 if kind != SlotKind::Element {
                     self.next();
                     if !self.is_keyword("state") {
-                        return Err(self.unexpected("`state` after `scalar`"));
+                        return Err(self.unexpected(&format!("`state` after `{word}`")));
                     }
                 }
                 self.next();
@@ -507,12 +509,12 @@ impl<'s> Parser<'s> {
                     let kind = TextErrorKind::ScalarRequired { what };
                     return Err(self.error(kind, value.start, value.end));
                 }
-                let group = def.kind == SlotKind::Group;
-                if group {
+                let shared = def.kind.is_shared();
+                if shared {
                     self.graph.extend_per_parameter(&mut self.per_parameter);
                 }
-                if group && self.per_parameter[id.index()] {
-                    let what = format!("the new value of group state `{}`", def.name);
+                if shared && self.per_parameter[id.index()] {
+                    let what = format!("the new value of {} `{}`", def.kind.keyword(), def.name);
                     let kind = TextErrorKind::PerParameterValue { what };
                     return Err(self.error(kind, value.start, value.end));
                 }
