@@ -4,7 +4,7 @@
 //! executor; the caller owns parameters, gradients and each parameter's [`ParamState`].
 //! One call updates any number of parameters with one kernel call per thread.
 
-use crate::engine::{Buffers, Engine, Member, Outcome, Settings, Work};
+use crate::engine::{default_threads, Buffers, Engine, Member, Outcome, Settings, Work};
 use crate::ir::SlotKind;
 use crate::program::Program;
 use crate::{passes, DType, Error, Executor, Float, Graph, Jit, Kernel, Result};
@@ -51,8 +51,8 @@ pub struct ParamRef<'a, T> {
 pub struct Stepper {
     engine: Engine,
     hypers: Vec<f64>,
-    executor: Executor,
-    jit: Option<Jit>,
+    /// Executor and JIT (the threads are rayon's at each call).
+    settings: Settings,
 }
 
 impl Stepper {
@@ -64,20 +64,19 @@ impl Stepper {
         Ok(Stepper {
             engine: Engine::new(program),
             hypers,
-            executor: Executor::Jit,
-            jit: None,
+            settings: Settings::default(),
         })
     }
 
     /// Uses `executor` instead of the JIT.
     pub fn with_executor(mut self, executor: Executor) -> Stepper {
-        self.executor = executor;
+        self.settings.executor = executor;
         self
     }
 
     /// Compiles with `jit` (and its cache) instead of the process-wide one.
     pub fn with_jit(mut self, jit: Jit) -> Stepper {
-        self.jit = Some(jit);
+        self.settings.jit = Some(jit);
         self.engine.reset_kernels();
         self
     }
@@ -89,7 +88,7 @@ impl Stepper {
 
     /// The executor in use.
     pub fn executor(&self) -> Executor {
-        self.executor
+        self.settings.executor
     }
 
     /// The current value of a hyperparameter.
@@ -175,7 +174,7 @@ impl Stepper {
             self.check_state(p.state, p.param.len())?;
             members.push(Member {
                 id: i,
-                dtype: 0,
+                entry: 0,
                 set: i,
                 offset: 0,
                 len: p.param.len(),
@@ -196,14 +195,16 @@ impl Stepper {
             groups: None,
             optimizer: &[],
         };
-        // Each parameter's buffers for the engine, and where its commit goes: its step count
-        // and its scalar slots.
-        let mut sets: Vec<Buffers<'_, T>> = Vec::with_capacity(params.len());
-        let mut commits: Vec<(&mut u64, Vec<Option<&mut f64>>)> = Vec::with_capacity(params.len());
+        // Each parameter's buffers for the engine (its element slots a part of one list of
+        // all of them), and where its commit goes: its step count and its scalar slots (a
+        // part of one list, `n_slots` each, `None` for an element slot).
+        let n_elem = self.engine.program.element_slots().count();
+        let mut state: Vec<&mut [T]> = Vec::with_capacity(params.len() * n_elem);
+        let mut own: Vec<Option<&mut f64>> = Vec::with_capacity(params.len() * n_slots);
+        let mut steps: Vec<&mut u64> = Vec::with_capacity(params.len());
+        let mut streams: Vec<(&mut [T], &[T])> = Vec::with_capacity(params.len());
         for p in params.iter_mut() {
             let ParamState { step, slots } = &mut *p.state;
-            let mut state = Vec::with_capacity(slots.len());
-            let mut own = Vec::with_capacity(slots.len());
             for slot in slots.iter_mut() {
                 match slot {
                     SlotValue::Buffer(b) => {
@@ -213,23 +214,28 @@ impl Stepper {
                     SlotValue::Scalar(v) => own.push(Some(v)),
                 }
             }
+            steps.push(step);
+            streams.push((&mut *p.param, p.grad));
+        }
+        let mut rest = state.as_mut_slice();
+        let mut sets: Vec<Buffers<'_, '_, T>> = Vec::with_capacity(steps.len());
+        for (param, grad) in streams {
+            let (mine, tail) = std::mem::take(&mut rest).split_at_mut(n_elem);
+            rest = tail;
             sets.push(Buffers {
-                param: &mut *p.param,
-                grad: p.grad,
-                state,
+                param,
+                grad,
+                state: mine,
             });
-            commits.push((step, own));
         }
         let settings = Settings {
-            executor: self.executor,
-            jit: self.jit.clone(),
-            ..Settings::default()
+            threads: default_threads(),
+            ..self.settings.clone()
         };
         let mut commit = |i: usize, updates: &[(usize, f64)]| {
-            let (step, own) = &mut commits[i];
-            **step += 1;
+            *steps[i] += 1;
             for &(slot, value) in updates {
-                if let Some(v) = own[slot].as_deref_mut() {
+                if let Some(v) = own[i * n_slots + slot].as_deref_mut() {
                     *v = value; // a scalar slot, checked above
                 }
             }
@@ -270,11 +276,7 @@ impl Stepper {
 
     /// The JIT kernel for `dtype`, compiled on first use.
     pub fn kernel(&self, dtype: DType) -> Result<Kernel> {
-        let settings = Settings {
-            jit: self.jit.clone(),
-            ..Settings::default()
-        };
         let last = self.engine.program.phases.len();
-        self.engine.kernel(&settings, last, dtype)
+        self.engine.kernel(&self.settings, last, dtype)
     }
 }

@@ -709,3 +709,67 @@ fn state_too_big_for_memory_is_a_typed_error() {
     }
     assert_eq!(stepper.init_state::<f32>(3).unwrap().step, 0);
 }
+
+/// `Stepper::step_many` shares prologue runs and scalar blocks between parameters with the
+/// same inputs: over parameters at different steps, with scalar states that differ only in
+/// the sign of zero or below f32's resolution, it gives each parameter the bits that stepping
+/// it alone gives.
+#[test]
+fn stepper_shares_prologues_only_between_equal_inputs() {
+    // `1 / s` is +inf or -inf for s = ±0; `s` advances by an amount f32 cannot see.
+    let source = "optimizer o(lr = 0.1) {
+        scalar state s = 0
+        let r = 1 / s
+        s = s * 0.5 + 1e-12
+        param = param - lr * grad * min(r, 1) * (1 + s)
+    }";
+    let graphs = [
+        optjit::text::parse(source).unwrap(),
+        optjit::optim::Adam::default().graph().unwrap(),
+    ];
+    for graph in graphs {
+        let stepper = Stepper::new(&graph).unwrap();
+        let scalar = graph.slots().iter().position(|s| s.name == "s");
+        let lens = [5usize, 17, 5, 33, 1, 17];
+        let fresh = |k: usize| {
+            let mut state = stepper.init_state::<f32>(lens[k]).unwrap();
+            state.step = [0, 3, 0, 3, 7, 0][k];
+            if let Some(n) = scalar {
+                let values = [0.0, 1e-12, -0.0, 1.1e-12, -0.0, 0.0];
+                state.slots[n] = optjit::SlotValue::Scalar(values[k]);
+            }
+            state
+        };
+        let param =
+            |k: usize| -> Vec<f32> { (0..lens[k]).map(|j| (j + k) as f32 * 0.25).collect() };
+        let grad =
+            |k: usize| -> Vec<f32> { (0..lens[k]).map(|j| 0.5 - (j * k) as f32 * 0.125).collect() };
+        // One by one.
+        let mut alone: Vec<(Vec<f32>, optjit::ParamState<f32>)> = Vec::new();
+        for k in 0..lens.len() {
+            let (mut p, mut s) = (param(k), fresh(k));
+            for _ in 0..3 {
+                stepper.step(&mut p, &grad(k), &mut s).unwrap();
+            }
+            alone.push((p, s));
+        }
+        // Together.
+        let mut params: Vec<Vec<f32>> = (0..lens.len()).map(param).collect();
+        let grads: Vec<Vec<f32>> = (0..lens.len()).map(grad).collect();
+        let mut states: Vec<optjit::ParamState<f32>> = (0..lens.len()).map(fresh).collect();
+        for _ in 0..3 {
+            let mut refs: Vec<optjit::ParamRef<'_, f32>> = params
+                .iter_mut()
+                .zip(&grads)
+                .zip(&mut states)
+                .map(|((param, grad), state)| optjit::ParamRef { param, grad, state })
+                .collect();
+            stepper.step_many(&mut refs).unwrap();
+        }
+        for (k, (p, s)) in alone.iter().enumerate() {
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&params[k]), bits(p), "{}: parameter {k}", graph.name());
+            assert_eq!(&states[k], s, "{}: state of {k}", graph.name());
+        }
+    }
+}

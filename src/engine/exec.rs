@@ -1,8 +1,8 @@
 //! Running a stage over segments on every core: when there are at least [`GRAIN`] elements
 //! per thread, segments are cut into (segment, range) pieces dealt into one batch per thread
-//! (see [`batches_in_units`]), and each batch is one kernel (or interpreter) call on a persistent
-//! pool: rayon's, or optjit's pinned one (see [`PoolKind`]). Both run the same batches, so
-//! their results are identical bit for bit.
+//! (see [`batches_in_units`]), and each batch is one kernel (or interpreter) call on a
+//! persistent pool: rayon's, or optjit's pinned one (see [`PoolKind`]). Both run the same
+//! batches, so their results are identical bit for bit.
 
 use super::Executor;
 use crate::interp::{run_chunked, run_eager, run_reference};
@@ -128,8 +128,8 @@ pub(crate) fn batches_in_units(lens: &[usize], threads: usize, unit: usize) -> B
     Batches { pieces, ends }
 }
 
-/// Runs `segments` (one per piece of `ends`'s batches, see [`batches_in_units`]) with `runner`, each
-/// batch one call on a thread of `pool`.
+/// Runs `segments` (one per piece of `ends`'s batches, see [`batches_in_units`]) with
+/// `runner`, each batch one call on a thread of `pool`.
 ///
 /// Every segment is validated by the runner before it touches memory; since all batches are
 /// cut from already checked buffers, a batch failing while another succeeds would be an

@@ -11,19 +11,24 @@
 //! own where parameters, gradients and state live, and what a commit stores.
 
 mod exec;
+mod plan;
 mod pool;
 mod sets;
 
+pub(crate) use exec::default_threads;
 pub use exec::GRAIN;
-pub(crate) use exec::{Runner, StageKernels};
+use exec::{Runner, StageKernels};
 pub use pool::PoolKind;
-pub(crate) use pool::Threads;
+use pool::Threads;
 pub(crate) use sets::{Buffers, StreamSets};
 
 use crate::ir::reduce::combine_all;
-use crate::ir::{Scope, SlotKind};
+use crate::ir::Scope;
 use crate::program::{Phase, Program};
 use crate::{DType, Error, Jit, Kernel, Result};
+use plan::GroupStep;
+#[cfg(test)]
+pub(crate) use plan::Plan;
 use sets::{Job, Run};
 use std::sync::Arc;
 
@@ -52,15 +57,24 @@ pub(crate) fn align_elems<T>() -> usize {
 
 /// `n` rounded up to a whole number of aligned blocks.
 pub(crate) fn round_up<T>(n: usize) -> usize {
-    n.div_ceil(align_elems::<T>()) * align_elems::<T>()
+    padded(n, std::mem::size_of::<T>())
+}
+
+/// `n` elements of `size` bytes, rounded up to a whole number of aligned blocks: where the
+/// next parameter of a flat store starts.
+pub(crate) fn padded(n: usize, size: usize) -> usize {
+    let per_block = ALIGN / size;
+    n.div_ceil(per_block) * per_block
 }
 
 /// How a run executes: which executor, which JIT, how many threads on which pool.
 #[derive(Clone)]
 pub(crate) struct Settings {
+    /// What runs the stages.
     pub(crate) executor: Executor,
-    /// `None`: the process-wide JIT.
+    /// The JIT that compiles them; `None`: the process-wide one.
     pub(crate) jit: Option<Jit>,
+    /// At most how many threads, on which pool.
     pub(crate) threads: Threads,
 }
 
@@ -80,11 +94,12 @@ pub(crate) struct Member {
     /// The façade's name for it, given back to its commit.
     pub(crate) id: usize,
     /// Its entry in the run's list of stream sets (one per dtype).
-    pub(crate) dtype: usize,
+    pub(crate) entry: usize,
     /// Its set of buffers in that entry.
     pub(crate) set: usize,
-    /// Where it starts in its set's buffers, and its length.
+    /// Where it starts in its set's buffers.
     pub(crate) offset: usize,
+    /// Its length in elements.
     pub(crate) len: usize,
     /// Its group (the hyperparameters it reads).
     pub(crate) group: usize,
@@ -97,6 +112,7 @@ pub(crate) struct Member {
 /// What a run reads besides the buffers: its members, in the order global reductions
 /// combine them, and their scalar inputs.
 pub(crate) struct Work<'w> {
+    /// The parameters the run updates.
     pub(crate) members: Vec<Member>,
     /// Per member, the value of every slot it reads (`slots` each; meaningful for scalar and
     /// group slots); empty when the program has none of those.
@@ -151,6 +167,7 @@ pub(crate) struct Shared {
 
 /// A compiled program, its kernels and what a run of it needs worked out once.
 pub(crate) struct Engine {
+    /// The program it runs.
     pub(crate) program: Arc<Program>,
     kernels: StageKernels,
     group_step: GroupStep,
@@ -159,6 +176,7 @@ pub(crate) struct Engine {
 }
 
 impl Engine {
+    /// The engine of `program` (its kernels compiled at their first use).
     pub(crate) fn new(program: Program) -> Engine {
         let element_inits = program
             .element_slots()
@@ -202,10 +220,13 @@ impl Engine {
     /// scalar state `(slot, value)` once its dtype's last stage has run.
     ///
     /// The façade has checked the buffers (lengths, state shapes, aliasing) and allocated
-    /// every member's element state. Here: a member at step `u64::MAX` is an error before
-    /// anything happens, and so is optimizer state to which the groups give different values
-    /// ([`Error::GroupsDisagree`]); an error after that is an internal bug or the environment
-    /// (a kernel that cannot be compiled, found before any write).
+    /// every member's element state (even for a step that then skips). Here: a member at
+    /// step `u64::MAX` is an error before anything happens, and so is optimizer state to
+    /// which the groups give different values ([`Error::GroupsDisagree`]); an error after
+    /// that is an internal bug or the environment (a kernel that cannot be compiled, found
+    /// before the last stage writes). The only write before the last stage fills new
+    /// members' element state with its initial values, which nothing reads before their
+    /// first committed step.
     pub(crate) fn run(
         &self,
         settings: &Settings,
@@ -217,7 +238,7 @@ impl Engine {
             return Err(Error::StepOverflow);
         }
         for (d, set) in sets.iter_mut().enumerate() {
-            let fresh = work.members.iter().filter(|m| m.dtype == d && m.fresh);
+            let fresh = work.members.iter().filter(|m| m.entry == d && m.fresh);
             let ranges: Vec<(usize, usize, usize)> =
                 fresh.map(|m| (m.set, m.offset, m.len)).collect();
             if !ranges.is_empty() {
@@ -240,7 +261,7 @@ impl Engine {
         let last = self.program.phases.len();
         let mut kernels = Vec::with_capacity(sets.len());
         for (d, &dtype) in dtypes.iter().enumerate() {
-            let used = work.members.iter().any(|m| m.dtype == d);
+            let used = work.members.iter().any(|m| m.entry == d);
             kernels.push(match used {
                 true => self.runner_kernel(settings, last, dtype)?,
                 false => None,
@@ -261,8 +282,8 @@ impl Engine {
                 reductions: 0,
                 threads: settings.threads,
             })?;
-            let of_dtype = work.members.iter().zip(&plan.member);
-            for (m, &(key, _)) in of_dtype.filter(|(m, _)| m.dtype == d) {
+            let of_dtype = work.members.iter().zip(&plan.members);
+            for (m, &(key, _)) in of_dtype.filter(|(m, _)| m.entry == d) {
                 commit(m.id, plan.update(key));
             }
         }
@@ -302,7 +323,7 @@ impl Engine {
                 // One run per member (a reduction per parameter never straddles two), in
                 // storage order; its block is the member's.
                 let mut runs: Vec<Run> = (work.members.iter().enumerate())
-                    .filter(|(_, m)| m.dtype == d)
+                    .filter(|(_, m)| m.entry == d)
                     .map(|(i, m)| Run {
                         set: m.set,
                         offset: m.offset,
@@ -355,270 +376,6 @@ impl Engine {
         let state = |n: usize| scalars[n];
         (self.program).eval_prologue_until(end, hypers, m.step + 1, state, reduced, values);
     }
-
-    /// The rest of every member's prologue (`values`: as far as the phases went, or empty),
-    /// its scalar block and its scalar-state updates. `dtypes`: the dtype of each entry of
-    /// the run's stream sets, which blocks are rounded to.
-    pub(crate) fn plan(
-        &self,
-        work: &Work<'_>,
-        dtypes: &[DType],
-        reduced: &[Vec<f64>],
-        mut values: Vec<Vec<f64>>,
-    ) -> Plan {
-        let program = &self.program;
-        let prologue = &program.prologue;
-        let n_scalars = prologue.kernel_scalars.len();
-        let n = work.members.len();
-        let mut plan = Plan {
-            blocks: Vec::with_capacity(n_scalars),
-            n_scalars,
-            member: Vec::with_capacity(n),
-            updates: Vec::with_capacity(prologue.state_updates.len()),
-            n_updates: prologue.state_updates.len(),
-            skip: false,
-        };
-        // Members with the same (dtype, group, step, scalar state) share a prologue run,
-        // unless reductions (run per member) are in it; keys and blocks are looked up among
-        // the most recent (see `recent`).
-        let share = program.phases.is_empty();
-        let mut keys: Vec<(usize, usize)> = Vec::new(); // (member that ran it, its block)
-        let same = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
-        let scalars_of = |i: usize| work.scalars(i);
-        let mut own = Vec::with_capacity(prologue.insts.len());
-        // Per block, the entry of the stream sets (the dtype) it is rounded for.
-        let mut block_dtype: Vec<usize> = Vec::new();
-        for i in 0..n {
-            let m = &work.members[i];
-            let known = share.then(|| {
-                recent(keys.len(), |k| {
-                    let o = &work.members[keys[k].0];
-                    (o.dtype, o.group, o.step) == (m.dtype, m.group, m.step)
-                        && same(scalars_of(keys[k].0), scalars_of(i))
-                })
-            });
-            if let Some(Some(key)) = known {
-                plan.member.push((key, keys[key].1));
-                continue;
-            }
-            let values = match values.get_mut(i) {
-                Some(v) => v,
-                None => {
-                    own.clear();
-                    &mut own
-                }
-            };
-            let no_reductions: &[f64] = &[];
-            let reduced = reduced.get(i).map_or(no_reductions, Vec::as_slice);
-            self.prologue(work, i, prologue.insts.len(), reduced, values);
-            plan.skip |= program.skips(values);
-            // The new block goes at the end; it stays there only if no recent block of the
-            // same dtype rounds to the same bits.
-            let start = plan.blocks.len();
-            program.push_prologue_results(values, &mut plan.blocks, &mut plan.updates);
-            let dtype = dtypes[m.dtype];
-            let new = &plan.blocks[start..];
-            let same_bits = |b: usize| {
-                let old = &plan.blocks[b * n_scalars..(b + 1) * n_scalars];
-                block_dtype[b] == m.dtype
-                    && old
-                        .iter()
-                        .zip(new)
-                        .all(|(&x, &y)| rounded(dtype, x) == rounded(dtype, y))
-            };
-            let index = match recent(block_dtype.len(), same_bits) {
-                Some(b) => {
-                    plan.blocks.truncate(start);
-                    b
-                }
-                None => {
-                    block_dtype.push(m.dtype);
-                    block_dtype.len() - 1
-                }
-            };
-            keys.push((i, index));
-            plan.member.push((keys.len() - 1, index));
-        }
-        plan
-    }
-}
-
-/// What the last stage runs, worked out before it writes anything.
-pub(crate) struct Plan {
-    /// The distinct scalar blocks, in f64 (rounded to a member's dtype when it runs): block
-    /// `b` is `blocks[b * n_scalars..][..n_scalars]`. Prologues whose kernel scalars round
-    /// to the same bits share a block (an optimizer whose scalars do not depend on the step,
-    /// such as SGD-momentum after its first step or Lion, has one block whatever the
-    /// members' steps).
-    pub(crate) blocks: Vec<f64>,
-    pub(crate) n_scalars: usize,
-    /// Per member, its prologue run (index into `updates`) and its block.
-    pub(crate) member: Vec<(usize, usize)>,
-    /// Per prologue run: the new values of scalar state slots, `(slot, value)`, `n_updates`
-    /// of them each, in one flat list.
-    updates: Vec<(usize, f64)>,
-    n_updates: usize,
-    /// Whether a member's prologue met the program's skip condition.
-    skip: bool,
-}
-
-impl Plan {
-    /// The scalar-state updates of prologue run `key`.
-    fn update(&self, key: usize) -> &[(usize, f64)] {
-        &self.updates[key * self.n_updates..(key + 1) * self.n_updates]
-    }
-
-    /// The segments of the stream sets of entry `d` (of `dtype`): its members in storage
-    /// order, neighbours in one set with the same block merged into one segment, the
-    /// alignment padding between them included (the kernel computes on the padding too and
-    /// nothing ever reads the result; a stage with reductions is never merged).
-    pub(crate) fn runs(&self, work: &Work<'_>, d: usize, dtype: DType) -> Vec<Run> {
-        let align = ALIGN / dtype.size();
-        let mine = || {
-            let members = work.members.iter().zip(&self.member);
-            members
-                .filter(|(m, _)| m.dtype == d)
-                .map(|(m, &(_, block))| Run {
-                    set: m.set,
-                    offset: m.offset,
-                    len: m.len,
-                    block,
-                })
-        };
-        let place = |r: &Run| (r.set, r.offset);
-        // Members usually come in storage order (a flat store's are added one after the other).
-        if mine().is_sorted_by_key(|r| place(&r)) {
-            return merge(mine(), align);
-        }
-        let mut sorted: Vec<Run> = mine().collect();
-        sorted.sort_by_key(place);
-        merge(sorted.into_iter(), align)
-    }
-}
-
-/// `runs` (sorted by set and offset) with neighbours in one set with the same block merged,
-/// when the second starts where the first's padding to `align` elements ends.
-fn merge(runs: impl Iterator<Item = Run>, align: usize) -> Vec<Run> {
-    let mut merged: Vec<Run> = Vec::new();
-    for run in runs {
-        match merged.last_mut() {
-            Some(r)
-                if r.set == run.set
-                    && r.block == run.block
-                    && run.offset == r.offset + r.len.div_ceil(align) * align =>
-            {
-                r.len = run.offset + run.len - r.offset;
-            }
-            _ => merged.push(run),
-        }
-    }
-    merged
-}
-
-/// `x` rounded to `dtype`, as bits: what a kernel of that dtype would read.
-fn rounded(dtype: DType, x: f64) -> u64 {
-    match dtype {
-        DType::F32 => u64::from((x as f32).to_bits()),
-        DType::F64 => x.to_bits(),
-    }
-}
-
-/// What a step of a program computes once per group, worked out once per program: the
-/// updates of its group and optimizer state `(slot, $ value)`, its skip condition if that
-/// reads only group-wide values, and how much of the prologue gives them (0: nothing to
-/// compute).
-struct GroupStep {
-    updates: Vec<(u32, u32)>,
-    skip: Option<u32>,
-    end: usize,
-}
-
-impl GroupStep {
-    fn of(program: &Program) -> GroupStep {
-        let slots = &program.slots;
-        let group = |&(slot, _): &(u32, u32)| slots[slot as usize].kind.is_shared();
-        let updates: Vec<(u32, u32)> = program
-            .prologue
-            .state_updates
-            .iter()
-            .copied()
-            .filter(group)
-            .collect();
-        let skip = program
-            .prologue
-            .skip
-            .filter(|&s| !program.per_parameter()[s as usize]);
-        let needed = updates.iter().map(|&(_, v)| v).chain(skip);
-        let end = needed.max().map_or(0, |last| last as usize + 1);
-        GroupStep { updates, skip, end }
-    }
-
-    /// Per group (whether or not it has a member), the new values of its group state, and
-    /// those of the optimizer state; `None` if a skip condition that reads only group-wide
-    /// values holds in a group. Those values read only what is the same for the whole group
-    /// (see [`SlotKind::Group`]), so one prologue run per group, with a parameter's own
-    /// inputs at their initial values, gives them; every group must give optimizer state the
-    /// same bits ([`Error::GroupsDisagree`]). `groups`: each group's slot values; `reduced`:
-    /// each member's reductions.
-    fn updates(
-        &self,
-        program: &Program,
-        work: &Work<'_>,
-        groups: &[&[f64]],
-        reduced: &[Vec<f64>],
-    ) -> Result<Option<Shared>> {
-        if self.end == 0 {
-            return Ok(Some(Shared::default()));
-        }
-        // The global reductions' results, as any member got them (none: the run had no
-        // member, and a reduction over nothing finishes its identity).
-        let results = reduced.first().cloned().unwrap_or_else(|| {
-            let nothing = |(op, _): (crate::ir::ReduceOp, _)| op.finish(op.identity());
-            program.reductions().map(nothing).collect()
-        });
-        let inits: Vec<f64> = program.slots.iter().map(|s| s.init).collect();
-        let mut values = Vec::with_capacity(self.end);
-        let mut shared = Shared {
-            groups: Vec::with_capacity(groups.len()),
-            optimizer: Vec::new(),
-        };
-        for (g, (scalars, hypers)) in groups.iter().zip(&work.hypers).enumerate() {
-            values.clear();
-            let state = |n: usize| match program.slots[n].kind {
-                SlotKind::Group => scalars[n],
-                SlotKind::Optimizer => work.optimizer[n],
-                _ => inits[n],
-            };
-            program.eval_prologue_until(self.end, hypers, 1, state, &results, &mut values);
-            if self.skip.is_some_and(|s| values[s as usize] != 0.0) {
-                return Ok(None);
-            }
-            let mut mine = Vec::with_capacity(self.updates.len());
-            for (k, &(slot, v)) in self.updates.iter().enumerate() {
-                let (slot, value) = (slot as usize, values[v as usize]);
-                let def = &program.slots[slot];
-                if def.kind == SlotKind::Group {
-                    mine.push((slot, value));
-                } else if g == 0 {
-                    shared.optimizer.push((slot, value));
-                } else if shared.optimizer[k - mine.len()].1.to_bits() != value.to_bits() {
-                    return Err(Error::GroupsDisagree {
-                        what: format!("the new value of optimizer state `{}`", def.name),
-                        groups: (0, g),
-                    });
-                }
-            }
-            shared.groups.push(mine);
-        }
-        Ok(Some(shared))
-    }
-}
-
-/// The newest of the last 8 of `len` items for which `matches` holds. Searching only those
-/// keeps planning linear whatever the steps are; a group has few distinct (step, scalar state)
-/// keys and scalar blocks (parameters skipped now and then fall a step behind).
-fn recent(len: usize, matches: impl Fn(usize) -> bool) -> Option<usize> {
-    (len.saturating_sub(8)..len).rev().find(|&k| matches(k))
 }
 
 /// One parameter's value of each of `phase`'s reductions, before [`crate::ir::ReduceOp::

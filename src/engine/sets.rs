@@ -9,13 +9,14 @@ use crate::{DType, Float, Result};
 
 /// The streams of the kernel contract for some parameters: a flat store's (many parameters
 /// one after the other) or one caller-owned parameter's.
-pub(crate) struct Buffers<'a, T> {
+pub(crate) struct Buffers<'s, 'a, T> {
     /// Stream 0.
-    pub(crate) param: &'a mut [T],
+    pub(crate) param: &'s mut [T],
     /// Stream 1.
-    pub(crate) grad: &'a [T],
-    /// Streams 2.., one per element slot, each as long as `param`.
-    pub(crate) state: Vec<&'a mut [T]>,
+    pub(crate) grad: &'s [T],
+    /// Streams 2.., one per element slot, each as long as `param` (a part of one list of
+    /// every set's, so that making the sets allocates nothing per set).
+    pub(crate) state: &'s mut [&'a mut [T]],
 }
 
 /// A stretch of one set of buffers that one scalar block runs over: elements
@@ -30,16 +31,20 @@ pub(crate) struct Run {
 
 /// One stage over some runs of a list of sets.
 pub(crate) struct Job<'j> {
+    /// What runs each batch: the stage's kernel, or an interpreter.
     pub(crate) runner: Runner<'j>,
     /// Sorted by set, then offset; disjoint.
     pub(crate) runs: &'j [Run],
     /// The scalar blocks in f64, `n_scalars` each, rounded to the element type here.
     pub(crate) blocks: &'j [f64],
+    /// Scalars per block.
     pub(crate) n_scalars: usize,
     /// For a stage with reductions: per run in order, one f64 per reduction for each block
     /// of [`crate::ir::reduce::BLOCK`] elements (see [`crate::Segment::partials`]).
     pub(crate) partials: &'j mut [f64],
+    /// The stage's number of reductions (0: none, and `partials` is empty).
     pub(crate) reductions: usize,
+    /// At most how many batches, on which pool.
     pub(crate) threads: Threads,
 }
 
@@ -56,7 +61,7 @@ pub(crate) trait StreamSets {
     fn run(&mut self, job: Job<'_>) -> Result<()>;
 }
 
-impl<T: Float> StreamSets for Vec<Buffers<'_, T>> {
+impl<T: Float> StreamSets for Vec<Buffers<'_, '_, T>> {
     fn dtype(&self) -> DType {
         T::DTYPE
     }

@@ -1,7 +1,7 @@
 //! The reference interpreter: runs a stage element by element in the compute type.
 //!
-//! [`eval_op`] (in `ir`) is the semantic definition of every [`Op`](crate::ir::Op); constant folding and the
-//! prologue (in f64) use it too, and the JIT must agree with it bit for bit.
+//! [`eval_op`] (in `ir`) is the semantic definition of every [`Op`](crate::ir::Op); constant
+//! folding and the prologue (in f64) use it too, and the JIT must agree with it bit for bit.
 
 pub use crate::ir::eval_op;
 use crate::program::{ElemArg, Stage};

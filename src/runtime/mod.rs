@@ -120,13 +120,11 @@ impl<T: Float> FlatStore<T> {
         Ok(())
     }
 
-    /// The buffers of every stream, for the engine (no element slot before they exist).
-    pub(crate) fn buffers(&mut self) -> crate::engine::Buffers<'_, T> {
-        crate::engine::Buffers {
-            param: self.params.as_mut_slice(),
-            grad: self.grads.as_slice(),
-            state: self.slots.iter_mut().map(|s| s.as_mut_slice()).collect(),
-        }
+    /// Every stream, for the engine: the parameters, the gradients and the element slots
+    /// (none before they exist).
+    pub(crate) fn streams(&mut self) -> Streams<'_, T> {
+        let state = self.slots.iter_mut().map(|s| s.as_mut_slice()).collect();
+        (self.params.as_mut_slice(), self.grads.as_slice(), state)
     }
 
     /// Grows every stream to `len` elements (new ones zero), all or none: on failure the
@@ -151,6 +149,9 @@ impl<T: Float> FlatStore<T> {
         Ok(())
     }
 }
+
+/// A flat store's streams, see [`FlatStore::streams`].
+type Streams<'a, T> = (&'a mut [T], &'a [T], Vec<&'a mut [T]>);
 
 /// A parameter group: hyperparameter values and its stores.
 pub(crate) struct Group {

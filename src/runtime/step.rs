@@ -8,6 +8,13 @@ use crate::engine::{Buffers, Engine, Member, Outcome, Work};
 use crate::ir::SlotKind;
 use crate::{DType, Error, Result};
 
+/// A flat store's streams as the engine's buffers.
+fn buffers<'s, 'a, T>(
+    (param, grad, state): &'s mut (&'a mut [T], &'a [T], Vec<&'a mut [T]>),
+) -> Buffers<'s, 'a, T> {
+    Buffers { param, grad, state }
+}
+
 /// A program to run over the parameters: the optimizer's own step, or a mode swap.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Pass {
@@ -53,7 +60,7 @@ impl Optimizer {
         let (slots, huge) = (self.engine.program.element_slots().count(), self.huge_pages);
         for m in &members {
             let group = &mut self.groups[m.group];
-            match m.dtype {
+            match m.entry {
                 0 => group.f32.ensure_slots(slots, huge)?,
                 _ => group.f64.ensure_slots(slots, huge)?,
             }
@@ -74,8 +81,8 @@ impl Optimizer {
             groups: (pass == Pass::Step && engine.reads_groups()).then(|| Vec::with_capacity(n)),
             optimizer: &self.shared,
         };
-        let mut f32s: Vec<Buffers<'_, f32>> = Vec::with_capacity(n);
-        let mut f64s: Vec<Buffers<'_, f64>> = Vec::with_capacity(n);
+        let mut streams32 = Vec::with_capacity(n);
+        let mut streams64 = Vec::with_capacity(n);
         for (g, group) in self.groups.iter_mut().enumerate() {
             let super::Group {
                 hypers,
@@ -88,9 +95,11 @@ impl Optimizer {
             if let Some(groups) = &mut work.groups {
                 groups.push(scalars);
             }
-            f32s.push(f32.buffers());
-            f64s.push(f64.buffers());
+            streams32.push(f32.streams());
+            streams64.push(f64.streams());
         }
+        let mut f32s: Vec<Buffers<'_, '_, f32>> = streams32.iter_mut().map(buffers).collect();
+        let mut f64s: Vec<Buffers<'_, '_, f64>> = streams64.iter_mut().map(buffers).collect();
         let (state, inits, program) = (&mut self.state, &self.slot_inits, &engine.program);
         let counts = u64::from(pass == Pass::Step);
         // A parameter's step and scalar state; group state lives in the group.
@@ -149,7 +158,7 @@ impl Optimizer {
             };
             members.push(Member {
                 id: i,
-                dtype: usize::from(info.dtype == DType::F64),
+                entry: usize::from(info.dtype == DType::F64),
                 set: info.group,
                 offset: info.offset,
                 len: info.len,
@@ -294,7 +303,7 @@ mod tests {
         for graph in [sgd.graph().unwrap(), Lion::default().graph().unwrap()] {
             let (plan, runs) = plan_one_step_apart(&graph);
             assert_eq!(
-                plan.member.iter().map(|m| m.0).max(),
+                plan.members.iter().map(|m| m.0).max(),
                 Some(1),
                 "two (step, scalar state) keys"
             );

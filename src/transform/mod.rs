@@ -34,9 +34,9 @@
 //! A transform is anything implementing [`Transform`], closures included:
 //! `&|b: &Builder, s: Chained| ...`.
 
-use crate::ir::{ReduceOp, Scope};
 pub mod common;
 
+use crate::ir::{ReduceOp, Scope};
 use crate::{Builder, Expr, Result};
 use common::{bias_correction, l2_penalty, lerp};
 
@@ -245,7 +245,9 @@ pub(crate) fn global_norm(u: Expr<'_>, op: ReduceOp) -> Expr<'_> {
     match op {
         ReduceOp::Sum => u.abs().sum(Scope::Global),
         ReduceOp::SumSquares => u.sum_squares(Scope::Global).sqrt(),
-        _ => u.max_abs(Scope::Global),
+        ReduceOp::MaxAbs => u.max_abs(Scope::Global),
+        // Not a norm: the reduction itself, so that every op has a meaning here.
+        ReduceOp::NonFinite => u.non_finite(Scope::Global),
     }
 }
 
