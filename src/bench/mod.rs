@@ -10,5 +10,6 @@
 //! Benchmarks report ratios against these, as absolute times drift (STYLE rule 10).
 
 pub mod floor;
+mod many;
 pub mod native;
 pub mod suite;

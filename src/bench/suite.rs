@@ -9,6 +9,7 @@
 //! the machine's load.
 
 use super::floor::{self, Floor};
+use super::many::{alternated, many_small, Layout, ROUNDS};
 use super::native::{Isa, NativeOptimizer};
 use crate::runtime::store::AlignedBuf;
 use crate::{optim, DType, Executor, Graph, Jit, Optimizer, Result, Target};
@@ -319,7 +320,7 @@ pub fn bytes_per_element(graph: &Graph) -> Result<usize> {
 
 /// Median duration of `f`, repeated for at least `min_time` and 3 times (1 time when one run
 /// takes longer than `min_time`), after one warm-up call.
-fn median(min_time: Duration, mut f: impl FnMut() -> Result<()>) -> Result<Duration> {
+pub(super) fn median(min_time: Duration, mut f: impl FnMut() -> Result<()>) -> Result<Duration> {
     let start = Instant::now();
     f()?;
     let runs = if start.elapsed() > min_time { 1 } else { 3 };
@@ -328,7 +329,11 @@ fn median(min_time: Duration, mut f: impl FnMut() -> Result<()>) -> Result<Durat
 
 /// Median duration of `f`, called at least `runs` times and for at least `min_time` (but no
 /// more than 1000 times once `runs` are done), without a warm-up call.
-fn timed(min_time: Duration, runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<Duration> {
+pub(super) fn timed(
+    min_time: Duration,
+    runs: usize,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<Duration> {
     let mut times = Vec::new();
     let started = Instant::now();
     while times.len() < runs || (started.elapsed() < min_time && times.len() < 1000) {
@@ -340,7 +345,7 @@ fn timed(min_time: Duration, runs: usize, mut f: impl FnMut() -> Result<()>) -> 
 }
 
 /// The median of `times` (the upper one of an even count); `times` is not empty.
-fn middle(mut times: Vec<Duration>) -> Duration {
+pub(super) fn middle(mut times: Vec<Duration>) -> Duration {
     times.sort();
     times[times.len() / 2]
 }
@@ -351,7 +356,7 @@ fn ns_per_elem(t: Duration, n: usize) -> f64 {
 
 /// An optimizer over `tensors` tensors of `each` elements with gradients set, ready to step,
 /// compiling with `jit` if `executor` is the JIT.
-fn optimizer(
+pub(super) fn optimizer(
     graph: &Graph,
     (executor, jit): (Executor, &Jit),
     threads: usize,
@@ -529,109 +534,6 @@ pub fn run(config: &Config, mut progress: impl FnMut(usize, usize, &str)) -> Res
     }
     progress(total, total, "done");
     Ok(records)
-}
-
-/// Rounds of [`alternated`]: each gives every optimizer `min_time / ROUNDS`.
-const ROUNDS: usize = 7;
-
-/// One layout of the many-small-tensors run, built and warmed up.
-struct Layout {
-    /// [`Record::steps`]: `shared`, `staggered`, or `None` for the one big tensor.
-    steps: Option<&'static str>,
-    /// Number of tensors.
-    tensors: usize,
-    opt: Optimizer,
-}
-
-impl Layout {
-    /// `10000 tensors shared`, `one tensor`: for the progress bar.
-    fn label(&self) -> String {
-        match self.steps {
-            Some(steps) => format!("{} tensors {steps}", self.tensors),
-            None => "one tensor".to_string(),
-        }
-    }
-}
-
-/// `count` tensors of `each` elements in two layouts, and one tensor of the same total, each
-/// stepped once (the warm-up):
-///
-/// - `shared`: all tensors at the same step, so neighbours merge into one segment;
-/// - `staggered`: every other tensor one step ahead. For optimizers whose per-step scalars
-///   depend on the step (the bias corrections of Adam and AdamW) neighbours then differ and
-///   none merge: the kernel really gets one segment per tensor, each with its own prologue.
-///   The others (SGD-momentum after its first step, Lion, RMSprop) merge anyway;
-/// - one tensor of `count * each` elements.
-fn many_small(
-    graph: &Graph,
-    jit: &Jit,
-    threads: usize,
-    count: usize,
-    each: usize,
-) -> Result<Vec<Layout>> {
-    let shared = optimizer(graph, (Executor::Jit, jit), threads, count, each)?;
-    let mut staggered = optimizer(graph, (Executor::Jit, jit), threads, count, each)?;
-    let handles: Vec<crate::Param<f32>> = opt_handles(&staggered);
-    let grad: Vec<f32> = staggered.grad(&handles[0])?.expect("set").to_vec();
-    staggered.zero_grad();
-    for h in handles.iter().step_by(2) {
-        staggered.set_grad(h, &grad)?;
-    }
-    staggered.step()?;
-    for h in &handles {
-        staggered.set_grad(h, &grad)?;
-    }
-    let one = optimizer(graph, (Executor::Jit, jit), threads, 1, count * each)?;
-    let mut layouts = vec![
-        Layout {
-            steps: Some("shared"),
-            tensors: count,
-            opt: shared,
-        },
-        Layout {
-            steps: Some("staggered"),
-            tensors: count,
-            opt: staggered,
-        },
-        Layout {
-            steps: None,
-            tensors: 1,
-            opt: one,
-        },
-    ];
-    for layout in &mut layouts {
-        layout.opt.step()?;
-    }
-    Ok(layouts)
-}
-
-/// The median step time of each of `steps`, measured in alternation so that all see the
-/// same moments of a noisy machine: [`ROUNDS`] rounds, each timing every one for
-/// `min_time / ROUNDS` and at least 3 calls (no warm-up: the caller did it), in an order
-/// rotated every round (a b c, b c a, c a b, …); the median over rounds of each one's
-/// median. `before(round, i)` runs before each timing.
-fn alternated(
-    min_time: Duration,
-    steps: &mut [impl FnMut() -> Result<()>],
-    mut before: impl FnMut(usize, usize),
-) -> Result<Vec<Duration>> {
-    let share = min_time / ROUNDS as u32;
-    let mut medians = vec![Vec::new(); steps.len()];
-    for round in 0..ROUNDS {
-        for k in 0..steps.len() {
-            let i = (round + k) % steps.len();
-            before(round, i);
-            medians[i].push(timed(share, 3, &mut steps[i])?);
-        }
-    }
-    Ok(medians.into_iter().map(middle).collect())
-}
-
-/// Handles to the f32 parameters `optimizer` added, in order.
-fn opt_handles(opt: &Optimizer) -> Vec<crate::Param<f32>> {
-    (0..opt.params_info().len())
-        .map(|i| opt.handle(i).expect("an f32 parameter"))
-        .collect()
 }
 
 /// A floor measurement: the floor functions time themselves (excluding thread start).
