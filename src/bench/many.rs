@@ -11,7 +11,7 @@ pub(super) const ROUNDS: usize = 7;
 
 /// One layout of the many-small-tensors run, built and warmed up.
 pub(super) struct Layout {
-    /// [`Record::steps`]: `shared`, `staggered`, or `None` for the one big tensor.
+    /// [`super::suite::Record::steps`]: `shared`, `staggered`, or `None` for the one big tensor.
     pub(super) steps: Option<&'static str>,
     /// Number of tensors.
     pub(super) tensors: usize,

@@ -216,7 +216,7 @@ impl Engine {
     }
 
     /// Runs the program over `work`'s members, whose buffers are in `sets` (one entry per
-    /// dtype, [`Member::dtype`]); `commit(id, updates)` stores a member's step and its new
+    /// dtype, [`Member::entry`]); `commit(id, updates)` stores a member's step and its new
     /// scalar state `(slot, value)` once its dtype's last stage has run.
     ///
     /// The façade has checked the buffers (lengths, state shapes, aliasing) and allocated
