@@ -18,7 +18,7 @@ pub(crate) mod store;
 pub use crate::engine::{PoolKind, GRAIN};
 pub use access::{Grads, Param, Params};
 pub use scaler::{GradScaler, ScalerState};
-pub use state_dict::{LoadReport, StateDict, StateEntry, TensorData};
+pub use state_dict::{GroupEntry, LoadReport, StateDict, StateEntry, TensorData};
 
 use crate::engine::{Engine, Settings};
 use crate::ir::SlotKind;
