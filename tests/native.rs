@@ -279,6 +279,19 @@ fn floor_errors_and_bytes_per_element() {
     ));
     assert_eq!(a, [0.0; 4]);
 
+    let err = floor::read(&b, 0).unwrap_err();
+    assert!(matches!(err, Error::InvalidOption { .. }));
+    for threads in [1, 2, 3] {
+        floor::read(&b, threads).unwrap();
+        floor::read(&[], threads).unwrap();
+    }
+    // The read pass's sum: exact here (small integers), whatever the tail.
+    for len in [0, 1, 15, 16, 17, 100] {
+        let x: Vec<f32> = (0..len).map(|k| (k % 7) as f32).collect();
+        let exact: f32 = x.iter().map(|v| v * v).sum();
+        assert_eq!(floor::sum_squares(&x), exact, "n = {len}");
+    }
+    assert_eq!(Floor::Read.bytes_per_element(), 4);
     assert_eq!(Floor::Copy.bytes_per_element(), 8);
     assert_eq!(Floor::Axpy.bytes_per_element(), 12);
     let rate = Floor::Axpy.bytes_per_second(1000, std::time::Duration::from_micros(1));

@@ -33,26 +33,31 @@ pub enum Floor {
     Copy,
     /// `y = a·x + y` ([`axpy`]).
     Axpy,
+    /// `Σ x²`, reading only ([`read`]): what an extra read-only pass over one stream costs,
+    /// such as a gradient norm before the update.
+    Read,
 }
 
 impl Floor {
-    /// Both kernels.
-    pub const ALL: [Floor; 2] = [Floor::Copy, Floor::Axpy];
+    /// Every kernel.
+    pub const ALL: [Floor; 3] = [Floor::Copy, Floor::Axpy, Floor::Read];
 
-    /// `"copy"` or `"axpy"`.
+    /// `"copy"`, `"axpy"` or `"read"`.
     pub fn name(self) -> &'static str {
         match self {
             Floor::Copy => "copy",
             Floor::Axpy => "axpy",
+            Floor::Read => "read",
         }
     }
 
     /// Bytes moved per f32 element: copy reads one and writes one (8 B); axpy reads `x` and
-    /// `y` and writes `y` (12 B).
+    /// `y` and writes `y` (12 B); read reads one (4 B).
     pub fn bytes_per_element(self) -> usize {
         match self {
             Floor::Copy => 8,
             Floor::Axpy => 12,
+            Floor::Read => 4,
         }
     }
 
@@ -69,7 +74,9 @@ impl Floor {
 /// Errors: `dst` and `src` of different lengths, or no thread.
 pub fn copy(dst: &mut [f32], src: &[f32], threads: usize) -> Result<Duration> {
     check(dst.len(), src.len(), "src", threads)?;
-    Ok(timed_split(dst, src, threads, |d, s| d.copy_from_slice(s)))
+    let chunk = chunk_len(dst.len(), threads);
+    let pieces = dst.chunks_mut(chunk).zip(src.chunks(chunk));
+    Ok(timed_split(pieces, |(d, s)| d.copy_from_slice(s)))
 }
 
 /// Computes `y = a·x + y` (rounded after the product and after the sum, never fused) on
@@ -78,11 +85,51 @@ pub fn copy(dst: &mut [f32], src: &[f32], threads: usize) -> Result<Duration> {
 /// Errors: `x` and `y` of different lengths, or no thread.
 pub fn axpy(a: f32, x: &[f32], y: &mut [f32], threads: usize) -> Result<Duration> {
     check(y.len(), x.len(), "x", threads)?;
-    Ok(timed_split(y, x, threads, |y, x| {
-        for (y, &x) in y.iter_mut().zip(x) {
-            *y += a * x;
-        }
+    let chunk = chunk_len(y.len(), threads);
+    Ok(timed_split(
+        y.chunks_mut(chunk).zip(x.chunks(chunk)),
+        |(y, x)| {
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y += a * x;
+            }
+        },
+    ))
+}
+
+/// Computes `Σ x²` on `threads` threads (1: the calling thread), with 16 accumulators per
+/// thread as a reduction's lanes, and returns the time taken.
+///
+/// Errors: no thread.
+pub fn read(x: &[f32], threads: usize) -> Result<Duration> {
+    check(x.len(), x.len(), "x", threads)?;
+    Ok(timed_split(x.chunks(chunk_len(x.len(), threads)), |x| {
+        std::hint::black_box(sum_squares(x));
     }))
+}
+
+/// `Σ x²` as [`read`] computes each thread's share: element `j` into accumulator `j % 16`,
+/// then the accumulators and the tail in order.
+pub fn sum_squares(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let blocks = x.chunks_exact(16);
+    let tail: f32 = blocks.remainder().iter().map(|v| v * v).sum();
+    for block in blocks {
+        for (a, &v) in acc.iter_mut().zip(block) {
+            *a += v * v;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Elements per thread when `len` is split over `threads`: whole 64-byte lines, at least one.
+fn chunk_len(len: usize, threads: usize) -> usize {
+    match threads {
+        1 => len.max(1),
+        _ => len
+            .div_ceil(threads)
+            .next_multiple_of(CHUNK_ALIGN)
+            .max(CHUNK_ALIGN),
+    }
 }
 
 /// The checks shared by the kernels: `other` (named `what`) as long as the written buffer,
@@ -104,37 +151,28 @@ fn check(len: usize, other: usize, what: &str, threads: usize) -> Result<()> {
     Ok(())
 }
 
-/// Runs `work` over `(dst, src)` split into `threads` contiguous chunks, one per thread, and
-/// returns the time from the first chunk's start to the last chunk's end. The threads are
-/// started first and released together by a spinning barrier, so neither their start-up nor a
-/// sleeping thread's wake-up is counted.
-fn timed_split(
-    dst: &mut [f32],
-    src: &[f32],
-    threads: usize,
-    work: impl Fn(&mut [f32], &[f32]) + Sync,
+/// Runs `work` on each of `pieces`, one thread per piece (the calling thread when there is
+/// one), and returns the time from the first piece's start to the last one's end. The
+/// threads are started first and released together by a spinning barrier, so neither their
+/// start-up nor a sleeping thread's wake-up is counted.
+fn timed_split<W: Send>(
+    pieces: impl ExactSizeIterator<Item = W>,
+    work: impl Fn(W) + Sync,
 ) -> Duration {
-    if threads == 1 {
+    if pieces.len() <= 1 {
         let start = Instant::now();
-        work(dst, src);
+        pieces.for_each(&work);
         return start.elapsed();
     }
-    let chunk = dst
-        .len()
-        .div_ceil(threads)
-        .next_multiple_of(CHUNK_ALIGN)
-        .max(CHUNK_ALIGN);
-    let waiting = AtomicUsize::new(dst.len().div_ceil(chunk));
+    let waiting = AtomicUsize::new(pieces.len());
     let (waiting, work) = (&waiting, &work);
     let spans: Vec<(Instant, Instant)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = dst
-            .chunks_mut(chunk)
-            .zip(src.chunks(chunk))
-            .map(|(d, s)| {
+        let handles: Vec<_> = pieces
+            .map(|piece| {
                 scope.spawn(move || {
                     spin_barrier(waiting);
                     let start = Instant::now();
-                    work(d, s);
+                    work(piece);
                     (start, Instant::now())
                 })
             })

@@ -40,6 +40,9 @@ pub enum Impl {
     Copy,
     /// `y = a·x + y`: the bandwidth floor.
     Axpy,
+    /// `Σ x²` over one stream, reading only: what an extra read-only pass costs (a clip's
+    /// norm pass is one); not part of the floor.
+    Read,
     /// The JIT with gradient clipping to a global 2-norm fused into the optimizer
     /// ([`optim::clip_grad_norm`]): a read-only pass over the gradients, then the step.
     ClipFused,
@@ -67,7 +70,7 @@ impl Impl {
     }
 
     /// Every implementation that `--impl` names, in table order.
-    pub const NAMED: [Impl; 12] = [
+    pub const NAMED: [Impl; 13] = [
         Impl::Jit,
         Impl::Native,
         Impl::Native128,
@@ -76,13 +79,15 @@ impl Impl {
         Impl::Interp,
         Impl::Copy,
         Impl::Axpy,
+        Impl::Read,
         Impl::ClipFused,
         Impl::ClipUnfused,
         Impl::AmpClipFused,
         Impl::AmpClipUnfused,
     ];
 
-    /// The implementations of the full suite, in table order: all but the clipped ones.
+    /// The implementations of the full suite, in table order: all but the read pass and the
+    /// clipped ones (`--impl` names them).
     pub const ALL: &'static [Impl] = Impl::NAMED.split_at(8).0;
 
     /// The name in tables and JSON.
@@ -96,6 +101,7 @@ impl Impl {
             Impl::Native128 => "native128",
             Impl::Copy => "copy",
             Impl::Axpy => "axpy",
+            Impl::Read => "read",
             Impl::ClipFused => "clip_fused",
             Impl::ClipUnfused => "clip_unfused",
             Impl::AmpClipFused => "amp_clip_fused",
@@ -437,6 +443,14 @@ pub fn run(config: &Config, mut progress: impl FnMut(usize, usize, &str)) -> Res
                                 Floor::Axpy.bytes_per_element(),
                             ))
                         }
+                        Impl::Read => {
+                            let x = stream(n, 0.5, 1)?;
+                            let x = x.as_slice();
+                            Some((
+                                measured(config, || floor::read(x, threads))?,
+                                Floor::Read.bytes_per_element(),
+                            ))
+                        }
                         Impl::Native | Impl::Native128 => match (native, imp.native_isa()) {
                             (Some(native), Some(on)) => {
                                 Some((native_time(config, (native, on), n, threads)?, bytes))
@@ -617,7 +631,7 @@ fn annotate(point: &mut [Record]) {
     let (native, native128) = (time_of("native"), time_of("native128"));
     for r in point.iter_mut() {
         r.of_floor = floor.map(|f| r.gbps / f);
-        if r.implementation != "copy" && r.implementation != "axpy" {
+        if !["copy", "axpy", "read"].contains(&r.implementation.as_str()) {
             r.vs_native = native.map(|t| t / r.ns_per_elem);
         }
         if r.implementation == "jit" {

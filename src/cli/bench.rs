@@ -25,7 +25,8 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',')]
     optimizer: Option<Vec<String>>,
     /// Implementations (comma-separated: jit, native, native128, chunked, eager, interp,
-    /// copy, axpy; default: all of these; also clip_fused and clip_unfused: the JIT with
+    /// copy, axpy; default: all of these; also read: a read-only pass over one stream (Σ x²,
+    /// 4 B/element); clip_fused and clip_unfused: the JIT with
     /// gradient clipping to a global 2-norm fused into the step, and as a separate pass;
     /// amp_clip_fused and amp_clip_unfused: the same with a GradScaler's unscaling and
     /// overflow check). `native` is the handwritten loop for the CPU's best
