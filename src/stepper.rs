@@ -51,6 +51,8 @@ pub struct ParamRef<'a, T> {
 pub struct Stepper {
     engine: Engine,
     hypers: Vec<f64>,
+    /// Per hyperparameter: the value a scheduler first saw (see [`Stepper::initial_hyper`]).
+    initial: Vec<Option<f64>>,
     /// Executor and JIT (the threads are rayon's at each call).
     settings: Settings,
 }
@@ -60,9 +62,10 @@ impl Stepper {
     /// JIT executor with the process-wide [`Jit`].
     pub fn new(graph: &Graph) -> Result<Stepper> {
         let program = passes::compile(graph)?;
-        let hypers = program.hypers.iter().map(|h| h.default).collect();
+        let hypers: Vec<f64> = program.hypers.iter().map(|h| h.default).collect();
         Ok(Stepper {
             engine: Engine::new(program),
+            initial: vec![None; hypers.len()],
             hypers,
             settings: Settings::default(),
         })
@@ -102,6 +105,13 @@ impl Stepper {
         let n = self.hyper_index(name)?;
         self.hypers[n] = value;
         Ok(())
+    }
+
+    /// The initial value of hyperparameter `name` as schedulers see it: its value when a
+    /// scheduler first asked (see [`crate::Optimizer::initial_hyper`]).
+    pub fn initial_hyper(&mut self, name: &str) -> Result<f64> {
+        let n = self.hyper_index(name)?;
+        Ok(*self.initial[n].get_or_insert(self.hypers[n]))
     }
 
     fn hyper_index(&self, name: &str) -> Result<usize> {

@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 
 mod extra;
+pub mod schedulers;
 
 /// Per-element tolerance `|actual - expected| <= atol + rtol * |expected|`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -173,6 +174,9 @@ fn run_value(
     executor: Executor,
     report: &mut CaseReport,
 ) -> std::result::Result<(), String> {
+    if value.get("scheduler").is_some() {
+        return schedulers::run(&value, report);
+    }
     let dtype = value
         .get("dtype")
         .and_then(Value::as_str)

@@ -126,6 +126,9 @@ type Streams<'a, T> = (&'a mut [T], &'a [T], Vec<&'a mut [T]>);
 /// A parameter group: hyperparameter values and its stores.
 pub(crate) struct Group {
     hypers: Vec<f64>,
+    /// Per hyperparameter: the value a scheduler first saw (PyTorch's `initial_lr`), once
+    /// one has (see [`Optimizer::initial_hyper`]).
+    initial: Vec<Option<f64>>,
     /// Per slot: the group state's value (meaningful for group slots only).
     scalars: Vec<f64>,
     params: Vec<usize>,
@@ -402,6 +405,7 @@ impl Optimizer {
             hypers[self.hyper_index(name)?] = value;
         }
         self.groups.push(Group {
+            initial: vec![None; hypers.len()],
             hypers,
             scalars: self.slot_inits.clone(),
             params: Vec::new(),
@@ -521,6 +525,18 @@ impl Optimizer {
         let n = self.hyper_index(name)?;
         self.groups[group].hypers[n] = value;
         Ok(())
+    }
+
+    /// The initial value of hyperparameter `name` in `group`, as schedulers see it: its value
+    /// when a scheduler first asked, recorded then (PyTorch's `group.setdefault("initial_lr",
+    /// group["lr"])`), so that a second scheduler built after a first one changed the value
+    /// starts from the same base, and [`crate::schedule::Scheduler::sequential`] can go back
+    /// to it. Kept in the state dict ([`GroupEntry::initial`]).
+    pub fn initial_hyper(&mut self, group: usize, name: &str) -> Result<f64> {
+        self.check_group(group)?;
+        let n = self.hyper_index(name)?;
+        let g = &mut self.groups[group];
+        Ok(*g.initial[n].get_or_insert(g.hypers[n]))
     }
 
     /// Sets hyperparameter `name` in every group.

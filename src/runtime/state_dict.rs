@@ -81,6 +81,14 @@ pub struct GroupEntry {
         with = "exact_f64"
     )]
     pub state: BTreeMap<String, f64>,
+    /// The initial values schedulers recorded, by hyperparameter name (PyTorch's
+    /// `initial_lr`; see [`crate::Optimizer::initial_hyper`]). Absent when none did.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        with = "exact_f64"
+    )]
+    pub initial: BTreeMap<String, f64>,
 }
 
 /// An optimizer's state, in PyTorch's layout.
@@ -481,6 +489,10 @@ impl Optimizer {
                         .filter(|(s, _)| s.kind == SlotKind::Group)
                         .map(|(s, &v)| (s.name.clone(), v))
                         .collect(),
+                    initial: (self.engine.program.hypers.iter())
+                        .zip(&g.initial)
+                        .filter_map(|(h, v)| v.map(|v| (h.name.clone(), v)))
+                        .collect(),
                 }
             })
             .collect();
@@ -560,6 +572,19 @@ impl Optimizer {
         }
         // Hyperparameters and group state, group by group.
         let mut hypers: Vec<Vec<f64>> = self.groups.iter().map(|g| g.hypers.clone()).collect();
+        // Schedulers' initial values: those the dict has, for hyperparameters the optimizer has.
+        let mut initial: Vec<Vec<Option<f64>>> =
+            self.groups.iter().map(|g| g.initial.clone()).collect();
+        for (k, (group, values)) in dict.param_groups.iter().zip(&mut initial).enumerate() {
+            for (name, &v) in &group.initial {
+                match self.engine.program.hyper_index(name) {
+                    Some(n) => values[n] = Some(v),
+                    None => report
+                        .unexpected
+                        .push(format!("initial value of `{name}` in group {k}")),
+                }
+            }
+        }
         let mut group_state: Vec<Vec<f64>> =
             self.groups.iter().map(|g| g.scalars.clone()).collect();
         for (k, (group, values)) in dict.param_groups.iter().zip(&mut group_state).enumerate() {
@@ -664,9 +689,11 @@ impl Optimizer {
             }
         }
         // Apply.
-        for ((g, values), state) in self.groups.iter_mut().zip(hypers).zip(group_state) {
+        let groups = self.groups.iter_mut().zip(hypers).zip(group_state);
+        for (((g, values), state), initial) in groups.zip(initial) {
             g.hypers = values;
             g.scalars = state;
+            g.initial = initial;
         }
         self.shared = shared;
         for (i, s) in seen.iter().enumerate() {

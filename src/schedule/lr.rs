@@ -1,0 +1,832 @@
+//! The schedulers of `torch.optim.lr_scheduler`, with PyTorch's arithmetic: a [`Scheduler`]
+//! is one rule (built from its configuration: [`StepLR`], [`LinearLR`], ...) or a
+//! composition ([`Scheduler::chained`], [`Scheduler::sequential`]).
+
+use super::Hypers;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::f64::consts::PI;
+use std::sync::Arc;
+
+/// A multiplicative factor as a function of the epoch, for [`LambdaLR`] and
+/// [`MultiplicativeLR`]: a Rust closure, or an expression of `epoch` in the text form's
+/// syntax ([`Factor::expr`]), so that a command line can give one.
+#[derive(Clone)]
+pub struct Factor(Arc<dyn Fn(i64) -> f64 + Send + Sync>);
+
+impl Factor {
+    /// A factor computed by `f`.
+    pub fn new(f: impl Fn(i64) -> f64 + Send + Sync + 'static) -> Factor {
+        Factor(Arc::new(f))
+    }
+
+    /// A factor given as an expression of `epoch` in the text form's syntax (see
+    /// [`crate::text`]): `0.95 ^ epoch`, `1 / (1 + 0.1 * epoch)`, `select(epoch < 50, 0.99,
+    /// 0.9)`. Evaluated in f64 as the prologue evaluates scalars. Python's `a ** b` is
+    /// `a ^ b` here, `x if c else y` is `select(c, x, y)`.
+    ///
+    /// ```
+    /// use optjit::schedule::Factor;
+    ///
+    /// let f = Factor::expr("select(epoch < 2, 1, 0.5 ^ (epoch - 1))")?;
+    /// assert_eq!((0..4).map(|e| f.at(e)).collect::<Vec<_>>(), [1.0, 1.0, 0.5, 0.25]);
+    /// # Ok::<(), optjit::Error>(())
+    /// ```
+    ///
+    /// Fails with [`Error::Text`] when the expression does not parse or is not a per-step
+    /// scalar (its position is within the expression, on line 1).
+    pub fn expr(source: &str) -> Result<Factor> {
+        const BEFORE: &str =
+            "optimizer factor(epoch = 0) {\n    scalar state value = 0\n    value = ";
+        let wrapped = format!("{BEFORE}{source}\n    param = param\n}}\n");
+        let graph = crate::text::parse(&wrapped).map_err(|e| match e {
+            // Within the expression (line 3), or at its end (found on the next line).
+            Error::Text(mut t) if t.line >= 3 => {
+                t.column = match t.line {
+                    3 => t.column.saturating_sub("    value = ".chars().count()),
+                    _ => source.chars().count() + 1,
+                };
+                t.line = 1;
+                t.source_line = source.lines().next().unwrap_or("").to_string();
+                Error::Text(t)
+            }
+            other => other,
+        })?;
+        let program = crate::passes::compile(&graph)?;
+        let (_, value) = program.prologue.state_updates[0];
+        Ok(Factor::new(move |epoch| {
+            let mut values = Vec::with_capacity(program.prologue.insts.len());
+            program.eval_prologue(&[epoch as f64], 1, |_| 0.0, &mut values);
+            values[value as usize]
+        }))
+    }
+
+    /// The factor at `epoch`.
+    pub fn at(&self, epoch: i64) -> f64 {
+        (self.0)(epoch)
+    }
+}
+
+impl std::fmt::Debug for Factor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Factor(..)")
+    }
+}
+
+/// One factor for every group, or one per group.
+fn per_group(factors: &[Factor], groups: usize) -> Result<Vec<Factor>> {
+    match factors.len() {
+        1 => Ok(vec![factors[0].clone(); groups]),
+        n if n == groups => Ok(factors.to_vec()),
+        _ => Err(Error::InvalidOption {
+            option: "lr_lambda",
+            reason: "give one factor, or one per parameter group",
+        }),
+    }
+}
+
+/// What one scheduler computes at each step.
+#[derive(Clone, Debug)]
+enum Rule {
+    Lambda(Vec<Factor>),
+    Multiplicative(Vec<Factor>),
+    Step {
+        step_size: i64,
+        gamma: f64,
+    },
+    MultiStep {
+        milestones: BTreeMap<i64, i32>,
+        gamma: f64,
+    },
+    Constant {
+        factor: f64,
+        total_iters: i64,
+    },
+    Linear {
+        start: f64,
+        end: f64,
+        total_iters: i64,
+    },
+    Exponential {
+        gamma: f64,
+    },
+    Polynomial {
+        total_iters: i64,
+        power: f64,
+    },
+    CosineAnnealing {
+        t_max: i64,
+        eta_min: f64,
+    },
+}
+
+impl Rule {
+    /// PyTorch's class name.
+    fn name(&self) -> &'static str {
+        match self {
+            Rule::Lambda(_) => "LambdaLR",
+            Rule::Multiplicative(_) => "MultiplicativeLR",
+            Rule::Step { .. } => "StepLR",
+            Rule::MultiStep { .. } => "MultiStepLR",
+            Rule::Constant { .. } => "ConstantLR",
+            Rule::Linear { .. } => "LinearLR",
+            Rule::Exponential { .. } => "ExponentialLR",
+            Rule::Polynomial { .. } => "PolynomialLR",
+            Rule::CosineAnnealing { .. } => "CosineAnnealingLR",
+        }
+    }
+
+    /// PyTorch's `get_lr()` for group `g`, whose current value is `lr` and base value
+    /// `base`, at `epoch` (the scheduler's `last_epoch`, already advanced); `initial` during
+    /// the step a constructor performs; `first` when this is the scheduler's first `step()`.
+    fn value(&self, g: usize, lr: f64, base: f64, epoch: i64, initial: bool, first: bool) -> f64 {
+        let e = epoch as f64;
+        match self {
+            Rule::Lambda(f) => base * f[g].at(epoch),
+            Rule::Multiplicative(f) => match initial {
+                true => lr,
+                false => lr * f[g].at(epoch),
+            },
+            Rule::Step { step_size, gamma } => match epoch == 0 || epoch % step_size != 0 {
+                true => lr,
+                false => lr * gamma,
+            },
+            Rule::MultiStep { milestones, gamma } => match milestones.get(&epoch) {
+                None => lr,
+                Some(&count) => lr * gamma.powf(f64::from(count)),
+            },
+            Rule::Constant {
+                factor,
+                total_iters,
+            } => match epoch {
+                0 => lr * factor,
+                e if e != *total_iters => lr,
+                _ => lr * (1.0 / factor),
+            },
+            Rule::Linear {
+                start,
+                end,
+                total_iters,
+            } => {
+                if epoch == 0 {
+                    lr * start
+                } else if initial || epoch > *total_iters {
+                    lr
+                } else {
+                    let total = *total_iters as f64;
+                    lr * (1.0 + (end - start) / (total * start + (e - 1.0) * (end - start)))
+                }
+            }
+            Rule::Exponential { gamma } => match initial {
+                true => lr,
+                false => lr * gamma,
+            },
+            Rule::Polynomial { total_iters, power } => {
+                if initial || epoch > *total_iters {
+                    return lr;
+                }
+                let total = *total_iters as f64;
+                lr * ((1.0 - e / total) / (1.0 - (e - 1.0) / total)).powf(*power)
+            }
+            Rule::CosineAnnealing { t_max, eta_min } => {
+                let t = *t_max as f64;
+                if initial {
+                    lr
+                } else if first && epoch > 0 {
+                    eta_min + (base - eta_min) * (1.0 + (e * PI / t).cos()) / 2.0
+                } else if (epoch - 1 - t_max).rem_euclid(2 * t_max) == 0 {
+                    lr + (base - eta_min) * (1.0 - (PI / t).cos()) / 2.0
+                } else {
+                    (1.0 + (PI * e / t).cos()) / (1.0 + (PI * (e - 1.0) / t).cos()) * (lr - eta_min)
+                        + eta_min
+                }
+            }
+        }
+    }
+
+    /// PyTorch's `_get_closed_form_lr()` where the class has one (`None`: it uses
+    /// [`Rule::value`]), for a jump to `epoch` ([`Scheduler::sequential`]'s restarts).
+    fn closed_form(&self, base: f64, epoch: i64) -> Option<f64> {
+        let e = epoch as f64;
+        Some(match self {
+            Rule::Lambda(_) | Rule::Multiplicative(_) => return None,
+            Rule::Step { step_size, gamma } => {
+                base * gamma.powf((epoch.div_euclid(*step_size)) as f64)
+            }
+            Rule::MultiStep { milestones, gamma } => {
+                let passed: i32 = milestones.range(..=epoch).map(|(_, &c)| c).sum();
+                base * gamma.powf(f64::from(passed))
+            }
+            Rule::Constant {
+                factor,
+                total_iters,
+            } => base * (factor + f64::from(u8::from(epoch >= *total_iters)) * (1.0 - factor)),
+            Rule::Linear {
+                start,
+                end,
+                total_iters,
+            } => {
+                let total = *total_iters as f64;
+                base * (start + (end - start) * (*total_iters).min(epoch) as f64 / total)
+            }
+            Rule::Exponential { gamma } => base * gamma.powf(e),
+            Rule::Polynomial { total_iters, power } => {
+                let total = *total_iters as f64;
+                base * (1.0 - (*total_iters).min(epoch) as f64 / total).powf(*power)
+            }
+            Rule::CosineAnnealing { t_max, eta_min } => {
+                eta_min + (base - eta_min) * (1.0 + (PI * e / *t_max as f64).cos()) / 2.0
+            }
+        })
+    }
+}
+
+/// A scheduler with one rule.
+#[derive(Clone, Debug)]
+struct Single {
+    rule: Rule,
+    hyper: String,
+    /// Per group: the hyperparameter's initial value (PyTorch's `base_lrs`).
+    base: Vec<f64>,
+    last_epoch: i64,
+    step_count: u64,
+    last: Vec<f64>,
+}
+
+impl Single {
+    /// `step()`: one epoch on (`initial`: the constructor's).
+    fn step(&mut self, opt: &mut dyn Hypers, initial: bool) -> Result<()> {
+        self.step_count += 1;
+        self.last_epoch += 1;
+        let first = self.step_count == 1;
+        let (epoch, base, rule) = (self.last_epoch, &self.base, &self.rule);
+        let value = |g: usize, lr: f64| rule.value(g, lr, base[g], epoch, initial, first);
+        self.last = update(opt, &self.hyper, base.len(), value)?;
+        Ok(())
+    }
+
+    /// `_update_lr(epoch)`: a jump to `epoch`, by the closed form where the rule has one.
+    fn jump(&mut self, opt: &mut dyn Hypers, epoch: i64) -> Result<()> {
+        self.last_epoch = epoch;
+        let (base, rule) = (&self.base, &self.rule);
+        let value = |g: usize, lr: f64| {
+            let closed = rule.closed_form(base[g], epoch);
+            closed.unwrap_or_else(|| rule.value(g, lr, base[g], epoch, false, false))
+        };
+        self.last = update(opt, &self.hyper, base.len(), value)?;
+        Ok(())
+    }
+}
+
+/// Every group's new value of `hyper` from `value(group, current)`, set on `opt` (all
+/// computed before any is set); returns them.
+fn update(
+    opt: &mut dyn Hypers,
+    hyper: &str,
+    groups: usize,
+    value: impl Fn(usize, f64) -> f64,
+) -> Result<Vec<f64>> {
+    let mut new = Vec::with_capacity(groups);
+    for g in 0..groups {
+        new.push(value(g, opt.hyper(g, hyper)?));
+    }
+    for (g, &v) in new.iter().enumerate() {
+        opt.set_hyper(g, hyper, v)?;
+    }
+    Ok(new)
+}
+
+/// A scheduler: one rule ([`StepLR`], [`CosineAnnealingLR`], ... `.build(&mut opt)`) or a
+/// composition of schedulers on the same optimizer.
+#[derive(Clone, Debug)]
+pub struct Scheduler {
+    kind: Kind,
+}
+
+#[derive(Clone, Debug)]
+enum Kind {
+    Single(Single),
+    /// PyTorch's `ChainedScheduler`: every scheduler steps, in order.
+    Chained {
+        schedulers: Vec<Scheduler>,
+        last: Vec<f64>,
+    },
+    /// PyTorch's `SequentialLR`.
+    Sequential {
+        schedulers: Vec<Scheduler>,
+        milestones: Vec<i64>,
+        last_epoch: i64,
+        last: Vec<f64>,
+    },
+}
+
+impl Scheduler {
+    /// A scheduler of `rule` on hyperparameter `hyper`, with PyTorch's construction: each
+    /// group's base value is the hyperparameter's initial value ([`Hypers::initial_hyper`]),
+    /// then a first step at epoch 0.
+    fn single(opt: &mut dyn Hypers, hyper: &str, rule: Rule) -> Result<Scheduler> {
+        let groups = opt.num_groups();
+        let base = (0..groups)
+            .map(|g| opt.initial_hyper(g, hyper))
+            .collect::<Result<Vec<f64>>>()?;
+        let mut single = Single {
+            rule,
+            hyper: hyper.to_string(),
+            base,
+            last_epoch: -1,
+            step_count: 0,
+            last: Vec::new(),
+        };
+        single.step(opt, true)?;
+        Ok(Scheduler {
+            kind: Kind::Single(single),
+        })
+    }
+
+    /// PyTorch's `ChainedScheduler(schedulers)`: each step steps every scheduler in order
+    /// (their factors compound). `opt` gives the last values.
+    pub fn chained(opt: &dyn Hypers, schedulers: Vec<Scheduler>) -> Result<Scheduler> {
+        let Some(last_one) = schedulers.last() else {
+            return Err(Error::InvalidOption {
+                option: "schedulers",
+                reason: "a chain needs at least one scheduler",
+            });
+        };
+        let last = current(opt, last_one.hyper())?;
+        Ok(Scheduler {
+            kind: Kind::Chained { schedulers, last },
+        })
+    }
+
+    /// PyTorch's `SequentialLR(opt, schedulers, milestones)`: `schedulers[i]` runs from epoch
+    /// `milestones[i - 1]`, restarted there at its epoch 0 (its base value, not where the
+    /// previous one left off). As PyTorch's constructor: every group's value goes back to
+    /// its initial one, every scheduler's first step is undone and the first scheduler's
+    /// is run again.
+    pub fn sequential(
+        opt: &mut dyn Hypers,
+        mut schedulers: Vec<Scheduler>,
+        milestones: &[i64],
+    ) -> Result<Scheduler> {
+        if schedulers.is_empty() || milestones.len() + 1 != schedulers.len() {
+            return Err(Error::InvalidOption {
+                option: "milestones",
+                reason: "give one scheduler more than milestones, at least one",
+            });
+        }
+        let hyper = schedulers[0].hyper().to_string();
+        for g in 0..opt.num_groups() {
+            let initial = opt.initial_hyper(g, &hyper)?;
+            opt.set_hyper(g, &hyper, initial)?;
+        }
+        for s in &mut schedulers {
+            s.undo();
+        }
+        let first = schedulers[0].first_single()?;
+        first.step_count = 0;
+        first.step(opt, true)?;
+        let last = schedulers[0].get_last_lr().to_vec();
+        Ok(Scheduler {
+            kind: Kind::Sequential {
+                schedulers,
+                milestones: milestones.to_vec(),
+                last_epoch: 0,
+                last,
+            },
+        })
+    }
+
+    /// The hyperparameter it drives (a composition: its last scheduler's).
+    pub fn hyper(&self) -> &str {
+        match &self.kind {
+            Kind::Single(s) => &s.hyper,
+            Kind::Chained { schedulers, .. } | Kind::Sequential { schedulers, .. } => {
+                schedulers.last().map_or("lr", |s| s.hyper())
+            }
+        }
+    }
+
+    /// PyTorch's `last_epoch`: the number of `step()` calls since construction.
+    pub fn last_epoch(&self) -> i64 {
+        match &self.kind {
+            Kind::Single(s) => s.last_epoch,
+            Kind::Chained { schedulers, .. } => schedulers.last().map_or(0, |s| s.last_epoch()),
+            Kind::Sequential { last_epoch, .. } => *last_epoch,
+        }
+    }
+
+    /// PyTorch's `get_last_lr()`: the values this scheduler last set, per group.
+    pub fn get_last_lr(&self) -> &[f64] {
+        match &self.kind {
+            Kind::Single(s) => &s.last,
+            Kind::Chained { last, .. } | Kind::Sequential { last, .. } => last,
+        }
+    }
+
+    /// PyTorch's `scheduler.step()`, after `optimizer.step()`: the values for the next
+    /// optimizer step.
+    pub fn step(&mut self, opt: &mut dyn Hypers) -> Result<()> {
+        match &mut self.kind {
+            Kind::Single(s) => s.step(opt, false),
+            Kind::Chained { schedulers, last } => {
+                for s in schedulers.iter_mut() {
+                    s.step(opt)?;
+                }
+                let hyper = schedulers.last().map_or("lr", |s| s.hyper());
+                *last = current(opt, hyper)?;
+                Ok(())
+            }
+            Kind::Sequential {
+                schedulers,
+                milestones,
+                last_epoch,
+                last,
+            } => {
+                *last_epoch += 1;
+                let idx = milestones.partition_point(|&m| m <= *last_epoch);
+                let s = &mut schedulers[idx];
+                if idx > 0 && milestones[idx - 1] == *last_epoch {
+                    s.jump(opt, 0)?;
+                } else {
+                    s.step(opt)?;
+                }
+                *last = s.get_last_lr().to_vec();
+                Ok(())
+            }
+        }
+    }
+
+    /// PyTorch's `_update_lr(epoch)` on a scheduler inside a sequence.
+    fn jump(&mut self, opt: &mut dyn Hypers, epoch: i64) -> Result<()> {
+        match &mut self.kind {
+            Kind::Single(s) => s.jump(opt, epoch),
+            _ => Err(Error::Unsupported {
+                what: "a composed scheduler inside SequentialLR",
+            }),
+        }
+    }
+
+    /// Undoes the constructor's step count (PyTorch's `recursive_undo`).
+    fn undo(&mut self) {
+        match &mut self.kind {
+            Kind::Single(s) => s.last_epoch -= 1,
+            Kind::Chained { schedulers, .. } | Kind::Sequential { schedulers, .. } => {
+                schedulers.iter_mut().for_each(Scheduler::undo)
+            }
+        }
+    }
+
+    fn first_single(&mut self) -> Result<&mut Single> {
+        match &mut self.kind {
+            Kind::Single(s) => Ok(s),
+            _ => Err(Error::Unsupported {
+                what: "a composed scheduler first in SequentialLR",
+            }),
+        }
+    }
+
+    /// Its state, for a checkpoint (see [`Scheduler::load_state_dict`]).
+    pub fn state_dict(&self) -> SchedulerState {
+        match &self.kind {
+            Kind::Single(s) => SchedulerState {
+                kind: s.rule.name().to_string(),
+                hyper: s.hyper.clone(),
+                last_epoch: s.last_epoch,
+                step_count: s.step_count,
+                base: s.base.clone(),
+                last: s.last.clone(),
+                schedulers: Vec::new(),
+            },
+            Kind::Chained { schedulers, last } => SchedulerState {
+                kind: "ChainedScheduler".into(),
+                hyper: self.hyper().to_string(),
+                last_epoch: 0,
+                step_count: 0,
+                base: Vec::new(),
+                last: last.clone(),
+                schedulers: schedulers.iter().map(Scheduler::state_dict).collect(),
+            },
+            Kind::Sequential {
+                schedulers,
+                last_epoch,
+                last,
+                ..
+            } => SchedulerState {
+                kind: "SequentialLR".into(),
+                hyper: self.hyper().to_string(),
+                last_epoch: *last_epoch,
+                step_count: 0,
+                base: Vec::new(),
+                last: last.clone(),
+                schedulers: schedulers.iter().map(Scheduler::state_dict).collect(),
+            },
+        }
+    }
+
+    /// Restores `state` (from [`Scheduler::state_dict`] of a scheduler built the same way)
+    /// and sets `opt`'s values to the ones it last set, so that the run goes on exactly as
+    /// if uninterrupted, whatever the scheduler's construction changed meanwhile. Checked
+    /// first (kind, hyperparameter, number of groups and of schedulers): on error nothing
+    /// changed.
+    pub fn load_state_dict(&mut self, state: &SchedulerState, opt: &mut dyn Hypers) -> Result<()> {
+        self.check_state(state, opt.num_groups())?;
+        self.restore(state);
+        for (g, &v) in state.last.iter().enumerate() {
+            opt.set_hyper(g, &state.hyper, v)?;
+        }
+        Ok(())
+    }
+
+    fn check_state(&self, state: &SchedulerState, groups: usize) -> Result<()> {
+        let mine = self.state_dict();
+        let fits = mine.kind == state.kind
+            && mine.hyper == state.hyper
+            && state.last.len() == groups
+            && (state.base.len() == mine.base.len())
+            && mine.schedulers.len() == state.schedulers.len();
+        if !fits {
+            return Err(Error::InvalidStateDict {
+                reason: format!(
+                    "a {} state for a {} scheduler of `{}` over {groups} groups",
+                    state.kind, mine.kind, mine.hyper
+                ),
+            });
+        }
+        let children = match &self.kind {
+            Kind::Single(_) => &[][..],
+            Kind::Chained { schedulers, .. } | Kind::Sequential { schedulers, .. } => schedulers,
+        };
+        for (s, child) in children.iter().zip(&state.schedulers) {
+            s.check_state(child, groups)?;
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, state: &SchedulerState) {
+        match &mut self.kind {
+            Kind::Single(s) => {
+                s.last_epoch = state.last_epoch;
+                s.step_count = state.step_count;
+                s.base = state.base.clone();
+                s.last = state.last.clone();
+            }
+            Kind::Chained { schedulers, last } => {
+                *last = state.last.clone();
+                for (s, child) in schedulers.iter_mut().zip(&state.schedulers) {
+                    s.restore(child);
+                }
+            }
+            Kind::Sequential {
+                schedulers,
+                last_epoch,
+                last,
+                ..
+            } => {
+                *last_epoch = state.last_epoch;
+                *last = state.last.clone();
+                for (s, child) in schedulers.iter_mut().zip(&state.schedulers) {
+                    s.restore(child);
+                }
+            }
+        }
+    }
+}
+
+/// Every group's current value of `hyper`.
+fn current(opt: &dyn Hypers, hyper: &str) -> Result<Vec<f64>> {
+    (0..opt.num_groups()).map(|g| opt.hyper(g, hyper)).collect()
+}
+
+/// A scheduler's state: PyTorch's `last_epoch`, `_step_count`, `base_lrs` and `_last_lr`,
+/// and its sub-schedulers' for a composition.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SchedulerState {
+    /// PyTorch's class name.
+    pub kind: String,
+    /// The hyperparameter it drives.
+    pub hyper: String,
+    /// `last_epoch`.
+    pub last_epoch: i64,
+    /// `_step_count`.
+    pub step_count: u64,
+    /// `base_lrs`, per group.
+    pub base: Vec<f64>,
+    /// `_last_lr`, per group.
+    pub last: Vec<f64>,
+    /// The sub-schedulers of a composition.
+    pub schedulers: Vec<SchedulerState>,
+}
+
+/// Checks `value` (named `option`) against `ok`.
+fn check(ok: bool, option: &'static str, reason: &'static str) -> Result<()> {
+    match ok {
+        true => Ok(()),
+        false => Err(Error::InvalidOption { option, reason }),
+    }
+}
+
+/// `build` (on `lr`) and `build_on` (any hyperparameter) for a configuration whose `rule`
+/// gives its rule for a number of groups.
+macro_rules! builds {
+    ($config:ident) => {
+        impl $config {
+            /// The scheduler on `lr`, built as PyTorch's constructor does (a first step).
+            pub fn build(self, opt: &mut dyn Hypers) -> Result<Scheduler> {
+                self.build_on(opt, "lr")
+            }
+
+            /// The scheduler on hyperparameter `hyper`.
+            pub fn build_on(self, opt: &mut dyn Hypers, hyper: &str) -> Result<Scheduler> {
+                let rule = self.rule(opt.num_groups())?;
+                Scheduler::single(opt, hyper, rule)
+            }
+        }
+    };
+}
+
+/// `base · λ(epoch)` (PyTorch's `LambdaLR`): one factor, or one per group.
+#[derive(Clone, Debug)]
+pub struct LambdaLR {
+    /// `lr_lambda`.
+    pub lr_lambda: Vec<Factor>,
+}
+
+impl LambdaLR {
+    fn rule(self, groups: usize) -> Result<Rule> {
+        Ok(Rule::Lambda(per_group(&self.lr_lambda, groups)?))
+    }
+}
+builds!(LambdaLR);
+
+/// `value · λ(epoch)` each step after the first (PyTorch's `MultiplicativeLR`).
+#[derive(Clone, Debug)]
+pub struct MultiplicativeLR {
+    /// `lr_lambda`.
+    pub lr_lambda: Vec<Factor>,
+}
+
+impl MultiplicativeLR {
+    fn rule(self, groups: usize) -> Result<Rule> {
+        Ok(Rule::Multiplicative(per_group(&self.lr_lambda, groups)?))
+    }
+}
+builds!(MultiplicativeLR);
+
+/// `value · γ` every `step_size` epochs (PyTorch's `StepLR`).
+#[derive(Clone, Copy, Debug)]
+pub struct StepLR {
+    /// `step_size` (> 0).
+    pub step_size: i64,
+    /// `gamma`.
+    pub gamma: f64,
+}
+
+impl StepLR {
+    fn rule(self, _: usize) -> Result<Rule> {
+        check(self.step_size > 0, "step_size", "must be positive")?;
+        Ok(Rule::Step {
+            step_size: self.step_size,
+            gamma: self.gamma,
+        })
+    }
+}
+builds!(StepLR);
+
+/// `value · γ^k` at an epoch listed `k` times in `milestones` (PyTorch's `MultiStepLR`).
+#[derive(Clone, Debug)]
+pub struct MultiStepLR {
+    /// `milestones`.
+    pub milestones: Vec<i64>,
+    /// `gamma`.
+    pub gamma: f64,
+}
+
+impl MultiStepLR {
+    fn rule(self, _: usize) -> Result<Rule> {
+        let mut milestones = BTreeMap::new();
+        for m in self.milestones {
+            *milestones.entry(m).or_insert(0) += 1;
+        }
+        Ok(Rule::MultiStep {
+            milestones,
+            gamma: self.gamma,
+        })
+    }
+}
+builds!(MultiStepLR);
+
+/// `base · factor` until `total_iters`, then `base` (PyTorch's `ConstantLR`).
+#[derive(Clone, Copy, Debug)]
+pub struct ConstantLR {
+    /// `factor`, in [0, 1].
+    pub factor: f64,
+    /// `total_iters`.
+    pub total_iters: i64,
+}
+
+impl ConstantLR {
+    fn rule(self, _: usize) -> Result<Rule> {
+        check(
+            (0.0..=1.0).contains(&self.factor),
+            "factor",
+            "must be in [0, 1]",
+        )?;
+        Ok(Rule::Constant {
+            factor: self.factor,
+            total_iters: self.total_iters,
+        })
+    }
+}
+builds!(ConstantLR);
+
+/// A factor going linearly from `start_factor` to `end_factor` over `total_iters` epochs
+/// (PyTorch's `LinearLR`, a warmup).
+#[derive(Clone, Copy, Debug)]
+pub struct LinearLR {
+    /// `start_factor`, in (0, 1].
+    pub start_factor: f64,
+    /// `end_factor`, in [0, 1].
+    pub end_factor: f64,
+    /// `total_iters` (> 0).
+    pub total_iters: i64,
+}
+
+impl LinearLR {
+    fn rule(self, _: usize) -> Result<Rule> {
+        let start = self.start_factor;
+        check(
+            start > 0.0 && start <= 1.0,
+            "start_factor",
+            "must be in (0, 1]",
+        )?;
+        let end = self.end_factor;
+        check(
+            (0.0..=1.0).contains(&end),
+            "end_factor",
+            "must be in [0, 1]",
+        )?;
+        check(self.total_iters > 0, "total_iters", "must be positive")?;
+        Ok(Rule::Linear {
+            start,
+            end,
+            total_iters: self.total_iters,
+        })
+    }
+}
+builds!(LinearLR);
+
+/// `value · γ` every epoch (PyTorch's `ExponentialLR`).
+#[derive(Clone, Copy, Debug)]
+pub struct ExponentialLR {
+    /// `gamma`.
+    pub gamma: f64,
+}
+
+impl ExponentialLR {
+    fn rule(self, _: usize) -> Result<Rule> {
+        Ok(Rule::Exponential { gamma: self.gamma })
+    }
+}
+builds!(ExponentialLR);
+
+/// `base · (1 − epoch / total_iters)^power` (PyTorch's `PolynomialLR`, recursively).
+#[derive(Clone, Copy, Debug)]
+pub struct PolynomialLR {
+    /// `total_iters` (> 0).
+    pub total_iters: i64,
+    /// `power`.
+    pub power: f64,
+}
+
+impl PolynomialLR {
+    fn rule(self, _: usize) -> Result<Rule> {
+        check(self.total_iters > 0, "total_iters", "must be positive")?;
+        Ok(Rule::Polynomial {
+            total_iters: self.total_iters,
+            power: self.power,
+        })
+    }
+}
+builds!(PolynomialLR);
+
+/// Cosine annealing from the base value to `eta_min` over `t_max` epochs, then back up with
+/// period `2 t_max` (PyTorch's `CosineAnnealingLR`, recursively).
+#[derive(Clone, Copy, Debug)]
+pub struct CosineAnnealingLR {
+    /// `T_max` (> 0).
+    pub t_max: i64,
+    /// `eta_min`.
+    pub eta_min: f64,
+}
+
+impl CosineAnnealingLR {
+    fn rule(self, _: usize) -> Result<Rule> {
+        check(self.t_max > 0, "T_max", "must be positive")?;
+        Ok(Rule::CosineAnnealing {
+            t_max: self.t_max,
+            eta_min: self.eta_min,
+        })
+    }
+}
+builds!(CosineAnnealingLR);
