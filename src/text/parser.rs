@@ -41,12 +41,14 @@ enum Binding {
 }
 
 /// The functions of the text form and the op each calls.
-const FUNCTIONS: [(&str, Op); 10] = [
+const FUNCTIONS: [(&str, Op); 12] = [
     ("sqrt", Op::Sqrt),
     ("abs", Op::Abs),
     ("sign", Op::Sign),
     ("exp", Op::Exp),
     ("ln", Op::Ln),
+    ("cos", Op::Cos),
+    ("floor", Op::Floor),
     ("min", Op::Min),
     ("max", Op::Max),
     ("pow", Op::Pow),
