@@ -63,6 +63,7 @@ pub mod optim;
 pub mod passes;
 pub mod program;
 pub mod runtime;
+pub mod schedule;
 mod segment;
 mod stepper;
 pub mod text;
