@@ -90,6 +90,10 @@ pub trait Float:
     fn exp(self) -> Self;
     /// Natural logarithm (the platform's `ln`).
     fn ln(self) -> Self;
+    /// `cos(self)` in radians (the platform's `cos`).
+    fn cos(self) -> Self;
+    /// The largest integer not above `self` (exact).
+    fn floor(self) -> Self;
     /// `self^e` (the platform's `pow`).
     fn powf(self, e: Self) -> Self;
     /// `self·a + b` with one rounding (correctly rounded in hardware or software).
@@ -131,6 +135,14 @@ macro_rules! impl_float {
             #[inline]
             fn ln(self) -> Self {
                 <$t>::ln(self)
+            }
+            #[inline]
+            fn cos(self) -> Self {
+                <$t>::cos(self)
+            }
+            #[inline]
+            fn floor(self) -> Self {
+                <$t>::floor(self)
             }
             #[inline]
             fn powf(self, e: Self) -> Self {

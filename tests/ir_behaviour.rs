@@ -25,6 +25,21 @@ fn ops_behave_as_documented_on_edge_cases() {
         (Op::Sign, [-3.0, 0.0, 0.0], -1.0),
         (Op::Exp, [-inf, 0.0, 0.0], 0.0),
         (Op::Ln, [-0.0, 0.0, 0.0], -inf),
+        (Op::Cos, [0.0, 0.0, 0.0], 1.0),
+        (Op::Cos, [-0.0, 0.0, 0.0], 1.0),
+        (Op::Cos, [inf, 0.0, 0.0], nan),
+        (Op::Cos, [-inf, 0.0, 0.0], nan),
+        (Op::Cos, [nan, 0.0, 0.0], nan),
+        (Op::Floor, [-0.0, 0.0, 0.0], -0.0),
+        (Op::Floor, [0.0, 0.0, 0.0], 0.0),
+        (Op::Floor, [0.5, 0.0, 0.0], 0.0),
+        (Op::Floor, [-0.5, 0.0, 0.0], -1.0),
+        (Op::Floor, [-2.0, 0.0, 0.0], -2.0),
+        (Op::Floor, [2.999, 0.0, 0.0], 2.0),
+        (Op::Floor, [inf, 0.0, 0.0], inf),
+        (Op::Floor, [-inf, 0.0, 0.0], -inf),
+        (Op::Floor, [nan, 0.0, 0.0], nan),
+        (Op::Floor, [-1.5, 0.0, 0.0], -2.0),
         (Op::Add, [-0.0, -0.0, 0.0], -0.0),
         (Op::Add, [0.0, -0.0, 0.0], 0.0),
         (Op::Add, [inf, -inf, 0.0], nan),
@@ -203,6 +218,34 @@ fn scalar_state_is_carried_from_step_to_step() {
     let mut st = s.init_state::<f64>(2).unwrap();
     assert!(s.step(&mut [1.0, 2.0], &[1.0], &mut st).is_err());
     assert_eq!((st.slots[0].clone(), st.step), (SlotValue::Scalar(1.0), 0));
+}
+
+/// `cos` and `floor` exist on per-step scalars only, like `exp`, `ln` and `pow`: a per-element
+/// operand is a typed error in the builder and in the text form, and a stage holding one is
+/// rejected before code generation.
+#[test]
+fn cos_and_floor_of_a_per_element_value_are_typed_errors() {
+    let jit = Jit::new().unwrap();
+    for op in [Op::Cos, Op::Floor] {
+        assert!(op.scalar_only());
+        let b = Builder::new("t");
+        b.set_param(b.apply(op, &[b.grad()]));
+        let err = b.finish().unwrap_err();
+        assert!(matches!(err, Error::ScalarRequired { .. }), "{err}");
+
+        let text = format!("optimizer t() {{ param = {}(grad) }}", op.name());
+        let err = optjit::text::parse(&text).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains(&format!("the argument of `{}`", op.name())),
+            "{message}"
+        );
+
+        let mut bad = adam_program();
+        bad.stage.body[0].op = op;
+        assert!(jit.compile(&bad, DType::F32).is_err());
+        assert!(verify_program(&bad, "test").is_err());
+    }
 }
 
 fn adam_program() -> optjit::Program {

@@ -130,8 +130,8 @@ const PUNCTS: [&str; 20] = [
     "(", ")", "{", "}", ",", ";", "=", "+", "-", "*", "/", "^", "==", "!=", "<", "<=", ">", ">=",
     "#", "\n",
 ];
-const FUNCTIONS: [&str; 10] = [
-    "sqrt", "abs", "sign", "exp", "ln", "min", "max", "pow", "select", "fma",
+const FUNCTIONS: [&str; 12] = [
+    "sqrt", "abs", "sign", "exp", "ln", "cos", "floor", "min", "max", "pow", "select", "fma",
 ];
 
 fn token() -> impl Strategy<Value = &'static str> {
@@ -296,7 +296,7 @@ fn scalar_expr(names: &'static [&'static str], depth: u32) -> impl Strategy<Valu
             1 => (inner.clone(), select(&COMPARISONS[..]), inner.clone())
                 .prop_map(|(a, op, b)| format!("({a} {op} {b})")),
             1 => inner.clone().prop_map(|a| format!("-{a}")),
-            2 => (select(&["sqrt", "abs", "sign", "exp", "ln"][..]), inner.clone())
+            2 => (select(&["sqrt", "abs", "sign", "exp", "ln", "cos", "floor"][..]), inner.clone())
                 .prop_map(|(f, a)| format!("{f}({a})")),
             1 => (select(&["min", "max", "pow"][..]), inner.clone(), inner.clone())
                 .prop_map(|(f, a, b)| format!("{f}({a}, {b})")),

@@ -278,8 +278,8 @@ fn apply<T: Float>(op: Op, out: &mut [T], args: [Operand<'_, T>; 3], arity: usiz
         };
     }
     dispatch!(
-        Neg, Abs, Sqrt, Sign, Exp, Ln, Add, Sub, Mul, Div, Min, Max, Pow, Eq, Ne, Lt, Le, Gt, Ge,
-        Select, Fma
+        Neg, Abs, Sqrt, Sign, Exp, Ln, Cos, Floor, Add, Sub, Mul, Div, Min, Max, Pow, Eq, Ne, Lt,
+        Le, Gt, Ge, Select, Fma
     )
 }
 

@@ -78,8 +78,8 @@ fn apply<T: Float>(op: Op, args: &[ArrayView1<'_, T>]) -> Array1<T> {
         };
     }
     dispatch!(
-        Neg, Abs, Sqrt, Sign, Exp, Ln, Add, Sub, Mul, Div, Min, Max, Pow, Eq, Ne, Lt, Le, Gt, Ge,
-        Select, Fma
+        Neg, Abs, Sqrt, Sign, Exp, Ln, Cos, Floor, Add, Sub, Mul, Div, Min, Max, Pow, Eq, Ne, Lt,
+        Le, Gt, Ge, Select, Fma
     )
 }
 

@@ -5,7 +5,7 @@
 //! of `pow`, an expression from another builder) is remembered and returned by
 //! [`Builder::finish`]; declaration mistakes are returned where they happen.
 
-use super::{Graph, GraphFlags, Node, NodeId, Op, ReduceOp, Scope, SlotKind};
+use super::{Graph, GraphFlags, Node, NodeId, Op, Rank, ReduceOp, Scope, SlotKind};
 use crate::{Error, Result};
 use std::cell::RefCell;
 use std::ops::{Add, Div, Mul, Neg, Sub};
@@ -106,6 +106,23 @@ impl Builder {
         state.error.get_or_insert(error);
         drop(state);
         self.expr(placeholder)
+    }
+
+    /// Records `error` as a mistake made inside an expression (reported by
+    /// [`Builder::finish`]) and returns a placeholder so building can go on.
+    pub(crate) fn mistake(&self, error: Error) -> Expr<'_> {
+        let zero = self.constant(0.0).id;
+        self.fail(error, zero)
+    }
+
+    /// The rank of `e`, a node of this builder.
+    pub(crate) fn rank(&self, e: Expr<'_>) -> Rank {
+        self.inner.borrow().graph.rank(e.id)
+    }
+
+    /// The expression of node `id` of this builder's graph.
+    pub(crate) fn at(&self, id: NodeId) -> Expr<'_> {
+        self.expr(id)
     }
 
     fn leaf(&self, node: Node) -> Expr<'_> {
@@ -335,6 +352,11 @@ impl<'b> Expr<'b> {
         self.id
     }
 
+    /// The builder this expression belongs to.
+    pub(crate) fn builder(self) -> &'b Builder {
+        self.builder
+    }
+
     /// `√self` ([`Op::Sqrt`]).
     pub fn sqrt(self) -> Expr<'b> {
         self.unary(Op::Sqrt)
@@ -354,6 +376,14 @@ impl<'b> Expr<'b> {
     /// `ln(self)`, scalars only ([`Op::Ln`]).
     pub fn ln(self) -> Expr<'b> {
         self.unary(Op::Ln)
+    }
+    /// `cos(self)` in radians, scalars only ([`Op::Cos`]).
+    pub fn cos(self) -> Expr<'b> {
+        self.unary(Op::Cos)
+    }
+    /// `⌊self⌋`, scalars only ([`Op::Floor`]).
+    pub fn floor(self) -> Expr<'b> {
+        self.unary(Op::Floor)
     }
     /// `self^exponent`, scalars only ([`Op::Pow`]).
     pub fn pow(self, exponent: impl IntoExpr<'b>) -> Expr<'b> {

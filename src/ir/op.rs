@@ -26,6 +26,14 @@ pub enum Op {
     /// Natural logarithm (per-step scalars only, computed in f64); `ln(±0) = -inf`,
     /// `ln(+inf) = +inf`, negative input or NaN gives NaN.
     Ln,
+    /// `cos(a)` in radians (per-step scalars only, computed in f64 with the platform's `cos`,
+    /// not guaranteed correctly rounded): `cos(±0) = 1`, `cos(±inf)` and `cos(NaN)` are NaN.
+    /// For schedules ([`crate::schedule::graph`]).
+    Cos,
+    /// `⌊a⌋`, the largest integer not above `a` (per-step scalars only, computed in f64;
+    /// exact): `floor(-0) = -0`, `floor(-0.5) = -1`, `floor(0.5) = +0`, `±inf` stay `±inf`,
+    /// NaN stays NaN. For staircase schedules ([`crate::schedule::graph`]).
+    Floor,
     /// `a + b`; `-0 + -0 = -0`, `+0 + -0 = +0`; `inf + -inf` is NaN.
     Add,
     /// `a - b`; `x - x = +0` for finite `x`, `-0 - +0 = -0`, `inf - inf` is NaN.
@@ -80,13 +88,15 @@ pub enum OpGroup {
 
 impl Op {
     /// Every op, in declaration order.
-    pub const ALL: [Op; 21] = [
+    pub const ALL: [Op; 23] = [
         Op::Neg,
         Op::Abs,
         Op::Sqrt,
         Op::Sign,
         Op::Exp,
         Op::Ln,
+        Op::Cos,
+        Op::Floor,
         Op::Add,
         Op::Sub,
         Op::Mul,
@@ -107,7 +117,9 @@ impl Op {
     /// The op's shape.
     pub fn group(self) -> OpGroup {
         match self {
-            Op::Neg | Op::Abs | Op::Sqrt | Op::Sign | Op::Exp | Op::Ln => OpGroup::Unary,
+            Op::Neg | Op::Abs | Op::Sqrt | Op::Sign | Op::Exp | Op::Ln | Op::Cos | Op::Floor => {
+                OpGroup::Unary
+            }
             Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Min | Op::Max | Op::Pow => OpGroup::Binary,
             Op::Eq | Op::Ne | Op::Lt | Op::Le | Op::Gt | Op::Ge => OpGroup::Compare,
             Op::Select | Op::Fma => OpGroup::Ternary,
@@ -125,7 +137,7 @@ impl Op {
 
     /// True for ops that only exist on per-step scalars (computed in f64 in the prologue).
     pub fn scalar_only(self) -> bool {
-        matches!(self, Op::Pow | Op::Exp | Op::Ln)
+        matches!(self, Op::Pow | Op::Exp | Op::Ln | Op::Cos | Op::Floor)
     }
 
     /// The op's name in printed IR and in the text form.
@@ -137,6 +149,8 @@ impl Op {
             Op::Sign => "sign",
             Op::Exp => "exp",
             Op::Ln => "ln",
+            Op::Cos => "cos",
+            Op::Floor => "floor",
             Op::Add => "add",
             Op::Sub => "sub",
             Op::Mul => "mul",
@@ -180,6 +194,8 @@ pub fn eval_op<T: Float>(op: Op, a: T, b: T, c: T) -> T {
         }
         Op::Exp => a.exp(),
         Op::Ln => a.ln(),
+        Op::Cos => a.cos(),
+        Op::Floor => a.floor(),
         Op::Add => a + b,
         Op::Sub => a - b,
         Op::Mul => a * b,

@@ -816,7 +816,9 @@ impl Translator<'_> {
                 self.choose(width, cond, f[0], f[1])
             }
             Op::Fma => self.b.ins().fma(f[0], f[1], f[2]),
-            Op::Exp | Op::Ln | Op::Pow => unreachable!("scalar-only ops never reach a stage"),
+            Op::Exp | Op::Ln | Op::Cos | Op::Floor | Op::Pow => {
+                unreachable!("scalar-only ops never reach a stage")
+            }
         })
     }
 }

@@ -1,6 +1,11 @@
-//! Schedules: host-side schedulers with `torch.optim.lr_scheduler`'s semantics and names
-//! ([`Scheduler`], built from [`StepLR`], [`CosineAnnealingLR`], ...), which set any
-//! hyperparameter of any group between steps and never recompile.
+//! Schedules of hyperparameters over the steps of training, of two kinds, neither of which
+//! ever recompiles:
+//!
+//! - host-side schedulers with `torch.optim.lr_scheduler`'s semantics and names
+//!   ([`Scheduler`], built from [`StepLR`], [`CosineAnnealingLR`], ...), which set any
+//!   hyperparameter of any group between steps;
+//! - [`graph`]: optax's schedules as expressions of the step, compiled into the prologue
+//!   (they follow each parameter's own step count and cost nothing per element).
 //!
 //! A scheduler drives `lr` by default and any other hyperparameter with `build_on` (`b1`,
 //! `weight_decay`, ...), through [`Hypers`], the interface [`crate::Optimizer`] and
@@ -30,6 +35,7 @@
 //! current value by a per-step factor exactly as PyTorch does, so they accumulate the same
 //! rounding; `optjit conformance` and `cargo test` check every recorded PyTorch sequence.
 
+pub mod graph;
 mod lr;
 
 pub use lr::{

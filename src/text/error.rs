@@ -96,6 +96,22 @@ pub enum TextErrorKind {
         /// What: "the new value of group state `k`".
         what: String,
     },
+    /// An expression where a schedule needs a number literal (a step count, a rate, a
+    /// boundary: optax branches on these while building the schedule).
+    NumberRequired {
+        /// Where: "the `decay_steps` argument of `cosine_decay`".
+        what: String,
+    },
+    /// A schedule argument outside its domain (optax raises `ValueError`), e.g. a cosine
+    /// decay over no steps.
+    InvalidArgument {
+        /// The schedule.
+        function: String,
+        /// The argument, as optax names it.
+        argument: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Comparisons written in a chain (`a < b < c`).
     ChainedComparison,
     /// A `flags` item that is not a known flag, or `flags` given twice.
@@ -156,6 +172,12 @@ impl fmt::Display for TextErrorKind {
                 "{what} must be the same for every parameter of a group, but it reads the \
                  step count, a parameter's own state or a per-parameter value"
             ),
+            NumberRequired { what } => write!(f, "{what} must be a number"),
+            InvalidArgument {
+                function,
+                argument,
+                reason,
+            } => write!(f, "invalid argument `{argument}` of `{function}`: {reason}"),
             ChainedComparison => write!(f, "comparisons cannot be chained"),
             // `flags` is a keyword, never a flag: this is the statement given twice.
             BadFlag { name } if name == "flags" => write!(f, "`flags` is given twice"),
@@ -208,6 +230,10 @@ impl TextErrorKind {
                  and global reductions"
                     .into()
             }
+            NumberRequired { .. } => {
+                "expected a number literal such as 100 (optax takes a Python number here)".into()
+            }
+            InvalidArgument { .. } => "expected an argument in the schedule's domain".into(),
             ChainedComparison => "expected parentheses, e.g. `(a < b) * (b < c)`".into(),
             BadFlag { name } if name == "flags" => {
                 "expected one `flags` line listing every flag".into()

@@ -28,12 +28,22 @@
 //!   `skip if global_nonfinite(grad)`.
 //! - Operators, loosest first: comparisons `== != < <= > >=` (yielding 1 or 0, not chained),
 //!   `+ -`, `* /`, unary `-`, `^` (power, right-associative). Functions: `sqrt abs sign exp
-//!   ln min max pow select fma`. `^`, `pow`, `exp` and `ln` take per-step scalars only
-//!   (hyperparameters, `step`, scalar state, numbers). Reductions of a per-element value to
+//!   ln cos floor min max pow select fma`. `^`, `pow`, `exp`, `ln`, `cos` and `floor` take
+//!   per-step scalars only (hyperparameters, `step`, scalar state, numbers). Reductions of a per-element value to
 //!   a per-step scalar: `sum sumsq maxabs nonfinite` over each parameter tensor, and
 //!   `global_sum global_sumsq global_maxabs global_nonfinite` over every parameter of the
 //!   step (see [`crate::ir::reduce`]). Literals: decimal numbers, `inf`,
 //!   `nan`. `#` starts a comment.
+//! - Schedules, optax's, read `step` implicitly (at optax's count `step − 1`) and expand to
+//!   per-step scalars ([`crate::schedule::graph`]; arguments in optax's order, trailing ones
+//!   with optax's defaults optional; step counts, rates, boundaries and `staircase` are
+//!   number literals): `constant(value)`, `linear(init, end, steps[, begin])`,
+//!   `polynomial(init, end, power, steps[, begin])`, `cosine_decay(init, decay_steps[,
+//!   alpha[, exponent]])`, `warmup_cosine_decay(init, peak, warmup_steps, decay_steps[,
+//!   end[, exponent]])`, `exponential_decay(init, steps, rate[, begin[, staircase (0 or
+//!   1)[, end]]])`, `piecewise_constant(init, boundary, scale, ...)` and `join(schedule,
+//!   boundary, schedule, ...)`, e.g. `let lr_t = warmup_cosine_decay(0, lr, 100, 1000, 0)`.
+//!   The printer writes the expanded operations.
 //!
 //! Errors carry the line and column, the offending line with a caret under the offending
 //! text, and what was expected. Hostile input is bounded: see [`limits`].

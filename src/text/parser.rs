@@ -14,6 +14,8 @@ use crate::ir::{GraphFlags, Node, NodeId, Op, Rank, ReduceOp, Scope, SlotKind};
 use crate::{Error, Graph};
 use std::collections::HashMap;
 
+mod schedules;
+
 type PResult<T> = Result<T, Box<TextError>>;
 
 /// A value while an expression is read: a node, or a literal not interned yet.
@@ -41,12 +43,14 @@ enum Binding {
 }
 
 /// The functions of the text form and the op each calls.
-const FUNCTIONS: [(&str, Op); 10] = [
+const FUNCTIONS: [(&str, Op); 12] = [
     ("sqrt", Op::Sqrt),
     ("abs", Op::Abs),
     ("sign", Op::Sign),
     ("exp", Op::Exp),
     ("ln", Op::Ln),
+    ("cos", Op::Cos),
+    ("floor", Op::Floor),
     ("min", Op::Min),
     ("max", Op::Max),
     ("pow", Op::Pow),
@@ -697,6 +701,9 @@ impl<'s> Parser<'s> {
         if let Some((op, scope)) = reduction(&name) {
             return self.reduce_call(name, op, scope);
         }
+        if schedules::NAMES.contains(&name.as_str()) {
+            return self.schedule_call(name, None);
+        }
         let callee = self.next();
         let Some(&(_, op)) = FUNCTIONS.iter().find(|(f, _)| *f == name) else {
             let reductions = ReduceOp::ALL.iter().flat_map(|op| {
@@ -706,6 +713,7 @@ impl<'s> Parser<'s> {
                 .iter()
                 .map(|(f, _)| f.to_string())
                 .chain(reductions)
+                .chain(schedules::NAMES.iter().map(|f| f.to_string()))
                 .collect();
             let suggestion = closest(&name, names.iter().map(String::as_str));
             let kind = TextErrorKind::UnknownFunction { name, suggestion };
