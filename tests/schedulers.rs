@@ -128,23 +128,24 @@ fn schedulers(opt: &mut Optimizer) -> Scheduler {
 }
 
 /// `steps` scheduler steps from a fresh optimizer; with `resume_at`, the optimizer and the
-/// scheduler are saved there (as bytes and JSON) and a new pair, built as the first was,
-/// loads them and goes on. Returns every group's lr at every step.
+/// scheduler are saved there in one checkpoint and a new pair, built as the first was,
+/// loads it and goes on. Returns every group's lr at every step.
 fn run(steps: usize, resume_at: Option<usize>) -> Vec<[u64; 2]> {
     let mut opt = sgd();
     let mut sched = schedulers(&mut opt);
     let mut lrs = Vec::new();
     for k in 0..steps {
         if Some(k) == resume_at {
-            let bytes = opt.state_dict().to_bytes().unwrap();
-            let saved = serde_json::to_string(&sched.state_dict()).unwrap();
+            // One checkpoint: the optimizer's state with the scheduler's inside.
+            let mut dict = opt.state_dict();
+            dict.put("scheduler", &sched.state_dict()).unwrap();
+            let bytes = dict.to_bytes().unwrap();
             opt = sgd();
             sched = schedulers(&mut opt);
             let dict = optjit::runtime::StateDict::from_bytes(&bytes).unwrap();
             assert!(opt.load_state_dict(&dict, true).unwrap().is_clean());
-            sched
-                .load_state_dict(&serde_json::from_str(&saved).unwrap(), &mut opt)
-                .unwrap();
+            let state = dict.get("scheduler").unwrap().expect("saved");
+            sched.load_state_dict(&state, &mut opt).unwrap();
         }
         lrs.push([0, 1].map(|g| opt.hyper(g, "lr").unwrap().to_bits()));
         sched.step(&mut opt).unwrap();

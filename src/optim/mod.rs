@@ -17,6 +17,7 @@
 //! ([`clip_by_global_norm`] optax's), [`amp()`] mixed-precision gradient unscaling and overflow
 //! skipping.
 
+mod accumulate;
 mod adadelta;
 mod adagrad;
 mod adam;
@@ -44,6 +45,7 @@ mod schedule_free;
 mod sign_sgd;
 mod yogi;
 
+pub use accumulate::{accumulate, GRAD_SCALE};
 pub use adadelta::Adadelta;
 pub use adagrad::Adagrad;
 pub use adam::{Adam, AdamW};

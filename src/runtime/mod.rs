@@ -9,6 +9,7 @@
 //! parameters with a gradient and the same per-step scalars form one segment. For buffers the caller owns, use [`crate::Stepper`].
 
 mod access;
+mod accumulate;
 mod clip;
 mod scaler;
 mod state_dict;
@@ -17,6 +18,7 @@ pub(crate) mod store;
 
 pub use crate::engine::{PoolKind, GRAIN};
 pub use access::{Grads, Param, Params};
+pub use accumulate::{AccumulationState, GradAccumulation};
 pub use scaler::{GradScaler, ScalerState};
 pub use state_dict::{GroupEntry, LoadReport, StateDict, StateEntry, TensorData};
 

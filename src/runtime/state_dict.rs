@@ -101,6 +101,11 @@ pub struct StateDict {
     /// The optimizer state's values by slot name (see [`crate::ir::SlotKind::Optimizer`]);
     /// empty when the optimizer has none. In JSON, as [`GroupEntry::hypers`].
     pub optimizer_state: BTreeMap<String, f64>,
+    /// Named JSON documents stored beside the optimizer's state, for what drives it between
+    /// steps: schedulers ([`crate::schedule::Scheduler::state_dict`]), gradient accumulation
+    /// ([`crate::runtime::GradAccumulation::state_dict`]); see [`StateDict::put`] and
+    /// [`StateDict::get`]. Saved in the checkpoint's metadata; `load_state_dict` ignores them.
+    pub extra: BTreeMap<String, String>,
 }
 
 /// What a non-strict load did not load.
@@ -133,6 +138,8 @@ struct Meta {
         with = "exact_f64"
     )]
     optimizer_state: BTreeMap<String, f64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    extra: BTreeMap<String, String>,
 }
 
 /// A JSON object as a map, refusing a key that appears twice (serde_json would keep the last).
@@ -263,6 +270,37 @@ fn invalid(reason: impl Into<String>) -> Error {
 }
 
 impl StateDict {
+    /// Stores `value` as the JSON document `name` of [`StateDict::extra`], replacing one of
+    /// that name.
+    ///
+    /// ```
+    /// use optjit::{optim::Sgd, runtime::GradAccumulation, Optimizer};
+    ///
+    /// let opt = Optimizer::new(&Sgd::default().graph()?)?;
+    /// let acc = GradAccumulation::new(4, true)?;
+    /// let mut dict = opt.state_dict();
+    /// dict.put("accumulation", &acc.state_dict())?;
+    /// let back = optjit::runtime::StateDict::from_bytes(&dict.to_bytes()?)?;
+    /// assert_eq!(back.get("accumulation")?, Some(acc.state_dict()));
+    /// # Ok::<(), optjit::Error>(())
+    /// ```
+    pub fn put<T: Serialize>(&mut self, name: &str, value: &T) -> Result<()> {
+        let json = serde_json::to_string(value).map_err(|e| invalid(e.to_string()))?;
+        self.extra.insert(name.to_string(), json);
+        Ok(())
+    }
+
+    /// The JSON document `name` of [`StateDict::extra`] as a `T`, if there is one; fails with
+    /// [`Error::InvalidStateDict`] when it is not a `T`.
+    pub fn get<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
+        match self.extra.get(name) {
+            None => Ok(None),
+            Some(json) => serde_json::from_str(json)
+                .map(Some)
+                .map_err(|e| invalid(format!("`{name}`: {e}"))),
+        }
+    }
+
     /// Serializes to safetensors bytes (loadable by Python's `safetensors` package: tensors
     /// `state.<index>.<slot>` with the parameters' shapes, JSON metadata under `optjit`).
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
@@ -282,6 +320,7 @@ impl StateDict {
                 .collect(),
             param_groups: self.param_groups.clone(),
             optimizer_state: self.optimizer_state.clone(),
+            extra: self.extra.clone(),
         };
         let json = serde_json::to_string(&meta).map_err(|e| invalid(e.to_string()))?;
         let mut bytes: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
@@ -379,6 +418,7 @@ impl StateDict {
             state,
             param_groups: meta.param_groups,
             optimizer_state: meta.optimizer_state,
+            extra: meta.extra,
         })
     }
 
@@ -505,6 +545,7 @@ impl Optimizer {
             state,
             param_groups,
             optimizer_state,
+            extra: BTreeMap::new(),
         }
     }
 
