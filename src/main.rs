@@ -89,6 +89,19 @@ Examples:
   optjit demo
   optjit demo --opt examples/adabelief.opt --epochs 5")]
     Demo(cli::demo::DemoArgs),
+    /// Print a schedule's values over N steps (and chart them), before training with it.
+    ///
+    /// SCHEDULE is a PyTorch scheduler by class name, with its keyword arguments as `--arg
+    /// NAME=VALUE` (values from construction, then after each `step()`, as PyTorch's), or
+    /// an expression of `step` in the text syntax, optax's schedules included (values at
+    /// steps 1..=N).
+    #[command(after_help = "\
+Examples:
+  optjit schedule StepLR --arg step_size=30 --arg gamma=0.1 --steps 100
+  optjit schedule CosineAnnealingLR --arg T_max=100 --arg eta_min=0.001 --base 0.1 --json
+  optjit schedule LambdaLR --arg lr_lambda=0.95^epoch --steps 50
+  optjit schedule 'warmup_cosine_decay(0, 1, 100, 1000, 0)' --steps 1000 --plot lr.svg")]
+    Schedule(cli::schedule::ScheduleArgs),
 }
 
 fn main() -> ExitCode {
@@ -99,5 +112,6 @@ fn main() -> ExitCode {
         Command::Conformance(args) => cli::conformance::run(&args),
         Command::Bench(args) => cli::bench::run(&args),
         Command::Demo(args) => cli::demo::run(&args),
+        Command::Schedule(args) => cli::schedule::run(&args),
     }
 }

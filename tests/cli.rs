@@ -531,3 +531,72 @@ fn check_reports_position_and_caret_and_goes_on() {
         run.stdout
     );
 }
+
+#[test]
+fn schedule_prints_a_pytorch_scheduler_and_an_expression() {
+    let out = ok(&[
+        "schedule",
+        "StepLR",
+        "--arg",
+        "step_size=2",
+        "--arg",
+        "gamma=0.5",
+        "--steps",
+        "4",
+    ]);
+    let values: Vec<f64> = out
+        .lines()
+        .map(|l| l.split_whitespace().nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(values, [1.0, 1.0, 0.5, 0.5, 0.25]);
+    // An in-graph schedule, charted: values at steps 1..=N, and an SVG written.
+    let plot = std::env::temp_dir().join(format!("optjit-schedule-{}.svg", std::process::id()));
+    let out = ok(&[
+        "schedule",
+        "warmup_cosine_decay(0, 1, 2, 6, 0)",
+        "--steps",
+        "7",
+        "--json",
+        "--plot",
+        plot.to_str().unwrap(),
+    ]);
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 7);
+    assert_eq!(
+        (rows[0]["step"].as_u64(), rows[0]["value"].as_f64()),
+        (Some(1), Some(0.0))
+    );
+    assert_eq!(
+        rows[2]["value"].as_f64(),
+        Some(1.0),
+        "the peak at the end of the warmup"
+    );
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    std::fs::remove_file(&plot).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("<polyline"),
+        "{svg:.200}"
+    );
+}
+
+#[test]
+fn schedule_mistakes_are_reported() {
+    for args in [
+        &["schedule", "NoSuchLR"][..],
+        &["schedule", "StepLR", "--arg", "gamma=0.5"],
+        &["schedule", "StepLR", "--arg", "step_size"],
+        &["schedule", "1 +", "--steps", "3"],
+        &["schedule", "step", "--arg", "gamma=1"],
+    ] {
+        let run = optjit(args);
+        assert_eq!(run.code, Some(1), "{args:?}: {}", run.stdout);
+        assert!(
+            run.stderr.starts_with("error: "),
+            "{args:?}: {}",
+            run.stderr
+        );
+    }
+}

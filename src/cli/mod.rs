@@ -4,6 +4,7 @@ pub mod bench;
 pub mod conformance;
 pub mod demo;
 pub mod output;
+pub mod schedule;
 pub mod show;
 
 /// A parser of whole numbers in `lo..=hi` for numeric arguments, so that a huge count is a

@@ -78,8 +78,9 @@ fn lambdas(kwargs: &Value) -> std::result::Result<Vec<Factor>, String> {
     }
 }
 
-/// The scheduler `name` with PyTorch's keyword arguments `kwargs`, built on `opt`.
-fn build(
+/// The scheduler `name` (PyTorch's class name) with PyTorch's keyword arguments `kwargs`
+/// (numbers, lists of numbers, lambdas as Python source), built on `opt`.
+pub fn build(
     opt: &mut Optimizer,
     name: &str,
     kwargs: &Value,
