@@ -2,6 +2,8 @@
 //! (`tests/data/schedulers`) bit for bit, any hyperparameter without recompiling, and a
 //! resumed run equal to an uninterrupted one.
 
+#![cfg(feature = "cli")]
+
 use ndarray::Array1;
 use optjit::optim::{Adam, Sgd};
 use optjit::schedule::{
