@@ -279,3 +279,31 @@ fn zero_or_huge_sizes_are_usage_errors() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_schedule_changes_the_losses_and_charts_the_learning_rate() {
+    let dir = scratch("schedule");
+    let args = |schedule: &'static str, out: &'static str| {
+        [
+            "--builtins-only",
+            "--epochs",
+            "5",
+            "--hidden",
+            "16",
+            "--schedule",
+            schedule,
+            "--out",
+            out,
+        ]
+    };
+    let constant = demo(&dir, &args("constant", "constant.svg"));
+    let warmup = demo(&dir, &args("warmup-cosine", "warmup.svg"));
+    assert_eq!(constant.code, Some(0), "{}", constant.stderr);
+    assert_eq!(warmup.code, Some(0), "{}", warmup.stderr);
+    let (c, w) = (table(&constant.stdout), table(&warmup.stdout));
+    // The warmup starts at a tenth of the lr: the losses differ from the constant run.
+    assert_ne!(c.losses[1], w.losses[1]);
+    assert!(svg(&dir.join("warmup.svg")).contains("learning rate"));
+    assert!(!svg(&dir.join("constant.svg")).contains("learning rate"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

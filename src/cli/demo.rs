@@ -13,6 +13,7 @@ use super::output::{exit, outln, CliError};
 use indicatif::{ProgressBar, ProgressStyle};
 use mlp::{Digits, Mlp};
 use optjit::optim::{Adam, AdamW, Sgd};
+use optjit::schedule::{CosineAnnealingLR, LinearLR, Scheduler, StepLR};
 use optjit::{text, Graph, Optimizer};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,6 +50,61 @@ pub struct DemoArgs {
     /// Where to write the chart.
     #[arg(long, value_name = "FILE", default_value = "demo-loss.svg")]
     pub out: PathBuf,
+    /// How every optimizer's learning rate changes from epoch to epoch (PyTorch schedulers,
+    /// stepped once per epoch, relative to each optimizer's own lr); the chart then shows the
+    /// learning rate beside the loss.
+    #[arg(long, value_enum, default_value_t = ScheduleArg::Constant)]
+    pub schedule: ScheduleArg,
+}
+
+/// The learning-rate schedules of `--schedule`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScheduleArg {
+    /// The optimizer's lr throughout.
+    Constant,
+    /// `CosineAnnealingLR` down to 0 at the last epoch.
+    Cosine,
+    /// `LinearLR` from a tenth over the first fifth of the epochs, then `CosineAnnealingLR`
+    /// (through `SequentialLR`).
+    WarmupCosine,
+    /// `StepLR`: the lr times 0.3 every third of the epochs.
+    Step,
+}
+
+/// The scheduler of `kind` over `epochs` epochs on `opt`'s lr (`None`: constant).
+fn scheduler(
+    kind: ScheduleArg,
+    epochs: usize,
+    opt: &mut Optimizer,
+) -> optjit::Result<Option<Scheduler>> {
+    let epochs = epochs as i64;
+    Ok(Some(match kind {
+        ScheduleArg::Constant => return Ok(None),
+        ScheduleArg::Cosine => CosineAnnealingLR {
+            t_max: epochs,
+            eta_min: 0.0,
+        }
+        .build(opt)?,
+        ScheduleArg::WarmupCosine => {
+            let warmup = (epochs / 5).max(1);
+            let linear = LinearLR {
+                start_factor: 0.1,
+                end_factor: 1.0,
+                total_iters: warmup,
+            };
+            let cosine = CosineAnnealingLR {
+                t_max: (epochs - warmup).max(1),
+                eta_min: 0.0,
+            };
+            let parts = vec![linear.build(opt)?, cosine.build(opt)?];
+            Scheduler::sequential(opt, parts, &[warmup])?
+        }
+        ScheduleArg::Step => StepLR {
+            step_size: (epochs / 3).max(1),
+            gamma: 0.3,
+        }
+        .build(opt)?,
+    }))
 }
 
 /// One optimizer, ready to train a fresh MLP.
@@ -71,6 +127,8 @@ struct Outcome {
     accuracy: f32,
     /// Wall-clock seconds of training.
     seconds: f64,
+    /// The learning rate of each epoch over the optimizer's own.
+    lr_factors: Vec<f64>,
 }
 
 /// Runs the demo.
@@ -106,7 +164,7 @@ fn demo(args: &DemoArgs) -> Result<(), CliError> {
     let mut outcomes = Vec::new();
     for run in &mut runs {
         progress.set_message(run.label.clone());
-        let outcome = train(run, &data, args.epochs, &progress)?;
+        let outcome = train(run, &data, args, &progress)?;
         progress.suspend(|| {
             eprintln!(
                 "{}: loss {:.4} -> {:.4}, test accuracy {:.1}%, {:.0} ms",
@@ -134,7 +192,10 @@ fn demo(args: &DemoArgs) -> Result<(), CliError> {
         "optjit demo: MLP 64-{}-10 on the UCI digits, training loss",
         args.hidden
     );
-    let svg = chart::svg(&title, &curves).map_err(|e| CliError::Chart(e.to_string()))?;
+    let lr = (args.schedule != ScheduleArg::Constant)
+        .then(|| outcomes.first().map(|o| o.lr_factors.as_slice()))
+        .flatten();
+    let svg = chart::svg(&title, &curves, lr).map_err(|e| CliError::Chart(e.to_string()))?;
     std::fs::write(&args.out, svg).map_err(|e| CliError::Write {
         path: args.out.display().to_string(),
         message: e.to_string(),
@@ -185,6 +246,14 @@ fn runs(args: &DemoArgs) -> Result<Vec<Run>, CliError> {
                 hypers: names.join(", "),
             });
         }
+        let scheduled = args.schedule != ScheduleArg::Constant;
+        if scheduled && graph.hyper_index("lr").is_none() {
+            let names: Vec<&str> = graph.hypers().iter().map(|h| h.name.as_str()).collect();
+            return Err(CliError::NoLr {
+                label,
+                hypers: names.join(", "),
+            });
+        }
         let overrides: Vec<(&str, f64)> = lr.iter().map(|&lr| ("lr", lr)).collect();
         runs.push(prepare(&label, &graph, &overrides, args.hidden)?);
     }
@@ -214,17 +283,32 @@ fn prepare(
     })
 }
 
-/// Trains `run` for `epochs` epochs, then measures its test accuracy.
+/// Trains `run` for `args.epochs` epochs with `args.schedule`, then measures its test
+/// accuracy.
 fn train(
     run: &mut Run,
     data: &Digits,
-    epochs: usize,
+    args: &DemoArgs,
     progress: &ProgressBar,
 ) -> optjit::Result<Outcome> {
+    let epochs = args.epochs;
     let start = Instant::now();
     let mut losses = Vec::with_capacity(epochs);
+    let mut lr_factors = Vec::with_capacity(epochs);
+    let mut sched = scheduler(args.schedule, epochs, &mut run.opt)?;
+    let base = match sched {
+        Some(_) => run.opt.initial_hyper(0, "lr")?,
+        None => 1.0,
+    };
     for e in 0..epochs {
+        lr_factors.push(match sched {
+            Some(_) => run.opt.hyper(0, "lr")? / base,
+            None => 1.0,
+        });
         losses.push(run.mlp.epoch(&mut run.opt, data, e)?);
+        if let Some(s) = &mut sched {
+            s.step(&mut run.opt)?;
+        }
         progress.inc(1);
     }
     let seconds = start.elapsed().as_secs_f64();
@@ -232,6 +316,7 @@ fn train(
         losses,
         accuracy: run.mlp.accuracy(&run.opt, data)?,
         seconds,
+        lr_factors,
     })
 }
 

@@ -24,8 +24,13 @@ const COLOURS: [RGBColor; 6] = [
     RGBColor(140, 86, 75),
 ];
 
-/// The chart as an SVG document.
-pub fn svg(title: &str, curves: &[Curve<'_>]) -> Result<String, Box<dyn std::error::Error>> {
+/// The chart as an SVG document; with `lr` (each epoch's learning rate over the optimizers'
+/// own), a second panel below the loss shows it.
+pub fn svg(
+    title: &str,
+    curves: &[Curve<'_>],
+    lr: Option<&[f64]>,
+) -> Result<String, Box<dyn std::error::Error>> {
     let epochs = curves.iter().map(|c| c.losses.len()).max().unwrap_or(0);
     let finite = || {
         curves
@@ -42,9 +47,14 @@ pub fn svg(title: &str, curves: &[Curve<'_>]) -> Result<String, Box<dyn std::err
     };
     let mut text = String::new();
     {
-        let root = SVGBackend::with_string(&mut text, (900, 540)).into_drawing_area();
+        let height = if lr.is_some() { 540 + 240 } else { 540 };
+        let root = SVGBackend::with_string(&mut text, (900, height)).into_drawing_area();
         root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
+        let (top, bottom) = root.split_vertically(540);
+        if let Some(lr) = lr {
+            lr_panel(&bottom, epochs, lr)?;
+        }
+        let mut chart = ChartBuilder::on(&top)
             .caption(title, ("sans-serif", 22))
             .margin(16)
             .x_label_area_size(44)
@@ -78,6 +88,37 @@ pub fn svg(title: &str, curves: &[Curve<'_>]) -> Result<String, Box<dyn std::err
         root.present()?;
     }
     Ok(text)
+}
+
+/// The learning-rate panel: `lr[e]` at epoch `e + 1`, on a linear scale from 0.
+fn lr_panel(
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    epochs: usize,
+    lr: &[f64],
+) -> Result<(), Box<dyn std::error::Error>> {
+    let hi = lr
+        .iter()
+        .copied()
+        .filter(|v| v.is_finite())
+        .fold(0.0, f64::max);
+    let mut chart = ChartBuilder::on(area)
+        .caption(
+            "learning rate (over each optimizer's own)",
+            ("sans-serif", 16),
+        )
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(64)
+        .build_cartesian_2d(1..epochs.max(2), 0.0..(hi * 1.1).max(1e-12))?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .label_style(("sans-serif", 13))
+        .draw()?;
+    let points = (lr.iter().enumerate()).filter(|(_, v)| v.is_finite());
+    let style = BLACK.stroke_width(2);
+    chart.draw_series(LineSeries::new(points.map(|(e, &v)| (e + 1, v)), style))?;
+    Ok(())
 }
 
 /// The runs of finite losses as (epoch, loss) points, epochs counted from 1.
@@ -115,6 +156,7 @@ mod tests {
                 label: "diverged",
                 losses: &[f32::NAN],
             }],
+            None,
         )
         .expect("the chart renders");
         assert!(
