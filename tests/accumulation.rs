@@ -63,26 +63,36 @@ fn summed(ms: std::ops::Range<usize>) -> (Vec<f32>, Option<Vec<f64>>) {
     (a, b)
 }
 
+/// Adds micro-batch `m`'s gradients to `a` and `b`, and records it; whether it stepped.
+fn feed(
+    opt: &mut Optimizer,
+    acc: &mut GradAccumulation,
+    (a, b): (Param<f32>, Param<f64>),
+    m: usize,
+) -> Option<bool> {
+    let (ga, gb) = grads(m);
+    opt.grad_mut(&a)
+        .unwrap()
+        .iter_mut()
+        .zip(&ga)
+        .for_each(|(x, g)| *x += g);
+    if let Some(gb) = gb {
+        opt.grad_mut(&b)
+            .unwrap()
+            .iter_mut()
+            .zip(&gb)
+            .for_each(|(x, g)| *x += g);
+    }
+    acc.micro_step(opt).unwrap()
+}
+
 /// Runs micro-batches `0..n` through an accumulation of `every` (flushing at the end);
 /// returns the parameters' bits.
 fn accumulated(n: usize, every: u64, mean: bool) -> (Vec<u32>, Vec<u64>, Vec<u32>) {
     let (mut opt, a, b, c) = adam(true);
     let mut acc = GradAccumulation::new(every, mean).unwrap();
     for m in 0..n {
-        let (ga, gb) = grads(m);
-        opt.grad_mut(&a)
-            .unwrap()
-            .iter_mut()
-            .zip(&ga)
-            .for_each(|(x, g)| *x += g);
-        if let Some(gb) = gb {
-            opt.grad_mut(&b)
-                .unwrap()
-                .iter_mut()
-                .zip(&gb)
-                .for_each(|(x, g)| *x += g);
-        }
-        let stepped = acc.micro_step(&mut opt).unwrap();
+        let stepped = feed(&mut opt, &mut acc, (a, b), m);
         assert_eq!(
             stepped.is_some(),
             (m as u64 + 1).is_multiple_of(every),
@@ -141,29 +151,6 @@ fn a_window_steps_once_on_the_mean_or_sum_of_its_micro_batches() {
         accumulated(4, 1, true),
         by_hand(&[0..1, 1..2, 2..3, 3..4], true)
     );
-}
-
-/// Adds micro-batch `m`'s gradients to `a` and `b`, and records it.
-fn feed(
-    opt: &mut Optimizer,
-    acc: &mut GradAccumulation,
-    (a, b): (Param<f32>, Param<f64>),
-    m: usize,
-) {
-    let (ga, gb) = grads(m);
-    opt.grad_mut(&a)
-        .unwrap()
-        .iter_mut()
-        .zip(&ga)
-        .for_each(|(x, g)| *x += g);
-    if let Some(gb) = gb {
-        opt.grad_mut(&b)
-            .unwrap()
-            .iter_mut()
-            .zip(&gb)
-            .for_each(|(x, g)| *x += g);
-    }
-    acc.micro_step(opt).unwrap();
 }
 
 #[test]
