@@ -629,47 +629,12 @@ impl Optimizer {
         let mut group_state: Vec<Vec<f64>> =
             self.groups.iter().map(|g| g.scalars.clone()).collect();
         for (k, (group, values)) in dict.param_groups.iter().zip(&mut group_state).enumerate() {
-            for (n, slot) in self.engine.program.slots.iter().enumerate() {
-                if slot.kind != SlotKind::Group {
-                    continue;
-                }
-                match group.state.get(&slot.name) {
-                    Some(&v) => values[n] = v,
-                    None => report
-                        .missing
-                        .push(format!("group state `{}` of group {k}", slot.name)),
-                }
-            }
-            let group_slot = |name: &String| {
-                let slot = self.engine.program.slots.iter().find(|s| &s.name == name);
-                slot.is_some_and(|s| s.kind == SlotKind::Group)
-            };
-            for name in group.state.keys().filter(|n| !group_slot(n)) {
-                report
-                    .unexpected
-                    .push(format!("group state `{name}` of group {k}"));
-            }
+            let of = format!(" of group {k}");
+            self.load_shared(SlotKind::Group, &group.state, values, &of, &mut report);
         }
-        // Optimizer state.
         let mut shared = self.shared.clone();
-        for (n, slot) in self.engine.program.slots.iter().enumerate() {
-            if slot.kind != SlotKind::Optimizer {
-                continue;
-            }
-            match dict.optimizer_state.get(&slot.name) {
-                Some(&v) => shared[n] = v,
-                None => report
-                    .missing
-                    .push(format!("optimizer state `{}`", slot.name)),
-            }
-        }
-        let optimizer_slot = |name: &String| {
-            let slot = self.engine.program.slots.iter().find(|s| &s.name == name);
-            slot.is_some_and(|s| s.kind == SlotKind::Optimizer)
-        };
-        for name in dict.optimizer_state.keys().filter(|n| !optimizer_slot(n)) {
-            report.unexpected.push(format!("optimizer state `{name}`"));
-        }
+        let saved = &dict.optimizer_state;
+        self.load_shared(SlotKind::Optimizer, saved, &mut shared, "", &mut report);
         if dict.param_groups.len() != self.groups.len() {
             report.mismatched.push(format!(
                 "the dict has {} parameter groups, the optimizer {}",
@@ -746,6 +711,31 @@ impl Optimizer {
             self.apply_loaded(l);
         }
         Ok(report)
+    }
+
+    /// Reads the shared state of `kind` (group or optimizer slots) from `saved` into
+    /// `values` (one per slot), reporting slots it lacks and names that are no such slot;
+    /// `of` ends each report line (` of group k`).
+    fn load_shared(
+        &self,
+        kind: SlotKind,
+        saved: &BTreeMap<String, f64>,
+        values: &mut [f64],
+        of: &str,
+        report: &mut LoadReport,
+    ) {
+        let slots = &self.engine.program.slots;
+        let what = kind.keyword();
+        for (n, slot) in slots.iter().enumerate().filter(|(_, s)| s.kind == kind) {
+            match saved.get(&slot.name) {
+                Some(&v) => values[n] = v,
+                None => report.missing.push(format!("{what} `{}`{of}", slot.name)),
+            }
+        }
+        let known = |name: &String| slots.iter().any(|s| &s.name == name && s.kind == kind);
+        for name in saved.keys().filter(|n| !known(n)) {
+            report.unexpected.push(format!("{what} `{name}`{of}"));
+        }
     }
 
     /// Checks one state entry against parameter `i` and converts it.
