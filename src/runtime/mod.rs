@@ -11,7 +11,7 @@
 mod access;
 mod clip;
 mod scaler;
-mod state_dict;
+pub(crate) mod state_dict;
 mod step;
 pub(crate) mod store;
 

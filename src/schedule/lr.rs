@@ -88,7 +88,7 @@ fn per_group(factors: &[Factor], groups: usize) -> Result<Vec<Factor>> {
 
 /// What one scheduler computes at each step.
 #[derive(Clone, Debug)]
-enum Rule {
+pub(super) enum Rule {
     Lambda(Vec<Factor>),
     Multiplicative(Vec<Factor>),
     Step {
@@ -119,6 +119,10 @@ enum Rule {
         t_max: i64,
         eta_min: f64,
     },
+    WarmRestarts(super::cyclic::WarmRestarts),
+    Swa(super::cyclic::Swa),
+    Cyclic(Box<super::cyclic::Cyclic>),
+    OneCycle(Box<super::onecycle::OneCycle>),
 }
 
 impl Rule {
@@ -134,6 +138,10 @@ impl Rule {
             Rule::Exponential { .. } => "ExponentialLR",
             Rule::Polynomial { .. } => "PolynomialLR",
             Rule::CosineAnnealing { .. } => "CosineAnnealingLR",
+            Rule::WarmRestarts(_) => "CosineAnnealingWarmRestarts",
+            Rule::Swa(_) => "SWALR",
+            Rule::Cyclic(_) => "CyclicLR",
+            Rule::OneCycle(_) => "OneCycleLR",
         }
     }
 
@@ -202,6 +210,27 @@ impl Rule {
                         + eta_min
                 }
             }
+            Rule::WarmRestarts(w) => w.value(base, epoch),
+            Rule::Swa(s) => s.value(g, lr, epoch),
+            Rule::Cyclic(c) => c.lr(g, epoch),
+            Rule::OneCycle(o) => o.lr(g, epoch),
+        }
+    }
+
+    /// The cycled momentum of group `g` at `epoch`, for the rules that cycle one.
+    fn momentum(&self, g: usize, epoch: i64) -> Option<f64> {
+        match self {
+            Rule::Cyclic(c) => c.momentum(g, epoch),
+            Rule::OneCycle(o) => o.momentum(g, epoch),
+            _ => None,
+        }
+    }
+
+    /// Whether a step to `epoch` is allowed (OneCycleLR's last is `total_steps`).
+    fn check_epoch(&self, epoch: i64) -> Result<()> {
+        match self {
+            Rule::OneCycle(o) => o.check_epoch(epoch),
+            _ => Ok(()),
         }
     }
 
@@ -210,7 +239,13 @@ impl Rule {
     fn closed_form(&self, base: f64, epoch: i64) -> Option<f64> {
         let e = epoch as f64;
         Some(match self {
-            Rule::Lambda(_) | Rule::Multiplicative(_) => return None,
+            // Closed forms already, or per group (see `value`).
+            Rule::Lambda(_)
+            | Rule::Multiplicative(_)
+            | Rule::Swa(_)
+            | Rule::Cyclic(_)
+            | Rule::OneCycle(_) => return None,
+            Rule::WarmRestarts(w) => w.value(base, epoch),
             Rule::Step { step_size, gamma } => {
                 base * gamma.powf((epoch.div_euclid(*step_size)) as f64)
             }
@@ -252,17 +287,32 @@ struct Single {
     last_epoch: i64,
     step_count: u64,
     last: Vec<f64>,
+    /// The momentum hyperparameter the rule cycles (CyclicLR, OneCycleLR), if any.
+    momentum: Option<String>,
+    /// The momentum values it last set, per group.
+    last_momentum: Vec<f64>,
 }
 
 impl Single {
     /// `step()`: one epoch on (`initial`: the constructor's).
     fn step(&mut self, opt: &mut dyn Hypers, initial: bool) -> Result<()> {
+        self.rule.check_epoch(self.last_epoch + 1)?;
         self.step_count += 1;
         self.last_epoch += 1;
         let first = self.step_count == 1;
         let (epoch, base, rule) = (self.last_epoch, &self.base, &self.rule);
         let value = |g: usize, lr: f64| rule.value(g, lr, base[g], epoch, initial, first);
         self.last = update(opt, &self.hyper, base.len(), value)?;
+        self.cycle_momentum(opt)
+    }
+
+    /// Sets the cycled momentum at `last_epoch`, for the rules that cycle one.
+    fn cycle_momentum(&mut self, opt: &mut dyn Hypers) -> Result<()> {
+        if let Some(hyper) = &self.momentum {
+            let (epoch, rule) = (self.last_epoch, &self.rule);
+            let value = |g: usize, m: f64| rule.momentum(g, epoch).unwrap_or(m);
+            self.last_momentum = update(opt, hyper, self.base.len(), value)?;
+        }
         Ok(())
     }
 
@@ -275,7 +325,7 @@ impl Single {
             closed.unwrap_or_else(|| rule.value(g, lr, base[g], epoch, false, false))
         };
         self.last = update(opt, &self.hyper, base.len(), value)?;
-        Ok(())
+        self.cycle_momentum(opt)
     }
 }
 
@@ -319,13 +369,32 @@ enum Kind {
         last_epoch: i64,
         last: Vec<f64>,
     },
+    /// PyTorch's `ReduceLROnPlateau`: steps on a metric.
+    Plateau(Box<super::plateau::Plateau>),
 }
 
 impl Scheduler {
+    /// A `ReduceLROnPlateau` scheduler.
+    pub(super) fn plateau(plateau: super::plateau::Plateau) -> Scheduler {
+        Scheduler {
+            kind: Kind::Plateau(Box::new(plateau)),
+        }
+    }
+
     /// A scheduler of `rule` on hyperparameter `hyper`, with PyTorch's construction: each
     /// group's base value is the hyperparameter's initial value ([`Hypers::initial_hyper`]),
     /// then a first step at epoch 0.
     fn single(opt: &mut dyn Hypers, hyper: &str, rule: Rule) -> Result<Scheduler> {
+        Scheduler::single_cycling(opt, hyper, rule, None)
+    }
+
+    /// [`Scheduler::single`] whose rule also cycles the hyperparameter `momentum`.
+    pub(super) fn single_cycling(
+        opt: &mut dyn Hypers,
+        hyper: &str,
+        rule: Rule,
+        momentum: Option<&str>,
+    ) -> Result<Scheduler> {
         let groups = opt.num_groups();
         let base = (0..groups)
             .map(|g| opt.initial_hyper(g, hyper))
@@ -337,6 +406,8 @@ impl Scheduler {
             last_epoch: -1,
             step_count: 0,
             last: Vec::new(),
+            momentum: momentum.map(str::to_string),
+            last_momentum: Vec::new(),
         };
         single.step(opt, true)?;
         Ok(Scheduler {
@@ -401,6 +472,7 @@ impl Scheduler {
     pub fn hyper(&self) -> &str {
         match &self.kind {
             Kind::Single(s) => &s.hyper,
+            Kind::Plateau(p) => p.hyper(),
             Kind::Chained { schedulers, .. } | Kind::Sequential { schedulers, .. } => {
                 schedulers.last().map_or("lr", |s| s.hyper())
             }
@@ -411,6 +483,7 @@ impl Scheduler {
     pub fn last_epoch(&self) -> i64 {
         match &self.kind {
             Kind::Single(s) => s.last_epoch,
+            Kind::Plateau(p) => p.last_epoch(),
             Kind::Chained { schedulers, .. } => schedulers.last().map_or(0, |s| s.last_epoch()),
             Kind::Sequential { last_epoch, .. } => *last_epoch,
         }
@@ -420,15 +493,23 @@ impl Scheduler {
     pub fn get_last_lr(&self) -> &[f64] {
         match &self.kind {
             Kind::Single(s) => &s.last,
+            Kind::Plateau(p) => p.last(),
             Kind::Chained { last, .. } | Kind::Sequential { last, .. } => last,
         }
     }
 
     /// PyTorch's `scheduler.step()`, after `optimizer.step()`: the values for the next
     /// optimizer step.
+    ///
+    /// Fails with [`Error::Unsupported`] for `ReduceLROnPlateau` (and a composition holding
+    /// one), which steps on a metric: [`Scheduler::step_with_metric`]. `OneCycleLR` fails
+    /// with [`Error::InvalidOption`] past its `total_steps`. Nothing changed on error.
     pub fn step(&mut self, opt: &mut dyn Hypers) -> Result<()> {
         match &mut self.kind {
             Kind::Single(s) => s.step(opt, false),
+            Kind::Plateau(_) => Err(Error::Unsupported {
+                what: "step() on ReduceLROnPlateau, which steps on a metric: call step_with_metric",
+            }),
             Kind::Chained { schedulers, last } => {
                 for s in schedulers.iter_mut() {
                     s.step(opt)?;
@@ -457,6 +538,18 @@ impl Scheduler {
         }
     }
 
+    /// PyTorch's `ReduceLROnPlateau.step(metrics)`: `metric` is the quantity watched (a
+    /// validation loss, say). Fails with [`Error::Unsupported`] on any other scheduler
+    /// (they step with [`Scheduler::step`]).
+    pub fn step_with_metric(&mut self, metric: f64, opt: &mut dyn Hypers) -> Result<()> {
+        match &mut self.kind {
+            Kind::Plateau(p) => p.step(metric, opt),
+            _ => Err(Error::Unsupported {
+                what: "step_with_metric on a scheduler other than ReduceLROnPlateau: call step",
+            }),
+        }
+    }
+
     /// PyTorch's `_update_lr(epoch)` on a scheduler inside a sequence.
     fn jump(&mut self, opt: &mut dyn Hypers, epoch: i64) -> Result<()> {
         match &mut self.kind {
@@ -471,6 +564,7 @@ impl Scheduler {
     fn undo(&mut self) {
         match &mut self.kind {
             Kind::Single(s) => s.last_epoch -= 1,
+            Kind::Plateau(p) => p.undo(),
             Kind::Chained { schedulers, .. } | Kind::Sequential { schedulers, .. } => {
                 schedulers.iter_mut().for_each(Scheduler::undo)
             }
@@ -497,7 +591,10 @@ impl Scheduler {
                 base: s.base.clone(),
                 last: s.last.clone(),
                 schedulers: Vec::new(),
+                momentum: s.last_momentum.clone(),
+                extra: BTreeMap::new(),
             },
+            Kind::Plateau(p) => p.state_dict(),
             Kind::Chained { schedulers, last } => SchedulerState {
                 kind: "ChainedScheduler".into(),
                 hyper: self.hyper().to_string(),
@@ -506,6 +603,8 @@ impl Scheduler {
                 base: Vec::new(),
                 last: last.clone(),
                 schedulers: schedulers.iter().map(Scheduler::state_dict).collect(),
+                momentum: Vec::new(),
+                extra: BTreeMap::new(),
             },
             Kind::Sequential {
                 schedulers,
@@ -520,6 +619,8 @@ impl Scheduler {
                 base: Vec::new(),
                 last: last.clone(),
                 schedulers: schedulers.iter().map(Scheduler::state_dict).collect(),
+                momentum: Vec::new(),
+                extra: BTreeMap::new(),
             },
         }
     }
@@ -535,6 +636,15 @@ impl Scheduler {
         for (g, &v) in state.last.iter().enumerate() {
             opt.set_hyper(g, &state.hyper, v)?;
         }
+        if let Kind::Single(Single {
+            momentum: Some(hyper),
+            ..
+        }) = &self.kind
+        {
+            for (g, &v) in state.momentum.iter().enumerate() {
+                opt.set_hyper(g, hyper, v)?;
+            }
+        }
         Ok(())
     }
 
@@ -544,6 +654,8 @@ impl Scheduler {
             && mine.hyper == state.hyper
             && state.last.len() == groups
             && (state.base.len() == mine.base.len())
+            && state.momentum.len() == mine.momentum.len()
+            && state.extra.keys().eq(mine.extra.keys())
             && mine.schedulers.len() == state.schedulers.len();
         if !fits {
             return Err(Error::InvalidStateDict {
@@ -554,7 +666,7 @@ impl Scheduler {
             });
         }
         let children = match &self.kind {
-            Kind::Single(_) => &[][..],
+            Kind::Single(_) | Kind::Plateau(_) => &[][..],
             Kind::Chained { schedulers, .. } | Kind::Sequential { schedulers, .. } => schedulers,
         };
         for (s, child) in children.iter().zip(&state.schedulers) {
@@ -570,7 +682,9 @@ impl Scheduler {
                 s.step_count = state.step_count;
                 s.base = state.base.clone();
                 s.last = state.last.clone();
+                s.last_momentum = state.momentum.clone();
             }
+            Kind::Plateau(p) => p.restore(state),
             Kind::Chained { schedulers, last } => {
                 *last = state.last.clone();
                 for (s, child) in schedulers.iter_mut().zip(&state.schedulers) {
@@ -616,6 +730,19 @@ pub struct SchedulerState {
     pub last: Vec<f64>,
     /// The sub-schedulers of a composition.
     pub schedulers: Vec<SchedulerState>,
+    /// The momentum values last set, per group, by a scheduler that cycles momentum
+    /// (`CyclicLR`, `OneCycleLR`); empty otherwise (and then absent from JSON).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub momentum: Vec<f64>,
+    /// A scheduler's other state by name (`ReduceLROnPlateau`'s `best`, `num_bad_epochs`,
+    /// `cooldown_counter`); in JSON, non-finite values are strings (`"inf"`, `"-inf"`,
+    /// `"nan"`) as in an optimizer's state dict.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        with = "crate::runtime::state_dict::exact_f64"
+    )]
+    pub extra: BTreeMap<String, f64>,
 }
 
 /// Checks `value` (named `option`) against `ok`.
