@@ -4,18 +4,12 @@
 //! expression (`a ** b` is `powf`, `math.floor` is `floor`, an int over an int is an f64
 //! division), so that their values are PyTorch's bit for bit.
 
-use super::lr::{Factor, Rule, Scheduler};
+use super::configs::check;
+use super::configs::Factor;
+use super::lr::{Rule, Scheduler};
 use super::Hypers;
 use crate::{Error, Result};
 use std::f64::consts::PI;
-
-/// Checks an option: `ok`, or [`Error::InvalidOption`].
-fn check(ok: bool, option: &'static str, reason: &'static str) -> Result<()> {
-    match ok {
-        true => Ok(()),
-        false => Err(Error::InvalidOption { option, reason }),
-    }
-}
 
 /// PyTorch's `_format_param`: one value for every group, or one per group.
 pub(super) fn per_group(values: &[f64], groups: usize, option: &'static str) -> Result<Vec<f64>> {

@@ -37,17 +37,19 @@
 //! current value by a per-step factor exactly as PyTorch does, so they accumulate the same
 //! rounding; `optjit conformance` and `cargo test` check every recorded PyTorch sequence.
 
+mod configs;
 mod cyclic;
 pub mod graph;
 mod lr;
 mod onecycle;
 mod plateau;
 
-pub use cyclic::{Anneal, CosineAnnealingWarmRestarts, CyclicLR, CyclicMode, ScaleMode, SWALR};
-pub use lr::{
+pub use configs::{
     ConstantLR, CosineAnnealingLR, ExponentialLR, Factor, LambdaLR, LinearLR, MultiStepLR,
-    MultiplicativeLR, PolynomialLR, Scheduler, SchedulerState, StepLR,
+    MultiplicativeLR, PolynomialLR, StepLR,
 };
+pub use cyclic::{Anneal, CosineAnnealingWarmRestarts, CyclicLR, CyclicMode, ScaleMode, SWALR};
+pub use lr::{Scheduler, SchedulerState};
 pub use onecycle::OneCycleLR;
 pub use plateau::{PlateauMode, ReduceLROnPlateau, ThresholdMode};
 

@@ -1,6 +1,7 @@
 //! PyTorch's `OneCycleLR` ([`OneCycleLR`]): up from `max_lr / div_factor` to `max_lr`, then
 //! down to a minimum far below, in two phases (or three), with PyTorch's arithmetic.
 
+use super::configs::check;
 use super::cyclic::{per_group, Anneal};
 use super::lr::{Rule, Scheduler};
 use super::Hypers;
@@ -137,14 +138,6 @@ impl OneCycleLR {
             option: "steps_per_epoch",
             reason: "epochs · steps_per_epoch overflows",
         })
-    }
-}
-
-/// Checks an option: `ok`, or [`Error::InvalidOption`].
-fn check(ok: bool, option: &'static str, reason: &'static str) -> Result<()> {
-    match ok {
-        true => Ok(()),
-        false => Err(Error::InvalidOption { option, reason }),
     }
 }
 
