@@ -195,6 +195,26 @@ pub enum ScaleMode {
 /// from `max_momentum` to `base_momentum`. The constructor sets `lr` to `base_lr` (and the
 /// momentum to `max_momentum`). Values follow PyTorch's form: the position in the cycle is
 /// `1 + k / total − floor(1 + k / total)`.
+///
+/// ```
+/// use optjit::{optim::Sgd, schedule::CyclicLR, Optimizer};
+///
+/// let mut opt = Optimizer::new(&Sgd::default().graph()?)?;
+/// opt.add_param_group(&[("lr", 0.1)])?;
+/// let mut sched = CyclicLR {
+///     step_size_up: 2,
+///     cycle_momentum: false,
+///     ..CyclicLR::new(0.0, 1.0)
+/// }
+/// .build(&mut opt)?;
+/// let mut lrs = vec![opt.hyper(0, "lr")?];
+/// for _ in 0..5 {
+///     sched.step(&mut opt)?;
+///     lrs.push(opt.hyper(0, "lr")?);
+/// }
+/// assert_eq!(lrs, [0.0, 0.5, 1.0, 0.5, 0.0, 0.5]);
+/// # Ok::<(), optjit::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct CyclicLR {
     /// `base_lr`: one value, or one per group.

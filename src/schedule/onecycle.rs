@@ -19,6 +19,25 @@ use std::f64::consts::PI;
 /// value is `0.0040000000000000036` for `max_lr = 0.1`, not `0.004`), and `total_steps`
 /// calls of `step()` are allowed (the last extrapolates the last phase one step beyond its
 /// end); one more fails with [`Error::InvalidOption`] and changes nothing.
+///
+/// PyTorch also overwrites the groups' `initial_lr` with `max_lr / div_factor`; optjit keeps
+/// the recorded initial value ([`Hypers::initial_hyper`]), which only a scheduler built
+/// later on the same optimizer would read.
+///
+/// ```
+/// use optjit::{optim::Sgd, schedule::OneCycleLR, Optimizer};
+///
+/// let mut opt = Optimizer::new(&Sgd { momentum: 0.9, ..Sgd::default() }.graph()?)?;
+/// opt.add_param_group(&[("lr", 0.1)])?;
+/// let mut sched = OneCycleLR::new(0.1, 100).build(&mut opt)?;
+/// assert_eq!(opt.hyper(0, "lr")?, 0.0040000000000000036);
+/// assert_eq!(opt.hyper(0, "momentum")?, 0.95);
+/// for _ in 0..100 {
+///     sched.step(&mut opt)?;
+/// }
+/// assert!(sched.step(&mut opt).is_err(), "past total_steps");
+/// # Ok::<(), optjit::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct OneCycleLR {
     /// `max_lr`: one value, or one per group.
