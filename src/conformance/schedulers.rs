@@ -1,6 +1,8 @@
 //! PyTorch's learning-rate scheduler sequences (`tests/data/schedulers`, format in its
 //! README): the scheduler built on an SGD or Adam optimizer of two groups as recorded, its
-//! values compared with PyTorch's after construction and after every `step()`.
+//! values compared with PyTorch's after construction and after every `step()` (for
+//! `ReduceLROnPlateau`, `step_with_metric` with the recorded metric): every group's `lr`, and
+//! where recorded the cycled momentum, SGD's `momentum` or Adam's `b1` (`betas[0]`).
 //!
 //! The case files give lambdas as Python source; the forms that occur map to the text form's
 //! expressions ([`python_lambda`]).
