@@ -86,7 +86,7 @@ fn values(args: &ScheduleArgs) -> Result<Vec<(usize, f64)>, String> {
         .collect())
 }
 
-/// A PyTorch scheduler on an SGD optimizer of one group whose lr is `--base`.
+/// A PyTorch scheduler on an SGD-momentum optimizer of one group whose lr is `--base`.
 fn scheduler(args: &ScheduleArgs) -> Result<Vec<(usize, f64)>, String> {
     let mut kwargs = Map::new();
     for arg in &args.args {
@@ -104,12 +104,21 @@ fn scheduler(args: &ScheduleArgs) -> Result<Vec<(usize, f64)>, String> {
         };
         kwargs.insert(name.to_string(), value);
     }
-    let graph = optim::Sgd::default().graph().map_err(|e| e.to_string())?;
+    // SGD with momentum, so that the schedulers that cycle momentum have one to cycle.
+    let sgd = optim::Sgd {
+        momentum: 0.9,
+        ..optim::Sgd::default()
+    };
+    let graph = sgd.graph().map_err(|e| e.to_string())?;
     let mut opt = Optimizer::new(&graph).map_err(|e| e.to_string())?;
     opt.add_param_group(&[("lr", args.base)])
         .map_err(|e| e.to_string())?;
-    let mut scheduler =
-        optjit::conformance::schedulers::build(&mut opt, &args.schedule, &Value::Object(kwargs))?;
+    let mut scheduler = optjit::conformance::schedulers::build(
+        &mut opt,
+        &args.schedule,
+        &Value::Object(kwargs),
+        "momentum",
+    )?;
     let lr = |opt: &Optimizer| opt.hyper(0, "lr").map_err(|e| e.to_string());
     let mut values = vec![(0, lr(&opt)?)];
     for step in 1..=args.steps {

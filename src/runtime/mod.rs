@@ -12,7 +12,7 @@ mod access;
 mod accumulate;
 mod clip;
 mod scaler;
-mod state_dict;
+pub(crate) mod state_dict;
 mod step;
 pub(crate) mod store;
 

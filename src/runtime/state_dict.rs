@@ -190,7 +190,7 @@ struct MetaEntry {
 /// the same bits, `-0.0` included); the others are strings: `"inf"`, `"-inf"`, `"nan"` (the
 /// quiet NaN `f64::NAN`), and `"nan:0x7ff8000000000001"` (any other NaN, by its bits).
 /// Python reads them as `float(s)` except the last form.
-mod exact_f64 {
+pub(crate) mod exact_f64 {
     use serde::de::Error as _;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
     use std::collections::BTreeMap;
@@ -233,7 +233,7 @@ mod exact_f64 {
     }
 
     /// Serializes `map` with non-finite values as strings.
-    pub(super) fn serialize<S: Serializer>(
+    pub(crate) fn serialize<S: Serializer>(
         map: &BTreeMap<String, f64>,
         s: S,
     ) -> Result<S::Ok, S::Error> {
@@ -242,7 +242,7 @@ mod exact_f64 {
     }
 
     /// Deserializes what [`serialize`] wrote; any other string is an error naming it.
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
     ) -> Result<BTreeMap<String, f64>, D::Error> {
         let reprs: BTreeMap<String, Repr> = super::unique_keys(d)?;

@@ -1,94 +1,17 @@
 //! The schedulers of `torch.optim.lr_scheduler`, with PyTorch's arithmetic: a [`Scheduler`]
-//! is one rule (built from its configuration: [`StepLR`], [`LinearLR`], ...) or a
+//! is one rule (built from its configuration: [`StepLR`](super::StepLR), ...) or a
 //! composition ([`Scheduler::chained`], [`Scheduler::sequential`]).
 
+use super::configs::Factor;
 use super::Hypers;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::f64::consts::PI;
-use std::sync::Arc;
-
-/// A multiplicative factor as a function of the epoch, for [`LambdaLR`] and
-/// [`MultiplicativeLR`]: a Rust closure, or an expression of `epoch` in the text form's
-/// syntax ([`Factor::expr`]), so that a command line can give one.
-#[derive(Clone)]
-pub struct Factor(Arc<dyn Fn(i64) -> f64 + Send + Sync>);
-
-impl Factor {
-    /// A factor computed by `f`.
-    pub fn new(f: impl Fn(i64) -> f64 + Send + Sync + 'static) -> Factor {
-        Factor(Arc::new(f))
-    }
-
-    /// A factor given as an expression of `epoch` in the text form's syntax (see
-    /// [`crate::text`]): `0.95 ^ epoch`, `1 / (1 + 0.1 * epoch)`, `select(epoch < 50, 0.99,
-    /// 0.9)`. Evaluated in f64 as the prologue evaluates scalars. Python's `a ** b` is
-    /// `a ^ b` here, `x if c else y` is `select(c, x, y)`.
-    ///
-    /// ```
-    /// use optjit::schedule::Factor;
-    ///
-    /// let f = Factor::expr("select(epoch < 2, 1, 0.5 ^ (epoch - 1))")?;
-    /// assert_eq!((0..4).map(|e| f.at(e)).collect::<Vec<_>>(), [1.0, 1.0, 0.5, 0.25]);
-    /// # Ok::<(), optjit::Error>(())
-    /// ```
-    ///
-    /// Fails with [`Error::Text`] when the expression does not parse or is not a per-step
-    /// scalar (its position is within the expression, on line 1).
-    pub fn expr(source: &str) -> Result<Factor> {
-        const BEFORE: &str =
-            "optimizer factor(epoch = 0) {\n    scalar state value = 0\n    value = ";
-        let wrapped = format!("{BEFORE}{source}\n    param = param\n}}\n");
-        let graph = crate::text::parse(&wrapped).map_err(|e| match e {
-            // Within the expression (line 3), or at its end (found on the next line).
-            Error::Text(mut t) if t.line >= 3 => {
-                t.column = match t.line {
-                    3 => t.column.saturating_sub("    value = ".chars().count()),
-                    _ => source.chars().count() + 1,
-                };
-                t.line = 1;
-                t.source_line = source.lines().next().unwrap_or("").to_string();
-                Error::Text(t)
-            }
-            other => other,
-        })?;
-        let program = crate::passes::compile(&graph)?;
-        let (_, value) = program.prologue.state_updates[0];
-        Ok(Factor::new(move |epoch| {
-            let mut values = Vec::with_capacity(program.prologue.insts.len());
-            program.eval_prologue(&[epoch as f64], 1, |_| 0.0, &mut values);
-            values[value as usize]
-        }))
-    }
-
-    /// The factor at `epoch`.
-    pub fn at(&self, epoch: i64) -> f64 {
-        (self.0)(epoch)
-    }
-}
-
-impl std::fmt::Debug for Factor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Factor(..)")
-    }
-}
-
-/// One factor for every group, or one per group.
-fn per_group(factors: &[Factor], groups: usize) -> Result<Vec<Factor>> {
-    match factors.len() {
-        1 => Ok(vec![factors[0].clone(); groups]),
-        n if n == groups => Ok(factors.to_vec()),
-        _ => Err(Error::InvalidOption {
-            option: "lr_lambda",
-            reason: "give one factor, or one per parameter group",
-        }),
-    }
-}
 
 /// What one scheduler computes at each step.
 #[derive(Clone, Debug)]
-enum Rule {
+pub(super) enum Rule {
     Lambda(Vec<Factor>),
     Multiplicative(Vec<Factor>),
     Step {
@@ -119,6 +42,10 @@ enum Rule {
         t_max: i64,
         eta_min: f64,
     },
+    WarmRestarts(super::cyclic::WarmRestarts),
+    Swa(super::cyclic::Swa),
+    Cyclic(Box<super::cyclic::Cyclic>),
+    OneCycle(Box<super::onecycle::OneCycle>),
 }
 
 impl Rule {
@@ -134,6 +61,10 @@ impl Rule {
             Rule::Exponential { .. } => "ExponentialLR",
             Rule::Polynomial { .. } => "PolynomialLR",
             Rule::CosineAnnealing { .. } => "CosineAnnealingLR",
+            Rule::WarmRestarts(_) => "CosineAnnealingWarmRestarts",
+            Rule::Swa(_) => "SWALR",
+            Rule::Cyclic(_) => "CyclicLR",
+            Rule::OneCycle(_) => "OneCycleLR",
         }
     }
 
@@ -202,6 +133,27 @@ impl Rule {
                         + eta_min
                 }
             }
+            Rule::WarmRestarts(w) => w.value(base, epoch),
+            Rule::Swa(s) => s.value(g, lr, epoch),
+            Rule::Cyclic(c) => c.lr(g, epoch),
+            Rule::OneCycle(o) => o.lr(g, epoch),
+        }
+    }
+
+    /// The cycled momentum of group `g` at `epoch`, for the rules that cycle one.
+    fn momentum(&self, g: usize, epoch: i64) -> Option<f64> {
+        match self {
+            Rule::Cyclic(c) => c.momentum(g, epoch),
+            Rule::OneCycle(o) => o.momentum(g, epoch),
+            _ => None,
+        }
+    }
+
+    /// Whether a step to `epoch` is allowed (OneCycleLR's last is `total_steps`).
+    fn check_epoch(&self, epoch: i64) -> Result<()> {
+        match self {
+            Rule::OneCycle(o) => o.check_epoch(epoch),
+            _ => Ok(()),
         }
     }
 
@@ -210,7 +162,13 @@ impl Rule {
     fn closed_form(&self, base: f64, epoch: i64) -> Option<f64> {
         let e = epoch as f64;
         Some(match self {
-            Rule::Lambda(_) | Rule::Multiplicative(_) => return None,
+            // Closed forms already, or per group (see `value`).
+            Rule::Lambda(_)
+            | Rule::Multiplicative(_)
+            | Rule::Swa(_)
+            | Rule::Cyclic(_)
+            | Rule::OneCycle(_) => return None,
+            Rule::WarmRestarts(w) => w.value(base, epoch),
             Rule::Step { step_size, gamma } => {
                 base * gamma.powf((epoch.div_euclid(*step_size)) as f64)
             }
@@ -252,17 +210,32 @@ struct Single {
     last_epoch: i64,
     step_count: u64,
     last: Vec<f64>,
+    /// The momentum hyperparameter the rule cycles (CyclicLR, OneCycleLR), if any.
+    momentum: Option<String>,
+    /// The momentum values it last set, per group.
+    last_momentum: Vec<f64>,
 }
 
 impl Single {
     /// `step()`: one epoch on (`initial`: the constructor's).
     fn step(&mut self, opt: &mut dyn Hypers, initial: bool) -> Result<()> {
+        self.rule.check_epoch(self.last_epoch + 1)?;
         self.step_count += 1;
         self.last_epoch += 1;
         let first = self.step_count == 1;
         let (epoch, base, rule) = (self.last_epoch, &self.base, &self.rule);
         let value = |g: usize, lr: f64| rule.value(g, lr, base[g], epoch, initial, first);
         self.last = update(opt, &self.hyper, base.len(), value)?;
+        self.cycle_momentum(opt)
+    }
+
+    /// Sets the cycled momentum at `last_epoch`, for the rules that cycle one.
+    fn cycle_momentum(&mut self, opt: &mut dyn Hypers) -> Result<()> {
+        if let Some(hyper) = &self.momentum {
+            let (epoch, rule) = (self.last_epoch, &self.rule);
+            let value = |g: usize, m: f64| rule.momentum(g, epoch).unwrap_or(m);
+            self.last_momentum = update(opt, hyper, self.base.len(), value)?;
+        }
         Ok(())
     }
 
@@ -275,7 +248,7 @@ impl Single {
             closed.unwrap_or_else(|| rule.value(g, lr, base[g], epoch, false, false))
         };
         self.last = update(opt, &self.hyper, base.len(), value)?;
-        Ok(())
+        self.cycle_momentum(opt)
     }
 }
 
@@ -297,7 +270,8 @@ fn update(
     Ok(new)
 }
 
-/// A scheduler: one rule ([`StepLR`], [`CosineAnnealingLR`], ... `.build(&mut opt)`) or a
+/// A scheduler: one rule ([`StepLR`](super::StepLR), [`CyclicLR`](super::CyclicLR), ...
+/// `.build(&mut opt)`), PyTorch's `ReduceLROnPlateau` ([`Scheduler::step_with_metric`]), or a
 /// composition of schedulers on the same optimizer.
 #[derive(Clone, Debug)]
 pub struct Scheduler {
@@ -319,13 +293,32 @@ enum Kind {
         last_epoch: i64,
         last: Vec<f64>,
     },
+    /// PyTorch's `ReduceLROnPlateau`: steps on a metric.
+    Plateau(Box<super::plateau::Plateau>),
 }
 
 impl Scheduler {
+    /// A `ReduceLROnPlateau` scheduler.
+    pub(super) fn plateau(plateau: super::plateau::Plateau) -> Scheduler {
+        Scheduler {
+            kind: Kind::Plateau(Box::new(plateau)),
+        }
+    }
+
     /// A scheduler of `rule` on hyperparameter `hyper`, with PyTorch's construction: each
     /// group's base value is the hyperparameter's initial value ([`Hypers::initial_hyper`]),
     /// then a first step at epoch 0.
-    fn single(opt: &mut dyn Hypers, hyper: &str, rule: Rule) -> Result<Scheduler> {
+    pub(super) fn single(opt: &mut dyn Hypers, hyper: &str, rule: Rule) -> Result<Scheduler> {
+        Scheduler::single_cycling(opt, hyper, rule, None)
+    }
+
+    /// [`Scheduler::single`] whose rule also cycles the hyperparameter `momentum`.
+    pub(super) fn single_cycling(
+        opt: &mut dyn Hypers,
+        hyper: &str,
+        rule: Rule,
+        momentum: Option<&str>,
+    ) -> Result<Scheduler> {
         let groups = opt.num_groups();
         let base = (0..groups)
             .map(|g| opt.initial_hyper(g, hyper))
@@ -337,6 +330,8 @@ impl Scheduler {
             last_epoch: -1,
             step_count: 0,
             last: Vec::new(),
+            momentum: momentum.map(str::to_string),
+            last_momentum: Vec::new(),
         };
         single.step(opt, true)?;
         Ok(Scheduler {
@@ -401,6 +396,7 @@ impl Scheduler {
     pub fn hyper(&self) -> &str {
         match &self.kind {
             Kind::Single(s) => &s.hyper,
+            Kind::Plateau(p) => p.hyper(),
             Kind::Chained { schedulers, .. } | Kind::Sequential { schedulers, .. } => {
                 schedulers.last().map_or("lr", |s| s.hyper())
             }
@@ -411,6 +407,7 @@ impl Scheduler {
     pub fn last_epoch(&self) -> i64 {
         match &self.kind {
             Kind::Single(s) => s.last_epoch,
+            Kind::Plateau(p) => p.last_epoch(),
             Kind::Chained { schedulers, .. } => schedulers.last().map_or(0, |s| s.last_epoch()),
             Kind::Sequential { last_epoch, .. } => *last_epoch,
         }
@@ -420,15 +417,23 @@ impl Scheduler {
     pub fn get_last_lr(&self) -> &[f64] {
         match &self.kind {
             Kind::Single(s) => &s.last,
+            Kind::Plateau(p) => p.last(),
             Kind::Chained { last, .. } | Kind::Sequential { last, .. } => last,
         }
     }
 
     /// PyTorch's `scheduler.step()`, after `optimizer.step()`: the values for the next
     /// optimizer step.
+    ///
+    /// Fails with [`Error::Unsupported`] for `ReduceLROnPlateau` (and a composition holding
+    /// one), which steps on a metric: [`Scheduler::step_with_metric`]. `OneCycleLR` fails
+    /// with [`Error::InvalidOption`] past its `total_steps`. Nothing changed on error.
     pub fn step(&mut self, opt: &mut dyn Hypers) -> Result<()> {
         match &mut self.kind {
             Kind::Single(s) => s.step(opt, false),
+            Kind::Plateau(_) => Err(Error::Unsupported {
+                what: "step() on ReduceLROnPlateau, which steps on a metric: call step_with_metric",
+            }),
             Kind::Chained { schedulers, last } => {
                 for s in schedulers.iter_mut() {
                     s.step(opt)?;
@@ -457,6 +462,18 @@ impl Scheduler {
         }
     }
 
+    /// PyTorch's `ReduceLROnPlateau.step(metrics)`: `metric` is the quantity watched (a
+    /// validation loss, say). Fails with [`Error::Unsupported`] on any other scheduler
+    /// (they step with [`Scheduler::step`]).
+    pub fn step_with_metric(&mut self, metric: f64, opt: &mut dyn Hypers) -> Result<()> {
+        match &mut self.kind {
+            Kind::Plateau(p) => p.step(metric, opt),
+            _ => Err(Error::Unsupported {
+                what: "step_with_metric on a scheduler other than ReduceLROnPlateau: call step",
+            }),
+        }
+    }
+
     /// PyTorch's `_update_lr(epoch)` on a scheduler inside a sequence.
     fn jump(&mut self, opt: &mut dyn Hypers, epoch: i64) -> Result<()> {
         match &mut self.kind {
@@ -471,6 +488,7 @@ impl Scheduler {
     fn undo(&mut self) {
         match &mut self.kind {
             Kind::Single(s) => s.last_epoch -= 1,
+            Kind::Plateau(p) => p.undo(),
             Kind::Chained { schedulers, .. } | Kind::Sequential { schedulers, .. } => {
                 schedulers.iter_mut().for_each(Scheduler::undo)
             }
@@ -497,7 +515,10 @@ impl Scheduler {
                 base: s.base.clone(),
                 last: s.last.clone(),
                 schedulers: Vec::new(),
+                momentum: s.last_momentum.clone(),
+                extra: BTreeMap::new(),
             },
+            Kind::Plateau(p) => p.state_dict(),
             Kind::Chained { schedulers, last } => SchedulerState {
                 kind: "ChainedScheduler".into(),
                 hyper: self.hyper().to_string(),
@@ -506,6 +527,8 @@ impl Scheduler {
                 base: Vec::new(),
                 last: last.clone(),
                 schedulers: schedulers.iter().map(Scheduler::state_dict).collect(),
+                momentum: Vec::new(),
+                extra: BTreeMap::new(),
             },
             Kind::Sequential {
                 schedulers,
@@ -520,6 +543,8 @@ impl Scheduler {
                 base: Vec::new(),
                 last: last.clone(),
                 schedulers: schedulers.iter().map(Scheduler::state_dict).collect(),
+                momentum: Vec::new(),
+                extra: BTreeMap::new(),
             },
         }
     }
@@ -535,6 +560,15 @@ impl Scheduler {
         for (g, &v) in state.last.iter().enumerate() {
             opt.set_hyper(g, &state.hyper, v)?;
         }
+        if let Kind::Single(Single {
+            momentum: Some(hyper),
+            ..
+        }) = &self.kind
+        {
+            for (g, &v) in state.momentum.iter().enumerate() {
+                opt.set_hyper(g, hyper, v)?;
+            }
+        }
         Ok(())
     }
 
@@ -544,6 +578,8 @@ impl Scheduler {
             && mine.hyper == state.hyper
             && state.last.len() == groups
             && (state.base.len() == mine.base.len())
+            && state.momentum.len() == mine.momentum.len()
+            && state.extra.keys().eq(mine.extra.keys())
             && mine.schedulers.len() == state.schedulers.len();
         if !fits {
             return Err(Error::InvalidStateDict {
@@ -554,7 +590,7 @@ impl Scheduler {
             });
         }
         let children = match &self.kind {
-            Kind::Single(_) => &[][..],
+            Kind::Single(_) | Kind::Plateau(_) => &[][..],
             Kind::Chained { schedulers, .. } | Kind::Sequential { schedulers, .. } => schedulers,
         };
         for (s, child) in children.iter().zip(&state.schedulers) {
@@ -570,7 +606,9 @@ impl Scheduler {
                 s.step_count = state.step_count;
                 s.base = state.base.clone();
                 s.last = state.last.clone();
+                s.last_momentum = state.momentum.clone();
             }
+            Kind::Plateau(p) => p.restore(state),
             Kind::Chained { schedulers, last } => {
                 *last = state.last.clone();
                 for (s, child) in schedulers.iter_mut().zip(&state.schedulers) {
@@ -616,217 +654,17 @@ pub struct SchedulerState {
     pub last: Vec<f64>,
     /// The sub-schedulers of a composition.
     pub schedulers: Vec<SchedulerState>,
+    /// The momentum values last set, per group, by a scheduler that cycles momentum
+    /// (`CyclicLR`, `OneCycleLR`); empty otherwise (and then absent from JSON).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub momentum: Vec<f64>,
+    /// A scheduler's other state by name (`ReduceLROnPlateau`'s `best`, `num_bad_epochs`,
+    /// `cooldown_counter`); in JSON, non-finite values are strings (`"inf"`, `"-inf"`,
+    /// `"nan"`) as in an optimizer's state dict.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        with = "crate::runtime::state_dict::exact_f64"
+    )]
+    pub extra: BTreeMap<String, f64>,
 }
-
-/// Checks `value` (named `option`) against `ok`.
-fn check(ok: bool, option: &'static str, reason: &'static str) -> Result<()> {
-    match ok {
-        true => Ok(()),
-        false => Err(Error::InvalidOption { option, reason }),
-    }
-}
-
-/// `build` (on `lr`) and `build_on` (any hyperparameter) for a configuration whose `rule`
-/// gives its rule for a number of groups.
-macro_rules! builds {
-    ($config:ident) => {
-        impl $config {
-            /// The scheduler on `lr`, built as PyTorch's constructor does (a first step).
-            pub fn build(self, opt: &mut dyn Hypers) -> Result<Scheduler> {
-                self.build_on(opt, "lr")
-            }
-
-            /// The scheduler on hyperparameter `hyper`.
-            pub fn build_on(self, opt: &mut dyn Hypers, hyper: &str) -> Result<Scheduler> {
-                let rule = self.rule(opt.num_groups())?;
-                Scheduler::single(opt, hyper, rule)
-            }
-        }
-    };
-}
-
-/// `base · λ(epoch)` (PyTorch's `LambdaLR`): one factor, or one per group.
-#[derive(Clone, Debug)]
-pub struct LambdaLR {
-    /// `lr_lambda`.
-    pub lr_lambda: Vec<Factor>,
-}
-
-impl LambdaLR {
-    fn rule(self, groups: usize) -> Result<Rule> {
-        Ok(Rule::Lambda(per_group(&self.lr_lambda, groups)?))
-    }
-}
-builds!(LambdaLR);
-
-/// `value · λ(epoch)` each step after the first (PyTorch's `MultiplicativeLR`).
-#[derive(Clone, Debug)]
-pub struct MultiplicativeLR {
-    /// `lr_lambda`.
-    pub lr_lambda: Vec<Factor>,
-}
-
-impl MultiplicativeLR {
-    fn rule(self, groups: usize) -> Result<Rule> {
-        Ok(Rule::Multiplicative(per_group(&self.lr_lambda, groups)?))
-    }
-}
-builds!(MultiplicativeLR);
-
-/// `value · γ` every `step_size` epochs (PyTorch's `StepLR`).
-#[derive(Clone, Copy, Debug)]
-pub struct StepLR {
-    /// `step_size` (> 0).
-    pub step_size: i64,
-    /// `gamma`.
-    pub gamma: f64,
-}
-
-impl StepLR {
-    fn rule(self, _: usize) -> Result<Rule> {
-        check(self.step_size > 0, "step_size", "must be positive")?;
-        Ok(Rule::Step {
-            step_size: self.step_size,
-            gamma: self.gamma,
-        })
-    }
-}
-builds!(StepLR);
-
-/// `value · γ^k` at an epoch listed `k` times in `milestones` (PyTorch's `MultiStepLR`).
-#[derive(Clone, Debug)]
-pub struct MultiStepLR {
-    /// `milestones`.
-    pub milestones: Vec<i64>,
-    /// `gamma`.
-    pub gamma: f64,
-}
-
-impl MultiStepLR {
-    fn rule(self, _: usize) -> Result<Rule> {
-        let mut milestones = BTreeMap::new();
-        for m in self.milestones {
-            *milestones.entry(m).or_insert(0) += 1;
-        }
-        Ok(Rule::MultiStep {
-            milestones,
-            gamma: self.gamma,
-        })
-    }
-}
-builds!(MultiStepLR);
-
-/// `base · factor` until `total_iters`, then `base` (PyTorch's `ConstantLR`).
-#[derive(Clone, Copy, Debug)]
-pub struct ConstantLR {
-    /// `factor`, in [0, 1].
-    pub factor: f64,
-    /// `total_iters`.
-    pub total_iters: i64,
-}
-
-impl ConstantLR {
-    fn rule(self, _: usize) -> Result<Rule> {
-        check(
-            (0.0..=1.0).contains(&self.factor),
-            "factor",
-            "must be in [0, 1]",
-        )?;
-        Ok(Rule::Constant {
-            factor: self.factor,
-            total_iters: self.total_iters,
-        })
-    }
-}
-builds!(ConstantLR);
-
-/// A factor going linearly from `start_factor` to `end_factor` over `total_iters` epochs
-/// (PyTorch's `LinearLR`, a warmup).
-#[derive(Clone, Copy, Debug)]
-pub struct LinearLR {
-    /// `start_factor`, in (0, 1].
-    pub start_factor: f64,
-    /// `end_factor`, in [0, 1].
-    pub end_factor: f64,
-    /// `total_iters` (> 0).
-    pub total_iters: i64,
-}
-
-impl LinearLR {
-    fn rule(self, _: usize) -> Result<Rule> {
-        let start = self.start_factor;
-        check(
-            start > 0.0 && start <= 1.0,
-            "start_factor",
-            "must be in (0, 1]",
-        )?;
-        let end = self.end_factor;
-        check(
-            (0.0..=1.0).contains(&end),
-            "end_factor",
-            "must be in [0, 1]",
-        )?;
-        check(self.total_iters > 0, "total_iters", "must be positive")?;
-        Ok(Rule::Linear {
-            start,
-            end,
-            total_iters: self.total_iters,
-        })
-    }
-}
-builds!(LinearLR);
-
-/// `value · γ` every epoch (PyTorch's `ExponentialLR`).
-#[derive(Clone, Copy, Debug)]
-pub struct ExponentialLR {
-    /// `gamma`.
-    pub gamma: f64,
-}
-
-impl ExponentialLR {
-    fn rule(self, _: usize) -> Result<Rule> {
-        Ok(Rule::Exponential { gamma: self.gamma })
-    }
-}
-builds!(ExponentialLR);
-
-/// `base · (1 − epoch / total_iters)^power` (PyTorch's `PolynomialLR`, recursively).
-#[derive(Clone, Copy, Debug)]
-pub struct PolynomialLR {
-    /// `total_iters` (> 0).
-    pub total_iters: i64,
-    /// `power`.
-    pub power: f64,
-}
-
-impl PolynomialLR {
-    fn rule(self, _: usize) -> Result<Rule> {
-        check(self.total_iters > 0, "total_iters", "must be positive")?;
-        Ok(Rule::Polynomial {
-            total_iters: self.total_iters,
-            power: self.power,
-        })
-    }
-}
-builds!(PolynomialLR);
-
-/// Cosine annealing from the base value to `eta_min` over `t_max` epochs, then back up with
-/// period `2 t_max` (PyTorch's `CosineAnnealingLR`, recursively).
-#[derive(Clone, Copy, Debug)]
-pub struct CosineAnnealingLR {
-    /// `T_max` (> 0).
-    pub t_max: i64,
-    /// `eta_min`.
-    pub eta_min: f64,
-}
-
-impl CosineAnnealingLR {
-    fn rule(self, _: usize) -> Result<Rule> {
-        check(self.t_max > 0, "T_max", "must be positive")?;
-        Ok(Rule::CosineAnnealing {
-            t_max: self.t_max,
-            eta_min: self.eta_min,
-        })
-    }
-}
-builds!(CosineAnnealingLR);

@@ -2,8 +2,10 @@
 //! ever recompiles:
 //!
 //! - host-side schedulers with `torch.optim.lr_scheduler`'s semantics and names
-//!   ([`Scheduler`], built from [`StepLR`], [`CosineAnnealingLR`], ...), which set any
-//!   hyperparameter of any group between steps;
+//!   ([`Scheduler`], built from [`StepLR`], [`CosineAnnealingLR`], [`CyclicLR`],
+//!   [`OneCycleLR`], [`ReduceLROnPlateau`], [`SWALR`], ...), which set any hyperparameter of
+//!   any group between steps (`ReduceLROnPlateau` steps on a metric:
+//!   [`Scheduler::step_with_metric`]);
 //! - [`graph`]: optax's schedules as expressions of the step, compiled into the prologue
 //!   (they follow each parameter's own step count and cost nothing per element).
 //!
@@ -35,13 +37,21 @@
 //! current value by a per-step factor exactly as PyTorch does, so they accumulate the same
 //! rounding; `optjit conformance` and `cargo test` check every recorded PyTorch sequence.
 
+mod configs;
+mod cyclic;
 pub mod graph;
 mod lr;
+mod onecycle;
+mod plateau;
 
-pub use lr::{
+pub use configs::{
     ConstantLR, CosineAnnealingLR, ExponentialLR, Factor, LambdaLR, LinearLR, MultiStepLR,
-    MultiplicativeLR, PolynomialLR, Scheduler, SchedulerState, StepLR,
+    MultiplicativeLR, PolynomialLR, StepLR,
 };
+pub use cyclic::{Anneal, CosineAnnealingWarmRestarts, CyclicLR, CyclicMode, ScaleMode, SWALR};
+pub use lr::{Scheduler, SchedulerState};
+pub use onecycle::OneCycleLR;
+pub use plateau::{PlateauMode, ReduceLROnPlateau, ThresholdMode};
 
 use crate::{Optimizer, Result, Stepper};
 
