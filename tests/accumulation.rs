@@ -226,3 +226,80 @@ fn misuse_is_a_typed_error_and_changes_nothing() {
     ));
     assert_eq!(acc, GradAccumulation::new(1, true).unwrap());
 }
+
+/// Clipped Adam with accumulation and a warmup + cosine scheduler stepped after every
+/// optimizer step: `n` micro-batches, checkpointed (optimizer, scheduler and accumulation in
+/// one file) after `resume_at` of them, a window boundary, and resumed in fresh objects.
+fn full_loop(n: usize, resume_at: Option<usize>) -> Vec<u32> {
+    use optjit::schedule::{CosineAnnealingLR, LinearLR, Scheduler};
+    let make = || {
+        let graph = Adam::default().graph().unwrap();
+        let graph = optjit::optim::clip_grad_norm(&graph, 2.0).unwrap();
+        let mut opt = Optimizer::new(&accumulate(&graph).unwrap()).unwrap();
+        let g = opt
+            .add_param_group(&[("lr", 0.1), ("max_norm", 0.5)])
+            .unwrap();
+        let w = opt
+            .add_param(g, "w", &Array1::from_elem(6, 1.0f32))
+            .unwrap();
+        let warmup = LinearLR {
+            start_factor: 0.2,
+            end_factor: 1.0,
+            total_iters: 3,
+        };
+        let cosine = CosineAnnealingLR {
+            t_max: 10,
+            eta_min: 0.0,
+        };
+        let parts = vec![
+            warmup.build(&mut opt).unwrap(),
+            cosine.build(&mut opt).unwrap(),
+        ];
+        let sched = Scheduler::sequential(&mut opt, parts, &[3]).unwrap();
+        (opt, w, sched, GradAccumulation::new(3, true).unwrap())
+    };
+    let (mut opt, mut w, mut sched, mut acc) = make();
+    for m in 0..n {
+        if Some(m) == resume_at {
+            let mut dict = opt.state_dict();
+            dict.put("scheduler", &sched.state_dict()).unwrap();
+            dict.put("accumulation", &acc.state_dict()).unwrap();
+            let bytes = dict.to_bytes().unwrap();
+            let weights = opt.param(&w).unwrap().to_vec();
+            (opt, w, sched, acc) = make();
+            let dict = optjit::runtime::StateDict::from_bytes(&bytes).unwrap();
+            opt.load_state_dict(&dict, true).unwrap();
+            opt.param_mut(&w).unwrap().copy_from_slice(&weights);
+            sched
+                .load_state_dict(&dict.get("scheduler").unwrap().unwrap(), &mut opt)
+                .unwrap();
+            acc.load_state_dict(&dict.get("accumulation").unwrap().unwrap())
+                .unwrap();
+        }
+        let grad: Vec<f32> = (0..6)
+            .map(|j| (j as f32 - 2.5) * (m as f32 + 1.0))
+            .collect();
+        opt.grad_mut(&w)
+            .unwrap()
+            .iter_mut()
+            .zip(&grad)
+            .for_each(|(x, g)| *x += g);
+        if acc.micro_step(&mut opt).unwrap().is_some() {
+            sched.step(&mut opt).unwrap();
+        }
+    }
+    opt.param(&w).unwrap().iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn a_resumed_run_with_schedulers_clipping_and_accumulation_is_bit_identical() {
+    let straight = full_loop(30, None);
+    for at in [3, 9, 15, 27] {
+        assert_eq!(
+            full_loop(30, Some(at)),
+            straight,
+            "resumed at micro-batch {at}"
+        );
+    }
+    assert_ne!(straight, full_loop(0, None), "the run moved the weights");
+}
