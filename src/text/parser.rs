@@ -731,26 +731,16 @@ impl<'s> Parser<'s> {
         start: usize,
         arity: usize,
     ) -> PResult<(Vec<Spanned>, usize)> {
-        self.next(); // `(`
-        self.enter()?;
-        let mut args = Vec::new();
-        while !self.is_punct(")") {
-            args.push(self.expression()?);
-            if !self.is_punct(")") {
-                self.expect_punct(",", "`,` or `)`")?;
-            }
-        }
-        let close = self.expect_punct(")", "`)`")?;
-        self.depth -= 1;
+        let (args, end) = self.all_arguments()?;
         if args.len() != arity {
             let kind = TextErrorKind::Arity {
                 function: name,
                 expected: arity,
                 actual: args.len(),
             };
-            return Err(self.error(kind, start, close.end));
+            return Err(self.error(kind, start, end));
         }
-        Ok((args, close.end))
+        Ok((args, end))
     }
 
     /// `sumsq(x)`, `global_sumsq(x)`, ...: a reduction of one per-element argument.

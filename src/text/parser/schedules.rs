@@ -278,7 +278,7 @@ impl Parser<'_> {
     }
 
     /// Every argument of a call, its name read: `(a, b, ...)`, and the call's end.
-    fn all_arguments(&mut self) -> PResult<(Vec<Spanned>, usize)> {
+    pub(super) fn all_arguments(&mut self) -> PResult<(Vec<Spanned>, usize)> {
         self.next(); // `(`
         self.enter()?;
         let mut args = Vec::new();
