@@ -87,6 +87,17 @@ fn anneal(kwargs: &Value) -> std::result::Result<Anneal, String> {
     }
 }
 
+/// `milestones`: a list of integers.
+fn milestones(kwargs: &Value) -> std::result::Result<Vec<i64>, String> {
+    let list = field(kwargs, "milestones")?.as_array();
+    let list = list.ok_or("`milestones` is not a list")?;
+    let int = |m: &Value| {
+        m.as_i64()
+            .ok_or_else(|| "a milestone is not an integer".to_string())
+    };
+    list.iter().map(int).collect()
+}
+
 fn int_opt(v: &Value, key: &str) -> std::result::Result<Option<i64>, String> {
     match v.get(key) {
         None | Some(Value::Null) => Ok(None),
@@ -220,19 +231,11 @@ pub fn build(
             gamma: float_or(kwargs, "gamma", 0.1)?,
         }
         .build(opt),
-        "MultiStepLR" => {
-            let milestones = field(kwargs, "milestones")?
-                .as_array()
-                .ok_or("`milestones` is not a list")?
-                .iter()
-                .map(|m| m.as_i64().ok_or("a milestone is not an integer"))
-                .collect::<std::result::Result<Vec<i64>, _>>()?;
-            MultiStepLR {
-                milestones,
-                gamma: float_or(kwargs, "gamma", 0.1)?,
-            }
-            .build(opt)
+        "MultiStepLR" => MultiStepLR {
+            milestones: milestones(kwargs)?,
+            gamma: float_or(kwargs, "gamma", 0.1)?,
         }
+        .build(opt),
         "ConstantLR" => ConstantLR {
             factor: float_or(kwargs, "factor", 1.0 / 3.0)?,
             total_iters: int(kwargs, "total_iters").unwrap_or(5),
@@ -272,13 +275,7 @@ pub fn build(
             if name == "ChainedScheduler" {
                 Scheduler::chained(opt, built)
             } else {
-                let milestones = field(kwargs, "milestones")?
-                    .as_array()
-                    .ok_or("`milestones` is not a list")?
-                    .iter()
-                    .map(|m| m.as_i64().ok_or("a milestone is not an integer"))
-                    .collect::<std::result::Result<Vec<i64>, _>>()?;
-                Scheduler::sequential(opt, built, &milestones)
+                Scheduler::sequential(opt, built, &milestones(kwargs)?)
             }
         }
         other => return Err(format!("scheduler `{other}` is not implemented yet")),
