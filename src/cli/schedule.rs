@@ -3,7 +3,8 @@
 //! or an expression of the step in the text syntax (optax's schedules included).
 
 use super::output::{fail, outln};
-use optjit::{optim, passes, text, Optimizer};
+use optjit::schedule::ScalarExpr;
+use optjit::{optim, Optimizer};
 use plotters::prelude::*;
 use serde_json::{Map, Value};
 use std::path::PathBuf;
@@ -69,20 +70,9 @@ fn values(args: &ScheduleArgs) -> Result<Vec<(usize, f64)>, String> {
     if !args.args.is_empty() {
         return Err("--arg is for a scheduler given by name".into());
     }
-    let source = format!(
-        "optimizer schedule() {{\n    scalar state value = 0\n    value = {}\n    param = param\n}}\n",
-        args.schedule
-    );
-    let graph = text::parse(&source).map_err(|e| e.to_string())?;
-    let program = passes::compile(&graph).map_err(|e| e.to_string())?;
-    let (_, value) = program.prologue.state_updates[0];
-    let mut scratch = Vec::new();
+    let expr = ScalarExpr::parse(&args.schedule, &[]).map_err(|e| e.to_string())?;
     Ok((1..=args.steps)
-        .map(|step| {
-            scratch.clear();
-            program.eval_prologue(&[], step as u64, |_| 0.0, &mut scratch);
-            (step, scratch[value as usize])
-        })
+        .map(|step| (step, expr.at(&[], step as u64)))
         .collect())
 }
 

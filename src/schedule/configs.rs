@@ -37,29 +37,8 @@ impl Factor {
     /// Fails with [`Error::Text`] when the expression does not parse or is not a per-step
     /// scalar (its position is within the expression, on line 1).
     pub fn expr(source: &str) -> Result<Factor> {
-        const BEFORE: &str =
-            "optimizer factor(epoch = 0) {\n    scalar state value = 0\n    value = ";
-        let wrapped = format!("{BEFORE}{source}\n    param = param\n}}\n");
-        let graph = crate::text::parse(&wrapped).map_err(|e| match e {
-            // Within the expression (line 3), or at its end (found on the next line).
-            Error::Text(mut t) if t.line >= 3 => {
-                t.column = match t.line {
-                    3 => t.column.saturating_sub("    value = ".chars().count()),
-                    _ => source.chars().count() + 1,
-                };
-                t.line = 1;
-                t.source_line = source.lines().next().unwrap_or("").to_string();
-                Error::Text(t)
-            }
-            other => other,
-        })?;
-        let program = crate::passes::compile(&graph)?;
-        let (_, value) = program.prologue.state_updates[0];
-        Ok(Factor::new(move |epoch| {
-            let mut values = Vec::with_capacity(program.prologue.insts.len());
-            program.eval_prologue(&[epoch as f64], 1, |_| 0.0, &mut values);
-            values[value as usize]
-        }))
+        let expr = super::ScalarExpr::parse(source, &[("epoch", 0.0)])?;
+        Ok(Factor::new(move |epoch| expr.at(&[epoch as f64], 1)))
     }
 
     /// The factor at `epoch`.

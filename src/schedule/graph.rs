@@ -37,7 +37,7 @@
 //! ```
 
 use crate::ir::{Builder, Expr, IntoExpr, Rank};
-use crate::{passes, Error, Result};
+use crate::{Error, Result};
 
 /// optax's `count` for this update: `step − 1`, the number of updates already done.
 pub fn count(b: &Builder) -> Expr<'_> {
@@ -57,17 +57,7 @@ pub fn count(b: &Builder) -> Expr<'_> {
 /// # Ok::<(), optjit::Error>(())
 /// ```
 pub fn value_at(step: u64, schedule: impl for<'b> Fn(&'b Builder) -> Expr<'b>) -> Result<f64> {
-    let b = Builder::new("schedule");
-    b.scalar_state("value", 0.0);
-    b.set_state("value", schedule(&b))?;
-    b.set_param(b.param());
-    let graph = b.finish()?;
-    let program = passes::compile(&graph)?;
-    let hypers: Vec<f64> = graph.hypers().iter().map(|h| h.default).collect();
-    let mut values = Vec::new();
-    program.eval_prologue(&hypers, step, |_| 0.0, &mut values);
-    let (_, at) = program.prologue.state_updates[0];
-    Ok(values[at as usize])
+    Ok(super::ScalarExpr::build(schedule)?.at_step(step))
 }
 
 /// `x > 0`, false for NaN (optax's `not x > 0` is true for NaN).

@@ -519,33 +519,10 @@ impl Scheduler {
                 extra: BTreeMap::new(),
             },
             Kind::Plateau(p) => p.state_dict(),
-            Kind::Chained { schedulers, last } => SchedulerState {
-                kind: "ChainedScheduler".into(),
-                hyper: self.hyper().to_string(),
-                last_epoch: 0,
-                step_count: 0,
-                base: Vec::new(),
-                last: last.clone(),
-                schedulers: schedulers.iter().map(Scheduler::state_dict).collect(),
-                momentum: Vec::new(),
-                extra: BTreeMap::new(),
-            },
+            Kind::Chained { last, .. } => self.composite_state("ChainedScheduler", 0, last),
             Kind::Sequential {
-                schedulers,
-                last_epoch,
-                last,
-                ..
-            } => SchedulerState {
-                kind: "SequentialLR".into(),
-                hyper: self.hyper().to_string(),
-                last_epoch: *last_epoch,
-                step_count: 0,
-                base: Vec::new(),
-                last: last.clone(),
-                schedulers: schedulers.iter().map(Scheduler::state_dict).collect(),
-                momentum: Vec::new(),
-                extra: BTreeMap::new(),
-            },
+                last_epoch, last, ..
+            } => self.composite_state("SequentialLR", *last_epoch, last),
         }
     }
 
@@ -572,6 +549,29 @@ impl Scheduler {
         Ok(())
     }
 
+    /// The sub-schedulers of a composition (none for one rule).
+    fn children(&self) -> &[Scheduler] {
+        match &self.kind {
+            Kind::Single(_) | Kind::Plateau(_) => &[],
+            Kind::Chained { schedulers, .. } | Kind::Sequential { schedulers, .. } => schedulers,
+        }
+    }
+
+    /// The state of a composition (`kind` its PyTorch class) whose last values are `last`.
+    fn composite_state(&self, kind: &str, last_epoch: i64, last: &[f64]) -> SchedulerState {
+        SchedulerState {
+            kind: kind.into(),
+            hyper: self.hyper().to_string(),
+            last_epoch,
+            step_count: 0,
+            base: Vec::new(),
+            last: last.to_vec(),
+            schedulers: self.children().iter().map(Scheduler::state_dict).collect(),
+            momentum: Vec::new(),
+            extra: BTreeMap::new(),
+        }
+    }
+
     fn check_state(&self, state: &SchedulerState, groups: usize) -> Result<()> {
         let mine = self.state_dict();
         let fits = mine.kind == state.kind
@@ -589,11 +589,7 @@ impl Scheduler {
                 ),
             });
         }
-        let children = match &self.kind {
-            Kind::Single(_) | Kind::Plateau(_) => &[][..],
-            Kind::Chained { schedulers, .. } | Kind::Sequential { schedulers, .. } => schedulers,
-        };
-        for (s, child) in children.iter().zip(&state.schedulers) {
+        for (s, child) in self.children().iter().zip(&state.schedulers) {
             s.check_state(child, groups)?;
         }
         Ok(())
@@ -611,9 +607,7 @@ impl Scheduler {
             Kind::Plateau(p) => p.restore(state),
             Kind::Chained { schedulers, last } => {
                 *last = state.last.clone();
-                for (s, child) in schedulers.iter_mut().zip(&state.schedulers) {
-                    s.restore(child);
-                }
+                restore_all(schedulers, state);
             }
             Kind::Sequential {
                 schedulers,
@@ -623,11 +617,16 @@ impl Scheduler {
             } => {
                 *last_epoch = state.last_epoch;
                 *last = state.last.clone();
-                for (s, child) in schedulers.iter_mut().zip(&state.schedulers) {
-                    s.restore(child);
-                }
+                restore_all(schedulers, state);
             }
         }
+    }
+}
+
+/// Restores each of `schedulers` from its part of the composition's `state`.
+fn restore_all(schedulers: &mut [Scheduler], state: &SchedulerState) {
+    for (s, child) in schedulers.iter_mut().zip(&state.schedulers) {
+        s.restore(child);
     }
 }
 

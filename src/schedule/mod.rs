@@ -39,6 +39,7 @@
 
 mod configs;
 mod cyclic;
+mod expr;
 pub mod graph;
 mod lr;
 mod onecycle;
@@ -49,6 +50,7 @@ pub use configs::{
     MultiplicativeLR, PolynomialLR, StepLR,
 };
 pub use cyclic::{Anneal, CosineAnnealingWarmRestarts, CyclicLR, CyclicMode, ScaleMode, SWALR};
+pub use expr::ScalarExpr;
 pub use lr::{Scheduler, SchedulerState};
 pub use onecycle::OneCycleLR;
 pub use plateau::{PlateauMode, ReduceLROnPlateau, ThresholdMode};
