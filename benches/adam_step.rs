@@ -103,13 +103,14 @@ fn main() {
             let (grad, scalars) = (grad.clone(), scalars.clone());
             names.push(format!("jit, unroll {unroll}"));
             runs.push(Box::new(move || {
-                let mut state = [m.as_mut_slice(), v.as_mut_slice()];
+                let mut state = [m.as_mut_slice().into(), v.as_mut_slice().into()];
                 let mut seg = [Segment {
-                    param: &mut p,
-                    grad: &grad,
+                    param: (&mut p).into(),
+                    grad: (&grad).into(),
                     state: &mut state,
                     scalars: &scalars,
                     partials: &mut [],
+                    noise: optjit::Noise::NONE,
                 }];
                 kernel.run(&mut seg).unwrap();
             }));
@@ -184,13 +185,14 @@ fn unroll_sweep(jit: &Jit, name: &str, n: usize, rounds: usize) {
     let mut state = vec![vec![0.0f32; n]; slots];
     for round in 0..=rounds {
         for (kernel, t) in kernels.iter().zip(&mut times) {
-            let mut bufs: Vec<&mut [f32]> = state.iter_mut().map(|s| s.as_mut_slice()).collect();
+            let mut bufs: Vec<optjit::Elems<'_>> = state.iter_mut().map(|s| s.into()).collect();
             let mut seg = [Segment {
-                param: &mut p,
-                grad: &grad,
+                param: (&mut p).into(),
+                grad: (&grad).into(),
                 state: &mut bufs,
                 scalars: &scalars,
                 partials: &mut [],
+                noise: optjit::Noise::NONE,
             }];
             let start = Instant::now();
             kernel.run(&mut seg).unwrap();

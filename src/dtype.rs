@@ -4,27 +4,44 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::ops::{Add, Div, Mul, Neg, Sub};
 
-/// The storage type of a parameter, its gradient and its per-element state.
+/// The storage type of one stream: a parameter, its gradient or one per-element state slot.
 ///
-/// The element compute type equals the storage type for `F32` and `F64`.
+/// Each stream of a kernel has its own storage dtype; the kernel computes in the
+/// [`DType::compute`] type they share (f32 for `F32`, `BF16` and `F16`; f64 for `F64`),
+/// widening every element it loads and rounding every element it stores (see
+/// [`crate::round`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum DType {
     /// IEEE binary32; computed in f32.
     F32,
     /// IEEE binary64; computed in f64.
     F64,
+    /// bfloat16 (8 exponent bits, 7 mantissa bits); computed in f32.
+    BF16,
+    /// IEEE binary16 (5 exponent bits, 10 mantissa bits); computed in f32.
+    F16,
 }
 
 impl DType {
-    /// Every supported dtype, in a fixed order.
-    pub const ALL: [DType; 2] = [DType::F32, DType::F64];
+    /// Every supported storage dtype, in a fixed order.
+    pub const ALL: [DType; 4] = [DType::F32, DType::F64, DType::BF16, DType::F16];
 
-    /// The name used in printed IR and on the command line (`f32`, `f64`).
+    /// The compute types (the [`Float`] types), in a fixed order.
+    pub const COMPUTE: [DType; 2] = [DType::F32, DType::F64];
+
+    /// The name used in printed IR and on the command line (`f32`, `f64`, `bf16`, `f16`).
     pub fn name(self) -> &'static str {
         match self {
             DType::F32 => "f32",
             DType::F64 => "f64",
+            DType::BF16 => "bf16",
+            DType::F16 => "f16",
         }
+    }
+
+    /// The dtype named `name` (see [`DType::name`]).
+    pub fn from_name(name: &str) -> Option<DType> {
+        DType::ALL.into_iter().find(|d| d.name() == name)
     }
 
     /// Size of one element in bytes.
@@ -32,13 +49,170 @@ impl DType {
         match self {
             DType::F32 => 4,
             DType::F64 => 8,
+            DType::BF16 | DType::F16 => 2,
         }
+    }
+
+    /// The type a kernel computes in when it loads or stores this dtype: `F64` for `F64`,
+    /// `F32` for the others.
+    pub fn compute(self) -> DType {
+        match self {
+            DType::F64 => DType::F64,
+            DType::F32 | DType::BF16 | DType::F16 => DType::F32,
+        }
+    }
+
+    /// Whether stores to this dtype round the compute value (and may round stochastically).
+    pub fn is_narrow(self) -> bool {
+        matches!(self, DType::BF16 | DType::F16)
     }
 }
 
 impl fmt::Display for DType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// The storage of every stream of a kernel: each stream's dtype (stream 0 the param, 1 the
+/// grad, 2.. the element state slots), all of one compute type, and which written streams
+/// round their stores stochastically (see [`crate::round`]).
+///
+/// A kernel is compiled for one layout (it is part of the JIT's cache key) and runs only on
+/// segments whose streams have it.
+///
+/// ```
+/// use optjit::{DType, Layout};
+///
+/// // bf16 params and grads, f32 state (Adam's two slots), stochastic rounding of the params.
+/// let layout = Layout::new(vec![DType::BF16, DType::BF16, DType::F32, DType::F32])?
+///     .with_stochastic(&[0])?;
+/// assert_eq!(layout.compute(), DType::F32);
+/// assert_eq!(layout.to_string(), "bf16~,bf16,f32,f32");
+/// assert_eq!(Layout::from(DType::F64).dtype(3), DType::F64);
+/// # Ok::<(), optjit::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Layout {
+    /// The dtype of streams not in `streams`.
+    rest: DType,
+    /// The dtypes of streams `0..streams.len()`.
+    streams: Vec<DType>,
+    /// The streams whose stores round stochastically, ascending.
+    stochastic: Vec<u32>,
+}
+
+impl Layout {
+    /// Every stream stored as `dtype`, rounding to nearest.
+    pub fn uniform(dtype: DType) -> Layout {
+        Layout {
+            rest: dtype,
+            streams: Vec::new(),
+            stochastic: Vec::new(),
+        }
+    }
+
+    /// Stream `s` stored as `streams[s]`; streams past the list as the last one. Fails with
+    /// [`crate::Error::DTypeMismatch`] when the dtypes do not share one compute type (f64
+    /// with another dtype), and with [`crate::Error::InvalidOption`] on an empty list.
+    pub fn new(streams: Vec<DType>) -> crate::Result<Layout> {
+        let Some(&last) = streams.last() else {
+            return Err(crate::Error::InvalidOption {
+                option: "layout",
+                reason: "a layout names at least one stream's dtype",
+            });
+        };
+        if let Some(&other) = streams.iter().find(|d| d.compute() != last.compute()) {
+            return Err(crate::Error::DTypeMismatch {
+                expected: last.compute(),
+                actual: other,
+            });
+        }
+        Ok(Layout {
+            rest: last,
+            streams,
+            stochastic: Vec::new(),
+        })
+    }
+
+    /// The same layout with stochastic rounding on the stores of `streams` (each bf16 or
+    /// f16, and not the grad: else [`crate::Error::InvalidOption`]).
+    pub fn with_stochastic(mut self, streams: &[u32]) -> crate::Result<Layout> {
+        if streams
+            .iter()
+            .any(|&s| s == 1 || !self.dtype(s).is_narrow())
+        {
+            return Err(crate::Error::InvalidOption {
+                option: "stochastic rounding",
+                reason: "only written bf16 or f16 streams round stochastically",
+            });
+        }
+        self.stochastic = streams.to_vec();
+        self.stochastic.sort_unstable();
+        self.stochastic.dedup();
+        Ok(self)
+    }
+
+    /// The dtype of stream `s`.
+    pub fn dtype(&self, s: u32) -> DType {
+        self.streams.get(s as usize).copied().unwrap_or(self.rest)
+    }
+
+    /// The type every stream computes in.
+    pub fn compute(&self) -> DType {
+        self.rest.compute()
+    }
+
+    /// The streams whose stores round stochastically, ascending.
+    pub fn stochastic(&self) -> &[u32] {
+        &self.stochastic
+    }
+
+    /// The same layout with every one of `n_streams` streams listed (stochastic streams
+    /// past them dropped): equal layouts of a stage resolve to equal values.
+    pub fn resolve(&self, n_streams: u32) -> Layout {
+        Layout {
+            rest: self.rest,
+            streams: (0..n_streams).map(|s| self.dtype(s)).collect(),
+            stochastic: self
+                .stochastic
+                .iter()
+                .copied()
+                .filter(|&s| s < n_streams)
+                .collect(),
+        }
+    }
+
+    /// Whether every stream has one dtype and none rounds stochastically.
+    pub fn is_uniform(&self) -> bool {
+        self.stochastic.is_empty() && self.streams.iter().all(|&d| d == self.rest)
+    }
+}
+
+impl From<DType> for Layout {
+    fn from(dtype: DType) -> Layout {
+        Layout::uniform(dtype)
+    }
+}
+
+impl fmt::Display for Layout {
+    /// `f32` for a uniform layout, else each listed stream's dtype, `~` marking stochastic
+    /// rounding: `bf16~,bf16,f32,f32`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_uniform() {
+            return f.write_str(self.rest.name());
+        }
+        let n = (self.streams.len() as u32).max(self.stochastic.last().map_or(0, |&s| s + 1));
+        for s in 0..n.max(1) {
+            if s > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(self.dtype(s).name())?;
+            if self.stochastic.contains(&s) {
+                f.write_str("~")?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -82,6 +256,10 @@ pub trait Float:
     fn from_f64(x: f64) -> Self;
     /// Widens to f64 (exact).
     fn to_f64(self) -> f64;
+    /// Converts an f32 to this type (exact).
+    fn from_f32(x: f32) -> Self;
+    /// Rounds to f32 (round to nearest even).
+    fn to_f32(self) -> f32;
     /// Correctly rounded square root.
     fn sqrt(self) -> Self;
     /// Clears the sign bit.
@@ -119,6 +297,14 @@ macro_rules! impl_float {
             #[inline]
             fn to_f64(self) -> f64 {
                 self as f64
+            }
+            #[inline]
+            fn from_f32(x: f32) -> Self {
+                x as $t
+            }
+            #[inline]
+            fn to_f32(self) -> f32 {
+                self as f32
             }
             #[inline]
             fn sqrt(self) -> Self {

@@ -2,25 +2,331 @@
 //! contract's *segment*), and the checks every executor runs before touching them.
 
 use crate::program::Stage;
-use crate::{Error, Float, Result};
+use crate::{round, DType, Error, Float, Result};
+use half::{bf16, f16};
+
+/// One written stream of a segment: its elements in their storage dtype.
+#[derive(Debug)]
+pub enum Elems<'a> {
+    /// f32 elements.
+    F32(&'a mut [f32]),
+    /// f64 elements.
+    F64(&'a mut [f64]),
+    /// bf16 elements.
+    BF16(&'a mut [bf16]),
+    /// f16 elements.
+    F16(&'a mut [f16]),
+}
+
+/// One read-only stream of a segment (the grad): its elements in their storage dtype.
+#[derive(Clone, Copy, Debug)]
+pub enum ElemsRef<'a> {
+    /// f32 elements.
+    F32(&'a [f32]),
+    /// f64 elements.
+    F64(&'a [f64]),
+    /// bf16 elements.
+    BF16(&'a [bf16]),
+    /// f16 elements.
+    F16(&'a [f16]),
+}
+
+/// `$body` with `$s` bound to the slice of whichever variant `$e` is, of enum `$enum`.
+macro_rules! each {
+    ($enum:ident, $e:expr, $s:ident => $body:expr) => {
+        match $e {
+            $enum::F32($s) => $body,
+            $enum::F64($s) => $body,
+            $enum::BF16($s) => $body,
+            $enum::F16($s) => $body,
+        }
+    };
+}
+
+/// The same operation on each variant, rewrapped in the same variant.
+macro_rules! map {
+    ($enum:ident, $e:expr, $s:ident => $body:expr) => {
+        match $e {
+            $enum::F32($s) => $enum::F32($body),
+            $enum::F64($s) => $enum::F64($body),
+            $enum::BF16($s) => $enum::BF16($body),
+            $enum::F16($s) => $enum::F16($body),
+        }
+    };
+}
+
+macro_rules! conversions {
+    ($($t:ty => $v:ident),*) => {$(
+        impl<'a> From<&'a mut [$t]> for Elems<'a> {
+            fn from(s: &'a mut [$t]) -> Self {
+                Elems::$v(s)
+            }
+        }
+        impl<'a> From<&'a mut Vec<$t>> for Elems<'a> {
+            fn from(s: &'a mut Vec<$t>) -> Self {
+                Elems::$v(s)
+            }
+        }
+        impl<'a> From<&'a [$t]> for ElemsRef<'a> {
+            fn from(s: &'a [$t]) -> Self {
+                ElemsRef::$v(s)
+            }
+        }
+        impl<'a> From<&'a Vec<$t>> for ElemsRef<'a> {
+            fn from(s: &'a Vec<$t>) -> Self {
+                ElemsRef::$v(s)
+            }
+        }
+    )*};
+}
+
+conversions!(f32 => F32, f64 => F64, bf16 => BF16, f16 => F16);
+
+/// Element `$i` of slice `$s` of variant `$v`, widened to compute type `$t` (the caller
+/// checked that `$t` is the variant's compute type).
+macro_rules! widen {
+    ($enum:ident, $e:expr, $i:expr, $t:ty) => {
+        match $e {
+            $enum::F32(s) => <$t>::from_f32(s[$i]),
+            $enum::F64(s) => <$t>::from_f64(s[$i]),
+            $enum::BF16(s) => <$t>::from_f32(round::bf16_to_f32(s[$i].to_bits())),
+            $enum::F16(s) => <$t>::from_f32(round::f16_to_f32(s[$i].to_bits())),
+        }
+    };
+}
+
+impl<'a> Elems<'a> {
+    /// Elements of a compute type, stored as themselves.
+    pub fn of<T: Float>(s: &'a mut [T]) -> Elems<'a> {
+        match T::DTYPE {
+            DType::F64 => Elems::F64(bytemuck::cast_slice_mut(s)),
+            _ => Elems::F32(bytemuck::cast_slice_mut(s)),
+        }
+    }
+
+    /// The storage dtype.
+    pub fn dtype(&self) -> DType {
+        match self {
+            Elems::F32(_) => DType::F32,
+            Elems::F64(_) => DType::F64,
+            Elems::BF16(_) => DType::BF16,
+            Elems::F16(_) => DType::F16,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        each!(Elems, self, s => s.len())
+    }
+
+    /// True when there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The same elements, read only.
+    pub fn as_ref(&self) -> ElemsRef<'_> {
+        match self {
+            Elems::F32(s) => ElemsRef::F32(s),
+            Elems::F64(s) => ElemsRef::F64(s),
+            Elems::BF16(s) => ElemsRef::BF16(s),
+            Elems::F16(s) => ElemsRef::F16(s),
+        }
+    }
+
+    /// A shorter-lived view of the same elements.
+    pub fn reborrow(&mut self) -> Elems<'_> {
+        map!(Elems, self, s => &mut s[..])
+    }
+
+    /// Elements `..mid` and `mid..`. Panics if `mid > len`.
+    pub(crate) fn split_at(self, mid: usize) -> (Elems<'a>, Elems<'a>) {
+        match self {
+            Elems::F32(s) => {
+                let (a, b) = s.split_at_mut(mid);
+                (Elems::F32(a), Elems::F32(b))
+            }
+            Elems::F64(s) => {
+                let (a, b) = s.split_at_mut(mid);
+                (Elems::F64(a), Elems::F64(b))
+            }
+            Elems::BF16(s) => {
+                let (a, b) = s.split_at_mut(mid);
+                (Elems::BF16(a), Elems::BF16(b))
+            }
+            Elems::F16(s) => {
+                let (a, b) = s.split_at_mut(mid);
+                (Elems::F16(a), Elems::F16(b))
+            }
+        }
+    }
+
+    /// No elements (of dtype f32), what [`std::mem::take`] leaves.
+    fn empty() -> Elems<'a> {
+        Elems::F32(&mut [])
+    }
+
+    /// Element `i` widened to the compute type `T`; `T` is the dtype's compute type
+    /// ([`validate`] checks).
+    #[inline]
+    pub(crate) fn get<T: Float>(&self, i: usize) -> T {
+        widen!(Elems, self, i, T)
+    }
+
+    /// Stores `v` as element `i`: rounded to nearest even, or stochastically with the
+    /// random bits `random`.
+    #[inline]
+    pub(crate) fn set<T: Float>(&mut self, i: usize, v: T, random: Option<u32>) {
+        match self {
+            Elems::F32(s) => s[i] = v.to_f32(),
+            Elems::F64(s) => s[i] = v.to_f64(),
+            Elems::BF16(s) => {
+                let x = v.to_f32();
+                s[i] = bf16::from_bits(match random {
+                    None => round::f32_to_bf16(x),
+                    Some(r) => round::f32_to_bf16_stochastic(x, r),
+                })
+            }
+            Elems::F16(s) => {
+                let x = v.to_f32();
+                s[i] = f16::from_bits(match random {
+                    None => round::f32_to_f16(x),
+                    Some(r) => round::f32_to_f16_stochastic(x, r),
+                })
+            }
+        }
+    }
+
+    /// The elements as `T`s when they are stored as `T`.
+    pub(crate) fn as_compute<T: Float>(&self) -> Option<&[T]> {
+        each!(Elems, self, s => bytemuck::try_cast_slice(&s[..]).ok().filter(|_| self.dtype() == T::DTYPE))
+    }
+
+    /// The elements as `T`s when they are stored as `T`, writable.
+    pub(crate) fn as_compute_mut<T: Float>(&mut self) -> Option<&mut [T]> {
+        let same = self.dtype() == T::DTYPE;
+        each!(Elems, self, s => bytemuck::try_cast_slice_mut(&mut s[..]).ok().filter(|_| same))
+    }
+
+    pub(crate) fn addr(&self) -> usize {
+        each!(Elems, self, s => s.as_ptr() as usize)
+    }
+
+    /// The first element's address, for writing through.
+    pub(crate) fn as_mut_ptr(&mut self) -> *mut u8 {
+        each!(Elems, self, s => s.as_mut_ptr() as *mut u8)
+    }
+}
+
+impl<'a> ElemsRef<'a> {
+    /// Elements of a compute type, stored as themselves.
+    pub fn of<T: Float>(s: &'a [T]) -> ElemsRef<'a> {
+        match T::DTYPE {
+            DType::F64 => ElemsRef::F64(bytemuck::cast_slice(s)),
+            _ => ElemsRef::F32(bytemuck::cast_slice(s)),
+        }
+    }
+
+    /// The storage dtype.
+    pub fn dtype(&self) -> DType {
+        match self {
+            ElemsRef::F32(_) => DType::F32,
+            ElemsRef::F64(_) => DType::F64,
+            ElemsRef::BF16(_) => DType::BF16,
+            ElemsRef::F16(_) => DType::F16,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        each!(ElemsRef, self, s => s.len())
+    }
+
+    /// True when there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Elements `range`. Panics if the range is out of bounds.
+    pub(crate) fn slice(self, range: std::ops::Range<usize>) -> ElemsRef<'a> {
+        map!(ElemsRef, self, s => &s[range])
+    }
+
+    /// Element `i` widened to the compute type `T` (see [`Elems::get`]).
+    #[inline]
+    pub(crate) fn get<T: Float>(&self, i: usize) -> T {
+        widen!(ElemsRef, self, i, T)
+    }
+
+    /// The elements as `T`s when they are stored as `T`.
+    pub(crate) fn as_compute<T: Float>(&self) -> Option<&'a [T]> {
+        let same = self.dtype() == T::DTYPE;
+        each!(ElemsRef, *self, s => bytemuck::try_cast_slice(s).ok().filter(|_| same))
+    }
+
+    pub(crate) fn addr(&self) -> usize {
+        each!(ElemsRef, self, s => s.as_ptr() as usize)
+    }
+}
+
+/// How far apart the generator indices of two streams' elements are: element `j` of stream
+/// `s` draws index `index + j + s · STREAM_STRIDE` (wrapping), so that two streams of one
+/// element round with different bits.
+pub(crate) const STREAM_STRIDE: u32 = 0x9E37_79B9;
+
+/// Stochastic rounding of a segment's stores (see [`crate::round`]): which streams round
+/// stochastically, the generator's key for this step and the generator index of the
+/// segment's first element (element `i` of stream `s` draws index `index + i + s · 0x9E3779B9`,
+/// wrapping at 2^32).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Noise<'a> {
+    /// The streams (by index: 0 the param, 2.. the state slots) whose stores round
+    /// stochastically; each must be bf16 or f16. Empty: every store rounds to nearest even.
+    pub streams: &'a [u32],
+    /// The generator's key ([`round::step_key`] of the seed and step).
+    pub key: [u32; 2],
+    /// The generator index of element 0.
+    pub index: u32,
+}
+
+impl Noise<'_> {
+    /// Every store rounds to nearest even.
+    pub const NONE: Noise<'static> = Noise {
+        streams: &[],
+        key: [0, 0],
+        index: 0,
+    };
+
+    /// The random bits for element `i` of stream `s`, if its stores round stochastically.
+    #[inline]
+    pub(crate) fn bits(&self, s: u32, i: usize) -> Option<u32> {
+        self.streams.contains(&s).then(|| {
+            let index = self.index.wrapping_add(i as u32);
+            round::random_bits(self.key, index.wrapping_add(s.wrapping_mul(STREAM_STRIDE)))
+        })
+    }
+}
 
 /// A run of elements that share one scalar block for one step: a parameter, a slice of one,
 /// or (in the runtime) neighbouring parameters with the padding between them. It holds the
-/// streams of the kernel contract and the scalar block of its prologue.
+/// streams of the kernel contract, each in its own storage dtype, and the scalar block of its
+/// prologue in the compute type `T`.
 pub struct Segment<'a, T> {
     /// Stream 0, read and written.
-    pub param: &'a mut [T],
+    pub param: Elems<'a>,
     /// Stream 1, read only.
-    pub grad: &'a [T],
+    pub grad: ElemsRef<'a>,
     /// Streams 2.., the element state slots in slot order, read and written. A borrowed list,
     /// so that the segments of one call can share a single list of all their state buffers.
-    pub state: &'a mut [&'a mut [T]],
+    pub state: &'a mut [Elems<'a>],
     /// The prologue values the stage reads, rounded to `T`.
     pub scalars: &'a [T],
     /// Where a stage with reductions writes its partials: for each block of
     /// [`crate::ir::reduce::BLOCK`] elements from the segment's start, one f64 per
     /// reduction (block-major). Empty for a stage without reductions.
     pub partials: &'a mut [f64],
+    /// Which stores round stochastically, and how ([`Noise::NONE`]: none).
+    pub noise: Noise<'a>,
 }
 
 /// The streams of a call's segments, gathered piece by piece before the segments are made:
@@ -28,11 +334,12 @@ pub struct Segment<'a, T> {
 /// `state[i * slots..(i + 1) * slots]`. Every segment's state list is a slice of that one
 /// list, so making the segments allocates nothing per segment.
 pub(crate) struct Pieces<'a, T> {
-    params: Vec<&'a mut [T]>,
-    grads: Vec<&'a [T]>,
+    params: Vec<Elems<'a>>,
+    grads: Vec<ElemsRef<'a>>,
     scalars: Vec<&'a [T]>,
-    state: Vec<&'a mut [T]>,
+    state: Vec<Elems<'a>>,
     partials: Vec<&'a mut [f64]>,
+    indices: Vec<u32>,
     slots: usize,
 }
 
@@ -45,6 +352,7 @@ impl<'a, T> Pieces<'a, T> {
             scalars: Vec::with_capacity(pieces),
             state: Vec::with_capacity(pieces * slots),
             partials: Vec::new(),
+            indices: Vec::with_capacity(pieces),
             slots,
         }
     }
@@ -54,36 +362,41 @@ impl<'a, T> Pieces<'a, T> {
     /// For a stage with `reductions` reductions, every range starts at a multiple of
     /// [`crate::ir::reduce::BLOCK`] from the start of its parameter (the caller cuts them so)
     /// and gets its blocks' part of `partials`, which holds the ranges' partials one after
-    /// the other (block-major; see [`Segment::partials`]).
+    /// the other (block-major; see [`Segment::partials`]). Element `offset` of the set has
+    /// generator index `index + offset` (see [`Noise::index`]).
     ///
     /// Panics if `state` does not yield `slots` buffers or a range falls outside the buffers:
     /// callers check both before (the runtime's store holds every slot over its whole length;
     /// the Stepper checks each state's shape and the grad's length).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn cut(
         &mut self,
-        param: &'a mut [T],
-        grad: &'a [T],
-        state: impl Iterator<Item = &'a mut [T]>,
+        param: Elems<'a>,
+        grad: ElemsRef<'a>,
+        state: impl Iterator<Item = Elems<'a>>,
         ranges: &[(usize, usize, &'a [T])],
         partials: &'a mut [f64],
         reductions: usize,
+        index: u32,
     ) {
         let mut partials = partials;
         // What is left of each buffer after the pieces taken so far.
         let mut param = param;
-        let mut rests: Vec<&'a mut [T]> = state.collect();
+        let mut rests: Vec<Elems<'a>> = state.collect();
         assert_eq!(rests.len(), self.slots, "one buffer per state slot");
         let mut consumed = 0;
-        let take = |rest: &mut &'a mut [T], skip: usize, len: usize| {
-            let (piece, tail) = std::mem::take(rest)[skip..].split_at_mut(len);
+        let take = |rest: &mut Elems<'a>, skip: usize, len: usize| {
+            let (_, tail) = std::mem::replace(rest, Elems::empty()).split_at(skip);
+            let (piece, tail) = tail.split_at(len);
             *rest = tail;
             piece
         };
         for &(offset, len, scalars) in ranges {
             let skip = offset - consumed;
             self.params.push(take(&mut param, skip, len));
-            self.grads.push(&grad[offset..offset + len]);
+            self.grads.push(grad.slice(offset..offset + len));
             self.scalars.push(scalars);
+            self.indices.push(index.wrapping_add(offset as u32));
             for rest in &mut rests {
                 self.state.push(take(rest, skip, len));
             }
@@ -100,7 +413,13 @@ impl<'a, T> Pieces<'a, T> {
     }
 
     /// The segments, one per piece, in order; their state lists are slices of `storage`.
-    pub(crate) fn into_segments<'s>(self, storage: &'s mut Vec<&'s mut [T]>) -> Vec<Segment<'s, T>>
+    /// With `noise`, stores round stochastically as it says, each segment with its own
+    /// generator index.
+    pub(crate) fn into_segments<'s>(
+        self,
+        storage: &'s mut Vec<Elems<'s>>,
+        noise: Noise<'s>,
+    ) -> Vec<Segment<'s, T>>
     where
         'a: 's,
     {
@@ -112,7 +431,8 @@ impl<'a, T> Pieces<'a, T> {
             .zip(self.grads)
             .zip(self.scalars)
             .zip(self.partials)
-            .map(|(((param, grad), scalars), partials)| {
+            .zip(self.indices)
+            .map(|((((param, grad), scalars), partials), index)| {
                 let (state, tail) = std::mem::take(&mut rest).split_at_mut(slots);
                 rest = tail;
                 Segment {
@@ -121,6 +441,7 @@ impl<'a, T> Pieces<'a, T> {
                     state,
                     scalars,
                     partials,
+                    noise: Noise { index, ..noise },
                 }
             })
             .collect()
@@ -133,6 +454,15 @@ impl<T: Float> Segment<'_, T> {
         self.param.len()
     }
 
+    /// The storage dtype of stream `s` (0 the param, 1 the grad, 2.. the state slots).
+    pub fn dtype(&self, s: u32) -> DType {
+        match s {
+            0 => self.param.dtype(),
+            1 => self.grad.dtype(),
+            k => self.state[k as usize - 2].dtype(),
+        }
+    }
+
     /// True when the segment has no elements.
     pub fn is_empty(&self) -> bool {
         self.param.is_empty()
@@ -142,19 +472,61 @@ impl<T: Float> Segment<'_, T> {
     #[inline]
     pub(crate) fn load(&self, s: u32, i: usize) -> T {
         match s {
-            0 => self.param[i],
-            1 => self.grad[i],
-            k => self.state[k as usize - 2][i],
+            0 => self.param.get(i),
+            1 => self.grad.get(i),
+            k => self.state[k as usize - 2].get(i),
+        }
+    }
+
+    /// Stream `s` over `range` as `T`s: the stream itself when it is stored as `T`, else
+    /// `scratch` (resized) filled with its elements widened.
+    pub(crate) fn widened<'s>(
+        &'s self,
+        s: u32,
+        range: std::ops::Range<usize>,
+        scratch: &'s mut Vec<T>,
+    ) -> &'s [T] {
+        let native = match s {
+            0 => self.param.as_compute::<T>(),
+            1 => self.grad.as_compute::<T>(),
+            k => self.state[k as usize - 2].as_compute::<T>(),
+        };
+        if let Some(elems) = native {
+            return &elems[range];
+        }
+        scratch.clear();
+        scratch.extend(range.map(|i| self.load(s, i)));
+        scratch
+    }
+
+    /// Writes `values` to stream `s` (never the grad) from element `start` on: a copy when
+    /// the stream is stored as `T`, else each value rounded as [`Segment::noise`] says.
+    pub(crate) fn store_all(&mut self, s: u32, start: usize, values: &[T]) {
+        let noise = self.noise;
+        let stream = match s {
+            0 => &mut self.param,
+            1 => unreachable!("the grad is read only"),
+            k => &mut self.state[k as usize - 2],
+        };
+        let range = start..start + values.len();
+        match stream.as_compute_mut::<T>() {
+            Some(elems) => elems[range].copy_from_slice(values),
+            None => {
+                for (i, &v) in range.zip(values) {
+                    stream.set(i, v, noise.bits(s, i));
+                }
+            }
         }
     }
 
     /// Writes element `i` of stream `s` (never the grad).
     #[inline]
     pub(crate) fn store(&mut self, s: u32, i: usize, v: T) {
+        let random = self.noise.bits(s, i);
         match s {
-            0 => self.param[i] = v,
+            0 => self.param.set(i, v, random),
             1 => unreachable!("the grad is read only"),
-            k => self.state[k as usize - 2][i] = v,
+            k => self.state[k as usize - 2].set(i, v, random),
         }
     }
 }
@@ -217,6 +589,7 @@ pub(crate) fn validate<T: Float>(stage: &Stage, segments: &[Segment<'_, T>]) -> 
         if let Some(k) = seg.state.iter().position(|s| s.len() != len) {
             return Err(mismatch(Buffer::State(n, k), len, seg.state[k].len()));
         }
+        check_dtypes::<T>(stage, seg)?;
         if seg.scalars.len() != stage.n_scalars as usize {
             return Err(mismatch(
                 Buffer::Scalars(n),
@@ -250,26 +623,55 @@ pub(crate) fn validate<T: Float>(stage: &Stage, segments: &[Segment<'_, T>]) -> 
     check_disjoint(&mut written, &read)
 }
 
+/// Checks that every stream of `seg` computes in `T` and that its stochastic rounding names
+/// written bf16 or f16 streams.
+fn check_dtypes<T: Float>(stage: &Stage, seg: &Segment<'_, T>) -> Result<()> {
+    for s in 0..stage.n_streams {
+        let dtype = seg.dtype(s);
+        if dtype.compute() != T::DTYPE {
+            return Err(Error::DTypeMismatch {
+                expected: T::DTYPE,
+                actual: dtype,
+            });
+        }
+    }
+    for &s in seg.noise.streams {
+        if s == 1 || s >= stage.n_streams || !seg.dtype(s).is_narrow() {
+            return Err(Error::InvalidOption {
+                option: "stochastic rounding",
+                reason: "only written bf16 or f16 streams round stochastically",
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Calls `visit(stream, range)` for every non-empty buffer of segment `n` (stream 0 the
 /// param, 1 the grad, 2.. the state slots, then the scalar block); empty buffers occupy no
 /// memory and are skipped. (Slices are aligned to their element type by construction: a
 /// misaligned one is undefined behaviour before it gets here, so there is nothing to check.)
 fn ranges<T>(seg: &Segment<'_, T>, n: usize, mut visit: impl FnMut(usize, Range)) {
-    let mut range = |k: usize, ptr: *const T, len: usize, buffer: Buffer| {
-        if len > 0 {
-            let start = ptr as usize;
-            visit(k, (start, start + len * std::mem::size_of::<T>(), buffer));
+    let mut range = |k: usize, start: usize, bytes: usize, buffer: Buffer| {
+        if bytes > 0 {
+            visit(k, (start, start + bytes, buffer));
         }
     };
     let len = seg.param.len();
-    range(0, seg.param.as_ptr(), len, Buffer::Param(n));
-    range(1, seg.grad.as_ptr(), len, Buffer::Grad(n));
+    let bytes = |dtype: DType| len * dtype.size();
+    range(
+        0,
+        seg.param.addr(),
+        bytes(seg.param.dtype()),
+        Buffer::Param(n),
+    );
+    range(1, seg.grad.addr(), bytes(seg.grad.dtype()), Buffer::Grad(n));
     for (k, s) in seg.state.iter().enumerate() {
-        range(2 + k, s.as_ptr(), len, Buffer::State(n, k));
+        range(2 + k, s.addr(), bytes(s.dtype()), Buffer::State(n, k));
     }
     let scalars = seg.scalars;
     let k = 2 + seg.state.len();
-    range(k, scalars.as_ptr(), scalars.len(), Buffer::Scalars(n));
+    let size = std::mem::size_of_val(scalars);
+    range(k, scalars.as_ptr() as usize, size, Buffer::Scalars(n));
 }
 
 /// One stream's ranges as the linear check sees them: their hull, and whether each range
@@ -405,22 +807,24 @@ mod tests {
             chunks.pop().unwrap(),
             chunks.pop().unwrap(),
         );
-        let mut first = [c1, c3];
-        let mut second = [c2, c4];
+        let mut first = [c1.into(), c3.into()];
+        let mut second = [c2.into(), c4.into()];
         let segments = [
             Segment {
-                param: c5,
-                grad: &grad,
+                param: c5.into(),
+                grad: (&grad).into(),
                 state: &mut first,
                 scalars: &scalars,
                 partials: &mut [],
+                noise: Noise::NONE,
             },
             Segment {
-                param: c0,
-                grad: &grad,
+                param: c0.into(),
+                grad: (&grad).into(),
                 state: &mut second,
                 scalars: &scalars,
                 partials: &mut [],
+                noise: Noise::NONE,
             },
         ];
         let hull_of = |k: usize| {

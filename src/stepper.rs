@@ -7,6 +7,7 @@
 use crate::engine::{default_threads, Buffers, Engine, Member, Outcome, Settings, Work};
 use crate::ir::SlotKind;
 use crate::program::Program;
+use crate::segment::{Elems, ElemsRef};
 use crate::{passes, DType, Error, Executor, Float, Graph, Jit, Kernel, Result};
 
 /// The value of one state slot of one parameter.
@@ -209,7 +210,7 @@ impl Stepper {
         // all of them), and where its commit goes: its step count and its scalar slots (a
         // part of one list, `n_slots` each, `None` for an element slot).
         let n_elem = self.engine.program.element_slots().count();
-        let mut state: Vec<&mut [T]> = Vec::with_capacity(params.len() * n_elem);
+        let mut state: Vec<Elems<'_>> = Vec::with_capacity(params.len() * n_elem);
         let mut own: Vec<Option<&mut f64>> = Vec::with_capacity(params.len() * n_slots);
         let mut steps: Vec<&mut u64> = Vec::with_capacity(params.len());
         let mut streams: Vec<(&mut [T], &[T])> = Vec::with_capacity(params.len());
@@ -218,7 +219,7 @@ impl Stepper {
             for slot in slots.iter_mut() {
                 match slot {
                     SlotValue::Buffer(b) => {
-                        state.push(b.as_mut_slice());
+                        state.push(Elems::of(b.as_mut_slice()));
                         own.push(None);
                     }
                     SlotValue::Scalar(v) => own.push(Some(v)),
@@ -233,9 +234,11 @@ impl Stepper {
             let (mine, tail) = std::mem::take(&mut rest).split_at_mut(n_elem);
             rest = tail;
             sets.push(Buffers {
-                param,
-                grad,
+                param: Elems::of(param),
+                grad: ElemsRef::of(grad),
                 state: mine,
+                index: 0,
+                compute: std::marker::PhantomData,
             });
         }
         let settings = Settings {

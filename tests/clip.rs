@@ -40,7 +40,7 @@ fn close<T: Float>(ours: T, theirs: f64, ulps: f64) -> bool {
         return theirs == ours;
     }
     let eps = match T::DTYPE {
-        optjit::DType::F32 => f32::EPSILON as f64,
+        optjit::DType::F32 | optjit::DType::BF16 | optjit::DType::F16 => f32::EPSILON as f64,
         optjit::DType::F64 => f64::EPSILON,
     };
     (ours - theirs).abs() <= ulps * eps * theirs.abs().max(f64::MIN_POSITIVE)

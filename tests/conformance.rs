@@ -241,7 +241,7 @@ fn check_shape(case: &Case, optimizer: &str, path: &Path) -> Result<(), String> 
 /// `(rtol, atol)` from the README: `|actual - expected| <= atol + rtol * |expected|`.
 fn tolerance<T: Float>() -> (f64, f64) {
     match T::DTYPE {
-        DType::F32 => (1e-5, 1e-7),
+        DType::F32 | DType::BF16 | DType::F16 => (1e-5, 1e-7),
         DType::F64 => (1e-12, 1e-12),
     }
 }

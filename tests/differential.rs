@@ -8,8 +8,8 @@ mod common;
 use common::SplitMix64;
 use optjit::ir::Op;
 use optjit::{
-    optim, Builder, Executor, Expr, Float, Graph, Jit, JitOptions, Kernel, ParamRef, ParamState,
-    Segment, SlotValue, Stepper, Target,
+    optim, Builder, Elems, ElemsRef, Executor, Expr, Float, Graph, Jit, JitOptions, Kernel,
+    ParamRef, ParamState, Segment, SlotValue, Stepper, Target,
 };
 
 /// Seeded test inputs full of IEEE edge cases, on the shared SplitMix64 generator.
@@ -105,21 +105,22 @@ struct Buffers<T> {
 /// The segments over `bufs`; their state lists are kept in `lists`.
 fn segments<'a, T: Float>(
     bufs: &'a mut [Buffers<T>],
-    lists: &'a mut Vec<Vec<&'a mut [T]>>,
+    lists: &'a mut Vec<Vec<Elems<'a>>>,
 ) -> Vec<Segment<'a, T>> {
     let mut rest = Vec::new();
     for b in bufs {
-        lists.push(b.state.iter_mut().map(|s| s.as_mut_slice()).collect());
+        lists.push(b.state.iter_mut().map(|s| Elems::of(s)).collect());
         rest.push((&mut b.param[..], &b.grad[..], &b.scalars[..]));
     }
     rest.into_iter()
         .zip(lists)
         .map(|((param, grad, scalars), state)| Segment {
-            param,
-            grad,
+            param: Elems::of(param),
+            grad: ElemsRef::of(grad),
             state,
             scalars,
             partials: &mut [],
+            noise: optjit::Noise::NONE,
         })
         .collect()
 }

@@ -202,11 +202,12 @@ fn a_kernel_rejects_the_wrong_dtype_and_stream_count() {
     let scalars = vec![0.0f64; stepper.program().stage.n_scalars as usize];
     let err = kernel
         .run(&mut [optjit::Segment {
-            param: &mut p,
-            grad: &g,
-            state: &mut [&mut m, &mut v],
+            param: (&mut p).into(),
+            grad: (&g).into(),
+            state: &mut [(&mut m).into(), (&mut v).into()],
             scalars: &scalars,
             partials: &mut [],
+            noise: optjit::Noise::NONE,
         }])
         .unwrap_err();
     assert_eq!(
@@ -219,11 +220,12 @@ fn a_kernel_rejects_the_wrong_dtype_and_stream_count() {
     let kernel = stepper.kernel(optjit::DType::F64).unwrap();
     let err = kernel
         .run(&mut [optjit::Segment {
-            param: &mut p,
-            grad: &g,
-            state: &mut [&mut m],
+            param: (&mut p).into(),
+            grad: (&g).into(),
+            state: &mut [(&mut m).into()],
             scalars: &scalars,
             partials: &mut [],
+            noise: optjit::Noise::NONE,
         }])
         .unwrap_err();
     assert!(

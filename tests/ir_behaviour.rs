@@ -304,11 +304,12 @@ fn malformed_stages_never_reach_generated_code() {
         let (mut m, mut v) = (vec![0.0f32; 3], vec![0.0f32; 3]);
         let scalars = vec![0.0f32; bad.stage.n_scalars as usize];
         let mut seg = [optjit::Segment {
-            param: &mut p,
-            grad: &g,
-            state: &mut [&mut m, &mut v],
+            param: (&mut p).into(),
+            grad: (&g).into(),
+            state: &mut [(&mut m).into(), (&mut v).into()],
             scalars: &scalars,
             partials: &mut [],
+            noise: optjit::Noise::NONE,
         }];
         assert!(matches!(
             optjit::interp::run_reference(&bad.stage, &mut seg),

@@ -67,7 +67,7 @@ fn kernels_outlive_their_jit() {
     let stepper = Stepper::new(&Adam::default().graph().unwrap()).unwrap();
     let mut p = vec![1.0f64; 3];
     let g = vec![1.0f64; 3];
-    let mut state = stepper.init_state(3).unwrap();
+    let mut state: optjit::ParamState<f64> = stepper.init_state(3).unwrap();
     let scalars: Vec<f64> = {
         let mut values = Vec::new();
         program.eval_prologue(&[1e-3, 0.9, 0.999, 1e-8, 0.0], 1, |_| 0.0, &mut values);
@@ -78,21 +78,22 @@ fn kernels_outlive_their_jit() {
             .map(|&k| values[k as usize])
             .collect()
     };
-    let mut state_bufs: Vec<&mut [f64]> = state
+    let mut state_bufs: Vec<optjit::Elems<'_>> = state
         .slots
         .iter_mut()
         .map(|s| match s {
-            optjit::SlotValue::Buffer(b) => b.as_mut_slice(),
+            optjit::SlotValue::Buffer(b) => b.as_mut_slice().into(),
             optjit::SlotValue::Scalar(_) => unreachable!(),
         })
         .collect();
     kernel
         .run(&mut [optjit::Segment {
-            param: &mut p,
-            grad: &g,
+            param: (&mut p).into(),
+            grad: (&g).into(),
             state: &mut state_bufs,
             scalars: &scalars,
             partials: &mut [],
+            noise: optjit::Noise::NONE,
         }])
         .unwrap();
     // First Adam step: p - lr * g / (|g| + eps) = 1 - 1e-3 / (1 + 1e-8).
@@ -163,14 +164,15 @@ fn the_cache_is_bounded_and_evicted_kernels_stay_valid() {
         let mut state: Vec<Vec<f32>> = (2..programs[0].stage.n_streams)
             .map(|_| vec![0.125f32; 37])
             .collect();
-        let mut state: Vec<&mut [f32]> = state.iter_mut().map(|s| s.as_mut_slice()).collect();
+        let mut state: Vec<optjit::Elems<'_>> = state.iter_mut().map(|s| s.into()).collect();
         kernel
             .run(&mut [optjit::Segment {
-                param: &mut p,
-                grad: &g,
+                param: (&mut p).into(),
+                grad: (&g).into(),
                 state: &mut state,
                 scalars: &scalars,
                 partials: &mut [],
+                noise: optjit::Noise::NONE,
             }])
             .unwrap();
         p

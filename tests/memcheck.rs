@@ -150,6 +150,7 @@ fn random_stages_run_as_the_interpreter_does_at_every_unroll() {
                         state,
                         scalars: &scalars,
                         partials: &mut [],
+                        noise: optjit::Noise::NONE,
                     })
                     .collect();
                 match kernel {

@@ -23,7 +23,7 @@ fn numbers(v: &Value) -> Vec<f64> {
 /// The case's tolerance in `T`: `(rtol, atol)`.
 fn tolerance<T: Float>() -> (f64, f64) {
     match T::DTYPE {
-        optjit::DType::F32 => (1e-5, 1e-7),
+        optjit::DType::F32 | optjit::DType::BF16 | optjit::DType::F16 => (1e-5, 1e-7),
         optjit::DType::F64 => (1e-12, 1e-12),
     }
 }

@@ -56,7 +56,7 @@ enum Inputs {
 impl Inputs {
     fn vec<T: Float>(self, rng: &mut SplitMix64, len: usize) -> Vec<T> {
         let (tiny, max) = match T::DTYPE {
-            DType::F32 => (f32::from_bits(1) as f64, f32::MAX as f64),
+            DType::F32 | DType::BF16 | DType::F16 => (f32::from_bits(1) as f64, f32::MAX as f64),
             DType::F64 => (f64::from_bits(1), f64::MAX),
         };
         let specials = [
@@ -652,7 +652,7 @@ fn check_swaps<T: Float>(
         // |y' − y| ≤ K ulps of max(|y|, |z|), where nothing overflows.
         let ulps = round_trip_ulps(beta1);
         let (epsilon, tiny, max) = match T::DTYPE {
-            DType::F32 => (
+            DType::F32 | DType::BF16 | DType::F16 => (
                 f32::EPSILON as f64,
                 f32::from_bits(1) as f64,
                 f32::MAX as f64,

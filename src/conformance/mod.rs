@@ -25,10 +25,11 @@ pub struct Tolerance {
 }
 
 impl Tolerance {
-    /// The README's tolerance for a dtype: f32 `rtol = 1e-5, atol = 1e-7`; f64 `1e-12` both.
+    /// The README's tolerance for a compute dtype: f32 `rtol = 1e-5, atol = 1e-7`; f64
+    /// `1e-12` both (bf16 and f16 storage compute in f32).
     pub fn for_dtype(dtype: DType) -> Tolerance {
-        match dtype {
-            DType::F32 => Tolerance {
+        match dtype.compute() {
+            DType::F32 | DType::BF16 | DType::F16 => Tolerance {
                 rtol: 1e-5,
                 atol: 1e-7,
             },

@@ -281,6 +281,7 @@ impl Engine {
                 partials: &mut [],
                 reductions: 0,
                 threads: settings.threads,
+                noise: crate::segment::Noise::NONE,
             })?;
             let of_dtype = work.members.iter().zip(&plan.members);
             for (m, &(key, _)) in of_dtype.filter(|(m, _)| m.entry == d) {
@@ -347,6 +348,7 @@ impl Engine {
                     partials: &mut partials,
                     reductions: count,
                     threads: settings.threads,
+                    noise: crate::segment::Noise::NONE,
                 })?;
                 let mut at = 0;
                 for r in &runs {

@@ -174,9 +174,9 @@ fn merge(runs: impl Iterator<Item = Run>, size: usize) -> Vec<Run> {
 
 /// `x` rounded to `dtype`, as bits: what a kernel of that dtype would read.
 fn rounded(dtype: DType, x: f64) -> u64 {
-    match dtype {
-        DType::F32 => u64::from((x as f32).to_bits()),
+    match dtype.compute() {
         DType::F64 => x.to_bits(),
+        _ => u64::from((x as f32).to_bits()),
     }
 }
 

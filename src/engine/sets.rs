@@ -4,19 +4,24 @@
 
 use super::exec::{batches_in_units, run_batches, Runner};
 use super::pool::Threads;
-use crate::segment::{blocks, Pieces};
+use crate::segment::{blocks, Elems, ElemsRef, Noise, Pieces};
 use crate::{DType, Float, Result};
+use std::marker::PhantomData;
 
 /// The streams of the kernel contract for some parameters: a flat store's (many parameters
-/// one after the other) or one caller-owned parameter's.
+/// one after the other) or one caller-owned parameter's, each stream in its storage dtype;
+/// `T` is the type they compute in.
 pub(crate) struct Buffers<'s, 'a, T> {
     /// Stream 0.
-    pub(crate) param: &'s mut [T],
+    pub(crate) param: Elems<'s>,
     /// Stream 1.
-    pub(crate) grad: &'s [T],
+    pub(crate) grad: ElemsRef<'s>,
     /// Streams 2.., one per element slot, each as long as `param` (a part of one list of
     /// every set's, so that making the sets allocates nothing per set).
-    pub(crate) state: &'s mut [&'a mut [T]],
+    pub(crate) state: &'s mut [Elems<'a>],
+    /// The generator index of element 0 (see [`Noise::index`]).
+    pub(crate) index: u32,
+    pub(crate) compute: PhantomData<T>,
 }
 
 /// A stretch of one set of buffers that one scalar block runs over: elements
@@ -46,6 +51,8 @@ pub(crate) struct Job<'j> {
     pub(crate) reductions: usize,
     /// At most how many batches, on which pool.
     pub(crate) threads: Threads,
+    /// Stochastic rounding of the stores (its index is each set's own).
+    pub(crate) noise: Noise<'j>,
 }
 
 /// Sets of buffers of one dtype.
@@ -69,7 +76,9 @@ impl<T: Float> StreamSets for Vec<Buffers<'_, '_, T>> {
     fn fill(&mut self, ranges: &[(usize, usize, usize)], inits: &[f64]) {
         for &(set, offset, len) in ranges {
             for (slot, &init) in self[set].state.iter_mut().zip(inits) {
-                slot[offset..offset + len].fill(T::from_f64(init));
+                for i in offset..offset + len {
+                    slot.set(i, T::from_f64(init), None);
+                }
             }
         }
     }
@@ -106,20 +115,21 @@ impl<T: Float> StreamSets for Vec<Buffers<'_, '_, T>> {
             let reduced: usize = runs[first..end].iter().map(|r| blocks(r.len)).sum();
             let (mine, rest) = std::mem::take(&mut partials).split_at_mut(reduced * job.reductions);
             partials = rest;
-            let state = set.state.iter_mut().map(|b| &mut **b);
+            let state = set.state.iter_mut().map(|b| b.reborrow());
             pieces.cut(
-                &mut *set.param,
+                set.param.reborrow(),
                 set.grad,
                 state,
                 &ranges,
                 mine,
                 job.reductions,
+                set.index,
             );
             first = end;
         }
         debug_assert_eq!(first, runs.len(), "runs sorted by set");
         let mut storage = Vec::new();
-        let mut segments = pieces.into_segments(&mut storage);
+        let mut segments = pieces.into_segments(&mut storage, job.noise);
         run_batches(job.runner, &mut segments, &batches.ends, job.threads.pool)
     }
 }

@@ -71,6 +71,8 @@ struct Scratch<T> {
     staged: Vec<Vec<T>>,
     /// Per reduction: its operand at every element of the segment so far.
     operands: Vec<Vec<T>>,
+    /// Per stream not stored as `T`: the block's elements widened.
+    widened: Vec<Vec<T>>,
 }
 
 impl<T: Float> Scratch<T> {
@@ -85,6 +87,7 @@ impl<T: Float> Scratch<T> {
             home,
             staged: vec![vec![T::ZERO; len]; stored_loads.count()],
             operands: vec![Vec::new(); stage.reductions.len()],
+            widened: vec![Vec::new(); stage.n_streams as usize],
         }
     }
 }
@@ -148,16 +151,23 @@ fn run_block<T: Float>(
         home,
         staged,
         operands,
+        widened,
     } = scratch;
     {
         let seg = &*seg;
+        // Each stream over the block, as `T`s.
+        let streams: Vec<&[T]> = widened
+            .iter_mut()
+            .zip(0..)
+            .map(|(buf, s)| seg.widened(s, range.clone(), buf))
+            .collect();
         for (j, inst) in stage.body.iter().enumerate() {
             // Taken out while written: no operand lives in it (see `assign_buffers`).
             let mut out = std::mem::take(&mut buffers[home[j]]);
             let arity = inst.op.arity();
             let arg = |k: usize| {
                 let a = inst.args[k.min(arity - 1)];
-                operand(seg, &range, buffers, home, a)
+                operand(seg, &streams, n, buffers, home, a)
             };
             apply(inst.op, &mut out[..n], [arg(0), arg(1), arg(2)], arity);
             buffers[home[j]] = out;
@@ -168,61 +178,46 @@ fn run_block<T: Float>(
             _ => None,
         });
         for (buf, s) in staged.iter_mut().zip(loads) {
-            buf[..n].copy_from_slice(&stream(seg, s)[range.clone()]);
+            buf[..n].copy_from_slice(streams[s as usize]);
         }
         for (xs, &(_, a)) in operands.iter_mut().zip(&stage.reductions) {
-            match operand(seg, &range, buffers, home, a) {
+            match operand(seg, &streams, n, buffers, home, a) {
                 Operand::Array(values) => xs.extend_from_slice(values),
                 Operand::Splat(x) => xs.extend(std::iter::repeat_n(x, n)),
             }
         }
     }
     let scalars = seg.scalars;
-    let mut staged = staged.iter();
+    let mut staged = staged.iter_mut();
     for &(s, value) in &stage.stores {
-        let target = &mut stream_mut(seg, s)[range.clone()];
         match value {
             ElemArg::Load(_) => {
                 let buf = staged.next().expect("one staged buffer per stored load");
-                target.copy_from_slice(&buf[..n]);
+                seg.store_all(s, range.start, &buf[..n]);
             }
-            ElemArg::Scalar(k) => target.fill(scalars[k as usize]),
-            ElemArg::Value(v) => target.copy_from_slice(&buffers[home[v as usize]][..n]),
+            ElemArg::Scalar(k) => {
+                let fill = vec![scalars[k as usize]; n];
+                seg.store_all(s, range.start, &fill);
+            }
+            ElemArg::Value(v) => seg.store_all(s, range.start, &buffers[home[v as usize]][..n]),
         }
     }
 }
 
-/// Operand `a` over elements `range` of `seg`.
+/// Operand `a` over the block's `n` elements, whose streams are `streams`.
 #[inline]
 fn operand<'a, T: Float>(
-    seg: &'a Segment<'_, T>,
-    range: &Range<usize>,
+    seg: &Segment<'_, T>,
+    streams: &[&'a [T]],
+    n: usize,
     buffers: &'a [Vec<T>],
     home: &[usize],
     a: ElemArg,
 ) -> Operand<'a, T> {
     match a {
-        ElemArg::Load(s) => Operand::Array(&stream(seg, s)[range.clone()]),
+        ElemArg::Load(s) => Operand::Array(streams[s as usize]),
         ElemArg::Scalar(k) => Operand::Splat(seg.scalars[k as usize]),
-        ElemArg::Value(v) => Operand::Array(&buffers[home[v as usize]][..range.len()]),
-    }
-}
-
-/// Stream `s` of `seg`.
-fn stream<'s, T>(seg: &'s Segment<'_, T>, s: u32) -> &'s [T] {
-    match s {
-        0 => seg.param,
-        1 => seg.grad,
-        k => seg.state[k as usize - 2],
-    }
-}
-
-/// Stream `s` of `seg`, for a store (never the grad).
-fn stream_mut<'s, T>(seg: &'s mut Segment<'_, T>, s: u32) -> &'s mut [T] {
-    match s {
-        0 => seg.param,
-        1 => unreachable!("the grad is read only"),
-        k => seg.state[k as usize - 2],
+        ElemArg::Value(v) => Operand::Array(&buffers[home[v as usize]][..n]),
     }
 }
 
@@ -359,21 +354,22 @@ mod tests {
     fn segments<'a>(
         bufs: &'a mut [Buffers],
         scalars: &'a [f32],
-        lists: &'a mut Vec<Vec<&'a mut [f32]>>,
+        lists: &'a mut Vec<Vec<crate::Elems<'a>>>,
     ) -> Vec<Segment<'a, f32>> {
         let mut rest = Vec::new();
         for (p, g, s) in bufs {
-            lists.push(s.iter_mut().map(|s| s.as_mut_slice()).collect());
+            lists.push(s.iter_mut().map(|s| s.into()).collect());
             rest.push((&mut p[..], &g[..]));
         }
         rest.into_iter()
             .zip(lists)
             .map(|((param, grad), state)| Segment {
-                param,
-                grad,
+                param: param.into(),
+                grad: grad.into(),
                 state,
                 scalars,
                 partials: &mut [],
+                noise: crate::Noise::NONE,
             })
             .collect()
     }

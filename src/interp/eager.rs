@@ -16,10 +16,21 @@ pub fn run<T: Float>(stage: &Stage, segments: &mut [Segment<'_, T>]) -> Result<(
     for seg in segments.iter_mut() {
         let results = {
             let seg = &*seg;
+            // Streams not stored as `T`, widened once.
+            let mut scratch: Vec<Vec<T>> = vec![Vec::new(); stage.n_streams as usize];
+            let streams: Vec<&[T]> = scratch
+                .iter_mut()
+                .zip(0..)
+                .map(|(buf, s)| seg.widened(s, 0..seg.len(), buf))
+                .collect();
+            let streams = &streams;
             let mut values: Vec<Array1<T>> = Vec::with_capacity(stage.body.len());
             for inst in &stage.body {
-                let args: Vec<ArrayView1<'_, T>> =
-                    inst.args().iter().map(|a| view(seg, &values, a)).collect();
+                let args: Vec<ArrayView1<'_, T>> = inst
+                    .args()
+                    .iter()
+                    .map(|a| view(seg, streams, &values, a))
+                    .collect();
                 let result = apply(inst.op, &args);
                 values.push(result);
             }
@@ -27,23 +38,20 @@ pub fn run<T: Float>(stage: &Stage, segments: &mut [Segment<'_, T>]) -> Result<(
             let results: Vec<Array1<T>> = stage
                 .stores
                 .iter()
-                .map(|(_, v)| view(seg, &values, v).to_owned())
+                .map(|(_, v)| view(seg, streams, &values, v).to_owned())
                 .collect();
             let operands: Vec<Vec<T>> = stage
                 .reductions
                 .iter()
-                .map(|(_, v)| view(seg, &values, v).to_vec())
+                .map(|(_, v)| view(seg, streams, &values, v).to_vec())
                 .collect();
             (results, operands)
         };
         let (results, operands) = results;
         super::write_partials(stage, &operands, seg.partials);
         for ((stream, _), result) in stage.stores.iter().zip(results) {
-            let target: &mut [T] = match *stream {
-                0 => &mut *seg.param,
-                s => &mut *seg.state[s as usize - 2],
-            };
-            target.copy_from_slice(result.as_slice().expect("owned arrays are contiguous"));
+            let values = result.as_slice().expect("owned arrays are contiguous");
+            seg.store_all(*stream, 0, values);
         }
     }
     Ok(())
@@ -52,13 +60,12 @@ pub fn run<T: Float>(stage: &Stage, segments: &mut [Segment<'_, T>]) -> Result<(
 /// An operand as a whole-segment array view (scalars broadcast).
 fn view<'v, T: Float>(
     seg: &'v Segment<'_, T>,
+    streams: &[&'v [T]],
     values: &'v [Array1<T>],
     a: &ElemArg,
 ) -> ArrayView1<'v, T> {
     match *a {
-        ElemArg::Load(0) => ArrayView1::from(&*seg.param),
-        ElemArg::Load(1) => ArrayView1::from(seg.grad),
-        ElemArg::Load(s) => ArrayView1::from(&*seg.state[s as usize - 2]),
+        ElemArg::Load(s) => ArrayView1::from(streams[s as usize]),
         ElemArg::Scalar(k) => {
             let one = std::slice::from_ref(&seg.scalars[k as usize]);
             ArrayView1::from_shape(seg.len().strides(0), one).expect("stride 0 stays in bounds")

@@ -1,10 +1,10 @@
 //! The only `unsafe` of optjit: turning compiled code into a callable entry point, calling
 //! it on checked segments, and releasing code memory.
 
-use super::emit::{RECORD_HEADER, SCALAR_BYTES};
+use super::emit::{record_words, SCALAR_BYTES};
 use crate::program::Stage;
 use crate::segment::{validate, Segment};
-use crate::{DType, Error, Float, Result};
+use crate::{Error, Float, Layout, Result};
 use cranelift_jit::JITModule;
 use cranelift_module::FuncId;
 use std::sync::Mutex;
@@ -14,15 +14,16 @@ type KernelFn = unsafe extern "C" fn(table: *const u64, n_segments: u64);
 /// A compiled kernel's entry point, with the shape it was compiled for.
 pub(crate) struct Entry {
     code: KernelFn,
-    dtype: DType,
+    /// Resolved to the stage's streams.
+    layout: Layout,
 }
 
 impl Entry {
     /// Finalizes `module` and returns the entry point of function `id`, which the caller
-    /// defined with `emit::build` for `dtype` and `emit::signature` in the module's default
+    /// defined with `emit::build` for `layout` and `emit::signature` in the module's default
     /// calling convention (its only caller, `JitInner::build`, does). The module must stay
     /// alive as long as the entry: kernels hold its `CodeOwner`.
-    pub(crate) fn finalize(module: &mut JITModule, id: FuncId, dtype: DType) -> Result<Entry> {
+    pub(crate) fn finalize(module: &mut JITModule, id: FuncId, layout: Layout) -> Result<Entry> {
         module.finalize_definitions().map_err(|e| Error::Codegen {
             message: e.to_string(),
         })?;
@@ -32,7 +33,12 @@ impl Entry {
         // Cranelift signature is (i64, i64) -> () in the host's default calling convention,
         // which is the C ABI of `KernelFn` on the hosts Cranelift supports.
         let code = unsafe { std::mem::transmute::<*const u8, KernelFn>(ptr) };
-        Ok(Entry { code, dtype })
+        Ok(Entry { code, layout })
+    }
+
+    /// The layout the code was compiled for.
+    pub(crate) fn layout(&self) -> &Layout {
+        &self.layout
     }
 
     /// Runs the kernel compiled for `stage` on `segments`, after checking everything the
@@ -42,13 +48,30 @@ impl Entry {
         stage: &Stage,
         segments: &mut [Segment<'_, T>],
     ) -> Result<()> {
-        if T::DTYPE != self.dtype {
+        let compute = self.layout.compute();
+        if T::DTYPE != compute {
             return Err(Error::DTypeMismatch {
-                expected: self.dtype,
+                expected: compute,
                 actual: T::DTYPE,
             });
         }
         validate(stage, segments)?;
+        for seg in segments.iter() {
+            for s in 0..stage.n_streams {
+                if seg.dtype(s) != self.layout.dtype(s) {
+                    return Err(Error::DTypeMismatch {
+                        expected: self.layout.dtype(s),
+                        actual: seg.dtype(s),
+                    });
+                }
+            }
+            if seg.noise.streams != self.layout.stochastic() {
+                return Err(Error::InvalidOption {
+                    option: "stochastic rounding",
+                    reason: "a segment's stochastic streams differ from its kernel's layout",
+                });
+            }
+        }
         // A kernel never calls back into Rust, so the borrow cannot be taken twice; a caller
         // that panicked cannot have left it taken either (the guard is dropped). While the
         // thread's locals are torn down, a call gets tables of its own.
@@ -67,19 +90,22 @@ impl Entry {
         tables: &mut Tables,
     ) -> Result<()> {
         let Tables { records, scalars } = &mut *tables;
-        fill(stage, segments, records, scalars)?;
+        fill(stage, &self.layout, segments, records, scalars)?;
         // SAFETY: the code was generated from `stage`, which `Jit::compile_with` checked with
         // `Stage::check` (operands in range, no store to the grad stream); `validate` checked
         // that every segment has `n_streams` streams of equal length and a scalar block of
-        // `n_scalars` entries, all aligned for `T`, and that no written stream overlaps any
-        // other buffer, and that a reducing stage's segments have `partials` of one f64 per
-        // reduction and block of `ir::reduce::BLOCK` elements; `fill` made one record of
-        // `RECORD_HEADER + n_streams` words (one more, the partials, if the stage reduces) per
-        // segment, each pointing to a copy of the segment's scalar block in 16-byte-aligned
-        // vectors of `SCALAR_BYTES` inside `scalars`, which did not move after (`fill` checks)
-        // and is neither touched nor freed until the call returns; `T` is the dtype the code
-        // was compiled for; the code memory lives as long as `self` (the kernel holds its
-        // `CodeOwner`); the exclusive borrows of `segments` last for the call.
+        // `n_scalars` entries, each aligned for its element type, and that no written stream
+        // overlaps any other buffer, and that a reducing stage's segments have `partials` of
+        // one f64 per reduction and block of `ir::reduce::BLOCK` elements; `run` checked that
+        // each stream's dtype is the layout's the code was compiled for (so the code reads
+        // and writes each stream with its element size) and `T` its compute type; `fill`
+        // made one record of `emit::record_words` words per segment (header, stream pointers,
+        // partials if the stage reduces, generator key and index if the layout rounds
+        // stochastically), each pointing to a copy of the segment's scalar block in
+        // 16-byte-aligned vectors of `SCALAR_BYTES` inside `scalars`, which did not move
+        // after (`fill` checks) and is neither touched nor freed until the call returns; the
+        // code memory lives as long as `self` (the kernel holds its `CodeOwner`); the
+        // exclusive borrows of `segments` last for the call.
         unsafe { (self.code)(records.as_ptr(), segments.len() as u64) };
         tables.trim();
         Ok(())
@@ -143,12 +169,14 @@ thread_local! {
 /// vectors; consecutive segments with the same block share one copy.
 fn fill<T: Float>(
     stage: &Stage,
+    layout: &Layout,
     segments: &mut [Segment<'_, T>],
     records: &mut Vec<u64>,
     scalars: &mut Vec<Lanes>,
 ) -> Result<()> {
     let reduces = !stage.reductions.is_empty();
-    let words = RECORD_HEADER + stage.n_streams as usize + usize::from(reduces);
+    let stochastic = !layout.stochastic().is_empty();
+    let words = record_words(stage, layout);
     let n_scalars = stage.n_scalars as usize;
     let mut blocks: usize = 0;
     let mut previous: Option<*const T> = None;
@@ -177,12 +205,17 @@ fn fill<T: Float>(
         records.push(seg.param.len() as u64);
         records.push(block as u64);
         records.push(seg.param.as_mut_ptr() as u64);
-        records.push(seg.grad.as_ptr() as u64);
+        records.push(seg.grad.addr() as u64);
         for s in seg.state.iter_mut() {
             records.push(s.as_mut_ptr() as u64);
         }
         if reduces {
             records.push(seg.partials.as_mut_ptr() as u64);
+        }
+        if stochastic {
+            let [k0, k1] = seg.noise.key;
+            records.push(u64::from(k0) | u64::from(k1) << 32);
+            records.push(u64::from(seg.noise.index));
         }
     }
     // Every record's block points into the vectors as they are now.

@@ -14,10 +14,11 @@
 //! operands outnumber its free registers (of the built-ins, Adan's). An FMA appears only
 //! where the stage has `Op::Fma`: Cranelift never fuses `fmul`+`fadd` on its own.
 
+use super::convert;
 use super::pressure::{read_args, BodyNeeds};
 use crate::ir::{Op, OpGroup, ReduceOp};
 use crate::program::{ElemArg, Stage};
-use crate::DType;
+use crate::{DType, Layout};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
     types, AbiParam, Block, BlockArg, Function, InstBuilder, MemFlagsData, Signature, Type, Value,
@@ -30,6 +31,16 @@ pub(crate) const SCALAR_BYTES: usize = 16;
 
 /// Words in a segment record before the stream pointers: length and scalar block pointer.
 pub(crate) const RECORD_HEADER: usize = 2;
+
+/// Words in a segment record of `stage`'s kernel for `layout`: the header, one pointer per
+/// stream, the partials pointer (stages with reductions) and, when the layout rounds some
+/// stream stochastically, the generator key (two u32 words, the first in the low half) and
+/// the generator index of the segment's first element.
+pub(crate) fn record_words(stage: &Stage, layout: &Layout) -> usize {
+    let reduces = !stage.reductions.is_empty();
+    let stochastic = !layout.stochastic().is_empty();
+    RECORD_HEADER + stage.n_streams as usize + usize::from(reduces) + 2 * usize::from(stochastic)
+}
 
 /// The kernel signature for a pointer type and calling convention.
 pub(crate) fn signature(call_conv: CallConv) -> Signature {
@@ -53,26 +64,27 @@ pub(crate) struct Machine {
     pub registers: usize,
 }
 
-/// Fills `func` (whose signature is [`signature`]) with the kernel for `stage`.
+/// Fills `func` (whose signature is [`signature`]) with the kernel for `stage` on streams
+/// stored as `layout` says (resolved to the stage's streams).
 pub(crate) fn build(
     func: &mut Function,
     fctx: &mut FunctionBuilderContext,
     stage: &Stage,
-    dtype: DType,
+    layout: &Layout,
     unroll: u32,
     machine: Machine,
 ) {
-    let (scalar_ty, vector_ty) = match dtype {
-        DType::F32 => (types::F32, types::F32X4),
+    let (scalar_ty, vector_ty) = match layout.compute() {
         DType::F64 => (types::F64, types::F64X2),
+        _ => (types::F32, types::F32X4),
     };
     let mut t = Translator {
         b: FunctionBuilder::new(func, fctx),
         stage,
+        layout,
         scalar_ty,
         vector_ty,
         lanes: 128 / scalar_ty.bits(),
-        size: scalar_ty.bytes(),
         flags: MemFlagsData::new().with_notrap(),
         consts: Consts::default(),
         n_consts: 0,
@@ -108,6 +120,9 @@ struct SegmentVals {
     block: Value,
     /// Where the segment's block partials go (stages with reductions).
     partials: Option<Value>,
+    /// For stochastic rounding: the generator key's two words splatted (vector, scalar) and
+    /// the generator index of the segment's first element (an `i32`).
+    noise: Option<([Value; 2], [Value; 2], Value)>,
 }
 
 /// How one loop reads the scalars: the splats it holds in registers (made in its preheader)
@@ -131,10 +146,10 @@ struct Consts {
 struct Translator<'a> {
     b: FunctionBuilder<'a>,
     stage: &'a Stage,
+    layout: &'a Layout,
     scalar_ty: Type,
     vector_ty: Type,
     lanes: u32,
-    size: u32,
     flags: MemFlagsData,
     consts: Consts,
     /// How many vector constants `consts` holds (registers the loops cannot use).
@@ -249,8 +264,7 @@ impl Translator<'_> {
 
     /// Loads the segment record: length, stream pointers and the scalar block's address.
     fn emit_segment_setup(&mut self, table: Value, s: Value) -> SegmentVals {
-        let reduces = !self.stage.reductions.is_empty();
-        let words = RECORD_HEADER + self.stage.n_streams as usize + usize::from(reduces);
+        let words = record_words(self.stage, self.layout);
         let record_bytes = self.b.ins().imul_imm_u(s, (words * 8) as i64);
         let record = self.b.ins().iadd(table, record_bytes);
         let word =
@@ -261,14 +275,27 @@ impl Translator<'_> {
             .map(|k| word(self, RECORD_HEADER + k))
             .collect();
         // The partials pointer follows the streams, in the records of reducing stages only.
-        let partials = (!self.stage.reductions.is_empty())
-            .then(|| word(self, RECORD_HEADER + self.stage.n_streams as usize));
+        let reduces = !self.stage.reductions.is_empty();
+        let after = RECORD_HEADER + self.stage.n_streams as usize;
+        let partials = reduces.then(|| word(self, after));
+        let noise = (!self.layout.stochastic().is_empty()).then(|| {
+            let at = after + usize::from(reduces);
+            let key = word(self, at);
+            let index = word(self, at + 1);
+            let k0 = self.b.ins().ireduce(types::I32, key);
+            let high = self.b.ins().ushr_imm_u(key, 32);
+            let k1 = self.b.ins().ireduce(types::I32, high);
+            let index = self.b.ins().ireduce(types::I32, index);
+            let splat = |t: &mut Self, k| t.b.ins().splat(types::I32X4, k);
+            ([splat(self, k0), splat(self, k1)], [k0, k1], index)
+        });
         SegmentVals {
             len,
             streams,
             record,
             block,
             partials,
+            noise,
         }
     }
 
@@ -398,8 +425,7 @@ impl Translator<'_> {
         let params = self.b.block_params(vloop).to_vec();
         let (i, mut accs) = (params[0], params[1..].to_vec());
         for copy in 0..4 {
-            let offset = (copy * self.lanes * self.size) as i32;
-            let xs = self.emit_body(Width::Vector, seg, &vector_reads, i, offset);
+            let xs = self.emit_body(Width::Vector, seg, &vector_reads, i, copy * self.lanes);
             for (r, (&op, x)) in reductions.iter().zip(xs).enumerate() {
                 let acc = &mut accs[4 * r + copy as usize];
                 *acc = self.accumulate(Width::Vector, op, *acc, x);
@@ -585,8 +611,7 @@ impl Translator<'_> {
         // body(i): sealed after its own back edge.
         self.b.switch_to_block(body);
         for copy in 0..copies {
-            let offset = (copy * self.lanes * self.size) as i32;
-            self.emit_body(Width::Vector, seg, &reads, i, offset);
+            self.emit_body(Width::Vector, seg, &reads, i, copy * self.lanes);
         }
         let next = self.b.ins().iadd_imm_u(i, i64::from(per_iter));
         let more = self.b.ins().icmp(IntCC::UnsignedLessThan, next, end);
@@ -633,27 +658,42 @@ impl Translator<'_> {
         pair[usize::from(width == Width::Vector)]
     }
 
-    /// One copy of the stage body at element `i` (+ `offset` bytes): loads, ops, stores;
-    /// returns the operand of each reduction.
+    /// One copy of the stage body at element `i + first`: loads, ops, stores; returns the
+    /// operand of each reduction.
     fn emit_body(
         &mut self,
         width: Width,
         seg: &SegmentVals,
         reads: &Reads,
         i: Value,
-        offset: i32,
+        first: u32,
     ) -> Vec<Value> {
         let ty = self.ty(width);
-        let shift = i64::from(self.size.trailing_zeros());
-        let byte_index = self.b.ins().ishl_imm_u(i, shift);
-        let (stage, needs) = (self.stage, &reads.needs);
+        let vector = width == Width::Vector;
+        let (stage, needs, layout) = (self.stage, &reads.needs, self.layout);
+        // `i` in bytes for each element size the streams have (shift 1, 2 or 3).
+        let mut byte_index: [Option<Value>; 4] = [None; 4];
+        let mut addr = |t: &mut Self, s: usize| {
+            let size = layout.dtype(s as u32).size();
+            let shift = size.trailing_zeros() as usize;
+            let index =
+                *byte_index[shift].get_or_insert_with(|| t.b.ins().ishl_imm_u(i, shift as i64));
+            let addr = t.b.ins().iadd(seg.streams[s], index);
+            (addr, offset(first as usize * size))
+        };
 
-        // Each stream the body reads is loaded once, before any op.
+        // Each stream the body reads is loaded once, before any op, and widened to the
+        // compute type.
         let loaded: Vec<Option<Value>> = (0..stage.n_streams as usize)
             .map(|s| {
                 needs.loads[s].then(|| {
-                    let addr = self.b.ins().iadd(seg.streams[s], byte_index);
-                    self.b.ins().load(ty, self.flags, addr, offset)
+                    let (at, offset) = addr(self, s);
+                    match layout.dtype(s as u32) {
+                        DType::F32 | DType::F64 => self.b.ins().load(ty, self.flags, at, offset),
+                        narrow => {
+                            convert::load_f32(&mut self.b, narrow, vector, self.flags, at, offset)
+                        }
+                    }
                 })
             })
             .collect();
@@ -694,11 +734,31 @@ impl Translator<'_> {
             };
             vals.push(Some(result));
         }
-        for (stream, value) in &stage.stores {
-            let v = self.operand(width, value, (&loaded, &reads.held, block), &vals);
+        for &(stream, value) in &stage.stores {
+            let v = self.operand(width, &value, (&loaded, &reads.held, block), &vals);
             let v = self.float(width, v);
-            let addr = self.b.ins().iadd(seg.streams[*stream as usize], byte_index);
-            self.b.ins().store(self.flags, v, addr, offset);
+            let (at, offset) = addr(self, stream as usize);
+            match layout.dtype(stream) {
+                DType::F32 | DType::F64 => {
+                    self.b.ins().store(self.flags, v, at, offset);
+                }
+                narrow => {
+                    let random = layout
+                        .stochastic()
+                        .contains(&stream)
+                        .then(|| self.random_bits(width, seg, i, first, stream));
+                    convert::store_f32(
+                        &mut self.b,
+                        narrow,
+                        vector,
+                        self.flags,
+                        v,
+                        at,
+                        offset,
+                        random,
+                    );
+                }
+            }
         }
         let reductions = &self.stage.reductions;
         reductions
@@ -708,6 +768,42 @@ impl Translator<'_> {
                 self.float(width, v)
             })
             .collect()
+    }
+
+    /// The generator's bits for the stores to `stream` of elements `i + first..` (one per
+    /// lane): the generator index of element `j` of the segment is `index + j` plus
+    /// [`crate::segment::STREAM_STRIDE`] times the stream (see [`crate::Noise`]).
+    fn random_bits(
+        &mut self,
+        width: Width,
+        seg: &SegmentVals,
+        i: Value,
+        first: u32,
+        stream: u32,
+    ) -> Value {
+        let (vector_key, scalar_key, index) = seg
+            .noise
+            .expect("a stochastic layout's records hold the key");
+        let i = self.b.ins().ireduce(types::I32, i);
+        let base = self.b.ins().iadd(i, index);
+        let tweak = first.wrapping_add(stream.wrapping_mul(crate::segment::STREAM_STRIDE));
+        let base = self.b.ins().iadd_imm_u(base, i64::from(tweak));
+        match width {
+            Width::Scalar => convert::random_bits(&mut self.b, scalar_key, base),
+            Width::Vector => {
+                let lanes = self.b.ins().splat(types::I32X4, base);
+                let iota = self.iota();
+                let indices = self.b.ins().iadd(lanes, iota);
+                convert::random_bits(&mut self.b, vector_key, indices)
+            }
+        }
+    }
+
+    /// The vector `[0, 1, 2, 3]` of `i32` lanes.
+    fn iota(&mut self) -> Value {
+        let bytes: Vec<u8> = (0u32..4).flat_map(u32::to_le_bytes).collect();
+        let constant = self.b.func.dfg.constants.insert(bytes.into());
+        self.b.ins().vconst(types::I32X4, constant)
     }
 
     /// An operand's value: a loaded stream, a held scalar, a scalar read from the block at

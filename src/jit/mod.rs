@@ -3,13 +3,14 @@
 //! code, so changing one never recompiles.
 
 mod abi;
+mod convert;
 mod emit;
 mod pressure;
 mod target;
 
 use crate::program::{Program, Stage};
 use crate::segment::Segment;
-use crate::{DType, Error, Float, Result};
+use crate::{DType, Error, Float, Layout, Result};
 use abi::{CodeOwner, Entry};
 use cranelift_codegen::ir::{Function, UserFuncName};
 use cranelift_codegen::isa::{CallConv, OwnedTargetIsa, TargetIsa};
@@ -103,11 +104,12 @@ pub struct JitStats {
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct CacheKey {
     stage: Stage,
-    dtype: DType,
+    /// Resolved to the stage's streams.
+    layout: Layout,
     options: JitOptions,
 }
 
-/// A compiled stage for one dtype. Cheap to clone; keeps its code alive.
+/// A compiled stage for one [`Layout`]. Cheap to clone; keeps its code alive.
 #[derive(Clone)]
 pub struct Kernel {
     inner: Arc<KernelInner>,
@@ -116,20 +118,25 @@ pub struct Kernel {
 struct KernelInner {
     entry: Entry,
     stage: Stage,
-    dtype: DType,
     _code: Arc<CodeOwner>,
 }
 
 impl Kernel {
-    /// The dtype the kernel was compiled for.
+    /// The type the kernel computes in.
     pub fn dtype(&self) -> DType {
-        self.inner.dtype
+        self.inner.entry.layout().compute()
+    }
+
+    /// The storage of every stream the kernel was compiled for (resolved to its streams).
+    pub fn layout(&self) -> &Layout {
+        self.inner.entry.layout()
     }
 
     /// Runs the kernel on `segments`: one call for all of them.
     ///
-    /// Fails, before touching any buffer, on a dtype other than the kernel's, on streams or
-    /// scalar blocks of the wrong count or length, and on overlapping written buffers.
+    /// Fails, before touching any buffer, on a compute type or stream dtype other than the
+    /// kernel's, on stochastic rounding other than the kernel's, on streams or scalar blocks
+    /// of the wrong count or length, and on overlapping written buffers.
     pub fn run<T: Float>(&self, segments: &mut [Segment<'_, T>]) -> Result<()> {
         self.inner.entry.run(&self.inner.stage, segments)
     }
@@ -293,39 +300,41 @@ impl Jit {
         self.lock().stats
     }
 
-    /// The kernel of `program` for `dtype`, from the cache or compiled now, with the options
-    /// [`JitOptions::for_stage`] chooses.
-    pub fn compile(&self, program: &Program, dtype: DType) -> Result<Kernel> {
-        self.compile_with(program, dtype, JitOptions::for_stage(&program.stage))
+    /// The kernel of `program` for `layout` (a [`DType`] for every stream stored as it),
+    /// from the cache or compiled now, with the options [`JitOptions::for_stage`] chooses.
+    pub fn compile(&self, program: &Program, layout: impl Into<Layout>) -> Result<Kernel> {
+        self.compile_with(program, layout, JitOptions::for_stage(&program.stage))
     }
 
     /// Like [`Jit::compile`], with explicit code generation options.
     pub fn compile_with(
         &self,
         program: &Program,
-        dtype: DType,
+        layout: impl Into<Layout>,
         options: JitOptions,
     ) -> Result<Kernel> {
-        self.compile_stage(&program.stage, dtype, options)
+        self.compile_stage(&program.stage, layout, options)
     }
 
     /// The kernel of one stage (a program's last, or one of its [`crate::program::Phase`]s)
-    /// for `dtype`. A stage with reductions runs a fixed four body copies per iteration (its
-    /// accumulation order, `crate::ir::reduce`), so `options.unroll` does not apply to it.
+    /// for `layout`. A stage with reductions runs a fixed four body copies per iteration
+    /// (its accumulation order, `crate::ir::reduce`), so `options.unroll` does not apply to
+    /// it.
     pub fn compile_stage(
         &self,
         stage: &Stage,
-        dtype: DType,
+        layout: impl Into<Layout>,
         options: JitOptions,
     ) -> Result<Kernel> {
         check_options(options)?;
+        let layout = layout.into().resolve(stage.n_streams);
         let options = match stage.reductions.is_empty() {
             true => options,
             false => JitOptions { unroll: 1 },
         };
         let key = CacheKey {
             stage: stage.clone(),
-            dtype,
+            layout,
             options,
         };
         let mut inner = self.lock();
@@ -388,16 +397,17 @@ impl Jit {
         self.lock().cache.len()
     }
 
-    /// The machine code of `program`'s kernel for `dtype`, as Cranelift's disassembly of its
-    /// lowered instructions (register-allocated, before encoding), for this host.
+    /// The machine code of `program`'s kernel for `layout`, as Cranelift's disassembly of
+    /// its lowered instructions (register-allocated, before encoding), for this host.
     pub fn disassemble(
         &self,
         program: &Program,
-        dtype: DType,
+        layout: impl Into<Layout>,
         options: JitOptions,
     ) -> Result<String> {
         check_options(options)?;
         program.stage.check()?;
+        let layout = layout.into().resolve(program.stage.n_streams);
         let mut inner = self.lock();
         let isa = inner.isa_for(&program.stage);
         let JitInner { fctx, machine, .. } = &mut *inner;
@@ -410,7 +420,7 @@ impl Jit {
             &mut ctx.func,
             fctx,
             &program.stage,
-            dtype,
+            &layout,
             options.unroll,
             *machine,
         );
@@ -421,12 +431,18 @@ impl Jit {
         Ok(compiled.vcode.clone().unwrap_or_default())
     }
 
-    /// The Cranelift IR of `program`'s kernel for `dtype`, before Cranelift's optimisations.
-    /// It depends on the target only through its vector registers (see [`Target`]): the
-    /// calling convention printed is always System V.
-    pub fn clif(&self, program: &Program, dtype: DType, options: JitOptions) -> Result<String> {
+    /// The Cranelift IR of `program`'s kernel for `layout`, before Cranelift's
+    /// optimisations. It depends on the target only through its vector registers (see
+    /// [`Target`]): the calling convention printed is always System V.
+    pub fn clif(
+        &self,
+        program: &Program,
+        layout: impl Into<Layout>,
+        options: JitOptions,
+    ) -> Result<String> {
         check_options(options)?;
         program.stage.check()?;
+        let layout = layout.into().resolve(program.stage.n_streams);
         let mut inner = self.lock();
         // A fixed calling convention, so that the printed IR is the same on every host.
         let machine = inner.machine;
@@ -437,7 +453,7 @@ impl Jit {
             &mut func,
             &mut inner.fctx,
             &program.stage,
-            dtype,
+            &layout,
             options.unroll,
             machine,
         );
@@ -524,20 +540,19 @@ impl JitInner {
             &mut ctx.func,
             fctx,
             &key.stage,
-            key.dtype,
+            &key.layout,
             key.options.unroll,
             *machine,
         );
         let defined = define(module, id, ctx, &*isa);
         module.clear_context(ctx);
         defined?;
-        let entry = Entry::finalize(module, id, key.dtype)?;
+        let entry = Entry::finalize(module, id, key.layout.clone())?;
         drop(guard);
         Ok(Kernel {
             inner: Arc::new(KernelInner {
                 entry,
                 stage: key.stage.clone(),
-                dtype: key.dtype,
                 _code: code.clone(),
             }),
         })

@@ -176,7 +176,9 @@ impl Optimizer {
             if has {
                 let range = info.offset..info.offset + info.len;
                 match info.dtype {
-                    DType::F32 => self.groups[info.group].f32.grads.as_mut_slice()[range].fill(0.0),
+                    DType::F32 | DType::BF16 | DType::F16 => {
+                        self.groups[info.group].f32.grads.as_mut_slice()[range].fill(0.0)
+                    }
                     DType::F64 => self.groups[info.group].f64.grads.as_mut_slice()[range].fill(0.0),
                 }
             }

@@ -25,7 +25,7 @@ impl Optimizer {
         let mut values = Vec::new();
         for i in (0..self.params.len()).filter(|&i| self.has_grad[i]) {
             values.push(match self.params[i].dtype {
-                DType::F32 => self.param_norm_part::<f32>(i, norm_type),
+                DType::F32 | DType::BF16 | DType::F16 => self.param_norm_part::<f32>(i, norm_type),
                 DType::F64 => self.param_norm_part::<f64>(i, norm_type),
             });
         }

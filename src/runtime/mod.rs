@@ -24,6 +24,7 @@ pub use state_dict::{GroupEntry, LoadReport, StateDict, StateEntry, TensorData};
 
 use crate::engine::{Engine, Settings};
 use crate::ir::SlotKind;
+use crate::segment::{Elems, ElemsRef};
 use crate::{passes, DType, Error, Executor, Float, Graph, Jit, Program, Result};
 use ndarray::{ArrayBase, Data, Dimension};
 use std::any::Any;
@@ -94,9 +95,14 @@ impl<T: Float> FlatStore<T> {
 
     /// Every stream, for the engine: the parameters, the gradients and the element slots
     /// (none before they exist).
-    pub(crate) fn streams(&mut self) -> Streams<'_, T> {
-        let state = self.slots.iter_mut().map(|s| s.as_mut_slice()).collect();
-        (self.params.as_mut_slice(), self.grads.as_slice(), state)
+    pub(crate) fn streams(&mut self) -> Streams<'_> {
+        let state = self
+            .slots
+            .iter_mut()
+            .map(|s| Elems::of(s.as_mut_slice()))
+            .collect();
+        let param = Elems::of(self.params.as_mut_slice());
+        (param, ElemsRef::of(self.grads.as_slice()), state)
     }
 
     /// Grows every stream to `len` elements (new ones zero), all or none: on failure the
@@ -123,7 +129,7 @@ impl<T: Float> FlatStore<T> {
 }
 
 /// A flat store's streams, see [`FlatStore::streams`].
-type Streams<'a, T> = (&'a mut [T], &'a [T], Vec<&'a mut [T]>);
+type Streams<'a> = (Elems<'a>, ElemsRef<'a>, Vec<Elems<'a>>);
 
 /// A parameter group: hyperparameter values and its stores.
 pub(crate) struct Group {
@@ -141,7 +147,7 @@ pub(crate) struct Group {
 impl Group {
     fn store<T: Float>(&self) -> &FlatStore<T> {
         let any: &dyn Any = match T::DTYPE {
-            DType::F32 => &self.f32,
+            DType::F32 | DType::BF16 | DType::F16 => &self.f32,
             DType::F64 => &self.f64,
         };
         any.downcast_ref().expect("T::DTYPE names T's store")
@@ -149,7 +155,7 @@ impl Group {
 
     fn store_mut<T: Float>(&mut self) -> &mut FlatStore<T> {
         let any: &mut dyn Any = match T::DTYPE {
-            DType::F32 => &mut self.f32,
+            DType::F32 | DType::BF16 | DType::F16 => &mut self.f32,
             DType::F64 => &mut self.f64,
         };
         any.downcast_mut().expect("T::DTYPE names T's store")

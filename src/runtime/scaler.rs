@@ -274,7 +274,7 @@ impl Optimizer {
         (0..self.params.len())
             .filter(|&i| self.has_grad[i])
             .any(|i| match self.params[i].dtype {
-                DType::F32 => any::<f32>(self, i),
+                DType::F32 | DType::BF16 | DType::F16 => any::<f32>(self, i),
                 DType::F64 => any::<f64>(self, i),
             })
     }

@@ -43,8 +43,8 @@ impl TensorData {
 
     fn from_slice<T: Float>(v: &[T]) -> TensorData {
         match T::DTYPE {
-            DType::F32 => TensorData::F32(v.iter().map(|x| x.to_f64() as f32).collect()),
             DType::F64 => TensorData::F64(v.iter().map(|x| x.to_f64()).collect()),
+            _ => TensorData::F32(v.iter().map(|x| x.to_f64() as f32).collect()),
         }
     }
 }
@@ -484,7 +484,7 @@ impl Optimizer {
                 }
                 let range = p.offset..p.offset + p.len;
                 let data = match p.dtype {
-                    DType::F32 => TensorData::from_slice(
+                    DType::F32 | DType::BF16 | DType::F16 => TensorData::from_slice(
                         &self.groups[p.group].f32.slots[element].as_slice()[range],
                     ),
                     DType::F64 => TensorData::from_slice(
@@ -690,7 +690,7 @@ impl Optimizer {
             let p = &self.params[l.param];
             let group = &mut self.groups[p.group];
             match p.dtype {
-                DType::F32 => group.f32.ensure_slots(n_elem, huge)?,
+                DType::F32 | DType::BF16 | DType::F16 => group.f32.ensure_slots(n_elem, huge)?,
                 DType::F64 => group.f64.ensure_slots(n_elem, huge)?,
             }
         }
@@ -773,7 +773,7 @@ impl Optimizer {
                 ));
             }
             buffers.push(match p.dtype {
-                DType::F32 => TensorData::F32(data.to_vec()),
+                DType::F32 | DType::BF16 | DType::F16 => TensorData::F32(data.to_vec()),
                 DType::F64 => TensorData::F64(data.to_vec()),
             });
         }
@@ -803,7 +803,9 @@ impl Optimizer {
         let p = self.params[l.param].clone();
         let range = p.offset..p.offset + p.len;
         match p.dtype {
-            DType::F32 => write_buffers(&mut self.groups[p.group].f32, range, &l.buffers),
+            DType::F32 | DType::BF16 | DType::F16 => {
+                write_buffers(&mut self.groups[p.group].f32, range, &l.buffers)
+            }
             DType::F64 => write_buffers(&mut self.groups[p.group].f64, range, &l.buffers),
         }
         self.state[l.param] = Some(l.state);

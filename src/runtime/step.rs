@@ -6,13 +6,20 @@
 use super::{HookId, Optimizer, StateInfo};
 use crate::engine::{Buffers, Engine, Member, Outcome, Work};
 use crate::ir::SlotKind;
+use crate::segment::{Elems, ElemsRef};
 use crate::{DType, Error, Result};
 
 /// A flat store's streams as the engine's buffers.
 fn buffers<'s, 'a, T>(
-    (param, grad, state): &'s mut (&'a mut [T], &'a [T], Vec<&'a mut [T]>),
+    (param, grad, state): &'s mut (Elems<'a>, ElemsRef<'a>, Vec<Elems<'a>>),
 ) -> Buffers<'s, 'a, T> {
-    Buffers { param, grad, state }
+    Buffers {
+        param: param.reborrow(),
+        grad: *grad,
+        state,
+        index: 0,
+        compute: std::marker::PhantomData,
+    }
 }
 
 /// A program to run over the parameters: the optimizer's own step, or a mode swap.

@@ -44,8 +44,8 @@ impl SplitMix64 {
     /// or a huge value (within a factor 256 of the largest finite one).
     pub fn mixed<T: Float>(&mut self) -> T {
         let (min_positive, max) = match T::DTYPE {
-            DType::F32 => (f32::MIN_POSITIVE as f64, f32::MAX as f64),
             DType::F64 => (f64::MIN_POSITIVE, f64::MAX),
+            _ => (f32::MIN_POSITIVE as f64, f32::MAX as f64),
         };
         let magnitude = if self.below(8) != 0 {
             10f64.powf(8.0 * self.unit() - 6.0)
