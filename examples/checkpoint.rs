@@ -38,6 +38,8 @@ fn main() -> optjit::Result<()> {
             let dtype = match data {
                 TensorData::F32(_) => "float32",
                 TensorData::F64(_) => "float64",
+                TensorData::BF16(_) => "bfloat16",
+                TensorData::F16(_) => "float16",
             };
             let shape: Vec<String> = shape.iter().map(usize::to_string).collect();
             println!("state.{index}.{slot} {dtype} {}", shape.join(","));

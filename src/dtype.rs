@@ -183,6 +183,13 @@ impl Layout {
         }
     }
 
+    /// The smallest element size of the layout's streams, in bytes: a run of elements
+    /// aligned for it is aligned in every stream.
+    pub fn min_size(&self) -> usize {
+        let listed = self.streams.iter().map(|d| d.size());
+        listed.fold(self.rest.size(), usize::min)
+    }
+
     /// Whether every stream has one dtype and none rounds stochastically.
     pub fn is_uniform(&self) -> bool {
         self.stochastic.is_empty() && self.streams.iter().all(|&d| d == self.rest)
@@ -223,7 +230,51 @@ mod sealed {
     pub trait Sealed: bytemuck::Pod {}
     impl Sealed for f32 {}
     impl Sealed for f64 {}
+    impl Sealed for half::bf16 {}
+    impl Sealed for half::f16 {}
 }
+
+/// A storage element type (`f32`, `f64`, [`half::bf16`], [`half::f16`]); sealed: implemented
+/// for those four only. Parameters, gradients and state buffers hold elements; kernels compute
+/// in the element's [`DType::compute`] type (a [`Float`]).
+pub trait Element:
+    Copy + Default + PartialEq + fmt::Debug + Send + Sync + sealed::Sealed + 'static
+{
+    /// The dtype tag of this type.
+    const DTYPE: DType;
+    /// `0.0`.
+    const ZERO: Self;
+    /// Rounds an f64 to this type (round to nearest even; overflow gives ±inf).
+    fn from_f64(x: f64) -> Self;
+    /// Widens to f64 (exact).
+    fn to_f64(self) -> f64;
+    /// The raw bits, widened to u64.
+    fn to_bits_u64(self) -> u64;
+}
+
+macro_rules! impl_half {
+    ($t:ty, $d:expr) => {
+        impl Element for $t {
+            const DTYPE: DType = $d;
+            const ZERO: Self = <$t>::ZERO;
+            #[inline]
+            fn from_f64(x: f64) -> Self {
+                <$t>::from_f64(x)
+            }
+            #[inline]
+            fn to_f64(self) -> f64 {
+                <$t>::to_f64(self)
+            }
+            #[inline]
+            fn to_bits_u64(self) -> u64 {
+                u64::from(self.to_bits())
+            }
+        }
+    };
+}
+
+impl_half!(half::bf16, DType::BF16);
+impl_half!(half::f16, DType::F16);
 
 /// A floating-point element type the executors can run on (`f32`, `f64`); sealed: implemented
 /// for those two only.
@@ -231,31 +282,16 @@ mod sealed {
 /// The methods are the IEEE operations the interpreter defines the ops with; the JIT emits the
 /// same operations, so both agree bit for bit.
 pub trait Float:
-    Copy
-    + Default
-    + PartialEq
+    Element
     + PartialOrd
-    + fmt::Debug
-    + Send
-    + Sync
     + Add<Output = Self>
     + Sub<Output = Self>
     + Mul<Output = Self>
     + Div<Output = Self>
     + Neg<Output = Self>
-    + sealed::Sealed
-    + 'static
 {
-    /// The dtype tag of this type.
-    const DTYPE: DType;
-    /// `0.0`.
-    const ZERO: Self;
     /// `1.0`.
     const ONE: Self;
-    /// Rounds an f64 to this type (round to nearest even; overflow gives ±inf).
-    fn from_f64(x: f64) -> Self;
-    /// Widens to f64 (exact).
-    fn to_f64(self) -> f64;
     /// Converts an f32 to this type (exact).
     fn from_f32(x: f32) -> Self;
     /// Rounds to f32 (round to nearest even).
@@ -280,16 +316,13 @@ pub trait Float:
     fn is_nan(self) -> bool;
     /// True when the sign bit is set (also for −0 and negative NaNs).
     fn is_sign_negative(self) -> bool;
-    /// The raw bits, widened to u64.
-    fn to_bits_u64(self) -> u64;
 }
 
 macro_rules! impl_float {
     ($t:ty, $d:expr) => {
-        impl Float for $t {
+        impl Element for $t {
             const DTYPE: DType = $d;
             const ZERO: Self = 0.0;
-            const ONE: Self = 1.0;
             #[inline]
             fn from_f64(x: f64) -> Self {
                 x as $t
@@ -298,6 +331,14 @@ macro_rules! impl_float {
             fn to_f64(self) -> f64 {
                 self as f64
             }
+            #[inline]
+            fn to_bits_u64(self) -> u64 {
+                self.to_bits() as u64
+            }
+        }
+
+        impl Float for $t {
+            const ONE: Self = 1.0;
             #[inline]
             fn from_f32(x: f32) -> Self {
                 x as $t
@@ -345,10 +386,6 @@ macro_rules! impl_float {
             #[inline]
             fn is_sign_negative(self) -> bool {
                 <$t>::is_sign_negative(self)
-            }
-            #[inline]
-            fn to_bits_u64(self) -> u64 {
-                self.to_bits() as u64
             }
         }
     };

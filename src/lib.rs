@@ -70,12 +70,12 @@ mod stepper;
 pub mod text;
 pub mod transform;
 
-pub use dtype::{DType, Float, Layout};
+pub use dtype::{DType, Element, Float, Layout};
 pub use engine::Executor;
 pub use error::{Error, ErrorKind, Result};
 pub use ir::{Builder, Expr, Graph};
 pub use jit::{Jit, JitOptions, Kernel, Target};
 pub use program::Program;
-pub use runtime::{GradScaler, Optimizer, Param};
+pub use runtime::{GradScaler, Optimizer, Param, Precision};
 pub use segment::{Elems, ElemsRef, Noise, Segment};
 pub use stepper::{ParamRef, ParamState, SlotValue, Stepper};

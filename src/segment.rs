@@ -2,7 +2,7 @@
 //! contract's *segment*), and the checks every executor runs before touching them.
 
 use crate::program::Stage;
-use crate::{round, DType, Error, Float, Result};
+use crate::{round, DType, Element, Error, Float, Result};
 use half::{bf16, f16};
 
 /// One written stream of a segment: its elements in their storage dtype.
@@ -97,10 +97,12 @@ macro_rules! widen {
 
 impl<'a> Elems<'a> {
     /// Elements of a compute type, stored as themselves.
-    pub fn of<T: Float>(s: &'a mut [T]) -> Elems<'a> {
+    pub fn of<T: Element>(s: &'a mut [T]) -> Elems<'a> {
         match T::DTYPE {
+            DType::F32 => Elems::F32(bytemuck::cast_slice_mut(s)),
             DType::F64 => Elems::F64(bytemuck::cast_slice_mut(s)),
-            _ => Elems::F32(bytemuck::cast_slice_mut(s)),
+            DType::BF16 => Elems::BF16(bytemuck::cast_slice_mut(s)),
+            DType::F16 => Elems::F16(bytemuck::cast_slice_mut(s)),
         }
     }
 
@@ -198,12 +200,12 @@ impl<'a> Elems<'a> {
     }
 
     /// The elements as `T`s when they are stored as `T`.
-    pub(crate) fn as_compute<T: Float>(&self) -> Option<&[T]> {
+    pub(crate) fn as_compute<T: Element>(&self) -> Option<&[T]> {
         each!(Elems, self, s => bytemuck::try_cast_slice(&s[..]).ok().filter(|_| self.dtype() == T::DTYPE))
     }
 
     /// The elements as `T`s when they are stored as `T`, writable.
-    pub(crate) fn as_compute_mut<T: Float>(&mut self) -> Option<&mut [T]> {
+    pub(crate) fn as_compute_mut<T: Element>(&mut self) -> Option<&mut [T]> {
         let same = self.dtype() == T::DTYPE;
         each!(Elems, self, s => bytemuck::try_cast_slice_mut(&mut s[..]).ok().filter(|_| same))
     }
@@ -220,10 +222,12 @@ impl<'a> Elems<'a> {
 
 impl<'a> ElemsRef<'a> {
     /// Elements of a compute type, stored as themselves.
-    pub fn of<T: Float>(s: &'a [T]) -> ElemsRef<'a> {
+    pub fn of<T: Element>(s: &'a [T]) -> ElemsRef<'a> {
         match T::DTYPE {
+            DType::F32 => ElemsRef::F32(bytemuck::cast_slice(s)),
             DType::F64 => ElemsRef::F64(bytemuck::cast_slice(s)),
-            _ => ElemsRef::F32(bytemuck::cast_slice(s)),
+            DType::BF16 => ElemsRef::BF16(bytemuck::cast_slice(s)),
+            DType::F16 => ElemsRef::F16(bytemuck::cast_slice(s)),
         }
     }
 
@@ -259,7 +263,7 @@ impl<'a> ElemsRef<'a> {
     }
 
     /// The elements as `T`s when they are stored as `T`.
-    pub(crate) fn as_compute<T: Float>(&self) -> Option<&'a [T]> {
+    pub(crate) fn as_compute<T: Element>(&self) -> Option<&'a [T]> {
         let same = self.dtype() == T::DTYPE;
         each!(ElemsRef, *self, s => bytemuck::try_cast_slice(s).ok().filter(|_| same))
     }
@@ -339,7 +343,8 @@ pub(crate) struct Pieces<'a, T> {
     scalars: Vec<&'a [T]>,
     state: Vec<Elems<'a>>,
     partials: Vec<&'a mut [f64]>,
-    indices: Vec<u32>,
+    /// Per piece, its generator key and index (see [`Noise`]).
+    noise: Vec<([u32; 2], u32)>,
     slots: usize,
 }
 
@@ -352,7 +357,7 @@ impl<'a, T> Pieces<'a, T> {
             scalars: Vec::with_capacity(pieces),
             state: Vec::with_capacity(pieces * slots),
             partials: Vec::new(),
-            indices: Vec::with_capacity(pieces),
+            noise: Vec::with_capacity(pieces),
             slots,
         }
     }
@@ -362,8 +367,8 @@ impl<'a, T> Pieces<'a, T> {
     /// For a stage with `reductions` reductions, every range starts at a multiple of
     /// [`crate::ir::reduce::BLOCK`] from the start of its parameter (the caller cuts them so)
     /// and gets its blocks' part of `partials`, which holds the ranges' partials one after
-    /// the other (block-major; see [`Segment::partials`]). Element `offset` of the set has
-    /// generator index `index + offset` (see [`Noise::index`]).
+    /// the other (block-major; see [`Segment::partials`]). `(key, index)`: the set's
+    /// generator key this step and the generator index of its element 0 (see [`Noise`]).
     ///
     /// Panics if `state` does not yield `slots` buffers or a range falls outside the buffers:
     /// callers check both before (the runtime's store holds every slot over its whole length;
@@ -377,7 +382,7 @@ impl<'a, T> Pieces<'a, T> {
         ranges: &[(usize, usize, &'a [T])],
         partials: &'a mut [f64],
         reductions: usize,
-        index: u32,
+        (key, index): ([u32; 2], u32),
     ) {
         let mut partials = partials;
         // What is left of each buffer after the pieces taken so far.
@@ -396,7 +401,7 @@ impl<'a, T> Pieces<'a, T> {
             self.params.push(take(&mut param, skip, len));
             self.grads.push(grad.slice(offset..offset + len));
             self.scalars.push(scalars);
-            self.indices.push(index.wrapping_add(offset as u32));
+            self.noise.push((key, index.wrapping_add(offset as u32)));
             for rest in &mut rests {
                 self.state.push(take(rest, skip, len));
             }
@@ -413,12 +418,11 @@ impl<'a, T> Pieces<'a, T> {
     }
 
     /// The segments, one per piece, in order; their state lists are slices of `storage`.
-    /// With `noise`, stores round stochastically as it says, each segment with its own
-    /// generator index.
+    /// Stores to `stochastic` round stochastically, with each piece's key and index.
     pub(crate) fn into_segments<'s>(
         self,
         storage: &'s mut Vec<Elems<'s>>,
-        noise: Noise<'s>,
+        stochastic: &'s [u32],
     ) -> Vec<Segment<'s, T>>
     where
         'a: 's,
@@ -431,8 +435,8 @@ impl<'a, T> Pieces<'a, T> {
             .zip(self.grads)
             .zip(self.scalars)
             .zip(self.partials)
-            .zip(self.indices)
-            .map(|((((param, grad), scalars), partials), index)| {
+            .zip(self.noise)
+            .map(|((((param, grad), scalars), partials), (key, index))| {
                 let (state, tail) = std::mem::take(&mut rest).split_at_mut(slots);
                 rest = tail;
                 Segment {
@@ -441,7 +445,11 @@ impl<'a, T> Pieces<'a, T> {
                     state,
                     scalars,
                     partials,
-                    noise: Noise { index, ..noise },
+                    noise: Noise {
+                        streams: stochastic,
+                        key,
+                        index,
+                    },
                 }
             })
             .collect()

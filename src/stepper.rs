@@ -4,11 +4,12 @@
 //! executor; the caller owns parameters, gradients and each parameter's [`ParamState`].
 //! One call updates any number of parameters with one kernel call per thread.
 
-use crate::engine::{default_threads, Buffers, Engine, Member, Outcome, Settings, Work};
+use crate::engine::{default_threads, Buffers, Engine, Member, Outcome, Sets, Settings, Work};
 use crate::ir::SlotKind;
 use crate::program::Program;
 use crate::segment::{Elems, ElemsRef};
-use crate::{passes, DType, Error, Executor, Float, Graph, Jit, Kernel, Result};
+use crate::{passes, round, DType, Element, Error, Executor, Float, Graph, Jit, Kernel, Layout};
+use crate::{Precision, Result};
 
 /// The value of one state slot of one parameter.
 #[derive(Clone, Debug, PartialEq)]
@@ -38,14 +39,16 @@ impl<T> ParamState<T> {
     }
 }
 
-/// One parameter to update: its values, its gradient and its state.
-pub struct ParamRef<'a, T> {
+/// One parameter to update: its values and gradient (of element type `P`) and its state
+/// (element slots of type `S`, the parameter's by default). `P` and `S` must compute in one
+/// type (f64 with f64 only).
+pub struct ParamRef<'a, P, S = P> {
     /// Parameter values, updated in place.
-    pub param: &'a mut [T],
+    pub param: &'a mut [P],
     /// Gradient, same length.
-    pub grad: &'a [T],
+    pub grad: &'a [P],
     /// The parameter's state, updated in place.
-    pub state: &'a mut ParamState<T>,
+    pub state: &'a mut ParamState<S>,
 }
 
 /// An optimizer ready to update caller-owned slices.
@@ -56,6 +59,8 @@ pub struct Stepper {
     initial: Vec<Option<f64>>,
     /// Executor and JIT (the threads are rayon's at each call).
     settings: Settings,
+    /// The streams whose stores round stochastically, and the generator's seed.
+    stochastic: (Vec<u32>, u64),
 }
 
 impl Stepper {
@@ -69,7 +74,22 @@ impl Stepper {
             initial: vec![None; hypers.len()],
             hypers,
             settings: Settings::default(),
+            stochastic: (Vec::new(), 0),
         })
+    }
+
+    /// Rounds the stores to `streams` (`"param"` or element slot names) stochastically, from
+    /// a generator seeded with `seed` (see [`crate::round`]), when they are bf16 or f16 (a
+    /// step on other dtypes fails with [`Error::InvalidOption`]). The generator's key is
+    /// made of the seed, the parameter's step count and its position in the call, so
+    /// parameters stepped in separate calls draw the same bits: step them together.
+    /// Fails with [`Error::UnknownSlot`] on a name that is no element slot.
+    pub fn with_stochastic_rounding(mut self, streams: &[&str], seed: u64) -> Result<Stepper> {
+        let precision = Precision::default().with_stochastic_rounding(streams, seed);
+        // Checked on a layout where every stream may round stochastically.
+        let layout = precision.layout(DType::BF16, &self.engine.program)?;
+        self.stochastic = (layout.stochastic().to_vec(), seed);
+        Ok(self)
     }
 
     /// Uses `executor` instead of the JIT.
@@ -126,7 +146,7 @@ impl Stepper {
     /// Fresh state for a parameter of `len` elements: step 0, every slot at its init value.
     ///
     /// Fails with [`Error::OutOfMemory`] when the buffers cannot be allocated.
-    pub fn init_state<T: Float>(&self, len: usize) -> Result<ParamState<T>> {
+    pub fn init_state<T: Element>(&self, len: usize) -> Result<ParamState<T>> {
         let slots = self
             .engine
             .program
@@ -152,8 +172,9 @@ impl Stepper {
         Ok(ParamState { step: 0, slots })
     }
 
-    /// Updates one parameter. See [`Stepper::step_many`].
-    pub fn step<T: Float>(
+    /// Updates one parameter whose state is stored in its dtype. See [`Stepper::step_many`]
+    /// (which also takes state of another dtype).
+    pub fn step<T: Element>(
         &self,
         param: &mut [T],
         grad: &[T],
@@ -170,7 +191,35 @@ impl Stepper {
     ///
     /// Returns whether the step was applied: `false` when the program's skip condition held
     /// for any parameter (see [`Graph::skip`]), and then nothing changed.
-    pub fn step_many<T: Float>(&self, params: &mut [ParamRef<'_, T>]) -> Result<bool> {
+    pub fn step_many<P: Element, S: Element>(
+        &self,
+        params: &mut [ParamRef<'_, P, S>],
+    ) -> Result<bool> {
+        let layout = self.layout(P::DTYPE, S::DTYPE)?;
+        match layout.compute() {
+            DType::F64 => self.step_in::<f64, P, S>(layout, params),
+            _ => self.step_in::<f32, P, S>(layout, params),
+        }
+    }
+
+    /// The layout of parameters of `param` with state of `state`, rounding as
+    /// [`Stepper::with_stochastic_rounding`] said.
+    fn layout(&self, param: DType, state: DType) -> Result<Layout> {
+        let n_elem = self.engine.program.element_slots().count();
+        let mut dtypes = vec![param, param];
+        dtypes.extend(std::iter::repeat_n(state, n_elem));
+        let n_streams = dtypes.len() as u32;
+        Ok(Layout::new(dtypes)?
+            .with_stochastic(&self.stochastic.0)?
+            .resolve(n_streams))
+    }
+
+    /// [`Stepper::step_many`] computing in `T`.
+    fn step_in<T: Float, P: Element, S: Element>(
+        &self,
+        layout: Layout,
+        params: &mut [ParamRef<'_, P, S>],
+    ) -> Result<bool> {
         let n_slots = self.engine.program.slots.len();
         let mut members = Vec::with_capacity(params.len());
         let mut scalars = Vec::with_capacity(params.len() * n_slots);
@@ -213,7 +262,7 @@ impl Stepper {
         let mut state: Vec<Elems<'_>> = Vec::with_capacity(params.len() * n_elem);
         let mut own: Vec<Option<&mut f64>> = Vec::with_capacity(params.len() * n_slots);
         let mut steps: Vec<&mut u64> = Vec::with_capacity(params.len());
-        let mut streams: Vec<(&mut [T], &[T])> = Vec::with_capacity(params.len());
+        let mut streams: Vec<(&mut [P], &[P], u64)> = Vec::with_capacity(params.len());
         for p in params.iter_mut() {
             let ParamState { step, slots } = &mut *p.state;
             for slot in slots.iter_mut() {
@@ -225,22 +274,25 @@ impl Stepper {
                     SlotValue::Scalar(v) => own.push(Some(v)),
                 }
             }
+            streams.push((&mut *p.param, p.grad, *step));
             steps.push(step);
-            streams.push((&mut *p.param, p.grad));
         }
         let mut rest = state.as_mut_slice();
-        let mut sets: Vec<Buffers<'_, '_, T>> = Vec::with_capacity(steps.len());
-        for (param, grad) in streams {
+        let mut list: Vec<Buffers<'_, '_, T>> = Vec::with_capacity(steps.len());
+        let seed = self.stochastic.1;
+        for (i, (param, grad, step)) in streams.into_iter().enumerate() {
             let (mine, tail) = std::mem::take(&mut rest).split_at_mut(n_elem);
             rest = tail;
-            sets.push(Buffers {
+            let salt = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            list.push(Buffers {
                 param: Elems::of(param),
                 grad: ElemsRef::of(grad),
                 state: mine,
-                index: 0,
+                noise: (round::step_key(seed ^ salt, step), 0),
                 compute: std::marker::PhantomData,
             });
         }
+        let mut sets = Sets { layout, list };
         let settings = Settings {
             threads: default_threads(),
             ..self.settings.clone()
@@ -259,7 +311,7 @@ impl Stepper {
         Ok(outcome != Outcome::Skipped)
     }
 
-    fn check_state<T>(&self, state: &ParamState<T>, len: usize) -> Result<()> {
+    fn check_state<S>(&self, state: &ParamState<S>, len: usize) -> Result<()> {
         let slots = &self.engine.program.slots;
         if state.slots.len() != slots.len() {
             return Err(Error::StateMismatch {
@@ -287,9 +339,11 @@ impl Stepper {
         Ok(())
     }
 
-    /// The JIT kernel for `dtype`, compiled on first use.
-    pub fn kernel(&self, dtype: DType) -> Result<Kernel> {
+    /// The JIT kernel for `layout` (a [`DType`] for every stream stored as it), compiled on
+    /// first use.
+    pub fn kernel(&self, layout: impl Into<Layout>) -> Result<Kernel> {
         let last = self.engine.program.phases.len();
-        self.engine.kernel(&self.settings, last, dtype)
+        let layout = layout.into().resolve(self.engine.program.stage.n_streams);
+        self.engine.kernel(&self.settings, last, &layout)
     }
 }

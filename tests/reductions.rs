@@ -296,7 +296,7 @@ fn the_optimizer_clips_over_every_group_and_skips_what_has_no_grad() {
             .collect();
         let op = ReduceOp::SumSquares;
         let total = reduce::combine_all(op, stepped.iter().map(|(_, g)| reduce::reduce(op, g)));
-        let coef = f32::from_f64((1.0 / (total.sqrt() + 1e-6)).min(1.0));
+        let coef = <f32 as optjit::Element>::from_f64((1.0 / (total.sqrt() + 1e-6)).min(1.0));
         data.iter()
             .enumerate()
             .map(|(k, (p, g))| match k {

@@ -6,7 +6,7 @@
 //!
 //! Used by `optjit conformance DIR` and by the test suite.
 
-use crate::runtime::{StateDict, TensorData};
+use crate::runtime::StateDict;
 use crate::{optim, DType, Error, Executor, Float, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -287,10 +287,7 @@ fn compare_state(
             } else if let Some(&s) = entry.scalars.get(key) {
                 vec![s]
             } else if let Some((_, data)) = entry.tensors.get(key) {
-                match data {
-                    TensorData::F32(v) => v.iter().map(|&x| f64::from(x)).collect(),
-                    TensorData::F64(v) => v.clone(),
-                }
+                data.to_vec::<f64>()
             } else {
                 return Err(format!("optjit has no state `{key}` (tensor {i})"));
             };

@@ -68,7 +68,7 @@ pub(crate) struct Batches {
 /// 64-byte boundaries.
 #[cfg(test)]
 fn batches<T>(lens: &[usize], threads: usize) -> Batches {
-    batches_in_units(lens, threads, super::align_elems::<T>())
+    batches_in_units(lens, threads, super::ALIGN / std::mem::size_of::<T>())
 }
 
 /// Cuts segments of lengths `lens` into one batch per thread, at most `threads` of them and
@@ -172,9 +172,10 @@ pub(crate) fn default_threads() -> Threads {
 }
 
 /// A program's JIT kernels, compiled on first use: one per stage (its phases in order, then
-/// the last) and dtype, so that a step finds them without hashing a stage in the JIT's cache.
+/// the last) and layout, so that a step finds them without hashing a stage in the JIT's cache.
 pub(crate) struct StageKernels {
-    cells: Vec<[std::sync::OnceLock<Kernel>; 2]>,
+    /// Per stage, the kernels compiled so far and their layouts (a program runs on a few).
+    cells: Vec<std::sync::Mutex<Vec<(crate::Layout, Kernel)>>>,
 }
 
 impl StageKernels {
@@ -186,17 +187,18 @@ impl StageKernels {
         StageKernels { cells }
     }
 
-    /// The kernel of stage `k` of `program` (phases in order, then the last) for `dtype`,
+    /// The kernel of stage `k` of `program` (phases in order, then the last) for `layout`,
     /// compiled with `jit` (the process-wide one if `None`) on first use.
     pub(crate) fn get(
         &self,
         jit: Option<&crate::Jit>,
         program: &crate::Program,
         k: usize,
-        dtype: crate::DType,
+        layout: &crate::Layout,
     ) -> Result<Kernel> {
-        let cell = &self.cells[k][usize::from(dtype == crate::DType::F64)];
-        if let Some(kernel) = cell.get() {
+        // A panic cannot leave the list half updated (a push is the only write).
+        let mut cell = self.cells[k].lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, kernel)) = cell.iter().find(|(l, _)| l == layout) {
             return Ok(kernel.clone());
         }
         let jit = match jit {
@@ -204,10 +206,13 @@ impl StageKernels {
             None => crate::Jit::global()?,
         };
         let kernel = match program.phases.get(k) {
-            Some(phase) => jit.compile_stage(&phase.stage, dtype, crate::JitOptions::default())?,
-            None => jit.compile(program, dtype)?,
+            Some(phase) => {
+                jit.compile_stage(&phase.stage, layout.clone(), crate::JitOptions::default())?
+            }
+            None => jit.compile(program, layout.clone())?,
         };
-        Ok(cell.get_or_init(|| kernel).clone())
+        cell.push((layout.clone(), kernel.clone()));
+        Ok(kernel)
     }
 }
 

@@ -20,12 +20,12 @@ pub use exec::GRAIN;
 use exec::{Runner, StageKernels};
 pub use pool::PoolKind;
 use pool::Threads;
-pub(crate) use sets::{Buffers, StreamSets};
+pub(crate) use sets::{Buffers, Sets, StreamSets};
 
 use crate::ir::reduce::combine_all;
 use crate::ir::Scope;
 use crate::program::{Phase, Program};
-use crate::{DType, Error, Jit, Kernel, Result};
+use crate::{Error, Jit, Kernel, Layout, Result};
 use plan::GroupStep;
 #[cfg(test)]
 pub(crate) use plan::Plan;
@@ -50,14 +50,10 @@ pub enum Executor {
 /// Bytes every flat-store stream and every cut between threads is aligned to.
 pub(crate) const ALIGN: usize = 64;
 
-/// Elements per [`ALIGN`] bytes.
-pub(crate) fn align_elems<T>() -> usize {
-    ALIGN / std::mem::size_of::<T>()
-}
-
-/// `n` rounded up to a whole number of aligned blocks.
-pub(crate) fn round_up<T>(n: usize) -> usize {
-    padded(n, std::mem::size_of::<T>())
+/// Elements per [`ALIGN`] bytes of `layout`'s narrowest stream: a run of them starts aligned
+/// in every stream of sets whose starts are.
+pub(crate) fn align_of(layout: &Layout) -> usize {
+    ALIGN / layout.min_size()
 }
 
 /// `n` elements of `size` bytes, rounded up to a whole number of aligned blocks: where the
@@ -201,16 +197,21 @@ impl Engine {
         self.kernels = StageKernels::new(&self.program);
     }
 
-    /// The JIT kernel of stage `k` (phases in order, then the last) for `dtype`.
-    pub(crate) fn kernel(&self, settings: &Settings, k: usize, dtype: DType) -> Result<Kernel> {
+    /// The JIT kernel of stage `k` (phases in order, then the last) for `layout`.
+    pub(crate) fn kernel(&self, settings: &Settings, k: usize, layout: &Layout) -> Result<Kernel> {
         self.kernels
-            .get(settings.jit.as_ref(), &self.program, k, dtype)
+            .get(settings.jit.as_ref(), &self.program, k, layout)
     }
 
-    /// What runs stage `k` on `dtype`: its kernel for the JIT executor, else the executor.
-    fn runner_kernel(&self, settings: &Settings, k: usize, dtype: DType) -> Result<Option<Kernel>> {
+    /// What runs stage `k` on `layout`: its kernel for the JIT executor, else the executor.
+    fn runner_kernel(
+        &self,
+        settings: &Settings,
+        k: usize,
+        layout: &Layout,
+    ) -> Result<Option<Kernel>> {
         match settings.executor {
-            Executor::Jit => self.kernel(settings, k, dtype).map(Some),
+            Executor::Jit => self.kernel(settings, k, layout).map(Some),
             _ => Ok(None),
         }
     }
@@ -246,8 +247,8 @@ impl Engine {
             }
         }
         let (reduced, values) = self.run_phases(settings, work, sets)?;
-        let dtypes: Vec<DType> = sets.iter().map(|s| s.dtype()).collect();
-        let plan = self.plan(work, &dtypes, &reduced, values);
+        let layouts: Vec<Layout> = sets.iter().map(|s| s.layout().clone()).collect();
+        let plan = self.plan(work, &layouts, &reduced, values);
         let groups = match &work.groups {
             Some(groups) => self
                 .group_step
@@ -260,15 +261,15 @@ impl Engine {
         // Every kernel before the first write.
         let last = self.program.phases.len();
         let mut kernels = Vec::with_capacity(sets.len());
-        for (d, &dtype) in dtypes.iter().enumerate() {
+        for (d, layout) in layouts.iter().enumerate() {
             let used = work.members.iter().any(|m| m.entry == d);
             kernels.push(match used {
-                true => self.runner_kernel(settings, last, dtype)?,
+                true => self.runner_kernel(settings, last, layout)?,
                 false => None,
             });
         }
         for (d, set) in sets.iter_mut().enumerate() {
-            let runs = plan.runs(work, d, dtypes[d]);
+            let runs = plan.runs(work, d, &layouts[d]);
             if runs.is_empty() {
                 continue;
             }
@@ -281,7 +282,6 @@ impl Engine {
                 partials: &mut [],
                 reductions: 0,
                 threads: settings.threads,
-                noise: crate::segment::Noise::NONE,
             })?;
             let of_dtype = work.members.iter().zip(&plan.members);
             for (m, &(key, _)) in of_dtype.filter(|(m, _)| m.entry == d) {
@@ -339,7 +339,7 @@ impl Engine {
                 let mut partials: Vec<f64> = Vec::new();
                 let len = runs.iter().map(|r| crate::segment::blocks(r.len) * count);
                 partials.resize(len.sum(), 0.0);
-                let kernel = self.runner_kernel(settings, k, set.dtype())?;
+                let kernel = self.runner_kernel(settings, k, set.layout())?;
                 set.run(Job {
                     runner: Runner::of(kernel.as_ref(), settings.executor, &phase.stage),
                     runs: &runs,
@@ -348,7 +348,6 @@ impl Engine {
                     partials: &mut partials,
                     reductions: count,
                     threads: settings.threads,
-                    noise: crate::segment::Noise::NONE,
                 })?;
                 let mut at = 0;
                 for r in &runs {

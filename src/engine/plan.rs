@@ -6,16 +6,16 @@ use super::sets::Run;
 use super::{padded, Engine, Shared, Work};
 use crate::ir::{Scope, SlotKind};
 use crate::program::Program;
-use crate::{DType, Error, Result};
+use crate::{DType, Error, Layout, Result};
 
 impl Engine {
     /// The rest of every member's prologue (`values`: as far as the phases went, or empty),
-    /// its scalar block and its scalar-state updates. `dtypes`: the dtype of each entry of
+    /// its scalar block and its scalar-state updates. `layouts`: the layout of each entry of
     /// the run's stream sets, which blocks are rounded to.
     pub(crate) fn plan(
         &self,
         work: &Work<'_>,
-        dtypes: &[DType],
+        layouts: &[Layout],
         reduced: &[Vec<f64>],
         mut values: Vec<Vec<f64>>,
     ) -> Plan {
@@ -70,7 +70,7 @@ impl Engine {
             // same dtype rounds to the same bits.
             let start = plan.blocks.len();
             program.push_prologue_results(values, &mut plan.blocks, &mut plan.updates);
-            let dtype = dtypes[m.entry];
+            let dtype = layouts[m.entry].compute();
             let new = &plan.blocks[start..];
             let same_bits = |b: usize| {
                 let old = &plan.blocks[b * n_scalars..(b + 1) * n_scalars];
@@ -124,12 +124,12 @@ impl Plan {
         &self.updates[key * self.n_updates..(key + 1) * self.n_updates]
     }
 
-    /// The segments of the stream sets of entry `d` (of `dtype`): its members in storage
+    /// The segments of the stream sets of entry `d` (of `layout`): its members in storage
     /// order, neighbours in one set with the same block merged into one segment, the
     /// alignment padding between them included (the kernel computes on the padding too and
     /// nothing ever reads the result; a stage with reductions is never merged).
-    pub(crate) fn runs(&self, work: &Work<'_>, d: usize, dtype: DType) -> Vec<Run> {
-        let size = dtype.size();
+    pub(crate) fn runs(&self, work: &Work<'_>, d: usize, layout: &Layout) -> Vec<Run> {
+        let size = layout.min_size();
         let mine = || {
             let members = work.members.iter().zip(&self.members);
             members

@@ -4,8 +4,8 @@
 
 use super::exec::{batches_in_units, run_batches, Runner};
 use super::pool::Threads;
-use crate::segment::{blocks, Elems, ElemsRef, Noise, Pieces};
-use crate::{DType, Float, Result};
+use crate::segment::{blocks, Elems, ElemsRef, Pieces};
+use crate::{Float, Layout, Result};
 use std::marker::PhantomData;
 
 /// The streams of the kernel contract for some parameters: a flat store's (many parameters
@@ -19,9 +19,18 @@ pub(crate) struct Buffers<'s, 'a, T> {
     /// Streams 2.., one per element slot, each as long as `param` (a part of one list of
     /// every set's, so that making the sets allocates nothing per set).
     pub(crate) state: &'s mut [Elems<'a>],
-    /// The generator index of element 0 (see [`Noise::index`]).
-    pub(crate) index: u32,
+    /// The generator key of its stochastic rounding this step, and the generator index of
+    /// element 0 (see [`Noise`]).
+    pub(crate) noise: ([u32; 2], u32),
     pub(crate) compute: PhantomData<T>,
+}
+
+/// The sets of buffers of one [`Layout`] (every stream of every set stored as it says),
+/// computing in `T`.
+pub(crate) struct Sets<'s, 'a, T> {
+    /// Resolved to the program's streams.
+    pub(crate) layout: Layout,
+    pub(crate) list: Vec<Buffers<'s, 'a, T>>,
 }
 
 /// A stretch of one set of buffers that one scalar block runs over: elements
@@ -51,14 +60,12 @@ pub(crate) struct Job<'j> {
     pub(crate) reductions: usize,
     /// At most how many batches, on which pool.
     pub(crate) threads: Threads,
-    /// Stochastic rounding of the stores (its index is each set's own).
-    pub(crate) noise: Noise<'j>,
 }
 
-/// Sets of buffers of one dtype.
+/// Sets of buffers of one layout.
 pub(crate) trait StreamSets {
-    /// The dtype of every buffer.
-    fn dtype(&self) -> DType;
+    /// The layout of every set.
+    fn layout(&self) -> &Layout;
 
     /// Sets the element state of each `(set, offset, len)` range to `inits` (one per slot).
     fn fill(&mut self, ranges: &[(usize, usize, usize)], inits: &[f64]);
@@ -68,14 +75,14 @@ pub(crate) trait StreamSets {
     fn run(&mut self, job: Job<'_>) -> Result<()>;
 }
 
-impl<T: Float> StreamSets for Vec<Buffers<'_, '_, T>> {
-    fn dtype(&self) -> DType {
-        T::DTYPE
+impl<T: Float> StreamSets for Sets<'_, '_, T> {
+    fn layout(&self) -> &Layout {
+        &self.layout
     }
 
     fn fill(&mut self, ranges: &[(usize, usize, usize)], inits: &[f64]) {
         for &(set, offset, len) in ranges {
-            for (slot, &init) in self[set].state.iter_mut().zip(inits) {
+            for (slot, &init) in self.list[set].state.iter_mut().zip(inits) {
                 for i in offset..offset + len {
                     slot.set(i, T::from_f64(init), None);
                 }
@@ -91,17 +98,17 @@ impl<T: Float> StreamSets for Vec<Buffers<'_, '_, T>> {
         let block = |b: usize| &scalars[b * n_scalars..(b + 1) * n_scalars];
         let lens: Vec<usize> = runs.iter().map(|r| r.len).collect();
         let unit = match job.reductions {
-            0 => super::align_elems::<T>(),
+            0 => super::align_of(&self.layout),
             _ => crate::ir::reduce::BLOCK,
         };
         let batches = batches_in_units(&lens, job.threads.count, unit);
-        let slots = runs.first().map_or(0, |r| self[r.set].state.len());
+        let slots = runs.first().map_or(0, |r| self.list[r.set].state.len());
         let mut pieces = Pieces::with_capacity(batches.pieces.len(), slots);
         let mut next = batches.pieces.iter().peekable();
         let mut partials = job.partials;
         let mut ranges = Vec::new();
         let mut first = 0;
-        for (s, set) in self.iter_mut().enumerate() {
+        for (s, set) in self.list.iter_mut().enumerate() {
             // The runs of this set: `first..end`.
             let end = first + runs[first..].iter().take_while(|r| r.set == s).count();
             if end == first {
@@ -123,13 +130,13 @@ impl<T: Float> StreamSets for Vec<Buffers<'_, '_, T>> {
                 &ranges,
                 mine,
                 job.reductions,
-                set.index,
+                set.noise,
             );
             first = end;
         }
         debug_assert_eq!(first, runs.len(), "runs sorted by set");
         let mut storage = Vec::new();
-        let mut segments = pieces.into_segments(&mut storage, job.noise);
+        let mut segments = pieces.into_segments(&mut storage, self.layout.stochastic());
         run_batches(job.runner, &mut segments, &batches.ends, job.threads.pool)
     }
 }

@@ -6,7 +6,7 @@
 use super::Optimizer;
 use crate::ir::reduce::{block_partial, combine_all, BLOCK};
 use crate::ir::ReduceOp;
-use crate::{DType, Error, Float, Result};
+use crate::{DType, Element, Error, Float, Result};
 
 impl Optimizer {
     /// The `norm_type` norm of the gradients of every parameter that has one, as if they
@@ -25,8 +25,8 @@ impl Optimizer {
         let mut values = Vec::new();
         for i in (0..self.params.len()).filter(|&i| self.has_grad[i]) {
             values.push(match self.params[i].dtype {
-                DType::F32 | DType::BF16 | DType::F16 => self.param_norm_part::<f32>(i, norm_type),
                 DType::F64 => self.param_norm_part::<f64>(i, norm_type),
+                _ => self.param_norm_part::<f32>(i, norm_type),
             });
         }
         // No gradient at all: 0, as PyTorch.
@@ -53,7 +53,8 @@ impl Optimizer {
 
     /// Parameter `i`'s part of the norm (see [`Optimizer::grad_norm`]).
     fn param_norm_part<T: Float>(&self, i: usize, norm_type: f64) -> f64 {
-        let grads = self.grad_slice::<T>(i);
+        let grads = self.grad_compute::<T>(i);
+        let grads = &grads[..];
         match crate::optim::clip::reduction(norm_type) {
             // The sum of magnitudes: |g| in T, then the sum's order, as the fused clip.
             Some(ReduceOp::Sum) => {
@@ -126,13 +127,12 @@ impl Optimizer {
         self.scale_grads::<f64>(|g| clamp(g, clip_value));
     }
 
-    /// Applies `f` to every gradient element of every parameter of dtype `T` that has one.
+    /// Applies `f` to every gradient element of every parameter computing in `T` that has
+    /// one (each result rounded to the gradient's dtype).
     pub(super) fn scale_grads<T: Float>(&mut self, f: impl Fn(T) -> T) {
         for i in 0..self.params.len() {
-            if self.has_grad[i] && self.params[i].dtype == T::DTYPE {
-                for g in self.grad_slice_mut::<T>(i) {
-                    *g = f(*g);
-                }
+            if self.has_grad[i] && self.params[i].dtype.compute() == T::DTYPE {
+                self.map_grad(i, &f);
             }
         }
     }

@@ -11,6 +11,7 @@
 mod access;
 mod accumulate;
 mod clip;
+mod precision;
 mod scaler;
 pub(crate) mod state_dict;
 mod step;
@@ -19,18 +20,18 @@ pub(crate) mod store;
 pub use crate::engine::{PoolKind, GRAIN};
 pub use access::{Grads, Param, Params};
 pub use accumulate::{AccumulationState, GradAccumulation};
+pub use precision::Precision;
 pub use scaler::{GradScaler, ScalerState};
 pub use state_dict::{GroupEntry, LoadReport, StateDict, StateEntry, TensorData};
 
 use crate::engine::{Engine, Settings};
 use crate::ir::SlotKind;
 use crate::segment::{Elems, ElemsRef};
-use crate::{passes, DType, Error, Executor, Float, Graph, Jit, Program, Result};
+use crate::{passes, DType, Element, Error, Executor, Graph, Jit, Layout, Program, Result};
 use ndarray::{ArrayBase, Data, Dimension};
-use std::any::Any;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
-use store::{align_elems, round_up, AlignedBuf};
+use store::{AnyBuf, ALIGN};
 
 /// What the optimizer knows of a parameter.
 #[derive(Clone, Debug)]
@@ -39,10 +40,12 @@ pub struct ParamInfo {
     pub name: String,
     /// Its group.
     pub group: usize,
-    /// Its dtype.
+    /// Its dtype (its gradient's too).
     pub dtype: DType,
     /// Its shape.
     pub shape: Vec<usize>,
+    /// Its store in its group.
+    store: usize,
     offset: usize,
     len: usize,
 }
@@ -55,25 +58,35 @@ pub(crate) struct StateInfo {
     scalars: Vec<f64>,
 }
 
-/// The buffers of one (group, dtype).
-pub(crate) struct FlatStore<T> {
-    params: AlignedBuf<T>,
-    grads: AlignedBuf<T>,
+/// The buffers of one (group, layout): the parameters of a group whose streams are stored
+/// alike.
+pub(crate) struct FlatStore {
+    /// The storage of every stream (param, grad, each element slot), resolved to the
+    /// program's streams.
+    layout: Layout,
+    /// The seed of its stochastic rounding (see [`Precision::seed`]).
+    seed: u64,
+    params: AnyBuf,
+    grads: AnyBuf,
     /// One per element slot, allocated at the store's first step or state load.
-    slots: Vec<AlignedBuf<T>>,
+    slots: Vec<AnyBuf>,
     /// Elements in use, padding included.
     len: usize,
 }
 
-impl<T: Float> FlatStore<T> {
-    fn new() -> Self {
+impl FlatStore {
+    fn new(layout: Layout, seed: u64) -> Self {
         // Empty: a few bytes each (alignment and stagger), which an allocator always has.
-        let empty = |stream| AlignedBuf::filled(0, T::ZERO, stream, false).expect("a few bytes");
+        let empty = |stream: usize| {
+            AnyBuf::zeros(layout.dtype(stream as u32), 0, stream, false).expect("a few bytes")
+        };
         FlatStore {
             params: empty(0),
             grads: empty(1),
             slots: Vec::new(),
             len: 0,
+            layout,
+            seed,
         }
     }
 
@@ -87,7 +100,7 @@ impl<T: Float> FlatStore<T> {
         );
         if self.slots.is_empty() && n > 0 {
             self.slots = (0..n)
-                .map(|k| AlignedBuf::filled(self.len, T::ZERO, 2 + k, huge))
+                .map(|k| AnyBuf::zeros(self.layout.dtype(2 + k as u32), self.len, 2 + k, huge))
                 .collect::<Result<_>>()?;
         }
         Ok(())
@@ -96,13 +109,16 @@ impl<T: Float> FlatStore<T> {
     /// Every stream, for the engine: the parameters, the gradients and the element slots
     /// (none before they exist).
     pub(crate) fn streams(&mut self) -> Streams<'_> {
-        let state = self
-            .slots
-            .iter_mut()
-            .map(|s| Elems::of(s.as_mut_slice()))
-            .collect();
-        let param = Elems::of(self.params.as_mut_slice());
-        (param, ElemsRef::of(self.grads.as_slice()), state)
+        let state = self.slots.iter_mut().map(AnyBuf::elems).collect();
+        (self.params.elems(), self.grads.elems_ref(), state)
+    }
+
+    /// Where a parameter of `len` elements added now would end (its start is `self.len`):
+    /// the next start aligned in every stream. `None` when that overflows.
+    fn end_after(&self, len: usize) -> Option<usize> {
+        let size = self.layout.min_size();
+        len.checked_add(ALIGN / size)
+            .and_then(|_| self.len.checked_add(crate::engine::padded(len, size)))
     }
 
     /// Grows every stream to `len` elements (new ones zero), all or none: on failure the
@@ -112,12 +128,11 @@ impl<T: Float> FlatStore<T> {
         let streams = [&mut self.params, &mut self.grads]
             .into_iter()
             .chain(self.slots.iter_mut());
-        let mut grown: Vec<&mut AlignedBuf<T>> = Vec::new();
+        let mut grown: Vec<&mut AnyBuf> = Vec::new();
         for buf in streams {
-            if let Err(e) = buf.resize(len, T::ZERO, huge) {
+            if let Err(e) = buf.resize(len, huge) {
                 for done in grown {
-                    done.resize(old, T::ZERO, huge)
-                        .expect("shrinking never allocates");
+                    done.resize(old, huge).expect("shrinking never allocates");
                 }
                 return Err(e);
             }
@@ -140,26 +155,8 @@ pub(crate) struct Group {
     /// Per slot: the group state's value (meaningful for group slots only).
     scalars: Vec<f64>,
     params: Vec<usize>,
-    f32: FlatStore<f32>,
-    f64: FlatStore<f64>,
-}
-
-impl Group {
-    fn store<T: Float>(&self) -> &FlatStore<T> {
-        let any: &dyn Any = match T::DTYPE {
-            DType::F32 | DType::BF16 | DType::F16 => &self.f32,
-            DType::F64 => &self.f64,
-        };
-        any.downcast_ref().expect("T::DTYPE names T's store")
-    }
-
-    fn store_mut<T: Float>(&mut self) -> &mut FlatStore<T> {
-        let any: &mut dyn Any = match T::DTYPE {
-            DType::F32 | DType::BF16 | DType::F16 => &mut self.f32,
-            DType::F64 => &mut self.f64,
-        };
-        any.downcast_mut().expect("T::DTYPE names T's store")
-    }
+    /// One per layout its parameters have, in the order they first appeared.
+    stores: Vec<FlatStore>,
 }
 
 /// A registered hook. The mutex is never locked: hooks run only through `&mut Optimizer`
@@ -198,6 +195,10 @@ pub struct Optimizer {
     settings: Settings,
     /// Whether big flat-store streams ask for transparent huge pages.
     huge_pages: bool,
+    /// How parameters added from now on are stored.
+    precision: Precision,
+    /// Steps applied so far: with the seed, the key of stochastic rounding's generator.
+    applied: u64,
     params: Vec<ParamInfo>,
     /// Parameter index by name.
     names: std::collections::HashMap<String, usize>,
@@ -261,6 +262,8 @@ impl Optimizer {
             slot_inits,
             settings: Settings::default(),
             huge_pages: true,
+            precision: Precision::default(),
+            applied: 0,
             params: Vec::new(),
             names: std::collections::HashMap::new(),
             has_grad: Vec::new(),
@@ -417,16 +420,30 @@ impl Optimizer {
             hypers,
             scalars: self.slot_inits.clone(),
             params: Vec::new(),
-            f32: FlatStore::new(),
-            f64: FlatStore::new(),
+            stores: Vec::new(),
         });
         Ok(self.groups.len() - 1)
     }
 
-    /// Adds a parameter to `group`, copying `values` into the optimizer's flat storage.
+    /// Sets how parameters added from now on are stored (see [`Precision`]); parameters
+    /// already added keep theirs.
+    pub fn with_precision(mut self, precision: Precision) -> Optimizer {
+        self.precision = precision;
+        self
+    }
+
+    /// Like [`Optimizer::with_precision`], on an optimizer in use.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+    }
+
+    /// Adds a parameter to `group`, copying `values` into the optimizer's flat storage; its
+    /// gradient is stored in its dtype `T`, its element state as the optimizer's
+    /// [`Precision`] says.
     ///
-    /// Fails on an unknown group or a name already used.
-    pub fn add_param<T: Float, S: Data<Elem = T>, D: Dimension>(
+    /// Fails on an unknown group or a name already used, and when the precision does not fit
+    /// the parameter (see [`Precision`]); then nothing changed.
+    pub fn add_param<T: Element, S: Data<Elem = T>, D: Dimension>(
         &mut self,
         group: usize,
         name: &str,
@@ -438,25 +455,36 @@ impl Optimizer {
                 name: name.to_string(),
             });
         }
+        let layout = self.precision.layout(T::DTYPE, &self.engine.program)?;
+        let seed = self.precision.seed;
         let len = values.len();
         let huge = self.huge_pages;
-        let store = self.groups[group].store_mut::<T>();
-        let offset = store.len;
+        let stores = &mut self.groups[group].stores;
+        let store = match stores
+            .iter()
+            .position(|s| s.layout == layout && s.seed == seed)
+        {
+            Some(k) => k,
+            None => {
+                stores.push(FlatStore::new(layout, seed));
+                stores.len() - 1
+            }
+        };
+        let flat = &mut stores[store];
+        let offset = flat.len;
         let too_big = || Error::OutOfMemory {
             what: "parameter storage",
             bytes: usize::MAX,
         };
-        // Rounded up to whole aligned blocks (which cannot overflow when `len + block` does
-        // not). All streams grow, or none and nothing else changes.
-        let end = len
-            .checked_add(align_elems::<T>())
-            .and_then(|_| offset.checked_add(round_up::<T>(len)))
-            .ok_or_else(too_big)?;
-        store.grow(end, huge)?;
-        for (dst, src) in store.params.as_mut_slice()[offset..offset + len]
-            .iter_mut()
-            .zip(values.iter())
-        {
+        // Rounded up to whole aligned blocks. All streams grow, or none and nothing else
+        // changes (a new store stays, empty).
+        let end = flat.end_after(len).ok_or_else(too_big)?;
+        flat.grow(end, huge)?;
+        let params = flat
+            .params
+            .typed_mut::<T>()
+            .expect("the store's params are T");
+        for (dst, src) in params[offset..offset + len].iter_mut().zip(values.iter()) {
             *dst = *src;
         }
         let index = self.params.len();
@@ -466,6 +494,7 @@ impl Optimizer {
             group,
             dtype: T::DTYPE,
             shape: values.shape().to_vec(),
+            store,
             offset,
             len,
         });
@@ -477,6 +506,18 @@ impl Optimizer {
             index,
             _dtype: PhantomData,
         })
+    }
+
+    /// The store of parameter `i`.
+    pub(crate) fn store_of(&self, i: usize) -> &FlatStore {
+        let info = &self.params[i];
+        &self.groups[info.group].stores[info.store]
+    }
+
+    /// The store of parameter `i`, writable.
+    pub(crate) fn store_of_mut(&mut self, i: usize) -> &mut FlatStore {
+        let info = &self.params[i];
+        &mut self.groups[info.group].stores[info.store]
     }
 
     fn check_group(&self, group: usize) -> Result<()> {

@@ -6,7 +6,7 @@
 
 use super::Optimizer;
 use crate::optim::INV_SCALE;
-use crate::{DType, Error, Float, Result};
+use crate::{DType, Element, Error, Float, Result};
 use serde::{Deserialize, Serialize};
 
 /// A gradient scaler (PyTorch's `torch.amp.GradScaler`, its defaults and its rules).
@@ -268,14 +268,14 @@ impl Optimizer {
     /// Whether any gradient element of a parameter with a gradient is NaN or infinite.
     pub(super) fn grads_non_finite(&self) -> bool {
         fn any<T: Float>(opt: &Optimizer, i: usize) -> bool {
-            let grads = opt.grad_slice::<T>(i);
+            let grads = opt.grad_compute::<T>(i);
             grads.iter().any(|g| !g.to_f64().is_finite())
         }
         (0..self.params.len())
             .filter(|&i| self.has_grad[i])
             .any(|i| match self.params[i].dtype {
-                DType::F32 | DType::BF16 | DType::F16 => any::<f32>(self, i),
                 DType::F64 => any::<f64>(self, i),
+                _ => any::<f32>(self, i),
             })
     }
 }

@@ -5,7 +5,9 @@
 
 use super::{Optimizer, StateInfo};
 use crate::ir::SlotKind;
-use crate::{DType, Error, Float, Result};
+use crate::segment::ElemsRef;
+use crate::{DType, Element, Error, Result};
+use half::{bf16, f16};
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -17,15 +19,28 @@ pub enum TensorData {
     F32(Vec<f32>),
     /// f64 values.
     F64(Vec<f64>),
+    /// bf16 values.
+    BF16(Vec<bf16>),
+    /// f16 values.
+    F16(Vec<f16>),
+}
+
+/// `$body` with `$v` bound to the values of whichever variant `$e` is.
+macro_rules! each_data {
+    ($e:expr, $v:ident => $body:expr) => {
+        match $e {
+            TensorData::F32($v) => $body,
+            TensorData::F64($v) => $body,
+            TensorData::BF16($v) => $body,
+            TensorData::F16($v) => $body,
+        }
+    };
 }
 
 impl TensorData {
     /// Number of values.
     pub fn len(&self) -> usize {
-        match self {
-            TensorData::F32(v) => v.len(),
-            TensorData::F64(v) => v.len(),
-        }
+        each_data!(self, v => v.len())
     }
 
     /// True when there are no values.
@@ -33,19 +48,77 @@ impl TensorData {
         self.len() == 0
     }
 
-    /// The values converted to `T` (round to nearest, as PyTorch's `.to(dtype)`).
-    pub fn to_vec<T: Float>(&self) -> Vec<T> {
+    /// The dtype of the values.
+    pub fn dtype(&self) -> DType {
         match self {
-            TensorData::F32(v) => v.iter().map(|&x| T::from_f64(f64::from(x))).collect(),
-            TensorData::F64(v) => v.iter().map(|&x| T::from_f64(x)).collect(),
+            TensorData::F32(_) => DType::F32,
+            TensorData::F64(_) => DType::F64,
+            TensorData::BF16(_) => DType::BF16,
+            TensorData::F16(_) => DType::F16,
         }
     }
 
-    fn from_slice<T: Float>(v: &[T]) -> TensorData {
-        match T::DTYPE {
-            DType::F64 => TensorData::F64(v.iter().map(|x| x.to_f64()).collect()),
-            _ => TensorData::F32(v.iter().map(|x| x.to_f64() as f32).collect()),
+    /// The values converted to `T` as PyTorch's `.to(dtype)` converts them: rounded to
+    /// nearest even once, except f64 to bf16 or f16, which PyTorch rounds to f32 first.
+    pub fn to_vec<T: Element>(&self) -> Vec<T> {
+        let narrow = T::DTYPE.is_narrow();
+        match self {
+            TensorData::F64(v) if narrow => v
+                .iter()
+                .map(|&x| T::from_f64(f64::from(x as f32)))
+                .collect(),
+            _ => each_data!(self, v => v.iter().map(|&x| T::from_f64(x.to_f64())).collect()),
         }
+    }
+
+    /// The values converted to `dtype` (see [`TensorData::to_vec`]).
+    pub fn cast(&self, dtype: DType) -> TensorData {
+        match dtype {
+            DType::F32 => TensorData::F32(self.to_vec()),
+            DType::F64 => TensorData::F64(self.to_vec()),
+            DType::BF16 => TensorData::BF16(self.to_vec()),
+            DType::F16 => TensorData::F16(self.to_vec()),
+        }
+    }
+
+    /// A copy of `elems`, in their dtype.
+    pub(crate) fn from_elems(elems: ElemsRef<'_>) -> TensorData {
+        match elems {
+            ElemsRef::F32(v) => TensorData::F32(v.to_vec()),
+            ElemsRef::F64(v) => TensorData::F64(v.to_vec()),
+            ElemsRef::BF16(v) => TensorData::BF16(v.to_vec()),
+            ElemsRef::F16(v) => TensorData::F16(v.to_vec()),
+        }
+    }
+
+    /// The values as little-endian bytes, with their safetensors dtype.
+    fn to_bytes(&self) -> (Dtype, Vec<u8>) {
+        match self {
+            TensorData::F32(v) => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            TensorData::F64(v) => (Dtype::F64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            TensorData::BF16(v) => (
+                Dtype::BF16,
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ),
+            TensorData::F16(v) => (Dtype::F16, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        }
+    }
+
+    /// Values of safetensors dtype `dtype` from their little-endian bytes; `None` for a dtype
+    /// optjit does not store.
+    fn from_bytes(dtype: Dtype, raw: &[u8]) -> Option<TensorData> {
+        fn read<const N: usize, T>(raw: &[u8], f: fn([u8; N]) -> T) -> Vec<T> {
+            raw.chunks_exact(N)
+                .map(|b| f(b.try_into().expect("N bytes")))
+                .collect()
+        }
+        Some(match dtype {
+            Dtype::F32 => TensorData::F32(read(raw, f32::from_le_bytes)),
+            Dtype::F64 => TensorData::F64(read(raw, f64::from_le_bytes)),
+            Dtype::BF16 => TensorData::BF16(read(raw, bf16::from_le_bytes)),
+            Dtype::F16 => TensorData::F16(read(raw, f16::from_le_bytes)),
+            _ => return None,
+        })
     }
 }
 
@@ -326,14 +399,7 @@ impl StateDict {
         let mut bytes: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
         for (i, entry) in &self.state {
             for (slot, (shape, data)) in &entry.tensors {
-                let (dtype, raw) = match data {
-                    TensorData::F32(v) => {
-                        (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect())
-                    }
-                    TensorData::F64(v) => {
-                        (Dtype::F64, v.iter().flat_map(|x| x.to_le_bytes()).collect())
-                    }
-                };
+                let (dtype, raw) = data.to_bytes();
                 bytes.push((format!("state.{i}.{slot}"), dtype, shape.clone(), raw));
             }
         }
@@ -392,24 +458,12 @@ impl StateDict {
             let entry = state
                 .get_mut(&index)
                 .ok_or_else(|| invalid(format!("tensor `{name}` belongs to no state entry")))?;
-            let raw = view.data();
-            let data = match view.dtype() {
-                Dtype::F32 => TensorData::F32(
-                    raw.chunks_exact(4)
-                        .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
-                        .collect(),
-                ),
-                Dtype::F64 => TensorData::F64(
-                    raw.chunks_exact(8)
-                        .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
-                        .collect(),
-                ),
-                other => {
-                    return Err(invalid(format!(
-                        "tensor `{name}` has dtype {other:?}; optjit stores F32 and F64"
-                    )))
-                }
-            };
+            let data = TensorData::from_bytes(view.dtype(), view.data()).ok_or_else(|| {
+                invalid(format!(
+                    "tensor `{name}` has dtype {:?}; optjit stores F32, F64, BF16 and F16",
+                    view.dtype()
+                ))
+            })?;
             entry
                 .tensors
                 .insert(slot.to_string(), (view.shape().to_vec(), data));
@@ -446,7 +500,7 @@ impl StateDict {
 struct Loaded {
     param: usize,
     state: StateInfo,
-    /// Per element slot (store order): the values in the parameter's dtype.
+    /// Per element slot (store order): the values in the slot's dtype.
     buffers: Vec<TensorData>,
 }
 
@@ -483,14 +537,8 @@ impl Optimizer {
                     SlotKind::Element => {}
                 }
                 let range = p.offset..p.offset + p.len;
-                let data = match p.dtype {
-                    DType::F32 | DType::BF16 | DType::F16 => TensorData::from_slice(
-                        &self.groups[p.group].f32.slots[element].as_slice()[range],
-                    ),
-                    DType::F64 => TensorData::from_slice(
-                        &self.groups[p.group].f64.slots[element].as_slice()[range],
-                    ),
-                };
+                let slot_buf = &self.store_of(i).slots[element];
+                let data = TensorData::from_elems(slot_buf.elems_ref().slice(range));
                 entry
                     .tensors
                     .insert(slot.name.clone(), (p.shape.clone(), data));
@@ -687,12 +735,7 @@ impl Optimizer {
         // Everything checked; the state memory the loaded entries need, before any change.
         let (n_elem, huge) = (self.engine.program.element_slots().count(), self.huge_pages);
         for l in &loaded {
-            let p = &self.params[l.param];
-            let group = &mut self.groups[p.group];
-            match p.dtype {
-                DType::F32 | DType::BF16 | DType::F16 => group.f32.ensure_slots(n_elem, huge)?,
-                DType::F64 => group.f64.ensure_slots(n_elem, huge)?,
-            }
+            self.store_of_mut(l.param).ensure_slots(n_elem, huge)?;
         }
         // Apply.
         let groups = self.groups.iter_mut().zip(hypers).zip(group_state);
@@ -772,10 +815,8 @@ impl Optimizer {
                     p.len
                 ));
             }
-            buffers.push(match p.dtype {
-                DType::F32 | DType::BF16 | DType::F16 => TensorData::F32(data.to_vec()),
-                DType::F64 => TensorData::F64(data.to_vec()),
-            });
+            let stream = 2 + buffers.len() as u32;
+            buffers.push(data.cast(self.store_of(i).layout.dtype(stream)));
         }
         let known = |name: &String| {
             let slot = self.engine.program.slots.iter().find(|s| &s.name == name);
@@ -800,27 +841,13 @@ impl Optimizer {
     }
 
     fn apply_loaded(&mut self, l: Loaded) {
-        let p = self.params[l.param].clone();
+        let p = &self.params[l.param];
         let range = p.offset..p.offset + p.len;
-        match p.dtype {
-            DType::F32 | DType::BF16 | DType::F16 => {
-                write_buffers(&mut self.groups[p.group].f32, range, &l.buffers)
-            }
-            DType::F64 => write_buffers(&mut self.groups[p.group].f64, range, &l.buffers),
+        let store = self.store_of_mut(l.param);
+        for (slot, data) in store.slots.iter_mut().zip(&l.buffers) {
+            slot.write(range.clone(), data);
         }
         self.state[l.param] = Some(l.state);
-    }
-}
-
-/// Writes a parameter's loaded state `buffers` into `range` of `store`'s element slots, which
-/// `load_state_dict` allocated before applying anything.
-fn write_buffers<T: Float>(
-    store: &mut super::FlatStore<T>,
-    range: std::ops::Range<usize>,
-    buffers: &[TensorData],
-) {
-    for (slot, data) in store.slots.iter_mut().zip(buffers) {
-        slot.as_mut_slice()[range.clone()].copy_from_slice(&data.to_vec::<T>());
     }
 }
 

@@ -4,22 +4,30 @@
 //! run, where their buffers are, and stores what the engine computed.
 
 use super::{HookId, Optimizer, StateInfo};
-use crate::engine::{Buffers, Engine, Member, Outcome, Work};
+use crate::engine::{Buffers, Engine, Member, Outcome, Sets, StreamSets, Work};
 use crate::ir::SlotKind;
 use crate::segment::{Elems, ElemsRef};
-use crate::{DType, Error, Result};
+use crate::{round, DType, Error, Layout, Result};
 
-/// A flat store's streams as the engine's buffers.
+/// A flat store's streams as the engine's buffers, with the generator key of its
+/// stochastic rounding this step (its generator index starts at 0).
 fn buffers<'s, 'a, T>(
     (param, grad, state): &'s mut (Elems<'a>, ElemsRef<'a>, Vec<Elems<'a>>),
+    key: [u32; 2],
 ) -> Buffers<'s, 'a, T> {
     Buffers {
         param: param.reborrow(),
         grad: *grad,
         state,
-        index: 0,
+        noise: (key, 0),
         compute: std::marker::PhantomData,
     }
+}
+
+/// What distinguishes the generator keys of a group's stores (so that equal indices in two
+/// stores draw different bits).
+fn store_salt(group: usize, store: usize) -> u64 {
+    ((group as u64) << 32 | store as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 /// A program to run over the parameters: the optimizer's own step, or a mode swap.
@@ -62,15 +70,13 @@ impl Optimizer {
             }
             (Pass::Swap(_), None) => return Ok(true),
         };
-        let (members, scalars) = self.members(engine, pass);
+        let (layouts, places) = self.entries();
+        let (members, scalars) = self.members(engine, pass, &places);
         // State memory for every store that runs, before anything changes.
         let (slots, huge) = (self.engine.program.element_slots().count(), self.huge_pages);
         for m in &members {
-            let group = &mut self.groups[m.group];
-            match m.entry {
-                0 => group.f32.ensure_slots(slots, huge)?,
-                _ => group.f64.ensure_slots(slots, huge)?,
-            }
+            let info = &self.params[m.id];
+            self.groups[info.group].stores[info.store].ensure_slots(slots, huge)?;
         }
         // A mode graph's hyperparameters are some of the optimizer's.
         let mapped: Vec<Vec<f64>> = match hyper_map {
@@ -88,25 +94,64 @@ impl Optimizer {
             groups: (pass == Pass::Step && engine.reads_groups()).then(|| Vec::with_capacity(n)),
             optimizer: &self.shared,
         };
-        let mut streams32 = Vec::with_capacity(n);
-        let mut streams64 = Vec::with_capacity(n);
+        // Every store's streams, by entry (in the order `entries` numbered the sets).
+        let mut streams: Vec<Vec<_>> = (0..layouts.len()).map(|_| Vec::new()).collect();
+        let applied = self.applied;
         for (g, group) in self.groups.iter_mut().enumerate() {
             let super::Group {
                 hypers,
                 scalars,
-                f32,
-                f64,
+                stores,
                 ..
             } = group;
             work.hypers.push(mapped.get(g).unwrap_or(hypers));
             if let Some(groups) = &mut work.groups {
                 groups.push(scalars);
             }
-            streams32.push(f32.streams());
-            streams64.push(f64.streams());
+            for (k, store) in stores.iter_mut().enumerate() {
+                let (entry, _) = places[g][k];
+                let key = match store.layout.stochastic().is_empty() {
+                    true => [0, 0],
+                    false => round::step_key(store.seed ^ store_salt(g, k), applied),
+                };
+                streams[entry].push((store.streams(), key));
+            }
         }
-        let mut f32s: Vec<Buffers<'_, '_, f32>> = streams32.iter_mut().map(buffers).collect();
-        let mut f64s: Vec<Buffers<'_, '_, f64>> = streams64.iter_mut().map(buffers).collect();
+        let (mut sets32, mut sets64): (
+            Vec<(usize, Sets<'_, '_, f32>)>,
+            Vec<(usize, Sets<'_, '_, f64>)>,
+        ) = (Vec::new(), Vec::new());
+        for (entry, (layout, list)) in layouts.iter().zip(&mut streams).enumerate() {
+            match layout.compute() {
+                DType::F64 => sets64.push((
+                    entry,
+                    Sets {
+                        layout: layout.clone(),
+                        list: list.iter_mut().map(|(s, key)| buffers(s, *key)).collect(),
+                    },
+                )),
+                _ => sets32.push((
+                    entry,
+                    Sets {
+                        layout: layout.clone(),
+                        list: list.iter_mut().map(|(s, key)| buffers(s, *key)).collect(),
+                    },
+                )),
+            }
+        }
+        let mut ordered: Vec<(usize, &mut dyn StreamSets)> = Vec::with_capacity(layouts.len());
+        ordered.extend(
+            sets32
+                .iter_mut()
+                .map(|(e, s)| (*e, s as &mut dyn StreamSets)),
+        );
+        ordered.extend(
+            sets64
+                .iter_mut()
+                .map(|(e, s)| (*e, s as &mut dyn StreamSets)),
+        );
+        ordered.sort_by_key(|(e, _)| *e);
+        let mut sets: Vec<&mut dyn StreamSets> = ordered.into_iter().map(|(_, s)| s).collect();
         let (state, inits, program) = (&mut self.state, &self.slot_inits, &engine.program);
         let counts = u64::from(pass == Pass::Step);
         // A parameter's step and scalar state; group state lives in the group.
@@ -121,12 +166,13 @@ impl Optimizer {
                 state.scalars[slot] = value;
             }
         };
-        let sets: &mut [&mut dyn crate::engine::StreamSets] = &mut [&mut f32s, &mut f64s];
-        let outcome = engine.run(&self.settings, &work, sets, &mut commit)?;
-        drop((work, f32s, f64s));
+        let outcome = engine.run(&self.settings, &work, &mut sets, &mut commit)?;
+        drop((work, sets));
+        drop((sets32, sets64));
         match outcome {
             Outcome::Skipped => Ok(false),
             Outcome::Applied(shared) => {
+                self.applied += u64::from(pass == Pass::Step);
                 for (group, updates) in self.groups.iter_mut().zip(shared.groups) {
                     for (slot, value) in updates {
                         group.scalars[slot] = value;
@@ -140,11 +186,45 @@ impl Optimizer {
         }
     }
 
+    /// The entries of a run's stream sets: one per distinct layout of the groups' stores, in
+    /// the order they first appear; and for each group and store, its entry and its set
+    /// number within the entry (sets numbered in group, then store order).
+    pub(super) fn entries(&self) -> (Vec<Layout>, Vec<Vec<(usize, usize)>>) {
+        let mut layouts: Vec<Layout> = Vec::new();
+        let mut counts: Vec<usize> = Vec::new();
+        let places = self
+            .groups
+            .iter()
+            .map(|g| {
+                g.stores
+                    .iter()
+                    .map(|store| {
+                        let entry = match layouts.iter().position(|l| *l == store.layout) {
+                            Some(e) => e,
+                            None => {
+                                layouts.push(store.layout.clone());
+                                counts.push(0);
+                                layouts.len() - 1
+                            }
+                        };
+                        counts[entry] += 1;
+                        (entry, counts[entry] - 1)
+                    })
+                    .collect()
+            })
+            .collect();
+        (layouts, places)
+    }
+
     /// The members of `pass` (run by `engine`), in the order parameters were added (a step:
     /// those with a gradient; a swap: those with state), each with its parameter index as
-    /// id, and their scalar inputs. Entry 0 of the run's stream sets is f32, entry 1 f64; a
-    /// group's store is set number `group` of each.
-    pub(super) fn members(&self, engine: &Engine, pass: Pass) -> (Vec<Member>, Vec<f64>) {
+    /// id, and their scalar inputs; `places` as [`Optimizer::entries`] gives them.
+    pub(super) fn members(
+        &self,
+        engine: &Engine,
+        pass: Pass,
+        places: &[Vec<(usize, usize)>],
+    ) -> (Vec<Member>, Vec<f64>) {
         let slots = &engine.program.slots;
         let n_slots = slots.len();
         // Only element slots (most optimizers): nothing for the prologue to read.
@@ -163,10 +243,11 @@ impl Optimizer {
                 Some(s) => (s.step, s.scalars.as_slice()),
                 None => (0, self.slot_inits.as_slice()),
             };
+            let (entry, set) = places[info.group][info.store];
             members.push(Member {
                 id: i,
-                entry: usize::from(info.dtype == DType::F64),
-                set: info.group,
+                entry,
+                set,
                 offset: info.offset,
                 len: info.len,
                 group: info.group,
@@ -284,7 +365,8 @@ mod tests {
         for h in &handles {
             opt.set_grad(h, &[0.5; 20]).unwrap();
         }
-        let (members, scalars) = opt.members(&opt.engine, Pass::Step);
+        let (layouts, places) = opt.entries();
+        let (members, scalars) = opt.members(&opt.engine, Pass::Step, &places);
         assert_eq!(members.len(), 10);
         let work = Work {
             members,
@@ -294,10 +376,8 @@ mod tests {
             groups: None,
             optimizer: &[],
         };
-        let plan = opt
-            .engine
-            .plan(&work, &[DType::F32, DType::F64], &[], Vec::new());
-        let runs = plan.runs(&work, 0, DType::F32).len();
+        let plan = opt.engine.plan(&work, &layouts, &[], Vec::new());
+        let runs = plan.runs(&work, 0, &layouts[0]).len();
         (plan, runs)
     }
 

@@ -3,8 +3,10 @@
 //! 64-byte boundary, so a whole group is a few long streams. Big streams ask for transparent
 //! huge pages (see [`HUGE_MIN`] and [`AlignedBuf::filled`]).
 
-pub(crate) use crate::engine::{align_elems, round_up, ALIGN};
-use crate::{Error, Float, Result};
+pub(crate) use crate::engine::ALIGN;
+use crate::segment::{Elems, ElemsRef};
+use crate::{DType, Element, Error, Result};
+use half::{bf16, f16};
 
 /// Bytes between the starts of consecutive streams, modulo the page size: 25 cache lines,
 /// not a power of two.
@@ -27,7 +29,7 @@ enum Memory<T> {
     Mapped(memmap2::MmapMut),
 }
 
-impl<T: Float> Memory<T> {
+impl<T: Element> Memory<T> {
     fn elems(&self) -> &[T] {
         match self {
             Memory::Heap(v) => v,
@@ -55,7 +57,7 @@ pub(crate) struct AlignedBuf<T> {
     stream: usize,
 }
 
-impl<T: Float> AlignedBuf<T> {
+impl<T: Element> AlignedBuf<T> {
     /// `len` copies of `value`, starting [`STAGGER`] bytes times `stream` after an aligned
     /// address, so that the streams of one kernel do not all sit at the same offset within
     /// a page (large allocations all start on a page boundary, and streams a power of two
@@ -151,10 +153,97 @@ impl<T: Float> AlignedBuf<T> {
     }
 }
 
+/// A buffer of any storage dtype: one stream of a flat store.
+#[derive(Debug)]
+pub(crate) enum AnyBuf {
+    F32(AlignedBuf<f32>),
+    F64(AlignedBuf<f64>),
+    BF16(AlignedBuf<bf16>),
+    F16(AlignedBuf<f16>),
+}
+
+/// `$body` with `$b` bound to the buffer of whichever variant `$e` is.
+macro_rules! each_buf {
+    ($e:expr, $b:ident => $body:expr) => {
+        match $e {
+            AnyBuf::F32($b) => $body,
+            AnyBuf::F64($b) => $body,
+            AnyBuf::BF16($b) => $body,
+            AnyBuf::F16($b) => $body,
+        }
+    };
+}
+
+impl AnyBuf {
+    /// `len` zeros of `dtype` (see [`AlignedBuf::filled`]).
+    pub(crate) fn zeros(dtype: DType, len: usize, stream: usize, huge: bool) -> Result<AnyBuf> {
+        Ok(match dtype {
+            DType::F32 => AnyBuf::F32(AlignedBuf::filled(len, 0.0, stream, huge)?),
+            DType::F64 => AnyBuf::F64(AlignedBuf::filled(len, 0.0, stream, huge)?),
+            DType::BF16 => AnyBuf::BF16(AlignedBuf::filled(len, bf16::ZERO, stream, huge)?),
+            DType::F16 => AnyBuf::F16(AlignedBuf::filled(len, f16::ZERO, stream, huge)?),
+        })
+    }
+
+    /// The storage dtype.
+    pub(crate) fn dtype(&self) -> DType {
+        match self {
+            AnyBuf::F32(_) => DType::F32,
+            AnyBuf::F64(_) => DType::F64,
+            AnyBuf::BF16(_) => DType::BF16,
+            AnyBuf::F16(_) => DType::F16,
+        }
+    }
+
+    /// See [`AlignedBuf::resize`]; new elements are zero.
+    pub(crate) fn resize(&mut self, len: usize, huge: bool) -> Result<()> {
+        each_buf!(self, b => b.resize(len, Element::ZERO, huge))
+    }
+
+    /// The elements, writable.
+    pub(crate) fn elems(&mut self) -> Elems<'_> {
+        each_buf!(self, b => Elems::of(b.as_mut_slice()))
+    }
+
+    /// The elements.
+    pub(crate) fn elems_ref(&self) -> ElemsRef<'_> {
+        each_buf!(self, b => ElemsRef::of(b.as_slice()))
+    }
+
+    /// The elements as `T`s, if stored as `T`.
+    pub(crate) fn typed<T: Element>(&self) -> Option<&[T]> {
+        let same = self.dtype() == T::DTYPE;
+        each_buf!(self, b => bytemuck::try_cast_slice(b.as_slice()).ok().filter(|_| same))
+    }
+
+    /// The elements as `T`s, if stored as `T`, writable.
+    pub(crate) fn typed_mut<T: Element>(&mut self) -> Option<&mut [T]> {
+        let same = self.dtype() == T::DTYPE;
+        each_buf!(self, b => bytemuck::try_cast_slice_mut(b.as_mut_slice()).ok().filter(|_| same))
+    }
+
+    /// Writes `data` (of this buffer's dtype, `range.len()` values) to elements `range`.
+    pub(crate) fn write(&mut self, range: std::ops::Range<usize>, data: &super::TensorData) {
+        use super::TensorData as D;
+        match (self, data) {
+            (AnyBuf::F32(b), D::F32(v)) => b.as_mut_slice()[range].copy_from_slice(v),
+            (AnyBuf::F64(b), D::F64(v)) => b.as_mut_slice()[range].copy_from_slice(v),
+            (AnyBuf::BF16(b), D::BF16(v)) => b.as_mut_slice()[range].copy_from_slice(v),
+            (AnyBuf::F16(b), D::F16(v)) => b.as_mut_slice()[range].copy_from_slice(v),
+            (buf, data) => unreachable!("{:?} data for a {:?} buffer", data.dtype(), buf.dtype()),
+        }
+    }
+
+    /// Sets elements `range` to zero.
+    pub(crate) fn fill_zero(&mut self, range: std::ops::Range<usize>) {
+        each_buf!(self, b => b.as_mut_slice()[range].fill(Element::ZERO))
+    }
+}
+
 /// An anonymous mapping of `elems` elements advised to use transparent huge pages, or `None`
 /// where that is not possible (not Linux, no THP, mapping refused).
 #[cfg(target_os = "linux")]
-fn huge_mapping<T: Float>(elems: usize) -> Option<Memory<T>> {
+fn huge_mapping<T: Element>(elems: usize) -> Option<Memory<T>> {
     let bytes = elems.checked_mul(std::mem::size_of::<T>())?;
     let map = memmap2::MmapOptions::new().len(bytes).map_anon().ok()?;
     map.advise(memmap2::Advice::HugePage).ok()?;
@@ -162,7 +251,7 @@ fn huge_mapping<T: Float>(elems: usize) -> Option<Memory<T>> {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn huge_mapping<T: Float>(_elems: usize) -> Option<Memory<T>> {
+fn huge_mapping<T: Element>(_elems: usize) -> Option<Memory<T>> {
     None
 }
 
@@ -232,9 +321,11 @@ mod tests {
 
     #[test]
     fn round_up_to_blocks() {
-        assert_eq!(round_up::<f32>(0), 0);
-        assert_eq!(round_up::<f32>(1), 16);
-        assert_eq!(round_up::<f64>(9), 16);
+        use crate::engine::padded;
+        assert_eq!(padded(0, 4), 0);
+        assert_eq!(padded(1, 4), 16);
+        assert_eq!(padded(9, 8), 16);
+        assert_eq!(padded(1, 2), 32);
     }
 
     #[test]
