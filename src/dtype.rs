@@ -13,18 +13,30 @@ pub enum DType {
     F32,
     /// IEEE binary64; computed in f64.
     F64,
+    /// bfloat16 (the upper half of an f32); computed in f32, converted by [`crate::round`].
+    BF16,
+    /// IEEE binary16; computed in f32, converted by [`crate::round`].
+    F16,
 }
 
 impl DType {
     /// Every supported dtype, in a fixed order.
     pub const ALL: [DType; 2] = [DType::F32, DType::F64];
 
-    /// The name used in printed IR and on the command line (`f32`, `f64`).
+    /// The name used in printed IR and on the command line (`f32`, `f64`, `bf16`, `f16`).
     pub fn name(self) -> &'static str {
         match self {
             DType::F32 => "f32",
             DType::F64 => "f64",
+            DType::BF16 => "bf16",
+            DType::F16 => "f16",
         }
+    }
+
+    /// Panics, naming `self`: for matches over the dtype of a parameter or of a [`Float`],
+    /// which is f32 or f64 until parameters of bf16 or f16 storage are supported.
+    pub(crate) fn no_half_params(self) -> ! {
+        panic!("{self} parameters are not supported yet: a parameter's dtype is f32 or f64")
     }
 
     /// Size of one element in bytes.
@@ -32,6 +44,7 @@ impl DType {
         match self {
             DType::F32 => 4,
             DType::F64 => 8,
+            DType::BF16 | DType::F16 => 2,
         }
     }
 }

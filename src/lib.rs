@@ -62,6 +62,7 @@ pub mod jit;
 pub mod optim;
 pub mod passes;
 pub mod program;
+pub mod round;
 pub mod runtime;
 pub mod schedule;
 mod segment;

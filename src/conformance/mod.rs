@@ -36,6 +36,7 @@ impl Tolerance {
                 rtol: 1e-12,
                 atol: 1e-12,
             },
+            DType::BF16 | DType::F16 => dtype.no_half_params(),
         }
     }
 

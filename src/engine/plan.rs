@@ -177,6 +177,7 @@ fn rounded(dtype: DType, x: f64) -> u64 {
     match dtype {
         DType::F32 => u64::from((x as f32).to_bits()),
         DType::F64 => x.to_bits(),
+        DType::BF16 | DType::F16 => dtype.no_half_params(),
     }
 }
 

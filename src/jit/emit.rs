@@ -65,6 +65,7 @@ pub(crate) fn build(
     let (scalar_ty, vector_ty) = match dtype {
         DType::F32 => (types::F32, types::F32X4),
         DType::F64 => (types::F64, types::F64X2),
+        DType::BF16 | DType::F16 => panic!("no {dtype} kernels yet: `check_dtype` rejects them"),
     };
     let mut t = Translator {
         b: FunctionBuilder::new(func, fctx),

@@ -319,6 +319,7 @@ impl Jit {
         options: JitOptions,
     ) -> Result<Kernel> {
         check_options(options)?;
+        check_dtype(dtype)?;
         let options = match stage.reductions.is_empty() {
             true => options,
             false => JitOptions { unroll: 1 },
@@ -397,6 +398,7 @@ impl Jit {
         options: JitOptions,
     ) -> Result<String> {
         check_options(options)?;
+        check_dtype(dtype)?;
         program.stage.check()?;
         let mut inner = self.lock();
         let isa = inner.isa_for(&program.stage);
@@ -426,6 +428,7 @@ impl Jit {
     /// calling convention printed is always System V.
     pub fn clif(&self, program: &Program, dtype: DType, options: JitOptions) -> Result<String> {
         check_options(options)?;
+        check_dtype(dtype)?;
         program.stage.check()?;
         let mut inner = self.lock();
         // A fixed calling convention, so that the printed IR is the same on every host.
@@ -466,6 +469,17 @@ fn define(
     module
         .define_function_bytes(id, alignment, compiled.code_buffer(), &relocs)
         .map_err(codegen)
+}
+
+/// Kernels are compiled for f32 and f64 streams; bf16 and f16 storage is not wired into the
+/// emitter yet (its conversions are in `convert`).
+fn check_dtype(dtype: DType) -> Result<()> {
+    match dtype {
+        DType::F32 | DType::F64 => Ok(()),
+        DType::BF16 | DType::F16 => Err(Error::Unsupported {
+            what: "kernels over bf16 or f16 streams (use f32 or f64)",
+        }),
+    }
 }
 
 fn check_options(options: JitOptions) -> Result<()> {

@@ -178,6 +178,7 @@ impl Optimizer {
                 match info.dtype {
                     DType::F32 => self.groups[info.group].f32.grads.as_mut_slice()[range].fill(0.0),
                     DType::F64 => self.groups[info.group].f64.grads.as_mut_slice()[range].fill(0.0),
+                    DType::BF16 | DType::F16 => info.dtype.no_half_params(),
                 }
             }
         }

@@ -27,6 +27,7 @@ impl Optimizer {
             values.push(match self.params[i].dtype {
                 DType::F32 => self.param_norm_part::<f32>(i, norm_type),
                 DType::F64 => self.param_norm_part::<f64>(i, norm_type),
+                d @ (DType::BF16 | DType::F16) => d.no_half_params(),
             });
         }
         // No gradient at all: 0, as PyTorch.

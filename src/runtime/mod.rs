@@ -143,6 +143,7 @@ impl Group {
         let any: &dyn Any = match T::DTYPE {
             DType::F32 => &self.f32,
             DType::F64 => &self.f64,
+            d @ (DType::BF16 | DType::F16) => d.no_half_params(),
         };
         any.downcast_ref().expect("T::DTYPE names T's store")
     }
@@ -151,6 +152,7 @@ impl Group {
         let any: &mut dyn Any = match T::DTYPE {
             DType::F32 => &mut self.f32,
             DType::F64 => &mut self.f64,
+            d @ (DType::BF16 | DType::F16) => d.no_half_params(),
         };
         any.downcast_mut().expect("T::DTYPE names T's store")
     }

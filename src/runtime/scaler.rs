@@ -276,6 +276,7 @@ impl Optimizer {
             .any(|i| match self.params[i].dtype {
                 DType::F32 => any::<f32>(self, i),
                 DType::F64 => any::<f64>(self, i),
+                d @ (DType::BF16 | DType::F16) => d.no_half_params(),
             })
     }
 }

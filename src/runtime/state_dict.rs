@@ -45,6 +45,7 @@ impl TensorData {
         match T::DTYPE {
             DType::F32 => TensorData::F32(v.iter().map(|x| x.to_f64() as f32).collect()),
             DType::F64 => TensorData::F64(v.iter().map(|x| x.to_f64()).collect()),
+            d @ (DType::BF16 | DType::F16) => d.no_half_params(),
         }
     }
 }
@@ -490,6 +491,7 @@ impl Optimizer {
                     DType::F64 => TensorData::from_slice(
                         &self.groups[p.group].f64.slots[element].as_slice()[range],
                     ),
+                    d @ (DType::BF16 | DType::F16) => d.no_half_params(),
                 };
                 entry
                     .tensors
@@ -692,6 +694,7 @@ impl Optimizer {
             match p.dtype {
                 DType::F32 => group.f32.ensure_slots(n_elem, huge)?,
                 DType::F64 => group.f64.ensure_slots(n_elem, huge)?,
+                d @ (DType::BF16 | DType::F16) => d.no_half_params(),
             }
         }
         // Apply.
@@ -775,6 +778,7 @@ impl Optimizer {
             buffers.push(match p.dtype {
                 DType::F32 => TensorData::F32(data.to_vec()),
                 DType::F64 => TensorData::F64(data.to_vec()),
+                d @ (DType::BF16 | DType::F16) => d.no_half_params(),
             });
         }
         let known = |name: &String| {
@@ -805,6 +809,7 @@ impl Optimizer {
         match p.dtype {
             DType::F32 => write_buffers(&mut self.groups[p.group].f32, range, &l.buffers),
             DType::F64 => write_buffers(&mut self.groups[p.group].f64, range, &l.buffers),
+            d @ (DType::BF16 | DType::F16) => d.no_half_params(),
         }
         self.state[l.param] = Some(l.state);
     }
