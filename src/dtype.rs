@@ -20,7 +20,8 @@ pub enum DType {
 }
 
 impl DType {
-    /// Every supported dtype, in a fixed order.
+    /// Every dtype parameters and kernels support (bf16 and f16 are storage formats whose
+    /// kernels are not wired in yet), in a fixed order.
     pub const ALL: [DType; 2] = [DType::F32, DType::F64];
 
     /// The name used in printed IR and on the command line (`f32`, `f64`, `bf16`, `f16`).

@@ -502,7 +502,9 @@ pub(crate) mod tests {
         // sqrt(p(1 − p)/n) for p the probability of rounding up.
         let key = step_key(7, 3);
         let n = 100_000u32;
-        let cases: [(f32, fn(f32, u32) -> u16, fn(u16) -> f32); 4] = [
+        type Narrow = fn(f32, u32) -> u16;
+        type Widen = fn(u16) -> f32;
+        let cases: [(f32, Narrow, Widen); 4] = [
             (1.0 + 0.3 / 128.0, f32_to_bf16_stochastic, bf16_to_f32),
             (-3.7e-3, f32_to_bf16_stochastic, bf16_to_f32),
             (0.1, f32_to_f16_stochastic, f16_to_f32),

@@ -42,6 +42,7 @@ fn close<T: Float>(ours: T, theirs: f64, ulps: f64) -> bool {
     let eps = match T::DTYPE {
         optjit::DType::F32 => f32::EPSILON as f64,
         optjit::DType::F64 => f64::EPSILON,
+        d => panic!("no Float has dtype {d}"),
     };
     (ours - theirs).abs() <= ulps * eps * theirs.abs().max(f64::MIN_POSITIVE)
 }

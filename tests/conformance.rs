@@ -243,6 +243,7 @@ fn tolerance<T: Float>() -> (f64, f64) {
     match T::DTYPE {
         DType::F32 => (1e-5, 1e-7),
         DType::F64 => (1e-12, 1e-12),
+        d => panic!("no Float has dtype {d}"),
     }
 }
 

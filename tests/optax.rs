@@ -25,6 +25,7 @@ fn tolerance<T: Float>() -> (f64, f64) {
     match T::DTYPE {
         optjit::DType::F32 => (1e-5, 1e-7),
         optjit::DType::F64 => (1e-12, 1e-12),
+        d => panic!("no Float has dtype {d}"),
     }
 }
 

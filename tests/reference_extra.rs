@@ -58,6 +58,7 @@ impl Inputs {
         let (tiny, max) = match T::DTYPE {
             DType::F32 => (f32::from_bits(1) as f64, f32::MAX as f64),
             DType::F64 => (f64::from_bits(1), f64::MAX),
+            d => panic!("no Float has dtype {d}"),
         };
         let specials = [
             0.0,
@@ -658,6 +659,7 @@ fn check_swaps<T: Float>(
                 f32::MAX as f64,
             ),
             DType::F64 => (f64::EPSILON, f64::from_bits(1), f64::MAX),
+            d => panic!("no Float has dtype {d}"),
         };
         for (i, ((&y, &y2), &z)) in y.iter().zip(y2).zip(z).enumerate() {
             let (y, y2, z) = (y.to_f64(), y2.to_f64(), z.to_f64());

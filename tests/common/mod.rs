@@ -46,6 +46,7 @@ impl SplitMix64 {
         let (min_positive, max) = match T::DTYPE {
             DType::F32 => (f32::MIN_POSITIVE as f64, f32::MAX as f64),
             DType::F64 => (f64::MIN_POSITIVE, f64::MAX),
+            d => panic!("no Float has dtype {d}"),
         };
         let magnitude = if self.below(8) != 0 {
             10f64.powf(8.0 * self.unit() - 6.0)
