@@ -11,6 +11,8 @@
 //!   printable at every step.
 //! - [`Jit`] compiles the stage; [`interp`] runs it without code generation.
 //! - [`Stepper`] applies an optimizer to caller-owned slices.
+//! - [`round`] defines the bf16 and f16 storage conversions and stochastic rounding that
+//!   the interpreter and the JIT share.
 //!
 //! ```
 //! use optjit::{Builder, Stepper};

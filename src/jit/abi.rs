@@ -252,3 +252,58 @@ impl Drop for CodeOwner {
         }
     }
 }
+
+/// Test support: a compiled element-wise map `f(src, dst, n)` from
+/// `Jit::compile_test_function`, which reads `n` elements of `src_size` bytes at `src` and
+/// writes `n` elements of `dst_size` bytes at `dst` (the shape `convert`'s tests build).
+#[cfg(test)]
+pub(crate) struct TestMap {
+    code: unsafe extern "C" fn(src: *const u8, dst: *mut u8, n: u64),
+    src_size: usize,
+    dst_size: usize,
+    _code: std::sync::Arc<CodeOwner>,
+}
+
+#[cfg(test)]
+impl TestMap {
+    /// The map at `ptr`, which `Jit::compile_test_function` returned with `owner` for a
+    /// function of 3 parameters whose body accesses memory as [`TestMap`] says, for these
+    /// element sizes.
+    pub(crate) fn new(
+        ptr: *const u8,
+        owner: std::sync::Arc<CodeOwner>,
+        src_size: usize,
+        dst_size: usize,
+    ) -> TestMap {
+        assert!(!ptr.is_null(), "finalized code has an address");
+        // SAFETY: `ptr` is the start of finalized, executable code of a function whose
+        // Cranelift signature is (i64, i64, i64) -> () in the host's default calling
+        // convention (`compile_test_function` with 3 parameters), which is the C ABI of
+        // the pointer type on the hosts Cranelift supports; `owner` keeps the code alive.
+        let code = unsafe {
+            std::mem::transmute::<*const u8, unsafe extern "C" fn(*const u8, *mut u8, u64)>(ptr)
+        };
+        TestMap {
+            code,
+            src_size,
+            dst_size,
+            _code: owner,
+        }
+    }
+
+    /// Runs the map over all of `src` into `dst`, which must hold as many elements.
+    pub(crate) fn run(&self, src: &[u8], dst: &mut [u8]) {
+        assert_eq!(src.len() % self.src_size, 0, "whole source elements");
+        let n = src.len() / self.src_size;
+        assert_eq!(
+            dst.len(),
+            n * self.dst_size,
+            "a destination element per source one"
+        );
+        // SAFETY: the function reads `n` elements of `src_size` bytes from `src` and writes
+        // `n` of `dst_size` bytes to `dst` (what `new`'s caller promised), and both slices
+        // hold exactly that many (checked above); `dst` is borrowed exclusively for the call;
+        // the code lives as long as `self`.
+        unsafe { (self.code)(src.as_ptr(), dst.as_mut_ptr(), n as u64) };
+    }
+}

@@ -299,6 +299,40 @@ impl Translator<'_> {
         }
     }
 
+    /// Vector registers the bf16 and f16 conversions of the layout's streams need beside the
+    /// body's values: Cranelift hoists their constants out of the loop, so each distinct
+    /// constant of each kind of conversion the loop runs holds a register (see
+    /// `convert.rs` for the counts), and one more for their temporaries. None for a layout
+    /// of f32 and f64 streams.
+    fn conversion_registers(&self) -> usize {
+        let stored = |s: u32| self.stage.stores.iter().any(|(t, _)| *t == s);
+        let mut kinds: Vec<(DType, bool, bool)> = Vec::new();
+        for s in 0..self.stage.n_streams {
+            let dtype = self.layout.dtype(s);
+            if !dtype.is_narrow() {
+                continue;
+            }
+            kinds.push((dtype, false, false)); // the load
+            if stored(s) {
+                kinds.push((dtype, true, self.layout.stochastic().contains(&s)));
+            }
+        }
+        kinds.sort();
+        kinds.dedup();
+        let constants: usize = kinds
+            .iter()
+            .map(|&kind| match kind {
+                (DType::BF16, false, _) => 1,
+                (DType::BF16, true, false) => 3,
+                (DType::BF16, true, true) => 7,
+                (_, false, _) => 6,
+                (_, true, false) => 9,
+                (_, true, true) => 14,
+            })
+            .sum();
+        constants + usize::from(constants > 0)
+    }
+
     /// The scalars a loop of `width` holds, loaded here (its preheader): as many as fit in
     /// registers beside its body's live values, those that cannot be memory operands first
     /// (see [`BodyNeeds::held`]).
@@ -310,7 +344,7 @@ impl Translator<'_> {
         let accumulators = 4 * self.stage.reductions.len();
         let scalar_sqrt =
             width == Width::Scalar && self.stage.body.iter().any(|inst| inst.op == Op::Sqrt);
-        let reserved = accumulators + usize::from(scalar_sqrt);
+        let reserved = accumulators + usize::from(scalar_sqrt) + self.conversion_registers();
         let held = needs.held(self.registers.saturating_sub(reserved), self.n_consts);
         let ty = self.ty(width);
         let flags = self.flags.with_aligned();

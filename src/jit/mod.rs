@@ -461,6 +461,57 @@ impl Jit {
     }
 }
 
+/// Test support: functions built by hand, compiled into a [`Jit`]'s code module.
+#[cfg(test)]
+impl Jit {
+    /// Compiles a function of `n_params` i64 parameters and no result, in the target's
+    /// default calling convention, whose body `body` emits after the entry block (given the
+    /// parameters; it must end every block and may leave blocks unsealed). Returns the
+    /// finalized code's address, the owner of its memory and Cranelift's disassembly.
+    pub(crate) fn compile_test_function(
+        &self,
+        n_params: usize,
+        body: impl FnOnce(&mut cranelift_frontend::FunctionBuilder<'_>, &[cranelift_codegen::ir::Value]),
+    ) -> Result<(*const u8, Arc<CodeOwner>, String)> {
+        use cranelift_codegen::ir::{types, AbiParam, Signature};
+        let mut inner = self.lock();
+        let isa = inner.isa.clone();
+        let frontend = inner.machine.frontend;
+        let JitInner {
+            code, ctx, fctx, ..
+        } = &mut *inner;
+        let mut guard = code.module.lock().unwrap_or_else(|p| p.into_inner());
+        let module = guard.as_mut().expect("module lives as long as the Jit");
+        let mut sig = Signature::new(isa.default_call_conv());
+        sig.params
+            .extend(std::iter::repeat_n(AbiParam::new(types::I64), n_params));
+        let id = module.declare_anonymous_function(&sig).map_err(codegen)?;
+        module.clear_context(ctx);
+        ctx.func.signature = sig;
+        ctx.func.name = UserFuncName::user(0, id.as_u32());
+        let mut b = cranelift_frontend::FunctionBuilder::new(&mut ctx.func, fctx);
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        b.seal_block(entry);
+        let params = b.block_params(entry).to_vec();
+        body(&mut b, &params);
+        b.seal_all_blocks();
+        b.finalize(frontend);
+        ctx.set_disasm(true);
+        let defined = define(module, id, ctx, &*isa);
+        let disassembly = ctx
+            .compiled_code()
+            .and_then(|c| c.vcode.clone())
+            .unwrap_or_default();
+        module.clear_context(ctx);
+        defined?;
+        module.finalize_definitions().map_err(codegen)?;
+        let ptr = module.get_finalized_function(id);
+        Ok((ptr, code.clone(), disassembly))
+    }
+}
+
 /// Compiles `ctx`'s function with `isa` (the module's own, or the same target with another
 /// register allocator) and defines it as `id` in `module`.
 fn define(
