@@ -223,7 +223,7 @@ impl fmt::Display for Layout {
     }
 }
 
-/// The element types' private supertrait: generated code trusts [`Float::DTYPE`] to give the
+/// The element types' private supertrait: generated code trusts [`Element::DTYPE`] to give the
 /// element's size and format, so no type outside optjit may claim one. It also lets the flat
 /// store view memory as elements (`bytemuck::Pod`) without making that part of the API.
 mod sealed {

@@ -20,7 +20,7 @@ pub(crate) struct Buffers<'s, 'a, T> {
     /// every set's, so that making the sets allocates nothing per set).
     pub(crate) state: &'s mut [Elems<'a>],
     /// The generator key of its stochastic rounding this step, and the generator index of
-    /// element 0 (see [`Noise`]).
+    /// element 0 (see [`crate::Noise`]).
     pub(crate) noise: ([u32; 2], u32),
     pub(crate) compute: PhantomData<T>,
 }

@@ -117,10 +117,8 @@ impl Optimizer {
                 streams[entry].push((store.streams(), key));
             }
         }
-        let (mut sets32, mut sets64): (
-            Vec<(usize, Sets<'_, '_, f32>)>,
-            Vec<(usize, Sets<'_, '_, f64>)>,
-        ) = (Vec::new(), Vec::new());
+        let mut sets32: Vec<(usize, Sets<'_, '_, f32>)> = Vec::new();
+        let mut sets64: Vec<(usize, Sets<'_, '_, f64>)> = Vec::new();
         for (entry, (layout, list)) in layouts.iter().zip(&mut streams).enumerate() {
             match layout.compute() {
                 DType::F64 => sets64.push((
