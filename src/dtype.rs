@@ -203,8 +203,8 @@ impl From<DType> for Layout {
 }
 
 impl fmt::Display for Layout {
-    /// `f32` for a uniform layout, else each listed stream's dtype, `~` marking stochastic
-    /// rounding: `bf16~,bf16,f32,f32`.
+    /// `f32` for a uniform layout, else each listed stream's dtype, `~` marking the streams
+    /// that round stochastically (only those): `bf16~,bf16,f32,f32`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.is_uniform() {
             return f.write_str(self.rest.name());

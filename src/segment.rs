@@ -285,7 +285,8 @@ pub(crate) const STREAM_STRIDE: u32 = 0x9E37_79B9;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Noise<'a> {
     /// The streams (by index: 0 the param, 2.. the state slots) whose stores round
-    /// stochastically; each must be bf16 or f16. Empty: every store rounds to nearest even.
+    /// stochastically, in increasing order; each must be bf16 or f16. Empty: every store
+    /// rounds to nearest even.
     pub streams: &'a [u32],
     /// The generator's key ([`round::step_key`] of the seed and step).
     pub key: [u32; 2],
@@ -650,6 +651,12 @@ fn check_dtypes<T: Float>(stage: &Stage, seg: &Segment<'_, T>) -> Result<()> {
                 reason: "only written bf16 or f16 streams round stochastically",
             });
         }
+    }
+    if !seg.noise.streams.is_sorted_by(|a, b| a < b) {
+        return Err(Error::InvalidOption {
+            option: "stochastic rounding",
+            reason: "the stochastic streams are listed in increasing order, each once",
+        });
     }
     Ok(())
 }
