@@ -343,6 +343,65 @@ fn bench_labels_builtins_by_their_name() {
     assert_eq!(records[0]["n"], 4096);
 }
 
+/// `--dtype` stores the optimizer's streams as asked, and its GB/s count each stream at its
+/// element size: Adam moves 4 streams in and 3 out, 2 bytes each in bf16, and bf16 params
+/// and gradients with f32 state make 2·2 + 2·4 in and 2 + 2·4 out; the native loop stays f32.
+#[test]
+fn bench_dtype_counts_bytes_at_each_streams_size() {
+    for (dtype, bytes) in [
+        ("bf16", 14.0),
+        ("bf16:f32", 22.0),
+        ("f32", 28.0),
+        ("bf16~", 14.0),
+    ] {
+        let args = [
+            "bench",
+            "--optimizer",
+            "adam",
+            "--n",
+            "4096",
+            "--threads",
+            "1",
+            "--impl",
+            "jit,native",
+            "--quick",
+            "--json",
+            "--dtype",
+            dtype,
+        ];
+        let records = ok_json(&args);
+        let jit = records
+            .iter()
+            .find(|r| r["impl"] == "jit")
+            .expect("a jit row");
+        assert_eq!(jit["dtype"], dtype);
+        let moved = jit["gbps"].as_f64().unwrap() * jit["ns_per_elem"].as_f64().unwrap();
+        assert!(
+            (moved - bytes).abs() < 1e-6 * bytes,
+            "{dtype}: {moved} B/element"
+        );
+        let native = records
+            .iter()
+            .find(|r| r["impl"] == "native")
+            .expect("a native row");
+        assert_eq!(native["dtype"], "f32");
+    }
+    let run = optjit(&[
+        "bench",
+        "--optimizer",
+        "adam",
+        "--quick",
+        "--dtype",
+        "f64:bf16",
+    ]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("f64 goes with f64 only"),
+        "{}",
+        run.stderr
+    );
+}
+
 // Tests below need the text parser.
 
 #[test]

@@ -2,8 +2,8 @@
 //! one segment, or each with its own prologue) against one tensor of the same size, timed in
 //! alternation.
 
-use super::suite::{middle, optimizer, timed};
-use crate::{Executor, Graph, Jit, Optimizer, Result};
+use super::suite::{gradient, middle, optimizer, timed, Storage};
+use crate::{DType, Element, Executor, Graph, Jit, Optimizer, Result};
 use std::time::Duration;
 
 /// Rounds of [`alternated`]: each gives every optimizer `min_time / ROUNDS`.
@@ -41,22 +41,17 @@ pub(super) fn many_small(
     graph: &Graph,
     jit: &Jit,
     threads: usize,
-    count: usize,
-    each: usize,
+    (count, each): (usize, usize),
+    storage: Storage,
 ) -> Result<Vec<Layout>> {
-    let shared = optimizer(graph, (Executor::Jit, jit), threads, count, each)?;
-    let mut staggered = optimizer(graph, (Executor::Jit, jit), threads, count, each)?;
-    let handles: Vec<crate::Param<f32>> = opt_handles(&staggered);
-    let grad: Vec<f32> = staggered.grad(&handles[0])?.expect("set").to_vec();
+    let on = (Executor::Jit, jit);
+    let shared = optimizer(graph, on, threads, (count, each), storage)?;
+    let mut staggered = optimizer(graph, on, threads, (count, each), storage)?;
     staggered.zero_grad();
-    for h in handles.iter().step_by(2) {
-        staggered.set_grad(h, &grad)?;
-    }
+    set_grads(&mut staggered, storage.param, 2)?;
     staggered.step()?;
-    for h in &handles {
-        staggered.set_grad(h, &grad)?;
-    }
-    let one = optimizer(graph, (Executor::Jit, jit), threads, 1, count * each)?;
+    set_grads(&mut staggered, storage.param, 1)?;
+    let one = optimizer(graph, on, threads, (1, count * each), storage)?;
     let mut layouts = vec![
         Layout {
             steps: Some("shared"),
@@ -102,9 +97,25 @@ pub(super) fn alternated(
     Ok(medians.into_iter().map(middle).collect())
 }
 
-/// Handles to the f32 parameters `optimizer` added, in order.
-pub(super) fn opt_handles(opt: &Optimizer) -> Vec<crate::Param<f32>> {
-    (0..opt.params_info().len())
-        .map(|i| opt.handle(i).expect("an f32 parameter"))
-        .collect()
+/// Sets the gradient of every `every`-th parameter of `opt` (all of dtype `param`) to the
+/// benchmark's.
+fn set_grads(opt: &mut Optimizer, param: DType, every: usize) -> Result<()> {
+    fn set<T: Element>(opt: &mut Optimizer, every: usize) -> Result<()> {
+        for i in (0..opt.params_info().len()).step_by(every) {
+            let h = opt
+                .handle::<T>(i)
+                .expect("a parameter of the benchmark's dtype");
+            let grad: Vec<T> = (0..opt.param(&h)?.len())
+                .map(|k| T::from_f64(gradient(k)))
+                .collect();
+            opt.set_grad(&h, &grad)?;
+        }
+        Ok(())
+    }
+    match param {
+        DType::F32 => set::<f32>(opt, every),
+        DType::F64 => set::<f64>(opt, every),
+        DType::BF16 => set::<half::bf16>(opt, every),
+        DType::F16 => set::<half::f16>(opt, every),
+    }
 }

@@ -12,7 +12,7 @@ use super::floor::{self, Floor};
 use super::many::{alternated, many_small, Layout, ROUNDS};
 use super::native::{Isa, NativeOptimizer};
 use crate::runtime::store::AlignedBuf;
-use crate::{optim, DType, Executor, Graph, Jit, Optimizer, Result, Target};
+use crate::{optim, DType, Element, Executor, Graph, Jit, Optimizer, Precision, Result, Target};
 use ndarray::Array1;
 use serde::Serialize;
 use std::sync::OnceLock;
@@ -142,6 +142,89 @@ pub struct Config {
     /// The instruction set the JIT compiles for (must run on this host): [`Target::Host`],
     /// or a named x86-64 class to measure its code on a machine that has more.
     pub target: Target,
+    /// How the optimizers (the JIT, the interpreters, the clip and many-tensor runs) store
+    /// their streams; the handwritten loops and the floors are f32.
+    pub storage: Storage,
+}
+
+/// How a benchmarked optimizer stores its streams: the parameters (and gradients), the
+/// element state, and whether stores to bf16 and f16 streams round stochastically.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Storage {
+    /// The parameters' and gradients' dtype.
+    pub param: DType,
+    /// Every element state slot's dtype.
+    pub state: DType,
+    /// Stochastic rounding of every bf16 or f16 stream the step writes.
+    pub stochastic: bool,
+}
+
+impl Storage {
+    /// Everything f32.
+    pub const F32: Storage = Storage {
+        param: DType::F32,
+        state: DType::F32,
+        stochastic: false,
+    };
+
+    /// `PARAM[:STATE][~]`: e.g. `bf16` (everything bf16), `bf16:f32` (bf16 params and
+    /// gradients, f32 state), `bf16~` (stochastic rounding).
+    pub fn parse(text: &str) -> std::result::Result<Storage, String> {
+        let (dtypes, stochastic) = match text.strip_suffix('~') {
+            Some(rest) => (rest, true),
+            None => (text, false),
+        };
+        let dtype = |name: &str| {
+            DType::from_name(name).ok_or_else(|| {
+                format!("unknown dtype `{name}` in `{text}` (expected f32, f64, bf16 or f16)")
+            })
+        };
+        let (param, state) = match dtypes.split_once(':') {
+            Some((p, s)) => (dtype(p)?, dtype(s)?),
+            None => (dtype(dtypes)?, dtype(dtypes)?),
+        };
+        if param.compute() != state.compute() {
+            return Err(format!("`{text}`: f64 goes with f64 only"));
+        }
+        Ok(Storage {
+            param,
+            state,
+            stochastic,
+        })
+    }
+
+    /// The form [`Storage::parse`] reads, shortest: `f32`, `bf16:f32`, `bf16~`.
+    pub fn label(&self) -> String {
+        let mut label = self.param.name().to_string();
+        if self.state != self.param {
+            label = format!("{label}:{}", self.state);
+        }
+        if self.stochastic {
+            label.push('~');
+        }
+        label
+    }
+
+    /// The optimizer precision that stores `graph`'s streams so.
+    fn precision(&self, graph: &Graph) -> Result<Precision> {
+        let mut precision = Precision::state(self.state);
+        if self.stochastic {
+            let program = crate::passes::compile(graph)?;
+            let mut names: Vec<String> = Vec::new();
+            if self.param.is_narrow() {
+                names.push("param".to_string());
+            }
+            if self.state.is_narrow() {
+                let slots = program
+                    .element_slots()
+                    .map(|s| program.slots[s].name.clone());
+                names.extend(slots);
+            }
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            precision = precision.with_stochastic_rounding(&names, 0x5EED);
+        }
+        Ok(precision)
+    }
 }
 
 impl Config {
@@ -166,6 +249,7 @@ impl Config {
             compile: true,
             min_time: Duration::from_millis(200),
             target: Target::Host,
+            storage: Storage::F32,
         })
     }
 }
@@ -293,6 +377,12 @@ pub fn host_features() -> &'static str {
 /// Bytes a step of `graph` moves per element at f32: every stream loaded or stored, 4 bytes
 /// per access.
 pub fn bytes_per_element(graph: &Graph) -> Result<usize> {
+    bytes_per_element_in(graph, Storage::F32)
+}
+
+/// Bytes a step of `graph` moves per element with its streams stored as `storage` says:
+/// every stream loaded or stored, at its element size per access.
+pub fn bytes_per_element_in(graph: &Graph, storage: Storage) -> Result<usize> {
     let program = crate::passes::compile(graph)?;
     let stage = &program.stage;
     let mut loaded = vec![false; stage.n_streams as usize];
@@ -306,6 +396,16 @@ pub fn bytes_per_element(graph: &Graph) -> Result<usize> {
             loaded[*s as usize] = true;
         }
     }
+    let size = |s: usize| match s {
+        0 | 1 => storage.param.size(),
+        _ => storage.state.size(),
+    };
+    let bytes = |accessed: &[bool]| -> usize {
+        (accessed.iter().enumerate())
+            .filter(|(_, &a)| a)
+            .map(|(s, _)| size(s))
+            .sum()
+    };
     // Each phase before the last reads its streams once more.
     let phases: usize = program
         .phases
@@ -318,10 +418,11 @@ pub fn bytes_per_element(graph: &Graph) -> Result<usize> {
                     read[*s as usize] = true;
                 }
             }
-            read.iter().filter(|&&r| r).count()
+            bytes(&read)
         })
         .sum();
-    Ok(4 * (loaded.iter().filter(|&&l| l).count() + stage.stores.len() + phases))
+    let stored: usize = stage.stores.iter().map(|(s, _)| size(*s as usize)).sum();
+    Ok(bytes(&loaded) + stored + phases)
 }
 
 /// Median duration of `f`, repeated for at least `min_time` and 3 times (1 time when one run
@@ -360,29 +461,47 @@ fn ns_per_elem(t: Duration, n: usize) -> f64 {
     t.as_secs_f64() * 1e9 / n as f64
 }
 
-/// An optimizer over `tensors` tensors of `each` elements with gradients set, ready to step,
-/// compiling with `jit` if `executor` is the JIT.
+/// An optimizer over `tensors` tensors of `each` elements stored as `storage` says, with
+/// gradients set, ready to step, compiling with `jit` if `executor` is the JIT.
 pub(super) fn optimizer(
     graph: &Graph,
     (executor, jit): (Executor, &Jit),
     threads: usize,
-    tensors: usize,
-    each: usize,
+    (tensors, each): (usize, usize),
+    storage: Storage,
 ) -> Result<Optimizer> {
+    fn fill<T: Element>(opt: &mut Optimizer, tensors: usize, each: usize) -> Result<()> {
+        let g = opt.add_param_group(&[])?;
+        let values = Array1::from_shape_fn(each, |i| T::from_f64(value(i)));
+        let grad: Vec<T> = (0..each).map(|i| T::from_f64(gradient(i))).collect();
+        for t in 0..tensors {
+            let h = opt.add_param(g, &format!("p{t}"), &values)?;
+            opt.set_grad(&h, &grad)?;
+        }
+        Ok(())
+    }
     let mut opt = Optimizer::new(graph)?
         .with_executor(executor)
         .with_jit(jit.clone())
-        .with_threads(threads);
-    let g = opt.add_param_group(&[])?;
-    let values = Array1::from_shape_fn(each, |i| ((i % 1000) as f32 - 500.0) * 1e-3);
-    let grad: Vec<f32> = (0..each)
-        .map(|i| ((i % 997) as f32 - 498.0) * 1e-3)
-        .collect();
-    for t in 0..tensors {
-        let h = opt.add_param(g, &format!("p{t}"), &values)?;
-        opt.set_grad(&h, &grad)?;
+        .with_threads(threads)
+        .with_precision(storage.precision(graph)?);
+    match storage.param {
+        DType::F32 => fill::<f32>(&mut opt, tensors, each)?,
+        DType::F64 => fill::<f64>(&mut opt, tensors, each)?,
+        DType::BF16 => fill::<half::bf16>(&mut opt, tensors, each)?,
+        DType::F16 => fill::<half::f16>(&mut opt, tensors, each)?,
     }
     Ok(opt)
+}
+
+/// The benchmark's parameter value at element `i`.
+fn value(i: usize) -> f64 {
+    ((i % 1000) as f64 - 500.0) * 1e-3
+}
+
+/// The benchmark's gradient at element `i`.
+pub(super) fn gradient(i: usize) -> f64 {
+    ((i % 997) as f64 - 498.0) * 1e-3
 }
 
 /// Runs the suite, calling `progress(done, total, what)` before each measurement.
@@ -404,8 +523,13 @@ pub fn run(config: &Config, mut progress: impl FnMut(usize, usize, &str)) -> Res
         Impl::Jit => Some(jit_isa.as_str()),
         _ => imp.native_isa().map(Isa::name),
     };
+    let stored = config.storage;
     for (name, graph) in &config.optimizers {
-        let bytes = bytes_per_element(graph)?;
+        // The handwritten loops move f32; the optimizer rows their storage's bytes.
+        let (f32_bytes, bytes) = (
+            bytes_per_element(graph)?,
+            bytes_per_element_in(graph, stored)?,
+        );
         // The handwritten loop of a built-in, only for that very graph (an `.opt` file may
         // use a built-in's name for other maths).
         let native = NativeOptimizer::ALL
@@ -422,8 +546,16 @@ pub fn run(config: &Config, mut progress: impl FnMut(usize, usize, &str)) -> Res
                         &format!("{name} {} n={n} threads={threads}", imp.name()),
                     );
                     done += 1;
-                    let record = |time: Duration, bytes: usize| {
-                        Record::step(name, imp.name(), (n, 1, threads), time, bytes)
+                    // The floors and handwritten loops are f32; the rest stored as configured.
+                    let dtype = match imp {
+                        Impl::Copy | Impl::Axpy | Impl::Read | Impl::Native | Impl::Native128 => {
+                            Storage::F32
+                        }
+                        _ => stored,
+                    };
+                    let record = |time: Duration, bytes: usize| Record {
+                        dtype: dtype.label(),
+                        ..Record::step(name, imp.name(), (n, 1, threads), time, bytes)
                             .with_isa(isa(imp))
                     };
                     let time = match imp {
@@ -453,19 +585,30 @@ pub fn run(config: &Config, mut progress: impl FnMut(usize, usize, &str)) -> Res
                         }
                         Impl::Native | Impl::Native128 => match (native, imp.native_isa()) {
                             (Some(native), Some(on)) => {
-                                Some((native_time(config, (native, on), n, threads)?, bytes))
+                                Some((native_time(config, (native, on), n, threads)?, f32_bytes))
                             }
                             _ => None,
                         },
                         Impl::ClipFused => {
                             let clipped = optim::clip_grad_norm(graph, 2.0)?;
-                            let bytes = bytes_per_element(&clipped)?;
-                            let mut opt =
-                                optimizer(&clipped, (Executor::Jit, &jit), threads, 1, n)?;
+                            let bytes = bytes_per_element_in(&clipped, stored)?;
+                            let mut opt = optimizer(
+                                &clipped,
+                                (Executor::Jit, &jit),
+                                threads,
+                                (1, n),
+                                config.storage,
+                            )?;
                             Some((median(config.min_time, || opt.step().map(drop))?, bytes))
                         }
                         Impl::ClipUnfused => {
-                            let mut opt = optimizer(graph, (Executor::Jit, &jit), threads, 1, n)?;
+                            let mut opt = optimizer(
+                                graph,
+                                (Executor::Jit, &jit),
+                                threads,
+                                (1, n),
+                                config.storage,
+                            )?;
                             // A norm pass (read) and a scale pass (read and write) more.
                             let step = || {
                                 opt.clip_grad_norm(1.0, 2.0, false)?;
@@ -475,8 +618,14 @@ pub fn run(config: &Config, mut progress: impl FnMut(usize, usize, &str)) -> Res
                         }
                         Impl::AmpClipFused => {
                             let fused = optim::amp(&optim::clip_grad_norm(graph, 2.0)?)?;
-                            let bytes = bytes_per_element(&fused)?;
-                            let mut opt = optimizer(&fused, (Executor::Jit, &jit), threads, 1, n)?;
+                            let bytes = bytes_per_element_in(&fused, stored)?;
+                            let mut opt = optimizer(
+                                &fused,
+                                (Executor::Jit, &jit),
+                                threads,
+                                (1, n),
+                                config.storage,
+                            )?;
                             let mut scaler = crate::GradScaler::new(1.0, 2.0, 0.5, 1 << 40)?;
                             let step = || {
                                 scaler.step(&mut opt)?;
@@ -486,7 +635,13 @@ pub fn run(config: &Config, mut progress: impl FnMut(usize, usize, &str)) -> Res
                             Some((median(config.min_time, step)?, bytes))
                         }
                         Impl::AmpClipUnfused => {
-                            let mut opt = optimizer(graph, (Executor::Jit, &jit), threads, 1, n)?;
+                            let mut opt = optimizer(
+                                graph,
+                                (Executor::Jit, &jit),
+                                threads,
+                                (1, n),
+                                config.storage,
+                            )?;
                             let mut scaler = crate::GradScaler::new(1.0, 2.0, 0.5, 1 << 40)?;
                             // A check pass (read), an unscale pass (read and write), the
                             // clip's norm (read) and scale (read and write) passes more.
@@ -502,7 +657,13 @@ pub fn run(config: &Config, mut progress: impl FnMut(usize, usize, &str)) -> Res
                         _ if n > config.interp_max && imp != Impl::Jit => None,
                         _ => {
                             let executor = imp.executor().expect("an executor");
-                            let mut opt = optimizer(graph, (executor, &jit), threads, 1, n)?;
+                            let mut opt = optimizer(
+                                graph,
+                                (executor, &jit),
+                                threads,
+                                (1, n),
+                                config.storage,
+                            )?;
                             Some((median(config.min_time, || opt.step().map(drop))?, bytes))
                         }
                     };
@@ -517,7 +678,7 @@ pub fn run(config: &Config, mut progress: impl FnMut(usize, usize, &str)) -> Res
         if let Some((count, each)) = config.many_small {
             let threads = *config.threads.iter().max().unwrap_or(&1);
             progress(done, total, &format!("{name} jit {count} tensors: setup"));
-            let mut layouts = many_small(graph, &jit, threads, count, each)?;
+            let mut layouts = many_small(graph, &jit, threads, (count, each), stored)?;
             let labels: Vec<String> = layouts.iter().map(Layout::label).collect();
             let mut steps: Vec<_> = layouts
                 .iter_mut()
@@ -532,6 +693,7 @@ pub fn run(config: &Config, mut progress: impl FnMut(usize, usize, &str)) -> Res
                 let point = (count * each, layout.tensors, threads);
                 records.push(Record {
                     steps: layout.steps,
+                    dtype: stored.label(),
                     ..Record::step(name, "jit", point, time, bytes).with_isa(isa(Impl::Jit))
                 });
             }
@@ -541,7 +703,7 @@ pub fn run(config: &Config, mut progress: impl FnMut(usize, usize, &str)) -> Res
             done += 1;
             records.extend(compile_times(name, graph, config.target)?);
             // The fixed cost of a step: one tensor of 16 elements, one thread.
-            let mut opt = optimizer(graph, (Executor::Jit, &jit), 1, 1, 16)?;
+            let mut opt = optimizer(graph, (Executor::Jit, &jit), 1, (1, 16), config.storage)?;
             let t = median(config.min_time, || opt.step().map(drop))?;
             records.push(Record::duration(name, "step_overhead", t).with_isa(isa(Impl::Jit)));
         }

@@ -50,6 +50,13 @@ pub struct BenchArgs {
     /// No per-size table: with `--tensors`, only the many-small-tensors run.
     #[arg(long, conflicts_with = "n")]
     no_sizes: bool,
+    /// How the optimizers store their streams, `PARAM[:STATE][~]`: `f32` (default), `bf16`
+    /// (params, gradients and state), `bf16:f32` (bf16 params and gradients, f32 state),
+    /// `f16:f32`, `f32:bf16`; `~` rounds every bf16/f16 store stochastically (`bf16~`).
+    /// GB/s count each stream at its element size. The handwritten loops and the floors
+    /// stay f32 (the table's dtype column says which is which).
+    #[arg(long, value_parser = suite::Storage::parse)]
+    dtype: Option<suite::Storage>,
 }
 
 /// Parses `--tensors`: `COUNTxEACH`, both at least 1, at most 2^20 tensors and 2^28
@@ -120,6 +127,9 @@ fn config(args: &BenchArgs) -> Result<suite::Config, CliError> {
             .collect::<Result<_, _>>()?;
     }
     config.target = args.target;
+    if let Some(storage) = args.dtype {
+        config.storage = storage;
+    }
     if args.quick {
         config.many_small = None;
         config.compile = false;
@@ -184,6 +194,17 @@ fn print_table(records: &[suite::Record]) {
         .max()
         .unwrap_or(0);
     let steps = |r: &suite::Record| r.steps.map_or(String::new(), |s| format!(" {s}"));
+    // The dtype column, with its leading space; none when every record is f32.
+    let dtype_w = records
+        .iter()
+        .filter(|r| r.dtype != "f32")
+        .map(|r| r.dtype.len().max(5) + 1)
+        .max()
+        .unwrap_or(0);
+    let dtype = |r: &suite::Record| match dtype_w {
+        0 => String::new(),
+        _ => format!(" {}", r.dtype),
+    };
     // The impl column fits the longest name (`amp_clip_unfused`).
     let iw = records
         .iter()
@@ -192,13 +213,14 @@ fn print_table(records: &[suite::Record]) {
         .unwrap_or(0)
         .max(9);
     outln(format_args!(
-        "{:<w$} {:>9} {:>7}{:<steps_w$} {:>3} {:<iw$} {:>10} {:>8} {:>7} {:>7} {:>8}  isa",
+        "{:<w$} {:>9} {:>7}{:<steps_w$} {:>3} {:<iw$}{:<dtype_w$} {:>10} {:>8} {:>7} {:>7} {:>8}  isa",
         "optimizer",
         "n",
         "tensors",
         "",
         "thr",
         "impl",
+        if dtype_w > 0 { " dtype" } else { "" },
         "ns/elem",
         "GB/s",
         "/floor",
@@ -208,13 +230,14 @@ fn print_table(records: &[suite::Record]) {
     let rows: Vec<_> = records.iter().filter(|r| !is_duration(r)).collect();
     for r in &rows {
         outln(format_args!(
-            "{:<w$} {:>9} {:>7}{:<steps_w$} {:>3} {:<iw$} {:>10.3} {:>8.1} {:>7} {:>7} {:>8}  {}",
+            "{:<w$} {:>9} {:>7}{:<steps_w$} {:>3} {:<iw$}{:<dtype_w$} {:>10.3} {:>8.1} {:>7} {:>7} {:>8}  {}",
             r.optimizer,
             r.n,
             r.tensors,
             steps(r),
             r.threads,
             r.implementation,
+            dtype(r),
             r.ns_per_elem,
             r.gbps,
             ratio(r.of_floor),

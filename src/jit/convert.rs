@@ -171,15 +171,9 @@ fn bitcast(b: &mut FunctionBuilder, ty: types::Type, v: Value) -> Value {
     b.ins().bitcast(ty, little, v)
 }
 
-/// bf16 halves (zero-extended into i32x4 lanes) to f32: `h << 16`, the quiet bit set where
-/// that is a NaN (`cmpunordps`, `andps`, `orps`).
+/// bf16 halves (zero-extended into i32x4 lanes) to f32: `h << 16`.
 fn widen_bf16(b: &mut FunctionBuilder, halves: Value) -> Value {
     let x = b.ins().ishl_imm_u(halves, 16);
-    let f = bitcast(b, types::F32X4, x);
-    let nan = b.ins().fcmp(FloatCC::Unordered, f, f);
-    let quiet = splat(b, QUIET);
-    let quiet = b.ins().band(nan, quiet);
-    let x = b.ins().bor(x, quiet);
     bitcast(b, types::F32X4, x)
 }
 

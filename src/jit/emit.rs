@@ -322,7 +322,7 @@ impl Translator<'_> {
         let constants: usize = kinds
             .iter()
             .map(|&kind| match kind {
-                (DType::BF16, false, _) => 1,
+                (DType::BF16, false, _) => 0,
                 (DType::BF16, true, false) => 3,
                 (DType::BF16, true, true) => 7,
                 (_, false, _) => 6,
