@@ -179,6 +179,10 @@ pub struct StateDict {
     /// ([`crate::runtime::GradAccumulation::state_dict`]); see [`StateDict::put`] and
     /// [`StateDict::get`]. Saved in the checkpoint's metadata; `load_state_dict` ignores them.
     pub extra: BTreeMap<String, String>,
+    /// Steps the optimizer has applied: with the seed, the key of its stochastic rounding
+    /// (see [`crate::Precision`]), so that a resumed run draws the bits the uninterrupted
+    /// one would. 0 in dicts saved before it was kept (and from PyTorch).
+    pub steps: u64,
 }
 
 /// What a non-strict load did not load.
@@ -213,6 +217,12 @@ struct Meta {
     optimizer_state: BTreeMap<String, f64>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     extra: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    steps: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A JSON object as a map, refusing a key that appears twice (serde_json would keep the last).
@@ -394,6 +404,7 @@ impl StateDict {
             param_groups: self.param_groups.clone(),
             optimizer_state: self.optimizer_state.clone(),
             extra: self.extra.clone(),
+            steps: self.steps,
         };
         let json = serde_json::to_string(&meta).map_err(|e| invalid(e.to_string()))?;
         let mut bytes: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
@@ -473,6 +484,7 @@ impl StateDict {
             param_groups: meta.param_groups,
             optimizer_state: meta.optimizer_state,
             extra: meta.extra,
+            steps: meta.steps,
         })
     }
 
@@ -594,6 +606,7 @@ impl Optimizer {
             param_groups,
             optimizer_state,
             extra: BTreeMap::new(),
+            steps: self.applied,
         }
     }
 
@@ -745,6 +758,7 @@ impl Optimizer {
             g.initial = initial;
         }
         self.shared = shared;
+        self.applied = dict.steps;
         for (i, s) in seen.iter().enumerate() {
             if *s {
                 self.state[i] = None;
