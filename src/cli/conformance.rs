@@ -1,9 +1,10 @@
 //! `optjit conformance`: replays PyTorch reference trajectories through the runtime and
-//! prints, per case, the largest errors and a verdict.
+//! prints, per case, the largest errors and a verdict (for bf16 cases, the largest
+//! differences in bf16 ulps and the case's tolerance).
 
 use super::output::{fail, outln};
 use clap::ValueEnum;
-use optjit::conformance::{run_dir, CaseReport, Errors};
+use optjit::conformance::{run_dir, CaseReport, Errors, Tolerance};
 use optjit::Executor;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -74,6 +75,10 @@ fn errors_text(e: &Errors) -> String {
     format!("{:.1e}/{:.1e}", e.max_abs, e.max_rel)
 }
 
+fn ulps_text(e: &Errors) -> String {
+    e.max_ulps.unwrap_or(0.0).to_string()
+}
+
 fn print_case(r: &CaseReport) {
     let verdict = if r.passed() { "PASS" } else { "FAIL" };
     match &r.problem {
@@ -82,13 +87,28 @@ fn print_case(r: &CaseReport) {
             r.case
         )),
         problem => {
-            let steps: Vec<String> = r.steps.iter().map(errors_text).collect();
-            outln(format_args!(
-                "{verdict} {}  abs/rel per step: {}  state: {}",
-                r.case,
-                steps.join(" "),
-                errors_text(&r.state)
-            ));
+            match r.tolerance {
+                // A narrow dtype's case: the largest differences in its ulps, and the
+                // tolerance, which depends on the case.
+                Some(Tolerance::Ulps { dtype, ulps }) => {
+                    let steps: Vec<String> = r.steps.iter().map(ulps_text).collect();
+                    outln(format_args!(
+                        "{verdict} {}  {dtype} ulps per step: {}  state: {}  tolerance: {ulps} ulps",
+                        r.case,
+                        steps.join(" "),
+                        ulps_text(&r.state)
+                    ))
+                }
+                _ => {
+                    let steps: Vec<String> = r.steps.iter().map(errors_text).collect();
+                    outln(format_args!(
+                        "{verdict} {}  abs/rel per step: {}  state: {}",
+                        r.case,
+                        steps.join(" "),
+                        errors_text(&r.state)
+                    ))
+                }
+            }
             if let Some(problem) = problem {
                 outln(format_args!("     {problem}"));
             }

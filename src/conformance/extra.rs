@@ -4,7 +4,7 @@
 
 use super::{CaseReport, Errors, Tolerance};
 use crate::runtime::StateDict;
-use crate::{optim, Error, Executor, Float, GradScaler, Optimizer, Param};
+use crate::{optim, Element, Error, Executor, Float, GradScaler, Optimizer, Param};
 use ndarray::Array1;
 use serde_json::{Map, Value};
 
@@ -38,7 +38,7 @@ fn tensors(v: &Value) -> std::result::Result<Vec<Vec<f64>>, String> {
 }
 
 /// An optimizer of `graph` with one group holding `values` as its parameters.
-pub(super) fn with_params<T: Float>(
+pub(super) fn with_params<T: Element>(
     graph: &crate::Graph,
     values: &[Vec<f64>],
     executor: Executor,

@@ -20,10 +20,7 @@ type Outcome = std::result::Result<(), String>;
 
 /// The tolerance of every scheduler: none. optjit follows PyTorch's arithmetic (its
 /// recursive forms included), so the values are PyTorch's bit for bit.
-const EXACT: Tolerance = Tolerance {
-    rtol: 0.0,
-    atol: 0.0,
-};
+const EXACT: Tolerance = Tolerance::EXACT;
 
 fn field<'v>(v: &'v Value, key: &str) -> std::result::Result<&'v Value, String> {
     v.get(key).ok_or_else(|| format!("no `{key}`"))
