@@ -2,10 +2,11 @@
 //! digits (data/digits.csv, see data/README.md) with SGD-momentum, Adam, AdamW and Lion,
 //! printing the training loss per epoch and the test accuracy.
 //!
-//! Forward and backward passes are written by hand with ndarray; the optimizer owns the
-//! weights and gradients. Midway through the Adam run the optimizer is saved to a checkpoint,
-//! a fresh optimizer is built from the saved weights and the checkpoint, and training goes on:
-//! the example asserts that the result is bit-identical to the uninterrupted run.
+//! Forward and backward passes are written by hand with ndarray (in `examples/common`, shared
+//! with `train_mlp_bf16`); the optimizer owns the weights and gradients. Midway through the
+//! Adam run the optimizer is saved to a checkpoint, a fresh optimizer is built from the saved
+//! weights and the checkpoint, and training goes on: the example asserts that the result is
+//! bit-identical to the uninterrupted run.
 //!
 //! Last, the full loop: AdamW with global-norm clipping, each batch's gradient accumulated
 //! over two micro-batches (the mean, divided in the step), a warmup + cosine learning rate
@@ -14,50 +15,16 @@
 //!
 //! Run with `cargo run --release --example train_mlp`.
 
-use ndarray::{s, Array2, ArrayView1, ArrayView2, Axis};
+mod common;
+
+use common::{Data, Weights, BATCH, TRAIN};
+use ndarray::{Array2, ArrayView1, ArrayView2};
 use optjit::optim::{accumulate, clip_grad_norm, Adam, AdamW, Lion, Sgd};
 use optjit::runtime::{GradAccumulation, StateDict};
 use optjit::schedule::{CosineAnnealingLR, LinearLR, Scheduler};
 use optjit::{Graph, Optimizer, Param};
 
-const HIDDEN: usize = 64;
-const CLASSES: usize = 10;
-const BATCH: usize = 64;
 const EPOCHS: usize = 12;
-const TRAIN: usize = 1500;
-
-/// splitmix64, for weight initialisation and batch order.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn uniform(&mut self, bound: f32) -> f32 {
-        ((self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * bound
-    }
-}
-
-struct Data {
-    x: Array2<f32>,
-    y: Vec<usize>,
-}
-
-fn load_digits() -> Data {
-    let text = include_str!("../data/digits.csv");
-    let rows: Vec<Vec<f32>> = text
-        .lines()
-        .map(|l| l.split(',').map(|v| v.parse().expect("a number")).collect())
-        .collect();
-    let x = Array2::from_shape_fn((rows.len(), 64), |(i, j)| rows[i][j] / 16.0);
-    let y = rows.iter().map(|r| r[64] as usize).collect();
-    Data { x, y }
-}
 
 struct Mlp {
     w1: Param<f32>,
@@ -70,20 +37,12 @@ struct Mlp {
 fn build(graph: &Graph, weights: Option<&[Vec<f32>]>) -> (Optimizer, Mlp) {
     let mut opt = Optimizer::new(graph).unwrap();
     let g = opt.add_param_group(&[]).unwrap();
-    let mut rng = Rng(42);
-    let mut init = |k: usize, rows: usize, cols: usize, fan_in: usize| -> Array2<f32> {
-        match weights {
-            Some(w) => Array2::from_shape_vec((rows, cols), w[k].clone()).unwrap(),
-            None => {
-                Array2::from_shape_fn((rows, cols), |_| rng.uniform(1.0 / (fan_in as f32).sqrt()))
-            }
-        }
+    let [w1, b1, w2, b2] = match weights {
+        None => common::initial_weights(),
+        Some(w) => std::array::from_fn(|k| {
+            Array2::from_shape_vec(common::SHAPES[k], w[k].clone()).unwrap()
+        }),
     };
-    let (w1, b1) = (init(0, 64, HIDDEN, 64), init(1, 1, HIDDEN, 64));
-    let (w2, b2) = (
-        init(2, HIDDEN, CLASSES, HIDDEN),
-        init(3, 1, CLASSES, HIDDEN),
-    );
     let mlp = Mlp {
         w1: opt.add_param(g, "w1", &w1).unwrap(),
         b1: opt.add_param(g, "b1", &b1.row(0)).unwrap(),
@@ -108,22 +67,14 @@ fn vector<'a>(opt: &'a Optimizer, h: &Param<f32>) -> ArrayView1<'a, f32> {
     opt.param_view(h).unwrap().into_dimensionality().unwrap()
 }
 
-/// The hidden activations and the logits of a batch.
-fn forward(opt: &Optimizer, m: &Mlp, x: ArrayView2<'_, f32>) -> (Array2<f32>, Array2<f32>) {
-    let h = (x.dot(&matrix(opt, &m.w1)) + vector(opt, &m.b1)).mapv(|v| v.max(0.0));
-    let logits = h.dot(&matrix(opt, &m.w2)) + vector(opt, &m.b2);
-    (h, logits)
-}
-
-fn softmax_rows(logits: &Array2<f32>) -> Array2<f32> {
-    let mut p = logits.clone();
-    for mut row in p.rows_mut() {
-        let max = row.fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        row.mapv_inplace(|v| (v - max).exp());
-        let sum = row.sum();
-        row /= sum;
+/// The MLP's weights as the optimizer stores them.
+fn view<'a>(opt: &'a Optimizer, m: &Mlp) -> Weights<'a> {
+    Weights {
+        w1: matrix(opt, &m.w1),
+        b1: vector(opt, &m.b1),
+        w2: matrix(opt, &m.w2),
+        b2: vector(opt, &m.b2),
     }
-    p
 }
 
 /// What drives the optimizer in the full loop besides its steps: gradient accumulation over
@@ -147,11 +98,7 @@ fn epoch_with(
     e: usize,
     mut driver: Option<&mut Driver>,
 ) -> f32 {
-    let mut order: Vec<usize> = (0..TRAIN).collect();
-    let mut rng = Rng(1000 + e as u64);
-    for i in (1..order.len()).rev() {
-        order.swap(i, (rng.next() % (i as u64 + 1)) as usize);
-    }
+    let order = common::epoch_order(e);
     let mut total = 0.0;
     for batch in order.chunks(BATCH) {
         let parts = driver.as_ref().map_or(1, |d| d.micro);
@@ -176,47 +123,20 @@ fn epoch_with(
 /// Forward and backward over the samples `batch`: adds the gradient of their mean loss to
 /// the optimizer's gradients; returns their summed loss.
 fn backward(opt: &mut Optimizer, m: &Mlp, data: &Data, batch: &[usize]) -> f32 {
-    let x = data.x.select(Axis(0), batch);
-    let (h, logits) = forward(opt, m, x.view());
-    let mut d = softmax_rows(&logits);
-    let mut total = 0.0;
-    for (k, &i) in batch.iter().enumerate() {
-        total -= d[[k, data.y[i]]].max(1e-12).ln();
-        d[[k, data.y[i]]] -= 1.0;
-    }
-    d /= batch.len() as f32;
-    let w2 = matrix(opt, &m.w2).to_owned();
-    let dh = d.dot(&w2.t()) * h.mapv(|v| if v > 0.0 { 1.0 } else { 0.0 });
+    let (total, g) = common::backward(&view(opt, m), data, batch);
     let (_, mut grads) = opt.split::<f32>();
     let mut add = |h: &Param<f32>, g: ndarray::ArrayD<f32>| {
         grads.view_mut(h).unwrap().scaled_add(1.0, &g);
     };
-    add(&m.w2, h.t().dot(&d).into_dyn());
-    add(&m.b2, d.sum_axis(Axis(0)).into_dyn());
-    add(&m.w1, x.t().dot(&dh).into_dyn());
-    add(&m.b1, dh.sum_axis(Axis(0)).into_dyn());
+    add(&m.w2, g.w2.into_dyn());
+    add(&m.b2, g.b2.into_dyn());
+    add(&m.w1, g.w1.into_dyn());
+    add(&m.b1, g.b1.into_dyn());
     total
 }
 
 fn accuracy(opt: &Optimizer, m: &Mlp, data: &Data) -> f32 {
-    let x = data.x.slice(s![TRAIN.., ..]);
-    let (_, logits) = forward(opt, m, x);
-    let correct = logits
-        .rows()
-        .into_iter()
-        .zip(&data.y[TRAIN..])
-        .filter(|(row, &y)| {
-            let best = row
-                .iter()
-                .enumerate()
-                .fold(
-                    (0, f32::NEG_INFINITY),
-                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-                );
-            best.0 == y
-        })
-        .count();
-    correct as f32 / (data.y.len() - TRAIN) as f32
+    common::accuracy(&view(opt, m), data)
 }
 
 /// The full loop's optimizer and driver: AdamW, clipped to a global 2-norm of 1, gradients
@@ -253,7 +173,7 @@ fn full_loop(weights: Option<&[Vec<f32>]>) -> (Optimizer, Mlp, Driver) {
 }
 
 fn main() {
-    let data = load_digits();
+    let data = common::load_digits();
     println!(
         "digits: {} images, {TRAIN} for training, {} for testing",
         data.y.len(),
