@@ -252,14 +252,32 @@ pub trait Element:
     fn to_bits_u64(self) -> u64;
 }
 
+/// `x` rounded to f32 toward zero, its last bit set when that was inexact ("round to odd"):
+/// rounding this f32 to nearest even in a format of at most 22 significant bits (bf16, f16)
+/// gives the same result as rounding `x` there directly. (`half`'s `from_f64` drops the
+/// low 32 bits of `x` first, which misrounds values just above a halfway point.)
+fn f32_round_to_odd(x: f64) -> f32 {
+    let nearest = x as f32;
+    if x.is_nan() || f64::from(nearest) == x {
+        return nearest;
+    }
+    // The neighbour toward zero: `nearest` itself, or one step closer to zero.
+    let toward_zero = if f64::from(nearest).abs() > x.abs() {
+        f32::from_bits(nearest.to_bits() - 1)
+    } else {
+        nearest
+    };
+    f32::from_bits(toward_zero.to_bits() | 1)
+}
+
 macro_rules! impl_half {
-    ($t:ty, $d:expr) => {
+    ($t:ty, $d:expr, $narrow:path) => {
         impl Element for $t {
             const DTYPE: DType = $d;
             const ZERO: Self = <$t>::ZERO;
             #[inline]
             fn from_f64(x: f64) -> Self {
-                <$t>::from_f64(x)
+                <$t>::from_bits($narrow(f32_round_to_odd(x)))
             }
             #[inline]
             fn to_f64(self) -> f64 {
@@ -273,8 +291,8 @@ macro_rules! impl_half {
     };
 }
 
-impl_half!(half::bf16, DType::BF16);
-impl_half!(half::f16, DType::F16);
+impl_half!(half::bf16, DType::BF16, crate::round::f32_to_bf16);
+impl_half!(half::f16, DType::F16, crate::round::f32_to_f16);
 
 /// A floating-point element type the executors can run on (`f32`, `f64`); sealed: implemented
 /// for those two only.

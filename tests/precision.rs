@@ -839,9 +839,13 @@ fn precision_mistakes_fail_at_add_param_and_change_nothing() {
 #[test]
 fn a_state_buffer_asked_for_in_another_dtype_fails_with_dtype_mismatch() {
     let (mut opt, w) = adam_w(Precision::state(DType::BF16));
-    assert_eq!(
-        opt.state_buffer(&w, "exp_avg").unwrap(),
-        None,
+    // The slot's dtype is known before the state exists: the same error.
+    assert!(matches!(
+        opt.state_buffer(&w, "exp_avg"),
+        Err(Error::DTypeMismatch { .. })
+    ));
+    assert!(
+        opt.state_elems(&w, "exp_avg").unwrap().is_none(),
         "no state yet"
     );
     opt.set_grad(&w, &[0.5; 40]).unwrap();

@@ -222,17 +222,17 @@ impl Optimizer {
     /// update. Fails with [`Error::DTypeMismatch`] when the slot is not stored as `T` (see
     /// [`Optimizer::state_elems`] for any dtype).
     pub fn state_buffer<T: Element>(&self, handle: &Param<T>, name: &str) -> Result<Option<&[T]>> {
-        let Some(elems) = self.state_elems(handle, name)? else {
-            return Ok(None);
-        };
-        let actual = elems.dtype();
-        elems
-            .as_compute::<T>()
-            .map(Some)
-            .ok_or(Error::DTypeMismatch {
+        self.info(handle)?;
+        let slot = self.element_slot(name)?;
+        let actual = self.store_of(handle.index).layout.dtype(2 + slot as u32);
+        if actual != T::DTYPE {
+            return Err(Error::DTypeMismatch {
                 expected: T::DTYPE,
                 actual,
-            })
+            });
+        }
+        let elems = self.state_elems(handle, name)?;
+        Ok(elems.map(|e| e.as_compute::<T>().expect("the slot is stored as T")))
     }
 
     /// The parameter's state slot `name` in its storage dtype, or `None` before its first
