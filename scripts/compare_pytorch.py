@@ -22,6 +22,7 @@ Usage:
     python3 scripts/compare_pytorch.py                       # everything, 5 rounds
     python3 scripts/compare_pytorch.py --quick               # 3 rounds, 2^20 only
     python3 scripts/compare_pytorch.py --optimizers adam --sizes 2^26,10000x1000 --threads 1 --rounds 3
+    python3 scripts/compare_pytorch.py --optimizers adam --sizes 2^26 --dtype bf16 --rounds 3
 
 PyTorch's threads are OpenMP's, with its default wait policy unless OMP_WAIT_POLICY is set
 (the header says which): on a VM whose idle vCPUs wake slowly, its multi-threaded steps can
@@ -82,19 +83,19 @@ IMPLS = {"plain": ("jit", "native128"), "clip": ("clip_fused", "clip_unfused"),
          "amp": ("amp_clip_fused", "amp_clip_unfused")}
 
 
-def optjit_command(binary, optimizer, size, threads, mode="plain"):
+def optjit_command(binary, optimizer, size, threads, mode="plain", dtype="f32"):
     count, each = size
     command = [str(binary), "bench", "--json", "--quick", "--optimizer", optimizer,
-               "--threads", str(threads)]
+               "--threads", str(threads), "--dtype", dtype]
     if count > 1:
         return command + ["--tensors", f"{count}x{each}", "--no-sizes"]
     return command + ["--n", str(each), "--impl", ",".join(IMPLS[mode])]
 
 
-def optjit_time(binary, optimizer, size, threads, mode="plain"):
+def optjit_time(binary, optimizer, size, threads, mode="plain", dtype="f32"):
     """One optjit run: (jit ns/element, native128 ns/element or None, the jit's record); for
     `mode` clip or amp, the fused program's and the unfused sequence's instead."""
-    command = optjit_command(binary, optimizer, size, threads, mode)
+    command = optjit_command(binary, optimizer, size, threads, mode, dtype)
     run = subprocess.run(command, capture_output=True, text=True)
     if run.returncode != 0:
         sys.exit(f"error: `{' '.join(command)}` failed (status {run.returncode}):\n{run.stderr}")
@@ -123,7 +124,7 @@ class TorchCase:
     """A fused PyTorch optimizer over `count` parameters of `each` elements, gradients set,
     stepped once (the warm-up creates the state)."""
 
-    def __init__(self, torch, optimizer, size, threads, mode="plain"):
+    def __init__(self, torch, optimizer, size, threads, mode="plain", dtype="f32"):
         self.torch, self.threads, self.mode = torch, threads, mode
         # Scale 1 that never grows: unscaling leaves the gradients as they are every round.
         self.scaler = torch.amp.GradScaler("cpu", init_scale=1.0, growth_interval=2**30)
@@ -132,9 +133,10 @@ class TorchCase:
         count, each = size
         self.elements = count * each
         params = []
+        torch_dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[dtype]
         for _ in range(count):
-            p = torch.nn.Parameter(torch.ones(each, dtype=torch.float32))
-            p.grad = torch.linspace(-0.5, 0.5, each, dtype=torch.float32)
+            p = torch.nn.Parameter(torch.ones(each, dtype=torch_dtype))
+            p.grad = torch.linspace(-0.5, 0.5, each, dtype=torch_dtype)
             params.append(p)
         kwargs = {"lr": 1e-3, "fused": True}
         if optimizer == "sgd_momentum":
@@ -203,6 +205,9 @@ def main():
     parser.add_argument("--amp", action="store_true",
                         help="a GradScaler and clipping: optjit's amp + clip fused into the step (and "
                              "unfused) against torch's scaler.unscale_, clip_grad_norm_, scaler.step, update")
+    parser.add_argument("--dtype", choices=["f32", "bf16"], default="f32",
+                        help="bf16: parameters, gradients and state in bfloat16 on both sides "
+                             "(optjit --dtype bf16; torch's state follows its parameters)")
     args = parser.parse_args()
     mode = "amp" if args.amp else "clip" if args.clip else "plain"
 
@@ -235,7 +240,7 @@ def main():
             for t in threads:
                 case = f"{optimizer} {size_label(size)} threads={t}"
                 print(f"{case}: setting up PyTorch", file=sys.stderr, flush=True)
-                theirs = TorchCase(torch, optimizer, size, t, mode)
+                theirs = TorchCase(torch, optimizer, size, t, mode, args.dtype)
                 ours, native128, torch_times = [], [], []
                 for r in range(rounds):
                     # Rotate the order: optjit first in even rounds, PyTorch first in odd ones.
@@ -244,7 +249,8 @@ def main():
                         if side == "torch":
                             torch_times.append(theirs.time(args.min_time))
                         else:
-                            jit, n128, record = optjit_time(args.optjit, optimizer, size, t, mode)
+                            jit, n128, record = optjit_time(args.optjit, optimizer, size, t, mode,
+                                                            args.dtype)
                             ours.append(jit)
                             if n128 is not None:
                                 native128.append(n128)
@@ -260,7 +266,7 @@ def main():
     print(f"optjit jit ISA: {jit_isa or '?'}")
     wait_policy = os.environ.get("OMP_WAIT_POLICY", "default")
     print(f"torch {torch.__version__} (CPU capability {capability}, OMP_WAIT_POLICY {wait_policy}), "
-          "fused=True, lr 1e-3")
+          f"fused=True, lr 1e-3, {args.dtype}")
     print(f"{rounds} rounds per case, order swapped every round; ns/element/step, medians over rounds; "
           "ratio = optjit jit / torch per round (below 1: optjit faster), median [min–max]")
     print()
