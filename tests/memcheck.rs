@@ -9,8 +9,12 @@
 
 mod common;
 
+use half::bf16;
 use ndarray::Array1;
-use optjit::{optim, passes, Executor, Float, Jit, JitOptions, Optimizer, Param, Segment, Stepper};
+use optjit::{
+    optim, passes, Executor, Float, Jit, JitOptions, Optimizer, Param, ParamRef, ParamState,
+    Segment, Stepper,
+};
 
 const LENGTHS: std::ops::RangeInclusive<usize> = 0..=1027;
 
@@ -49,6 +53,47 @@ fn stepper_every_length<T: Float>(name: &str) {
             same(&params[0], &params[1]),
             "{name} {}: length {len}",
             T::DTYPE
+        );
+    }
+}
+
+/// bf16 parameters and gradients with f32 state, the parameters rounded stochastically (the
+/// conversions' loads and stores, the generator's words in the segment record), at the lengths
+/// around every vector width and one past the unrolled loop, against the chunked interpreter.
+fn stepper_bf16_lengths(name: &str) {
+    let graph = optim::by_name(name).unwrap();
+    let build = |executor| {
+        Stepper::new(&graph)
+            .unwrap()
+            .with_executor(executor)
+            .with_stochastic_rounding(&["param"], 7)
+            .unwrap()
+    };
+    let (jit, reference) = (build(Executor::Jit), build(Executor::Chunked));
+    for len in (0..=67).chain([1027]) {
+        let mut params = [vec![bf16::ONE; len], vec![bf16::ONE; len]];
+        let mut states: [ParamState<f32>; 2] =
+            [jit.init_state(len).unwrap(), jit.init_state(len).unwrap()];
+        for step in 0..2 {
+            let g: Vec<bf16> = grad::<f32>(len, step)
+                .into_iter()
+                .map(bf16::from_f32)
+                .collect();
+            for (k, stepper) in [&jit, &reference].into_iter().enumerate() {
+                let (param, state) = (&mut params[k], &mut states[k]);
+                let mut one = [ParamRef {
+                    param,
+                    grad: &g,
+                    state,
+                }];
+                stepper.step_many(&mut one).unwrap();
+            }
+        }
+        let bits = |p: &[bf16]| p.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(&params[0]),
+            bits(&params[1]),
+            "{name} bf16: length {len}"
         );
     }
 }
@@ -105,6 +150,7 @@ fn every_builtin_steps_every_length_as_the_interpreter_does() {
         stepper_every_length::<f64>(name);
         optimizer_every_length::<f32>(name);
         optimizer_every_length::<f64>(name);
+        stepper_bf16_lengths(name);
     }
 }
 
@@ -135,18 +181,18 @@ fn random_stages_run_as_the_interpreter_does_at_every_unroll() {
         let run = |kernel: Option<&optjit::Kernel>| {
             let mut bufs = inputs.clone();
             {
-                let mut lists: Vec<Vec<&mut [f32]>> = Vec::new();
+                let mut lists: Vec<Vec<optjit::Elems<'_>>> = Vec::new();
                 let mut rest = Vec::new();
                 for (param, grad, state) in &mut bufs {
-                    lists.push(state.iter_mut().map(|s| s.as_mut_slice()).collect());
+                    lists.push(state.iter_mut().map(|s| s.as_mut_slice().into()).collect());
                     rest.push((param.as_mut_slice(), grad.as_slice()));
                 }
                 let mut segments: Vec<Segment<'_, f32>> = rest
                     .into_iter()
                     .zip(&mut lists)
                     .map(|((param, grad), state)| Segment {
-                        param,
-                        grad,
+                        param: param.into(),
+                        grad: grad.into(),
                         state,
                         scalars: &scalars,
                         partials: &mut [],
