@@ -136,11 +136,13 @@ impl Layout {
     }
 
     /// The same layout with stochastic rounding on the stores of `streams` (each bf16 or
-    /// f16, and not the grad: else [`crate::Error::InvalidOption`]).
+    /// f16, not the grad, and below [`crate::program::Stage::MAX_STREAMS`]: else
+    /// [`crate::Error::InvalidOption`]).
     pub fn with_stochastic(mut self, streams: &[u32]) -> crate::Result<Layout> {
+        let out_of_range = |s: u32| s >= crate::program::Stage::MAX_STREAMS;
         if streams
             .iter()
-            .any(|&s| s == 1 || !self.dtype(s).is_narrow())
+            .any(|&s| s == 1 || out_of_range(s) || !self.dtype(s).is_narrow())
         {
             return Err(crate::Error::InvalidOption {
                 option: "stochastic rounding",
@@ -171,8 +173,11 @@ impl Layout {
     /// The same layout with every one of `n_streams` streams listed (stochastic streams
     /// past them dropped): equal layouts of a stage resolve to equal values.
     pub fn resolve(&self, n_streams: u32) -> Layout {
+        let last = n_streams
+            .checked_sub(1)
+            .map_or(self.rest, |s| self.dtype(s));
         Layout {
-            rest: self.rest,
+            rest: last,
             streams: (0..n_streams).map(|s| self.dtype(s)).collect(),
             stochastic: self
                 .stochastic
@@ -220,6 +225,15 @@ impl fmt::Display for Layout {
             }
         }
         Ok(())
+    }
+}
+
+/// `x` converted to `T` as PyTorch's `.to(dtype)` converts a double: rounded to nearest even
+/// once, except to bf16 or f16, which PyTorch reaches through f32 (two roundings).
+pub(crate) fn torch_cast<T: Element>(x: f64) -> T {
+    match T::DTYPE.is_narrow() {
+        true => T::from_f64(f64::from(x as f32)),
+        false => T::from_f64(x),
     }
 }
 
@@ -411,3 +425,61 @@ macro_rules! impl_float {
 
 impl_float!(f32, DType::F32);
 impl_float!(f64, DType::F64);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: `resolve` kept the unresolved layout's dtype for streams past the list, so
+    /// two layouts listing the same streams of a stage resolved to different cache keys.
+    #[test]
+    fn layouts_that_agree_on_a_stages_streams_resolve_equal() {
+        let (b, f) = (DType::BF16, DType::F32);
+        let longer = Layout::new(vec![b, b, f, f, b]).unwrap();
+        let shorter = Layout::new(vec![b, b, f, f]).unwrap();
+        assert_ne!(longer, shorter);
+        assert_eq!(longer.resolve(4), shorter.resolve(4));
+        assert_eq!(
+            Layout::uniform(f).resolve(3),
+            Layout::new(vec![f]).unwrap().resolve(3)
+        );
+    }
+
+    /// Regression: a stochastic stream far past any stage's was accepted, and printing the
+    /// layout then overflowed or listed a billion streams.
+    #[test]
+    fn stochastic_streams_past_any_stage_are_refused() {
+        let bf16 = Layout::uniform(DType::BF16);
+        let last = crate::program::Stage::MAX_STREAMS - 1;
+        assert!(bf16.clone().with_stochastic(&[0, last]).is_ok());
+        for s in [last + 1, u32::MAX] {
+            assert!(matches!(
+                bf16.clone().with_stochastic(&[s]),
+                Err(crate::Error::InvalidOption { .. })
+            ));
+        }
+    }
+
+    /// bf16 and f16 `from_f64` round once: a double just above a halfway point rounds up
+    /// (`half`'s drops the low 32 bits and rounds it down), exact values stay.
+    #[test]
+    fn narrow_from_f64_rounds_once() {
+        let above = 1.0 + 2f64.powi(-8) + 2f64.powi(-40);
+        assert_eq!(
+            half::bf16::from_f64(above).to_bits(),
+            0x3F80,
+            "half's rounding"
+        );
+        assert_eq!(<half::bf16 as Element>::from_f64(above).to_bits(), 0x3F81);
+        let above = 1.0 + 2f64.powi(-11) + 2f64.powi(-40);
+        assert_eq!(<half::f16 as Element>::from_f64(above).to_bits(), 0x3C01);
+        // Through f32 first, as PyTorch casts: the halfway f32 rounds to even.
+        assert_eq!(
+            torch_cast::<half::bf16>(1.0 + 2f64.powi(-8) + 2f64.powi(-40)).to_bits(),
+            0x3F80
+        );
+        for x in [0.0, -0.0, 1.5, -2.0, 65504.0] {
+            assert_eq!(<half::f16 as Element>::from_f64(x).to_f64(), x);
+        }
+    }
+}

@@ -161,7 +161,7 @@ impl Stepper {
                             what: "the state of a parameter",
                             bytes: len.saturating_mul(std::mem::size_of::<T>()),
                         })?;
-                    buffer.resize(len, T::from_f64(s.init));
+                    buffer.resize(len, crate::dtype::torch_cast::<T>(s.init));
                     Ok(SlotValue::Buffer(buffer))
                 }
                 SlotKind::Scalar | SlotKind::Group | SlotKind::Optimizer => {

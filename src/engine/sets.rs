@@ -83,8 +83,10 @@ impl<T: Float> StreamSets for Sets<'_, '_, T> {
     fn fill(&mut self, ranges: &[(usize, usize, usize)], inits: &[f64]) {
         for &(set, offset, len) in ranges {
             for (slot, &init) in self.list[set].state.iter_mut().zip(inits) {
-                for i in offset..offset + len {
-                    slot.set(i, T::from_f64(init), None);
+                let value = T::from_f64(init);
+                match slot.as_compute_mut::<T>() {
+                    Some(native) => native[offset..offset + len].fill(value),
+                    None => (offset..offset + len).for_each(|i| slot.set(i, value, None)),
                 }
             }
         }

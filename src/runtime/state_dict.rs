@@ -61,14 +61,7 @@ impl TensorData {
     /// The values converted to `T` as PyTorch's `.to(dtype)` converts them: rounded to
     /// nearest even once, except f64 to bf16 or f16, which PyTorch rounds to f32 first.
     pub fn to_vec<T: Element>(&self) -> Vec<T> {
-        let narrow = T::DTYPE.is_narrow();
-        match self {
-            TensorData::F64(v) if narrow => v
-                .iter()
-                .map(|&x| T::from_f64(f64::from(x as f32)))
-                .collect(),
-            _ => each_data!(self, v => v.iter().map(|&x| T::from_f64(x.to_f64())).collect()),
-        }
+        each_data!(self, v => v.iter().map(|&x| crate::dtype::torch_cast(x.to_f64())).collect())
     }
 
     /// The values converted to `dtype` (see [`TensorData::to_vec`]).

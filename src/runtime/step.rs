@@ -40,6 +40,18 @@ pub(super) enum Pass {
     Swap(bool),
 }
 
+impl Pass {
+    /// What tells apart the generator keys of the passes between two steps: a mode swap
+    /// rounds with bits of its own, not those the next step draws.
+    fn salt(self) -> u64 {
+        match self {
+            Pass::Step => 0,
+            Pass::Swap(true) => 0x7261_696E << 32,
+            Pass::Swap(false) => 0x6576_616C << 32,
+        }
+    }
+}
+
 impl Optimizer {
     /// Updates every parameter that has a gradient; parameters without one are skipped, their
     /// state and step count untouched. Returns whether the step was applied: `false` when
@@ -112,7 +124,7 @@ impl Optimizer {
                 let (entry, _) = places[g][k];
                 let key = match store.layout.stochastic().is_empty() {
                     true => [0, 0],
-                    false => round::step_key(store.seed ^ store_salt(g, k), applied),
+                    false => round::step_key(store.seed ^ store_salt(g, k) ^ pass.salt(), applied),
                 };
                 streams[entry].push((store.streams(), key));
             }
