@@ -495,17 +495,21 @@ impl<T: Float> Segment<'_, T> {
         range: std::ops::Range<usize>,
         scratch: &'s mut Vec<T>,
     ) -> &'s [T] {
-        let native = match s {
-            0 => self.param.as_compute::<T>(),
-            1 => self.grad.as_compute::<T>(),
-            k => self.state[k as usize - 2].as_compute::<T>(),
-        };
-        if let Some(elems) = native {
+        if let Some(elems) = self.native(s) {
             return &elems[range];
         }
         scratch.clear();
         scratch.extend(range.map(|i| self.load(s, i)));
         scratch
+    }
+
+    /// Stream `s` when it is stored as `T`.
+    pub(crate) fn native(&self, s: u32) -> Option<&[T]> {
+        match s {
+            0 => self.param.as_compute::<T>(),
+            1 => self.grad.as_compute::<T>(),
+            k => self.state[k as usize - 2].as_compute::<T>(),
+        }
     }
 
     /// Writes `values` to stream `s` (never the grad) from element `start` on: a copy when

@@ -73,6 +73,10 @@ struct Scratch<T> {
     operands: Vec<Vec<T>>,
     /// Per stream not stored as `T`: the block's elements widened.
     widened: Vec<Vec<T>>,
+    /// Per stream: whether the stage reads it (only those are widened).
+    read: Vec<bool>,
+    /// A scalar stored to a stream, repeated over a block.
+    repeated: Vec<T>,
 }
 
 impl<T: Float> Scratch<T> {
@@ -88,8 +92,24 @@ impl<T: Float> Scratch<T> {
             staged: vec![vec![T::ZERO; len]; stored_loads.count()],
             operands: vec![Vec::new(); stage.reductions.len()],
             widened: vec![Vec::new(); stage.n_streams as usize],
+            read: reads(stage),
+            repeated: Vec::with_capacity(len),
         }
     }
+}
+
+/// Per stream of `stage`, whether it loads it (an operand, a stored value or a reduction's).
+fn reads(stage: &Stage) -> Vec<bool> {
+    let mut read = vec![false; stage.n_streams as usize];
+    let args = stage.body.iter().flat_map(|i| i.args().iter());
+    let stored = stage.stores.iter().map(|(_, a)| a);
+    let reduced = stage.reductions.iter().map(|(_, a)| a);
+    for a in args.chain(stored).chain(reduced) {
+        if let ElemArg::Load(s) = *a {
+            read[s as usize] = true;
+        }
+    }
+    read
 }
 
 /// The buffer of each instruction's result, and the number of buffers.
@@ -152,22 +172,32 @@ fn run_block<T: Float>(
         staged,
         operands,
         widened,
+        read,
+        repeated,
     } = scratch;
     {
         let seg = &*seg;
-        // Each stream over the block, as `T`s.
-        let streams: Vec<&[T]> = widened
-            .iter_mut()
-            .zip(0..)
-            .map(|(buf, s)| seg.widened(s, range.clone(), buf))
-            .collect();
+        // The block of each stream the stage reads and that is not stored as `T`, widened;
+        // the others are read in place.
+        for (s, buf) in (0..).zip(widened.iter_mut()) {
+            if read[s as usize] && seg.native(s).is_none() {
+                seg.widened(s, range.clone(), buf);
+            }
+        }
+        let widened = &*widened;
+        let stream = |s: u32| -> &[T] {
+            match seg.native(s) {
+                Some(elems) => &elems[range.clone()],
+                None => &widened[s as usize][..n],
+            }
+        };
         for (j, inst) in stage.body.iter().enumerate() {
             // Taken out while written: no operand lives in it (see `assign_buffers`).
             let mut out = std::mem::take(&mut buffers[home[j]]);
             let arity = inst.op.arity();
             let arg = |k: usize| {
                 let a = inst.args[k.min(arity - 1)];
-                operand(seg, &streams, n, buffers, home, a)
+                operand(seg, &stream, n, buffers, home, a)
             };
             apply(inst.op, &mut out[..n], [arg(0), arg(1), arg(2)], arity);
             buffers[home[j]] = out;
@@ -178,10 +208,10 @@ fn run_block<T: Float>(
             _ => None,
         });
         for (buf, s) in staged.iter_mut().zip(loads) {
-            buf[..n].copy_from_slice(streams[s as usize]);
+            buf[..n].copy_from_slice(stream(s));
         }
         for (xs, &(_, a)) in operands.iter_mut().zip(&stage.reductions) {
-            match operand(seg, &streams, n, buffers, home, a) {
+            match operand(seg, &stream, n, buffers, home, a) {
                 Operand::Array(values) => xs.extend_from_slice(values),
                 Operand::Splat(x) => xs.extend(std::iter::repeat_n(x, n)),
             }
@@ -196,26 +226,27 @@ fn run_block<T: Float>(
                 seg.store_all(s, range.start, &buf[..n]);
             }
             ElemArg::Scalar(k) => {
-                let fill = vec![scalars[k as usize]; n];
-                seg.store_all(s, range.start, &fill);
+                repeated.clear();
+                repeated.resize(n, scalars[k as usize]);
+                seg.store_all(s, range.start, repeated);
             }
             ElemArg::Value(v) => seg.store_all(s, range.start, &buffers[home[v as usize]][..n]),
         }
     }
 }
 
-/// Operand `a` over the block's `n` elements, whose streams are `streams`.
+/// Operand `a` over the block's `n` elements, whose streams `stream` gives.
 #[inline]
-fn operand<'a, T: Float>(
+fn operand<'o, 's: 'o, 'b: 'o, T: Float>(
     seg: &Segment<'_, T>,
-    streams: &[&'a [T]],
+    stream: &impl Fn(u32) -> &'s [T],
     n: usize,
-    buffers: &'a [Vec<T>],
+    buffers: &'b [Vec<T>],
     home: &[usize],
     a: ElemArg,
-) -> Operand<'a, T> {
+) -> Operand<'o, T> {
     match a {
-        ElemArg::Load(s) => Operand::Array(streams[s as usize]),
+        ElemArg::Load(s) => Operand::Array(stream(s)),
         ElemArg::Scalar(k) => Operand::Splat(seg.scalars[k as usize]),
         ElemArg::Value(v) => Operand::Array(&buffers[home[v as usize]][..n]),
     }
