@@ -275,7 +275,8 @@ pub struct Record {
     pub tensors: usize,
     /// Threads used.
     pub threads: usize,
-    /// Element type.
+    /// How the measured code stored its streams, as [`Storage::label`] writes it: `f32`,
+    /// `bf16`, `bf16:f32` (params:state), `bf16~` (stochastic rounding).
     pub dtype: String,
     /// The host's SIMD features, detected at run time ([`host_features`]).
     pub host: String,
