@@ -144,7 +144,7 @@ impl FlatStore {
 }
 
 /// A flat store's streams, see [`FlatStore::streams`].
-type Streams<'a> = (Elems<'a>, ElemsRef<'a>, Vec<Elems<'a>>);
+pub(crate) type Streams<'a> = (Elems<'a>, ElemsRef<'a>, Vec<Elems<'a>>);
 
 /// A parameter group: hyperparameter values and its stores.
 pub(crate) struct Group {

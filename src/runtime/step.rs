@@ -3,16 +3,15 @@
 //! per dtype covers the segments of every group); here the optimizer says which parameters
 //! run, where their buffers are, and stores what the engine computed.
 
-use super::{HookId, Optimizer, StateInfo};
+use super::{HookId, Optimizer, StateInfo, Streams};
 use crate::engine::{Buffers, Engine, Member, Outcome, Sets, StreamSets, Work};
 use crate::ir::SlotKind;
-use crate::segment::{Elems, ElemsRef};
 use crate::{round, DType, Error, Layout, Result};
 
 /// A flat store's streams as the engine's buffers, with the generator key of its
 /// stochastic rounding this step (its generator index starts at 0).
 fn buffers<'s, 'a, T>(
-    (param, grad, state): &'s mut (Elems<'a>, ElemsRef<'a>, Vec<Elems<'a>>),
+    (param, grad, state): &'s mut Streams<'a>,
     key: [u32; 2],
 ) -> Buffers<'s, 'a, T> {
     Buffers {
@@ -21,6 +20,14 @@ fn buffers<'s, 'a, T>(
         state,
         noise: (key, 0),
         compute: std::marker::PhantomData,
+    }
+}
+
+/// One entry's stores (their streams and generator keys) as the engine's sets of `layout`.
+fn sets<'s, 'a, T>(layout: &Layout, list: &'s mut [(Streams<'a>, [u32; 2])]) -> Sets<'s, 'a, T> {
+    Sets {
+        layout: layout.clone(),
+        list: list.iter_mut().map(|(s, key)| buffers(s, *key)).collect(),
     }
 }
 
@@ -133,20 +140,8 @@ impl Optimizer {
         let mut sets64: Vec<(usize, Sets<'_, '_, f64>)> = Vec::new();
         for (entry, (layout, list)) in layouts.iter().zip(&mut streams).enumerate() {
             match layout.compute() {
-                DType::F64 => sets64.push((
-                    entry,
-                    Sets {
-                        layout: layout.clone(),
-                        list: list.iter_mut().map(|(s, key)| buffers(s, *key)).collect(),
-                    },
-                )),
-                _ => sets32.push((
-                    entry,
-                    Sets {
-                        layout: layout.clone(),
-                        list: list.iter_mut().map(|(s, key)| buffers(s, *key)).collect(),
-                    },
-                )),
+                DType::F64 => sets64.push((entry, sets(layout, list))),
+                _ => sets32.push((entry, sets(layout, list))),
             }
         }
         let mut ordered: Vec<(usize, &mut dyn StreamSets)> = Vec::with_capacity(layouts.len());
