@@ -80,4 +80,4 @@ pub use jit::{Jit, JitOptions, Kernel, Target};
 pub use program::Program;
 pub use runtime::{GradScaler, Optimizer, Param, Precision};
 pub use segment::{Elems, ElemsRef, Noise, Segment};
-pub use stepper::{ParamRef, ParamState, SlotValue, Stepper};
+pub use stepper::{ParamRef, ParamSlices, ParamState, SlotValue, Stepper};

@@ -4,11 +4,12 @@
 //! executor; the caller owns parameters, gradients and each parameter's [`ParamState`].
 //! One call updates any number of parameters with one kernel call per thread.
 
-use crate::engine::{default_threads, Buffers, Engine, Member, Outcome, Sets, Settings, Work};
+use crate::engine::{default_threads, Buffers, Engine, Member, Outcome, Sets, Settings};
+use crate::engine::{StreamSets, Work};
 use crate::ir::SlotKind;
 use crate::program::Program;
 use crate::segment::{Elems, ElemsRef};
-use crate::{passes, round, DType, Element, Error, Executor, Float, Graph, Jit, Kernel, Layout};
+use crate::{passes, round, DType, Element, Error, Executor, Graph, Jit, Kernel, Layout};
 use crate::{Precision, Result};
 
 /// The value of one state slot of one parameter.
@@ -51,6 +52,41 @@ pub struct ParamRef<'a, P, S = P> {
     pub state: &'a mut ParamState<S>,
 }
 
+/// One parameter as borrowed buffers, each stream in its own storage dtype (all computing in
+/// one type: f64 with f64 only), and where its step count and scalar state live: what
+/// [`Stepper::step_slices`] updates.
+pub struct ParamSlices<'a> {
+    /// Parameter values, updated in place.
+    pub param: Elems<'a>,
+    /// Gradient, same length.
+    pub grad: ElemsRef<'a>,
+    /// One buffer per element slot, in slot order, each as long as `param`; updated in place.
+    pub buffers: Vec<Elems<'a>>,
+    /// One value per slot of the program, in slot order: the scalar slots' values (an
+    /// element slot's entry is not read), updated by an applied step.
+    pub scalars: &'a mut [f64],
+    /// Updates this parameter has received; incremented by an applied step.
+    pub step: &'a mut u64,
+}
+
+/// Adds one parameter's buffers to `sets`; returns its index there.
+fn push<'s, 'a, T>(
+    sets: &mut Sets<'s, 'a, T>,
+    param: Elems<'s>,
+    grad: ElemsRef<'s>,
+    state: &'s mut [Elems<'a>],
+    noise: ([u32; 2], u32),
+) -> usize {
+    sets.list.push(Buffers {
+        param,
+        grad,
+        state,
+        noise,
+        compute: std::marker::PhantomData,
+    });
+    sets.list.len() - 1
+}
+
 /// An optimizer ready to update caller-owned slices.
 pub struct Stepper {
     engine: Engine,
@@ -61,6 +97,8 @@ pub struct Stepper {
     settings: Settings,
     /// The streams whose stores round stochastically, and the generator's seed.
     stochastic: (Vec<u32>, u64),
+    /// At most how many threads a step uses; `None`: as many as rayon's current pool has.
+    threads: Option<usize>,
 }
 
 impl Stepper {
@@ -75,6 +113,7 @@ impl Stepper {
             hypers,
             settings: Settings::default(),
             stochastic: (Vec::new(), 0),
+            threads: None,
         })
     }
 
@@ -90,6 +129,18 @@ impl Stepper {
         let layout = precision.layout(DType::BF16, &self.engine.program)?;
         self.stochastic = (layout.stochastic().to_vec(), seed);
         Ok(self)
+    }
+
+    /// Uses at most `threads` threads per step (at least one); by default as many as rayon's
+    /// pool of the calling thread has, counted at each step.
+    pub fn with_threads(mut self, threads: usize) -> Stepper {
+        self.set_threads(threads);
+        self
+    }
+
+    /// Uses at most `threads` threads (at least one) from the next step on.
+    pub fn set_threads(&mut self, threads: usize) {
+        self.threads = Some(threads.max(1));
     }
 
     /// Uses `executor` instead of the JIT.
@@ -186,8 +237,8 @@ impl Stepper {
     /// Updates every parameter in `params` with one kernel call (one per thread when they are
     /// big enough to share out).
     ///
-    /// Everything is checked first (state shape, lengths, aliasing, step overflow): on error
-    /// no parameter and no state is changed.
+    /// Everything is checked first (state shape, lengths, dtypes, step overflow): on error no
+    /// parameter and no state is changed.
     ///
     /// Returns whether the step was applied: `false` when the program's skip condition held
     /// for any parameter (see [`Graph::skip`]), and then nothing changed.
@@ -195,34 +246,7 @@ impl Stepper {
         &self,
         params: &mut [ParamRef<'_, P, S>],
     ) -> Result<bool> {
-        let layout = self.layout(P::DTYPE, S::DTYPE)?;
-        match layout.compute() {
-            DType::F64 => self.step_in::<f64, P, S>(layout, params),
-            _ => self.step_in::<f32, P, S>(layout, params),
-        }
-    }
-
-    /// The layout of parameters of `param` with state of `state`, rounding as
-    /// [`Stepper::with_stochastic_rounding`] said.
-    fn layout(&self, param: DType, state: DType) -> Result<Layout> {
-        let n_elem = self.engine.program.element_slots().count();
-        let mut dtypes = vec![param, param];
-        dtypes.extend(std::iter::repeat_n(state, n_elem));
-        let n_streams = dtypes.len() as u32;
-        Ok(Layout::new(dtypes)?
-            .with_stochastic(&self.stochastic.0)?
-            .resolve(n_streams))
-    }
-
-    /// [`Stepper::step_many`] computing in `T`.
-    fn step_in<T: Float, P: Element, S: Element>(
-        &self,
-        layout: Layout,
-        params: &mut [ParamRef<'_, P, S>],
-    ) -> Result<bool> {
         let n_slots = self.engine.program.slots.len();
-        let mut members = Vec::with_capacity(params.len());
-        let mut scalars = Vec::with_capacity(params.len() * n_slots);
         for (i, p) in params.iter().enumerate() {
             if p.grad.len() != p.param.len() {
                 return Err(Error::LengthMismatch {
@@ -232,20 +256,181 @@ impl Stepper {
                 });
             }
             self.check_state(p.state, p.param.len())?;
-            members.push(Member {
-                id: i,
-                entry: 0,
-                set: i,
-                offset: 0,
-                len: p.param.len(),
-                group: 0,
-                step: p.state.step,
-                fresh: false,
-            });
-            scalars.extend(p.state.slots.iter().map(|s| match s {
+        }
+        // The scalar slots' values, `n_slots` per parameter, read back after the step.
+        let mut scalars: Vec<f64> = params
+            .iter()
+            .flat_map(|p| p.state.slots.iter())
+            .map(|s| match s {
                 SlotValue::Scalar(v) => *v,
                 SlotValue::Buffer(_) => 0.0, // an element slot: not read by the prologue
-            }));
+            })
+            .collect();
+        let mut rest = scalars.as_mut_slice();
+        let mut slices = Vec::with_capacity(params.len());
+        for p in params.iter_mut() {
+            let (mine, tail) = std::mem::take(&mut rest).split_at_mut(n_slots);
+            rest = tail;
+            let ParamState { step, slots } = &mut *p.state;
+            let buffers = slots
+                .iter_mut()
+                .filter_map(|s| match s {
+                    SlotValue::Buffer(b) => Some(Elems::of(b.as_mut_slice())),
+                    SlotValue::Scalar(_) => None,
+                })
+                .collect();
+            slices.push(ParamSlices {
+                param: Elems::of(&mut *p.param),
+                grad: ElemsRef::of(p.grad),
+                buffers,
+                scalars: mine,
+                step,
+            });
+        }
+        let applied = self.step_slices(&mut slices)?;
+        drop(slices);
+        let all = params.iter_mut().flat_map(|p| p.state.slots.iter_mut());
+        for (slot, &value) in all.zip(&scalars) {
+            if let SlotValue::Scalar(v) = slot {
+                *v = value;
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Updates every parameter in `params`, each stream in its own storage dtype, with one
+    /// kernel call per layout (one per thread when they are big enough to share out): the
+    /// entry point for buffers that live elsewhere (a Python framework's tensors, a candle
+    /// `Var`'s storage), which [`Stepper::step_many`] is built on.
+    ///
+    /// Everything is checked first (lengths, the number of buffers and scalars, each
+    /// parameter's dtypes, step overflow): on error no parameter and no state is changed. An
+    /// applied step increments each parameter's step count and stores its new scalar state.
+    ///
+    /// Returns whether the step was applied: `false` when the program's skip condition held
+    /// for any parameter (see [`Graph::skip`]), and then nothing changed.
+    ///
+    /// ```
+    /// use optjit::{optim::Adam, Elems, ElemsRef, ParamSlices, Stepper};
+    /// use half::bf16;
+    ///
+    /// let adam = Stepper::new(&Adam { lr: 0.1, ..Adam::default() }.graph()?)?;
+    /// let (mut p, g) = (vec![bf16::ONE; 8], vec![bf16::ONE; 8]);
+    /// let (mut m, mut v) = (vec![0f32; 8], vec![0f32; 8]); // f32 state for bf16 params
+    /// let (mut scalars, mut step) = (vec![0.0; 2], 0);
+    /// let applied = adam.step_slices(&mut [ParamSlices {
+    ///     param: Elems::of(&mut p),
+    ///     grad: ElemsRef::of(&g),
+    ///     buffers: vec![Elems::of(&mut m), Elems::of(&mut v)],
+    ///     scalars: &mut scalars,
+    ///     step: &mut step,
+    /// }])?;
+    /// // Adam's first step moves each element by lr against the gradient's sign.
+    /// assert!(applied && step == 1 && p[0] == bf16::from_f32(0.9));
+    /// # Ok::<(), optjit::Error>(())
+    /// ```
+    pub fn step_slices(&self, params: &mut [ParamSlices<'_>]) -> Result<bool> {
+        let program = &self.engine.program;
+        let n_slots = program.slots.len();
+        let n_elem = program.element_slots().count();
+        // The distinct layouts (the engine's entries) and each parameter's.
+        let mut layouts: Vec<Layout> = Vec::new();
+        let mut entries = Vec::with_capacity(params.len());
+        for (i, p) in params.iter().enumerate() {
+            let len = p.param.len();
+            if p.grad.len() != len {
+                return Err(Error::LengthMismatch {
+                    what: format!("grad of parameter {i}"),
+                    expected: len,
+                    actual: p.grad.len(),
+                });
+            }
+            if p.buffers.len() != n_elem || p.scalars.len() != n_slots {
+                return Err(Error::StateMismatch {
+                    slot: format!("#{}", p.buffers.len().min(n_elem)),
+                    reason: "the state has a different number of slots than the optimizer",
+                });
+            }
+            for (buffer, s) in p.buffers.iter().zip(program.element_slots()) {
+                if buffer.len() != len {
+                    return Err(Error::StateMismatch {
+                        slot: program.slots[s].name.clone(),
+                        reason: "its buffer's length differs from the parameter's",
+                    });
+                }
+            }
+            let layout = self.layout(p)?;
+            let entry = match layouts.iter().position(|l| *l == layout) {
+                Some(e) => e,
+                None => {
+                    layouts.push(layout);
+                    layouts.len() - 1
+                }
+            };
+            entries.push(entry);
+        }
+        // Each parameter's buffers for the engine (its element slots a part of one list of
+        // all of them), and where its commit goes.
+        let mut state: Vec<Elems<'_>> = Vec::with_capacity(params.len() * n_elem);
+        let mut heads = Vec::with_capacity(params.len());
+        let mut commits: Vec<(&mut u64, &mut [f64])> = Vec::with_capacity(params.len());
+        let mut scalars = Vec::with_capacity(params.len() * n_slots);
+        for p in params.iter_mut() {
+            let ParamSlices {
+                param,
+                grad,
+                buffers,
+                scalars: own,
+                step,
+            } = p;
+            state.extend(buffers.iter_mut().map(Elems::reborrow));
+            scalars.extend_from_slice(own);
+            heads.push((param.reborrow(), *grad, **step));
+            commits.push((&mut **step, &mut **own));
+        }
+        let mut sets32: Vec<Sets<'_, '_, f32>> = Vec::new();
+        let mut sets64: Vec<Sets<'_, '_, f64>> = Vec::new();
+        // Per entry: whether it computes in f64, and its index in `sets32` or `sets64`.
+        let mut typed = Vec::with_capacity(layouts.len());
+        for layout in &layouts {
+            let layout = layout.clone();
+            if layout.compute() == DType::F64 {
+                typed.push((true, sets64.len()));
+                sets64.push(Sets {
+                    layout,
+                    list: Vec::new(),
+                });
+            } else {
+                typed.push((false, sets32.len()));
+                sets32.push(Sets {
+                    layout,
+                    list: Vec::new(),
+                });
+            }
+        }
+        let mut members = Vec::with_capacity(entries.len());
+        let mut rest = state.as_mut_slice();
+        let seed = self.stochastic.1;
+        for (i, (param, grad, step)) in heads.into_iter().enumerate() {
+            let (mine, tail) = std::mem::take(&mut rest).split_at_mut(n_elem);
+            rest = tail;
+            let salt = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let noise = (round::step_key(seed ^ salt, step), 0);
+            let (len, entry) = (param.len(), entries[i]);
+            let set = match typed[entry] {
+                (true, k) => push(&mut sets64[k], param, grad, mine, noise),
+                (false, k) => push(&mut sets32[k], param, grad, mine, noise),
+            };
+            members.push(Member {
+                id: i,
+                entry,
+                set,
+                offset: 0,
+                len,
+                group: 0,
+                step,
+                fresh: false,
+            });
         }
         let work = Work {
             members,
@@ -255,60 +440,37 @@ impl Stepper {
             groups: None,
             optimizer: &[],
         };
-        // Each parameter's buffers for the engine (its element slots a part of one list of
-        // all of them), and where its commit goes: its step count and its scalar slots (a
-        // part of one list, `n_slots` each, `None` for an element slot).
-        let n_elem = self.engine.program.element_slots().count();
-        let mut state: Vec<Elems<'_>> = Vec::with_capacity(params.len() * n_elem);
-        let mut own: Vec<Option<&mut f64>> = Vec::with_capacity(params.len() * n_slots);
-        let mut steps: Vec<&mut u64> = Vec::with_capacity(params.len());
-        let mut streams: Vec<(&mut [P], &[P], u64)> = Vec::with_capacity(params.len());
-        for p in params.iter_mut() {
-            let ParamState { step, slots } = &mut *p.state;
-            for slot in slots.iter_mut() {
-                match slot {
-                    SlotValue::Buffer(b) => {
-                        state.push(Elems::of(b.as_mut_slice()));
-                        own.push(None);
-                    }
-                    SlotValue::Scalar(v) => own.push(Some(v)),
-                }
-            }
-            streams.push((&mut *p.param, p.grad, *step));
-            steps.push(step);
-        }
-        let mut rest = state.as_mut_slice();
-        let mut list: Vec<Buffers<'_, '_, T>> = Vec::with_capacity(steps.len());
-        let seed = self.stochastic.1;
-        for (i, (param, grad, step)) in streams.into_iter().enumerate() {
-            let (mine, tail) = std::mem::take(&mut rest).split_at_mut(n_elem);
-            rest = tail;
-            let salt = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            list.push(Buffers {
-                param: Elems::of(param),
-                grad: ElemsRef::of(grad),
-                state: mine,
-                noise: (round::step_key(seed ^ salt, step), 0),
-                compute: std::marker::PhantomData,
+        // The sets in entry order.
+        let (mut it32, mut it64) = (sets32.iter_mut(), sets64.iter_mut());
+        let mut sets: Vec<&mut dyn StreamSets> = Vec::with_capacity(layouts.len());
+        for &(wide, _) in &typed {
+            sets.push(match wide {
+                true => it64.next().expect("one f64 set per f64 entry"),
+                false => it32.next().expect("one f32 set per f32 entry"),
             });
         }
-        let mut sets = Sets { layout, list };
-        let settings = Settings {
-            threads: default_threads(),
-            ..self.settings.clone()
-        };
+        let mut settings = self.settings.clone();
+        settings.threads.count = self.threads.unwrap_or_else(|| default_threads().count);
         let mut commit = |i: usize, updates: &[(usize, f64)]| {
-            *steps[i] += 1;
+            let (step, own) = &mut commits[i];
+            **step += 1;
             for &(slot, value) in updates {
-                if let Some(v) = own[i * n_slots + slot].as_deref_mut() {
-                    *v = value; // a scalar slot, checked above
-                }
+                own[slot] = value;
             }
         };
-        let outcome = self
-            .engine
-            .run(&settings, &work, &mut [&mut sets], &mut commit)?;
+        let outcome = self.engine.run(&settings, &work, &mut sets, &mut commit)?;
         Ok(outcome != Outcome::Skipped)
+    }
+
+    /// The layout of `p`'s buffers, rounding as [`Stepper::with_stochastic_rounding`] said.
+    fn layout(&self, p: &ParamSlices<'_>) -> Result<Layout> {
+        let mut dtypes = Vec::with_capacity(2 + p.buffers.len());
+        dtypes.extend([p.param.dtype(), p.grad.dtype()]);
+        dtypes.extend(p.buffers.iter().map(Elems::dtype));
+        let n_streams = dtypes.len() as u32;
+        Ok(Layout::new(dtypes)?
+            .with_stochastic(&self.stochastic.0)?
+            .resolve(n_streams))
     }
 
     fn check_state<S>(&self, state: &ParamState<S>, len: usize) -> Result<()> {

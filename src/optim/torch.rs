@@ -2,8 +2,9 @@
 //! keyword arguments (as JSON values) mapped onto the built-in with the same algorithm.
 
 use super::{
-    clip::DEFAULT_MAX_NORM, clip_by_global_norm, AdEMAMix, Adadelta, Adagrad, Adam, AdamW, Adamax,
-    Asgd, Lamb, Lars, NAdam, NovoGrad, RAdam, Rmsprop, Rprop, Sgd, SignSgd, Yogi,
+    clip::DEFAULT_MAX_NORM, clip_by_global_norm, AdEMAMix, AdaBelief, Adadelta, Adagrad, Adam,
+    AdamW, Adamax, Adan, Asgd, Lamb, Lars, Lion, NAdam, NovoGrad, RAdam, Rmsprop, Rprop, Sgd,
+    SignSgd, Yogi,
 };
 use crate::{Error, Graph, Result};
 use serde_json::{Map, Value};
@@ -17,6 +18,13 @@ use serde_json::{Map, Value};
 /// `etaminus`/`etaplus` and `step_size_min`/`step_size_max`). Missing arguments take
 /// PyTorch's defaults. `adam` with `decoupled_weight_decay=True` is AdamW (with Adam's
 /// default `weight_decay`, 0).
+///
+/// Optimizers from outside `torch.optim`, with the keyword arguments of their reference
+/// PyTorch implementations: `lion` (`lr`, `betas`, `weight_decay`, `maximize`), `adan`
+/// (`betas` of three numbers, `b1`/`b2`/`b3`; `no_prox`) and `adabelief` (`amsgrad`,
+/// `weight_decouple`, `fixed_decay`, `rectify`, `degenerated_to_sgd`), each with the
+/// defaults of the optjit built-in of that name; optax's `lamb`, `lars`, `novograd`, `yogi`,
+/// `sign_sgd`, `ademamix`, `clip_adam` and `clip_adamw` with optax's argument names.
 ///
 /// The implementation flags `foreach`, `capturable`, `differentiable` and `fused` choose how
 /// PyTorch runs the same algorithm, not what it computes; each is accepted, where the class
@@ -238,6 +246,44 @@ pub fn from_optax(optimizer: &str, kwargs: &Map<String, Value>) -> Result<Graph>
         taken: Vec::new(),
     };
     let graph = match optimizer {
+        "lion" => {
+            let d = Lion::default();
+            Lion {
+                lr: k.number("lr", d.lr)?,
+                betas: k.pair("betas", d.betas)?,
+                weight_decay: k.number("weight_decay", d.weight_decay)?,
+                maximize: k.flag("maximize", d.maximize)?,
+            }
+            .graph()
+        }
+        "adan" => {
+            let d = Adan::default();
+            Adan {
+                lr: k.number("lr", d.lr)?,
+                betas: k.triple("betas", d.betas)?,
+                eps: k.number("eps", d.eps)?,
+                weight_decay: k.number("weight_decay", d.weight_decay)?,
+                no_prox: k.flag("no_prox", d.no_prox)?,
+                maximize: k.flag("maximize", d.maximize)?,
+            }
+            .graph()
+        }
+        "adabelief" => {
+            let d = AdaBelief::default();
+            AdaBelief {
+                lr: k.number("lr", d.lr)?,
+                betas: k.pair("betas", d.betas)?,
+                eps: k.number("eps", d.eps)?,
+                weight_decay: k.number("weight_decay", d.weight_decay)?,
+                amsgrad: k.flag("amsgrad", d.amsgrad)?,
+                weight_decouple: k.flag("weight_decouple", d.weight_decouple)?,
+                fixed_decay: k.flag("fixed_decay", d.fixed_decay)?,
+                rectify: k.flag("rectify", d.rectify)?,
+                degenerated_to_sgd: k.flag("degenerated_to_sgd", d.degenerated_to_sgd)?,
+                maximize: k.flag("maximize", d.maximize)?,
+            }
+            .graph()
+        }
         "lamb" => {
             let d = Lamb::default();
             Lamb {
@@ -399,6 +445,18 @@ impl<'a> Kwargs<'a> {
             _ => None,
         }
         .ok_or_else(|| self.wrong_type(name, "two numbers", v))
+    }
+
+    fn triple(&mut self, name: &'static str, default: (f64, f64, f64)) -> Result<(f64, f64, f64)> {
+        let Some(v) = self.take(name) else {
+            return Ok(default);
+        };
+        match v.as_array().map(Vec::as_slice) {
+            Some([a, b, c]) => a.as_f64().zip(b.as_f64()).zip(c.as_f64()),
+            _ => None,
+        }
+        .map(|((a, b), c)| (a, b, c))
+        .ok_or_else(|| self.wrong_type(name, "three numbers", v))
     }
 
     /// Accepts each of `names` when absent, `false` or `null`.

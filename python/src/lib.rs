@@ -1,0 +1,374 @@
+//! `optjit._optjit`, optjit's Python extension: a compiled optimizer ([`Program`]) that
+//! steps a parameter group's torch tensors in place, with one engine call for the group and
+//! the GIL released. `optjit/torch.py` builds the `torch.optim` classes on it.
+//!
+//! Parameters, gradients and state stay torch tensors (the state in the optimizer's
+//! `self.state[p]`, in PyTorch's format: a 0-dimensional `step`, one tensor per slot), so
+//! PyTorch's schedulers, `GradScaler`, clipping and checkpoints work on them unchanged.
+
+mod tensor;
+
+use optjit::ir::SlotKind;
+use optjit::{optim, ErrorKind, ParamSlices, Stepper};
+use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+use tensor::{Owned, Scalar, Span, Torch};
+
+/// An optjit error as the Python exception a user expects: `ValueError` for a bad definition
+/// or bad input, `MemoryError` when memory ran out, `RuntimeError` otherwise.
+fn py_err(e: optjit::Error) -> PyErr {
+    match (e.kind(), &e) {
+        (ErrorKind::UserMistake, _) => PyValueError::new_err(e.to_string()),
+        (_, optjit::Error::OutOfMemory { .. }) => PyMemoryError::new_err(e.to_string()),
+        _ => PyRuntimeError::new_err(e.to_string()),
+    }
+}
+
+/// A compiled optimizer: its hyperparameters (set at every step, never a recompile) and
+/// state slots, and a step over torch tensors.
+#[pyclass(module = "optjit._optjit")]
+struct Program {
+    stepper: Stepper,
+}
+
+/// One parameter's tensors in a step, checked.
+struct Member<'py> {
+    param: Span,
+    grad: Span,
+    step: Scalar,
+    /// Per slot: its element buffer or its scalar.
+    slots: Vec<SlotSpan>,
+    /// The state dict to add to `self.state` after the step, for a parameter stepped for
+    /// the first time.
+    fresh: Option<(Bound<'py, PyAny>, Bound<'py, PyDict>)>,
+}
+
+/// One state slot's tensor.
+enum SlotSpan {
+    Buffer(Span),
+    Scalar(Scalar),
+}
+
+impl Program {
+    fn new(graph: &optjit::Graph) -> PyResult<Program> {
+        Ok(Program {
+            stepper: Stepper::new(graph).map_err(py_err)?,
+        })
+    }
+
+    /// The state of a parameter stepped for the first time: a `step` of 0 in `step_dtype`,
+    /// each element slot a tensor like `param` (in `state_dtype` if given) at its initial
+    /// value, each scalar slot a 0-dimensional tensor of `step_dtype`.
+    fn fresh_state<'py>(
+        &self,
+        param: &Bound<'py, PyAny>,
+        step_dtype: &Bound<'py, PyAny>,
+        state_dtype: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let py = param.py();
+        let torch = py.import("torch")?;
+        let state = PyDict::new(py);
+        let scalar = |value: f64| {
+            let kwargs = PyDict::new(py);
+            kwargs.set_item("dtype", step_dtype)?;
+            torch.call_method("full", ((), value), Some(&kwargs))
+        };
+        state.set_item("step", scalar(0.0)?)?;
+        for slot in &self.stepper.program().slots {
+            let value = match slot.kind {
+                SlotKind::Element => {
+                    let kwargs = PyDict::new(py);
+                    kwargs.set_item("memory_format", torch.getattr("contiguous_format")?)?;
+                    if let Some(dtype) = state_dtype {
+                        kwargs.set_item("dtype", dtype)?;
+                    }
+                    torch.call_method("full_like", (param, slot.init), Some(&kwargs))?
+                }
+                _ => scalar(slot.init)?,
+            };
+            state.set_item(&slot.name, value)?;
+        }
+        Ok(state)
+    }
+}
+
+#[pymethods]
+impl Program {
+    /// The built-in for `torch.optim.<name>(params, **kwargs)`: `name` in lower case
+    /// (`adam`, `sgd`, ...), `kwargs` a JSON object of PyTorch's keyword arguments.
+    #[staticmethod]
+    fn from_torch(name: &str, kwargs: &str) -> PyResult<Program> {
+        let kwargs: serde_json::Value = serde_json::from_str(kwargs)
+            .map_err(|e| PyValueError::new_err(format!("keyword arguments: {e}")))?;
+        let Some(kwargs) = kwargs.as_object() else {
+            return Err(PyValueError::new_err(
+                "keyword arguments must be a JSON object",
+            ));
+        };
+        Program::new(&optim::from_torch(name, kwargs).map_err(py_err)?)
+    }
+
+    /// An optimizer in optjit's text form.
+    #[staticmethod]
+    fn from_text(text: &str) -> PyResult<Program> {
+        Program::new(&optjit::text::parse(text).map_err(py_err)?)
+    }
+
+    /// An optimizer from a `.opt` file.
+    #[staticmethod]
+    fn from_file(path: std::path::PathBuf) -> PyResult<Program> {
+        Program::new(&optjit::text::parse_file(path).map_err(py_err)?)
+    }
+
+    /// The optimizer's name.
+    #[getter]
+    fn name(&self) -> String {
+        self.stepper.program().name.clone()
+    }
+
+    /// `(name, default)` of each hyperparameter, in the order `step` takes their values.
+    #[getter]
+    fn hypers(&self) -> Vec<(String, f64)> {
+        let hypers = &self.stepper.program().hypers;
+        hypers.iter().map(|h| (h.name.clone(), h.default)).collect()
+    }
+
+    /// `(name, kind, initial value)` of each state slot; kind is `element` (a tensor like
+    /// the parameter) or `scalar` (one number per parameter).
+    #[getter]
+    fn slots(&self) -> Vec<(String, &'static str, f64)> {
+        let slots = &self.stepper.program().slots;
+        let kind = |k: SlotKind| match k {
+            SlotKind::Element => "element",
+            SlotKind::Scalar => "scalar",
+            SlotKind::Group => "group",
+            SlotKind::Optimizer => "optimizer",
+        };
+        slots
+            .iter()
+            .map(|s| (s.name.clone(), kind(s.kind), s.init))
+            .collect()
+    }
+
+    /// The compiled program, as optjit prints it.
+    fn __str__(&self) -> String {
+        self.stepper
+            .program()
+            .display(optjit::DType::F32)
+            .to_string()
+    }
+
+    /// Steps the parameters in `params` that have a gradient, with hyperparameter values
+    /// `hypers` (in the order of [`Program::hypers`]), on at most `threads` threads, in one
+    /// engine call. Their state is `state[p]` (torch's `self.state`); a parameter without
+    /// state gets a fresh one (see `fresh_state`), added to `state` once the step is done.
+    ///
+    /// Every tensor is checked before anything changes (dtype, device, layout, contiguity,
+    /// lengths, memory shared between tensors): on error nothing changed. Returns whether
+    /// the step was applied (`False` when the program's skip condition held).
+    #[pyo3(signature = (params, state, hypers, threads, step_dtype, state_dtype=None, group=0))]
+    #[allow(clippy::too_many_arguments)]
+    fn step<'py>(
+        &mut self,
+        py: Python<'py>,
+        params: &Bound<'py, PyList>,
+        state: &Bound<'py, PyDict>,
+        hypers: Vec<f64>,
+        threads: usize,
+        step_dtype: &Bound<'py, PyAny>,
+        state_dtype: Option<&Bound<'py, PyAny>>,
+        group: usize,
+    ) -> PyResult<bool> {
+        let names: Vec<String> = self.hypers().into_iter().map(|(n, _)| n).collect();
+        if hypers.len() != names.len() {
+            return Err(PyValueError::new_err(format!(
+                "{} hyperparameter values for {} hyperparameters ({})",
+                hypers.len(),
+                names.len(),
+                names.join(", ")
+            )));
+        }
+        if let Some(bad) = (self.stepper.program().slots.iter())
+            .find(|s| matches!(s.kind, SlotKind::Group | SlotKind::Optimizer))
+        {
+            return Err(PyValueError::new_err(format!(
+                "optimizer {:?} keeps state per group or per optimizer ({:?}), which optjit.torch \
+                 does not support yet",
+                self.name(),
+                bad.name
+            )));
+        }
+        let torch = Torch::new(py)?;
+        let name = |i: usize| format!("parameter {i} of group {group}");
+        let grad_attr = pyo3::intern!(py, "grad");
+        // Keeps every tensor the spans point into alive until the step returns.
+        let mut alive: Vec<Bound<'py, PyAny>> = Vec::new();
+        let mut members: Vec<(usize, Member<'py>)> = Vec::new();
+        for (i, p) in params.iter().enumerate() {
+            let grad = p.getattr(grad_attr)?;
+            if grad.is_none() {
+                continue;
+            }
+            let what = |w: &'static str| move || format!("{w} of {}", name(i));
+            let local = tensor::local(&p, &torch)?;
+            let param = tensor::span(&local, &torch, &|| name(i))?;
+            let local_grad = tensor::local(&grad, &torch)?;
+            let grad_span = tensor::span(&local_grad, &torch, &what("the gradient"))?;
+            alive.extend([local, local_grad]);
+            let existing = state
+                .get_item(&p)?
+                .map(|s| s.cast_into::<PyDict>())
+                .transpose();
+            let existing = existing.map_err(|_| {
+                PyValueError::new_err(format!("the state of {} is not a dict", name(i)))
+            })?;
+            let (dict, fresh) = match existing {
+                Some(d) if !d.is_empty() => (d, None),
+                _ => {
+                    let d = self.fresh_state(&p, step_dtype, state_dtype)?;
+                    (d.clone(), Some((p.clone(), d)))
+                }
+            };
+            let mut take = |key: &str| -> PyResult<Span> {
+                let Some(t) = dict.get_item(key)? else {
+                    return Err(PyValueError::new_err(format!(
+                        "the state of {} has no {key:?} (it was made by another optimizer?)",
+                        name(i)
+                    )));
+                };
+                let t = tensor::local(&t, &torch)?;
+                let span = tensor::span(&t, &torch, &|| format!("state {key:?} of {}", name(i)))?;
+                alive.push(t);
+                Ok(span)
+            };
+            let step_span = take("step")?;
+            let step = Scalar::new(step_span, &what("state \"step\""))?;
+            let mut slots = Vec::new();
+            for slot in &self.stepper.program().slots {
+                let span = take(&slot.name)?;
+                slots.push(match slot.kind {
+                    SlotKind::Element => SlotSpan::Buffer(span),
+                    _ => SlotSpan::Scalar(Scalar::new(span, &|| {
+                        format!("state {:?} of {}", slot.name, name(i))
+                    })?),
+                });
+            }
+            let member = Member {
+                param,
+                grad: grad_span,
+                step,
+                slots,
+                fresh,
+            };
+            members.push((i, member));
+        }
+        let mut owned = Vec::new();
+        for (i, m) in &members {
+            let mut add = |span: Span, written: bool, what: &'static str| {
+                owned.push(Owned {
+                    span,
+                    written,
+                    param: *i,
+                    what,
+                })
+            };
+            add(m.param, true, "the parameter");
+            add(m.grad, false, "its gradient");
+            add(m.step.span(), true, "its state \"step\"");
+            for s in &m.slots {
+                match s {
+                    SlotSpan::Buffer(b) => add(*b, true, "its state"),
+                    SlotSpan::Scalar(s) => add(s.span(), true, "its scalar state"),
+                }
+            }
+        }
+        tensor::check_disjoint(&owned, &name)?;
+        // Steps and scalar slots as numbers (checked: whole, not negative).
+        let n_slots = self.stepper.program().slots.len();
+        let mut steps = Vec::with_capacity(members.len());
+        let mut scalars = Vec::with_capacity(members.len() * n_slots);
+        for (i, m) in &members {
+            // SAFETY: every span was checked by `span` and `check_disjoint` above, and the
+            // tensors are kept alive by `alive` and `members`; no slice exists yet.
+            let step = unsafe { m.step.get() };
+            if !(step >= 0.0 && step.fract() == 0.0 && step < 2f64.powi(53)) {
+                return Err(PyValueError::new_err(format!(
+                    "state \"step\" of {} is {step}, not a step count",
+                    name(*i)
+                )));
+            }
+            steps.push(step as u64);
+            for s in &m.slots {
+                scalars.push(match s {
+                    // SAFETY: as above.
+                    SlotSpan::Scalar(s) => unsafe { s.get() },
+                    SlotSpan::Buffer(_) => 0.0,
+                });
+            }
+        }
+        for (name, &value) in names.iter().zip(&hypers) {
+            self.stepper.set_hyper(name, value).map_err(py_err)?;
+        }
+        self.stepper.set_threads(threads);
+        let stepper = &self.stepper;
+        let applied = {
+            let mut slices = Vec::with_capacity(members.len());
+            let mut scalar_rest = scalars.as_mut_slice();
+            for ((_, m), step) in members.iter().zip(steps.iter_mut()) {
+                let (mine, tail) = std::mem::take(&mut scalar_rest).split_at_mut(n_slots);
+                scalar_rest = tail;
+                // SAFETY: every span was checked by `span` (aligned, in one live allocation)
+                // and by `check_disjoint` (no written span overlaps another span); the
+                // tensors stay alive in `alive` and `members` until after the step; each
+                // span becomes one slice, dropped with `slices` before the scalars are
+                // written back.
+                let buffers = m.slots.iter().filter_map(|s| match s {
+                    SlotSpan::Buffer(b) => Some(unsafe { tensor::elems(*b) }),
+                    SlotSpan::Scalar(_) => None,
+                });
+                slices.push(ParamSlices {
+                    // SAFETY: as above.
+                    param: unsafe { tensor::elems(m.param) },
+                    // SAFETY: as above.
+                    grad: unsafe { tensor::elems_ref(m.grad) },
+                    buffers: buffers.collect(),
+                    scalars: mine,
+                    step,
+                });
+            }
+            py.detach(|| stepper.step_slices(&mut slices))
+                .map_err(py_err)?
+        };
+        if applied {
+            let mut scalar_rest = scalars.as_slice();
+            for ((_, m), &step) in members.iter().zip(&steps) {
+                let (mine, tail) = scalar_rest.split_at(n_slots);
+                scalar_rest = tail;
+                // SAFETY: the slices of the step are gone; the spans were checked as above
+                // and the tensors are alive.
+                unsafe { m.step.set(step as f64) };
+                for (s, &value) in m.slots.iter().zip(mine) {
+                    if let SlotSpan::Scalar(s) = s {
+                        // SAFETY: as above.
+                        unsafe { s.set(value) };
+                    }
+                }
+            }
+        }
+        for (_, m) in members {
+            if let Some((p, d)) = m.fresh {
+                state.set_item(p, d)?;
+            }
+        }
+        drop(alive);
+        Ok(applied)
+    }
+}
+
+/// The extension module.
+#[pymodule]
+fn _optjit(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Program>()?;
+    Ok(())
+}
