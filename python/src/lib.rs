@@ -215,6 +215,14 @@ impl Program {
             let param = tensor::span(&local, &torch, &|| name(i))?;
             let local_grad = tensor::local(&grad, &torch)?;
             let grad_span = tensor::span(&local_grad, &torch, &what("the gradient"))?;
+            if grad_span.len != param.len {
+                return Err(PyValueError::new_err(format!(
+                    "the gradient of {} has {} elements, the parameter {}",
+                    name(i),
+                    grad_span.len,
+                    param.len
+                )));
+            }
             alive.extend([local, local_grad]);
             let existing = state
                 .get_item(&p)?
@@ -248,6 +256,15 @@ impl Program {
             for slot in &self.stepper.program().slots {
                 let span = take(&slot.name)?;
                 slots.push(match slot.kind {
+                    SlotKind::Element if span.len != param.len => {
+                        return Err(PyValueError::new_err(format!(
+                            "state {:?} of {} has {} elements, the parameter {}",
+                            slot.name,
+                            name(i),
+                            span.len,
+                            param.len
+                        )));
+                    }
                     SlotKind::Element => SlotSpan::Buffer(span),
                     _ => SlotSpan::Scalar(Scalar::new(span, &|| {
                         format!("state {:?} of {}", slot.name, name(i))
