@@ -69,6 +69,14 @@ pub struct ParamSlices<'a> {
     pub step: &'a mut u64,
 }
 
+/// Whether `p`'s streams are stored as `layout` says (its stochastic streams are the
+/// Stepper's, the same for every parameter).
+fn fits(layout: &Layout, p: &ParamSlices<'_>) -> bool {
+    layout.dtype(0) == p.param.dtype()
+        && layout.dtype(1) == p.grad.dtype()
+        && (p.buffers.iter().enumerate()).all(|(k, b)| layout.dtype(2 + k as u32) == b.dtype())
+}
+
 /// Adds one parameter's buffers to `sets`; returns its index there.
 fn push<'s, 'a, T>(
     sets: &mut Sets<'s, 'a, T>,
@@ -359,12 +367,18 @@ impl Stepper {
                     });
                 }
             }
-            let layout = self.layout(p)?;
-            let entry = match layouts.iter().position(|l| *l == layout) {
-                Some(e) => e,
-                None => {
-                    layouts.push(layout);
-                    layouts.len() - 1
+            // Usually the previous parameter's layout: compared without building one.
+            let entry = match entries.last() {
+                Some(&e) if fits(&layouts[e], p) => e,
+                _ => {
+                    let layout = self.layout(p)?;
+                    match layouts.iter().position(|l| *l == layout) {
+                        Some(e) => e,
+                        None => {
+                            layouts.push(layout);
+                            layouts.len() - 1
+                        }
+                    }
                 }
             };
             entries.push(entry);

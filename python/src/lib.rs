@@ -12,7 +12,7 @@ use optjit::ir::SlotKind;
 use optjit::{optim, ErrorKind, ParamSlices, Stepper};
 use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::{PyDict, PyList, PyString};
 use tensor::{Owned, Scalar, Span, Torch};
 
 /// An optjit error as the Python exception a user expects: `ValueError` for a bad definition
@@ -39,9 +39,16 @@ struct Member<'py> {
     step: Scalar,
     /// Per slot: its element buffer or its scalar.
     slots: Vec<SlotSpan>,
-    /// The state dict to add to `self.state` after the step, for a parameter stepped for
-    /// the first time.
-    fresh: Option<(Bound<'py, PyAny>, Bound<'py, PyDict>)>,
+    /// What to add to `self.state` once the step is done.
+    fresh: Option<Pending<'py>>,
+}
+
+/// State a step adds once it is done (so that a failed step adds nothing).
+enum Pending<'py> {
+    /// The state dict of a parameter stepped for the first time.
+    State(Bound<'py, PyAny>, Bound<'py, PyDict>),
+    /// The `step` of a state dict without one.
+    Step(Bound<'py, PyDict>, Bound<'py, PyAny>),
 }
 
 /// One state slot's tensor.
@@ -57,6 +64,19 @@ impl Program {
         })
     }
 
+    /// A 0-dimensional tensor of `dtype` holding `value`.
+    fn scalar<'py>(
+        &self,
+        py: Python<'py>,
+        value: f64,
+        dtype: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("dtype", dtype)?;
+        py.import("torch")?
+            .call_method("full", ((), value), Some(&kwargs))
+    }
+
     /// The state of a parameter stepped for the first time: a `step` of 0 in `step_dtype`,
     /// each element slot a tensor like `param` (in `state_dtype` if given) at its initial
     /// value, each scalar slot a 0-dimensional tensor of `step_dtype`.
@@ -69,11 +89,7 @@ impl Program {
         let py = param.py();
         let torch = py.import("torch")?;
         let state = PyDict::new(py);
-        let scalar = |value: f64| {
-            let kwargs = PyDict::new(py);
-            kwargs.set_item("dtype", step_dtype)?;
-            torch.call_method("full", ((), value), Some(&kwargs))
-        };
+        let scalar = |value: f64| self.scalar(py, value, step_dtype);
         state.set_item("step", scalar(0.0)?)?;
         for slot in &self.stepper.program().slots {
             let value = match slot.kind {
@@ -202,6 +218,12 @@ impl Program {
         let torch = Torch::new(py)?;
         let name = |i: usize| format!("parameter {i} of group {group}");
         let grad_attr = pyo3::intern!(py, "grad");
+        // The state's keys: `step`, then each slot's name.
+        let slot_names = self.stepper.program().slots.iter().map(|s| s.name.as_str());
+        let keys: Vec<Bound<'py, PyString>> = std::iter::once("step")
+            .chain(slot_names)
+            .map(|k| PyString::intern(py, k))
+            .collect();
         // Keeps every tensor the spans point into alive until the step returns.
         let mut alive: Vec<Bound<'py, PyAny>> = Vec::new();
         let mut members: Vec<(usize, Member<'py>)> = Vec::new();
@@ -231,30 +253,59 @@ impl Program {
             let existing = existing.map_err(|_| {
                 PyValueError::new_err(format!("the state of {} is not a dict", name(i)))
             })?;
+            // PyTorch's SGD keeps no `step`: such state counts as stepped once when it holds
+            // every slot (momentum initialized), as fresh when it holds none.
+            let held = |d: &Bound<'py, PyDict>| -> PyResult<Option<usize>> {
+                if d.contains(&keys[0])? {
+                    return Ok(None);
+                }
+                let mut n = 0;
+                for k in &keys[1..] {
+                    n += usize::from(d.get_item(k)?.is_some_and(|v| !v.is_none()));
+                }
+                Ok(Some(n))
+            };
             let (dict, fresh) = match existing {
-                Some(d) if !d.is_empty() => (d, None),
+                Some(d) if !d.is_empty() => match held(&d)? {
+                    None => (d, None),
+                    Some(n) if n == keys.len() - 1 => {
+                        let step = self.scalar(py, 1.0, step_dtype)?;
+                        (d.clone(), Some(Pending::Step(d, step)))
+                    }
+                    Some(0) => {
+                        let d = self.fresh_state(&p, step_dtype, state_dtype)?;
+                        (d.clone(), Some(Pending::State(p.clone(), d)))
+                    }
+                    Some(_) => (d, None), // an error below names the missing slot
+                },
                 _ => {
                     let d = self.fresh_state(&p, step_dtype, state_dtype)?;
-                    (d.clone(), Some((p.clone(), d)))
+                    (d.clone(), Some(Pending::State(p.clone(), d)))
                 }
             };
-            let mut take = |key: &str| -> PyResult<Span> {
-                let Some(t) = dict.get_item(key)? else {
+            let lookup = |key: &Bound<'py, PyString>| -> PyResult<Option<Bound<'py, PyAny>>> {
+                match &fresh {
+                    Some(Pending::Step(_, step)) if key.is(&keys[0]) => Ok(Some(step.clone())),
+                    _ => Ok(dict.get_item(key)?.filter(|v| !v.is_none())),
+                }
+            };
+            let mut take = |key: &Bound<'py, PyString>| -> PyResult<Span> {
+                let Some(t) = lookup(key)? else {
                     return Err(PyValueError::new_err(format!(
-                        "the state of {} has no {key:?} (it was made by another optimizer?)",
+                        "the state of {} has no \"{key}\" (it was made by another optimizer?)",
                         name(i)
                     )));
                 };
                 let t = tensor::local(&t, &torch)?;
-                let span = tensor::span(&t, &torch, &|| format!("state {key:?} of {}", name(i)))?;
+                let span = tensor::span(&t, &torch, &|| format!("state \"{key}\" of {}", name(i)))?;
                 alive.push(t);
                 Ok(span)
             };
-            let step_span = take("step")?;
+            let step_span = take(&keys[0])?;
             let step = Scalar::new(step_span, &what("state \"step\""))?;
             let mut slots = Vec::new();
-            for slot in &self.stepper.program().slots {
-                let span = take(&slot.name)?;
+            for (slot, key) in self.stepper.program().slots.iter().zip(&keys[1..]) {
+                let span = take(key)?;
                 slots.push(match slot.kind {
                     SlotKind::Element if span.len != param.len => {
                         return Err(PyValueError::new_err(format!(
@@ -374,8 +425,10 @@ impl Program {
             }
         }
         for (_, m) in members {
-            if let Some((p, d)) = m.fresh {
-                state.set_item(p, d)?;
+            match m.fresh {
+                Some(Pending::State(p, d)) => state.set_item(p, d)?,
+                Some(Pending::Step(d, step)) => d.set_item("step", step)?,
+                None => {}
             }
         }
         drop(alive);

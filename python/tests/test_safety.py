@@ -233,3 +233,36 @@ def test_the_program_prints_and_lists_its_hyperparameters():
     assert [h for h, _ in program.hypers] == ["lr", "b1", "b2", "eps", "weight_decay"]
     assert dict(program.hypers)["b1"] == 0.8
     assert "exp_avg" in str(program)
+
+
+def test_torch_sgd_state_without_a_step_continues_as_torch_does():
+    """torch.optim.SGD keeps no `step`: its momentum buffers load and continue bit for bit,
+    and a state holding no slot at all (momentum 0 in torch) counts as fresh."""
+    import copy
+
+    torch.manual_seed(0)
+    p = torch.randn(10, requires_grad=True)
+    q = p.detach().clone().requires_grad_()
+    theirs = torch.optim.SGD([p], lr=0.1, momentum=0.9)
+    for _ in range(3):
+        p.grad = torch.randn(10)
+        theirs.step()
+    with torch.no_grad():
+        q.copy_(p)
+    ours = ot.SGD([q], lr=0.1, momentum=0.9)
+    ours.load_state_dict(copy.deepcopy(theirs.state_dict()))
+    for _ in range(3):
+        g = torch.randn(10)
+        p.grad, q.grad = g, g.clone()
+        theirs.step()
+        ours.step()
+    assert torch.equal(p, q)
+    assert ours.state[q]["step"].item() == 4.0
+
+    r = torch.ones(3, requires_grad=True)
+    fresh = ot.SGD([r], lr=0.5, momentum=0.9)
+    fresh.state[r] = {"momentum_buffer": None}  # what torch.optim.SGD(momentum=0) saves
+    r.grad = torch.ones(3)
+    fresh.step()
+    assert torch.equal(r.detach(), torch.full((3,), 0.5))
+    assert torch.equal(fresh.state[r]["momentum_buffer"], torch.ones(3))

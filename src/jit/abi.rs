@@ -65,7 +65,17 @@ impl Entry {
                     });
                 }
             }
-            if seg.noise.streams != self.layout.stochastic() {
+            // Compared element by element: the lists are short (usually empty), and a
+            // slice comparison calls `memcmp` even for empty slices — once per segment.
+            let stochastic = self.layout.stochastic();
+            let same = seg.noise.streams.len() == stochastic.len()
+                && seg
+                    .noise
+                    .streams
+                    .iter()
+                    .zip(stochastic)
+                    .all(|(a, b)| a == b);
+            if !same {
                 return Err(Error::InvalidOption {
                     option: "stochastic rounding",
                     reason: "a segment's stochastic streams differ from its kernel's layout",
