@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
+import os
 from typing import Any, Callable, Iterable
 
 import torch
@@ -135,6 +135,12 @@ class OptjitOptimizer(Optimizer):
     entries other than ``params``).
     """
 
+    # Whether the state keeps a `step` (PyTorch's SGD keeps none).
+    _keep_step = True
+    # Whether the state is made in the constructor rather than at the first step (as
+    # PyTorch's Adagrad does).
+    _eager_state = False
+
     def __init__(
         self,
         params,
@@ -158,14 +164,33 @@ class OptjitOptimizer(Optimizer):
         # Compile every group now: bad options fail at construction, as in PyTorch.
         for group in self.param_groups:
             self._program(group)
+            self._make_state(group)
+
+    def _make_state(self, group: dict) -> None:
+        if not self._eager_state:
+            return
+        program = self._program(group).program
+        for p in group["params"]:
+            if not self.state.get(p):
+                self.state[p] = program.init_state(
+                    p, _scalar_dtype(), self._state_dtype, self._keep_step
+                )
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
         if hasattr(self, "_compiled"):
             self._program(self.param_groups[-1])
+            self._make_state(self.param_groups[-1])
 
     def _options(self, group: dict) -> dict:
-        return {k: v for k, v in group.items() if k != "params" and k not in _IMPLEMENTATION}
+        # Only the optimizer's own arguments: a group also holds what others put there
+        # (schedulers' `initial_lr`, `max_lr`, `base_momentum`; `param_names`; user keys;
+        # torch.optim.AdamW's `decoupled_weight_decay` in its checkpoints), which torch ignores.
+        return {
+            k: v
+            for k, v in group.items()
+            if k in self.defaults and k != "params" and k not in _IMPLEMENTATION
+        }
 
     def _program(self, group: dict) -> _Compiled:
         compiled = self._compiled.get(id(group))
@@ -202,6 +227,7 @@ class OptjitOptimizer(Optimizer):
                 step_dtype,
                 self._state_dtype,
                 g,
+                self._keep_step,
             )
             # The parameters changed in place behind autograd's back: say so, so that a
             # graph that saved them fails loudly instead of computing with new values.
@@ -210,23 +236,30 @@ class OptjitOptimizer(Optimizer):
 
 
 def _torch_style(name: str, torch_class: type | None, signature: inspect.Signature, doc: str):
-    """A class taking ``signature``'s arguments (PyTorch's for ``torch_class``), whose
-    program is ``Program.from_torch(name, options)``."""
+    """The constructor of a class taking ``signature``'s arguments, whose program is
+    ``Program.from_torch(name, options)``. With ``torch_class`` (PyTorch's class of that
+    name), the arguments are checked and completed by PyTorch itself: an instance over a
+    placeholder parameter gives its errors, messages and defaults."""
 
     def __init__(self, params, *args, threads=None, state_dtype=None, **kwargs):
-        bound = signature.bind(None, params, *args, **kwargs)
-        bound.apply_defaults()
-        defaults = dict(bound.arguments)
-        defaults.pop("self")
-        defaults.pop("params")
-        extra = defaults.pop("kwargs", None)
-        if extra:
-            raise TypeError(f"{type(self).__name__}() got unexpected arguments {sorted(extra)}")
-        _check(defaults)
+        if torch_class is not None:
+            probe = torch_class([torch.zeros(1, requires_grad=True)], *args, **kwargs)
+            defaults = dict(probe.defaults)
+        else:
+            bound = signature.bind(None, params, *args, **kwargs)
+            bound.apply_defaults()
+            defaults = dict(bound.arguments)
+            defaults.pop("self")
+            defaults.pop("params")
+            _check(defaults)
 
         def build(options: dict) -> Program:
             kwargs = {k: _jsonable(v) for k, v in options.items() if v is not None}
-            return Program.from_torch(name, json.dumps(kwargs))
+            # torch.optim.AdamW is Adam with decoupled weight decay, and says so in its
+            # groups (PyTorch 2.6 and later).
+            decoupled = name == "adamw" and "decoupled_weight_decay" in kwargs
+            builtin = "adam" if decoupled else name
+            return Program.from_torch(builtin, json.dumps(kwargs))
 
         OptjitOptimizer.__init__(
             self, params, defaults, build, threads=threads, state_dtype=state_dtype
@@ -266,21 +299,30 @@ def _check(options: dict) -> None:
         raise ValueError(f"Invalid momentum value: {momentum}")
 
 
-def _class(name: str, torch_name: str | None, signature: inspect.Signature, doc: str) -> type:
-    cls = type(name, (OptjitOptimizer,), {"__doc__": doc, "__module__": __name__})
-    cls.__init__ = _torch_style(torch_name or name.lower(), None, signature, doc)
+def _class(
+    name: str,
+    builtin: str,
+    signature: inspect.Signature,
+    doc: str,
+    torch_class: type | None = None,
+    **attributes: Any,
+) -> type:
+    attributes.update({"__doc__": doc, "__module__": __name__})
+    cls = type(name, (OptjitOptimizer,), attributes)
+    cls.__init__ = _torch_style(builtin, torch_class, signature, doc)
     cls.__init__.__qualname__ = f"{name}.__init__"
     return cls
 
 
-def _torch_class(name: str) -> type:
+def _torch_class(name: str, **attributes: Any) -> type:
     torch_class = getattr(torch.optim, name)
     doc = (
         f"``torch.optim.{name}``, run by optjit: the same keyword arguments, defaults, state "
         f"and numbers (within the tolerances of optjit's conformance tests), plus "
         f"``threads`` and ``state_dtype``."
     )
-    return _class(name, name.lower(), inspect.signature(torch_class.__init__), doc)
+    signature = inspect.signature(torch_class.__init__)
+    return _class(name, name.lower(), signature, doc, torch_class, **attributes)
 
 
 def _signature(**kwargs: Any) -> inspect.Signature:
@@ -290,10 +332,10 @@ def _signature(**kwargs: Any) -> inspect.Signature:
     return inspect.Signature(params)
 
 
-SGD = _torch_class("SGD")
+SGD = _torch_class("SGD", _keep_step=False)
 Adam = _torch_class("Adam")
 AdamW = _torch_class("AdamW")
-Adagrad = _torch_class("Adagrad")
+Adagrad = _torch_class("Adagrad", _eager_state=True)
 Adadelta = _torch_class("Adadelta")
 Adamax = _torch_class("Adamax")
 NAdam = _torch_class("NAdam")
@@ -330,7 +372,7 @@ AdaBelief = _class(
 
 
 def _optax_style(name: str, rename: dict, signature: inspect.Signature, doc: str) -> type:
-    """A class whose program is optax's ``name`` (``Program.from_torch`` with optax's
+    """A class whose program is optax's ``name`` (``Program.from_optax`` with optax's
     argument names, from ``rename``)."""
 
     def __init__(self, params, *args, threads=None, state_dtype=None, **kwargs):
@@ -348,7 +390,7 @@ def _optax_style(name: str, rename: dict, signature: inspect.Signature, doc: str
                     kwargs["b1"], kwargs["b2"] = (_jsonable(b) for b in v)
                 else:
                     kwargs[rename.get(k, k)] = _jsonable(v)
-            return Program.from_torch(name, json.dumps(kwargs))
+            return Program.from_optax(name, json.dumps(kwargs))
 
         OptjitOptimizer.__init__(
             self, params, defaults, build, threads=threads, state_dtype=state_dtype
@@ -403,7 +445,9 @@ def from_text(text: str, params, *, threads=None, state_dtype=None, **hypers) ->
 
 def from_file(path, params, *, threads=None, state_dtype=None, **hypers) -> OptjitOptimizer:
     """The optimizer in the ``.opt`` file at ``path``; see :func:`from_text`."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no optimizer file at {str(path)!r}")
     return _Text(Program.from_file(str(path)), params, threads, state_dtype, **hypers)
 
 
-del Iterable, math
+del Iterable

@@ -10,17 +10,19 @@ mod tensor;
 
 use optjit::ir::SlotKind;
 use optjit::{optim, ErrorKind, ParamSlices, Stepper};
-use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyMemoryError, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString};
 use tensor::{Owned, Scalar, Span, Torch};
 
 /// An optjit error as the Python exception a user expects: `ValueError` for a bad definition
-/// or bad input, `MemoryError` when memory ran out, `RuntimeError` otherwise.
+/// or bad input, `MemoryError` when memory ran out, `OSError` for a file, `RuntimeError`
+/// otherwise.
 fn py_err(e: optjit::Error) -> PyErr {
     match (e.kind(), &e) {
         (ErrorKind::UserMistake, _) => PyValueError::new_err(e.to_string()),
         (_, optjit::Error::OutOfMemory { .. }) => PyMemoryError::new_err(e.to_string()),
+        (_, optjit::Error::Io { .. }) => PyOSError::new_err(e.to_string()),
         _ => PyRuntimeError::new_err(e.to_string()),
     }
 }
@@ -40,7 +42,7 @@ struct Member<'py> {
     /// Per slot: its element buffer or its scalar.
     slots: Vec<SlotSpan>,
     /// What to add to `self.state` once the step is done.
-    fresh: Option<Pending<'py>>,
+    pending: Vec<Pending<'py>>,
 }
 
 /// State a step adds once it is done (so that a failed step adds nothing).
@@ -77,7 +79,8 @@ impl Program {
             .call_method("full", ((), value), Some(&kwargs))
     }
 
-    /// The state of a parameter stepped for the first time: a `step` of 0 in `step_dtype`,
+    /// The state of a parameter stepped for the first time: a `step` of 0 in `step_dtype`
+    /// (if `keep_step`),
     /// each element slot a tensor like `param` (in `state_dtype` if given) at its initial
     /// value, each scalar slot a 0-dimensional tensor of `step_dtype`.
     fn fresh_state<'py>(
@@ -85,12 +88,15 @@ impl Program {
         param: &Bound<'py, PyAny>,
         step_dtype: &Bound<'py, PyAny>,
         state_dtype: Option<&Bound<'py, PyAny>>,
+        keep_step: bool,
     ) -> PyResult<Bound<'py, PyDict>> {
         let py = param.py();
         let torch = py.import("torch")?;
         let state = PyDict::new(py);
         let scalar = |value: f64| self.scalar(py, value, step_dtype);
-        state.set_item("step", scalar(0.0)?)?;
+        if keep_step {
+            state.set_item("step", scalar(0.0)?)?;
+        }
         for slot in &self.stepper.program().slots {
             let value = match slot.kind {
                 SlotKind::Element => {
@@ -123,6 +129,33 @@ impl Program {
             ));
         };
         Program::new(&optim::from_torch(name, kwargs).map_err(py_err)?)
+    }
+
+    /// The built-in for `optax.<name>(**kwargs)`, `kwargs` a JSON object of optax's keyword
+    /// arguments (`learning_rate`, `b1`, ...).
+    #[staticmethod]
+    fn from_optax(name: &str, kwargs: &str) -> PyResult<Program> {
+        let kwargs: serde_json::Value = serde_json::from_str(kwargs)
+            .map_err(|e| PyValueError::new_err(format!("keyword arguments: {e}")))?;
+        let Some(kwargs) = kwargs.as_object() else {
+            return Err(PyValueError::new_err(
+                "keyword arguments must be a JSON object",
+            ));
+        };
+        Program::new(&optim::from_optax(name, kwargs).map_err(py_err)?)
+    }
+
+    /// A fresh state dict for `param`, as a step would create it (PyTorch's Adagrad makes
+    /// its state in its constructor).
+    #[pyo3(signature = (param, step_dtype, state_dtype=None, keep_step=true))]
+    fn init_state<'py>(
+        &self,
+        param: &Bound<'py, PyAny>,
+        step_dtype: &Bound<'py, PyAny>,
+        state_dtype: Option<&Bound<'py, PyAny>>,
+        keep_step: bool,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        self.fresh_state(param, step_dtype, state_dtype, keep_step)
     }
 
     /// An optimizer in optjit's text form.
@@ -179,11 +212,13 @@ impl Program {
     /// `hypers` (in the order of [`Program::hypers`]), on at most `threads` threads, in one
     /// engine call. Their state is `state[p]` (torch's `self.state`); a parameter without
     /// state gets a fresh one (see `fresh_state`), added to `state` once the step is done.
+    /// With `keep_step` false the state keeps no `step` (as PyTorch's SGD): a state holding
+    /// its slots counts as stepped.
     ///
     /// Every tensor is checked before anything changes (dtype, device, layout, contiguity,
     /// lengths, memory shared between tensors): on error nothing changed. Returns whether
     /// the step was applied (`False` when the program's skip condition held).
-    #[pyo3(signature = (params, state, hypers, threads, step_dtype, state_dtype=None, group=0))]
+    #[pyo3(signature = (params, state, hypers, threads, step_dtype, state_dtype=None, group=0, keep_step=true))]
     #[allow(clippy::too_many_arguments)]
     fn step<'py>(
         &mut self,
@@ -195,6 +230,7 @@ impl Program {
         step_dtype: &Bound<'py, PyAny>,
         state_dtype: Option<&Bound<'py, PyAny>>,
         group: usize,
+        keep_step: bool,
     ) -> PyResult<bool> {
         let names: Vec<String> = self.hypers().into_iter().map(|(n, _)| n).collect();
         if hypers.len() != names.len() {
@@ -253,39 +289,35 @@ impl Program {
             let existing = existing.map_err(|_| {
                 PyValueError::new_err(format!("the state of {} is not a dict", name(i)))
             })?;
-            // PyTorch's SGD keeps no `step`: such state counts as stepped once when it holds
-            // every slot (momentum initialized), as fresh when it holds none.
-            let held = |d: &Bound<'py, PyDict>| -> PyResult<Option<usize>> {
-                if d.contains(&keys[0])? {
-                    return Ok(None);
-                }
-                let mut n = 0;
-                for k in &keys[1..] {
-                    n += usize::from(d.get_item(k)?.is_some_and(|v| !v.is_none()));
-                }
-                Ok(Some(n))
-            };
+            // A state without `step` (PyTorch's SGD keeps none, nor does optjit's for a
+            // program stepped with `keep_step=False`) counts as stepped once (its momentum is
+            // initialized), unless it holds nothing but `None`s (PyTorch's SGD without
+            // momentum keeps `momentum_buffer: None`): then it is fresh.
+            let holds_nothing = |d: &Bound<'py, PyDict>| d.values().iter().all(|v| v.is_none());
             let (dict, fresh) = match existing {
-                Some(d) if !d.is_empty() => match held(&d)? {
-                    None => (d, None),
-                    Some(n) if n == keys.len() - 1 => {
-                        let step = self.scalar(py, 1.0, step_dtype)?;
-                        (d.clone(), Some(Pending::Step(d, step)))
+                Some(d) if !holds_nothing(&d) => (d, false),
+                _ => (
+                    self.fresh_state(&p, step_dtype, state_dtype, keep_step)?,
+                    true,
+                ),
+            };
+            let mut pending = Vec::new();
+            if fresh {
+                pending.push(Pending::State(p.clone(), dict.clone()));
+            }
+            let temporary_step = match dict.contains(&keys[0])? {
+                true => None,
+                false => {
+                    let step = self.scalar(py, if fresh { 0.0 } else { 1.0 }, step_dtype)?;
+                    if keep_step {
+                        pending.push(Pending::Step(dict.clone(), step.clone()));
                     }
-                    Some(0) => {
-                        let d = self.fresh_state(&p, step_dtype, state_dtype)?;
-                        (d.clone(), Some(Pending::State(p.clone(), d)))
-                    }
-                    Some(_) => (d, None), // an error below names the missing slot
-                },
-                _ => {
-                    let d = self.fresh_state(&p, step_dtype, state_dtype)?;
-                    (d.clone(), Some(Pending::State(p.clone(), d)))
+                    Some(step)
                 }
             };
             let lookup = |key: &Bound<'py, PyString>| -> PyResult<Option<Bound<'py, PyAny>>> {
-                match &fresh {
-                    Some(Pending::Step(_, step)) if key.is(&keys[0]) => Ok(Some(step.clone())),
+                match &temporary_step {
+                    Some(step) if key.is(&keys[0]) => Ok(Some(step.clone())),
                     _ => Ok(dict.get_item(key)?.filter(|v| !v.is_none())),
                 }
             };
@@ -327,7 +359,7 @@ impl Program {
                 grad: grad_span,
                 step,
                 slots,
-                fresh,
+                pending,
             };
             members.push((i, member));
         }
@@ -424,11 +456,10 @@ impl Program {
                 }
             }
         }
-        for (_, m) in members {
-            match m.fresh {
-                Some(Pending::State(p, d)) => state.set_item(p, d)?,
-                Some(Pending::Step(d, step)) => d.set_item("step", step)?,
-                None => {}
+        for pending in members.into_iter().flat_map(|(_, m)| m.pending) {
+            match pending {
+                Pending::State(p, d) => state.set_item(p, d)?,
+                Pending::Step(d, step) => d.set_item("step", step)?,
             }
         }
         drop(alive);

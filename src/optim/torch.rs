@@ -23,8 +23,8 @@ use serde_json::{Map, Value};
 /// PyTorch implementations: `lion` (`lr`, `betas`, `weight_decay`, `maximize`), `adan`
 /// (`betas` of three numbers, `b1`/`b2`/`b3`; `no_prox`) and `adabelief` (`amsgrad`,
 /// `weight_decouple`, `fixed_decay`, `rectify`, `degenerated_to_sgd`), each with the
-/// defaults of the optjit built-in of that name; optax's `lamb`, `lars`, `novograd`, `yogi`,
-/// `sign_sgd`, `ademamix`, `clip_adam` and `clip_adamw` with optax's argument names.
+/// defaults of the optjit built-in of that name (optax's optimizers are
+/// [`from_optax`]'s).
 ///
 /// The implementation flags `foreach`, `capturable`, `differentiable` and `fused` choose how
 /// PyTorch runs the same algorithm, not what it computes; each is accepted, where the class
@@ -191,6 +191,44 @@ pub fn from_torch(optimizer: &str, kwargs: &Map<String, Value>) -> Result<Graph>
             }
             .graph()
         }
+        "lion" => {
+            let d = Lion::default();
+            Lion {
+                lr: k.number("lr", d.lr)?,
+                betas: k.pair("betas", d.betas)?,
+                weight_decay: k.number("weight_decay", d.weight_decay)?,
+                maximize: k.flag("maximize", d.maximize)?,
+            }
+            .graph()
+        }
+        "adan" => {
+            let d = Adan::default();
+            Adan {
+                lr: k.number("lr", d.lr)?,
+                betas: k.triple("betas", d.betas)?,
+                eps: k.number("eps", d.eps)?,
+                weight_decay: k.number("weight_decay", d.weight_decay)?,
+                no_prox: k.flag("no_prox", d.no_prox)?,
+                maximize: k.flag("maximize", d.maximize)?,
+            }
+            .graph()
+        }
+        "adabelief" => {
+            let d = AdaBelief::default();
+            AdaBelief {
+                lr: k.number("lr", d.lr)?,
+                betas: k.pair("betas", d.betas)?,
+                eps: k.number("eps", d.eps)?,
+                weight_decay: k.number("weight_decay", d.weight_decay)?,
+                amsgrad: k.flag("amsgrad", d.amsgrad)?,
+                weight_decouple: k.flag("weight_decouple", d.weight_decouple)?,
+                fixed_decay: k.flag("fixed_decay", d.fixed_decay)?,
+                rectify: k.flag("rectify", d.rectify)?,
+                degenerated_to_sgd: k.flag("degenerated_to_sgd", d.degenerated_to_sgd)?,
+                maximize: k.flag("maximize", d.maximize)?,
+            }
+            .graph()
+        }
         _ => {
             return Err(Error::UnknownOptimizer {
                 name: optimizer.to_string(),
@@ -246,44 +284,6 @@ pub fn from_optax(optimizer: &str, kwargs: &Map<String, Value>) -> Result<Graph>
         taken: Vec::new(),
     };
     let graph = match optimizer {
-        "lion" => {
-            let d = Lion::default();
-            Lion {
-                lr: k.number("lr", d.lr)?,
-                betas: k.pair("betas", d.betas)?,
-                weight_decay: k.number("weight_decay", d.weight_decay)?,
-                maximize: k.flag("maximize", d.maximize)?,
-            }
-            .graph()
-        }
-        "adan" => {
-            let d = Adan::default();
-            Adan {
-                lr: k.number("lr", d.lr)?,
-                betas: k.triple("betas", d.betas)?,
-                eps: k.number("eps", d.eps)?,
-                weight_decay: k.number("weight_decay", d.weight_decay)?,
-                no_prox: k.flag("no_prox", d.no_prox)?,
-                maximize: k.flag("maximize", d.maximize)?,
-            }
-            .graph()
-        }
-        "adabelief" => {
-            let d = AdaBelief::default();
-            AdaBelief {
-                lr: k.number("lr", d.lr)?,
-                betas: k.pair("betas", d.betas)?,
-                eps: k.number("eps", d.eps)?,
-                weight_decay: k.number("weight_decay", d.weight_decay)?,
-                amsgrad: k.flag("amsgrad", d.amsgrad)?,
-                weight_decouple: k.flag("weight_decouple", d.weight_decouple)?,
-                fixed_decay: k.flag("fixed_decay", d.fixed_decay)?,
-                rectify: k.flag("rectify", d.rectify)?,
-                degenerated_to_sgd: k.flag("degenerated_to_sgd", d.degenerated_to_sgd)?,
-                maximize: k.flag("maximize", d.maximize)?,
-            }
-            .graph()
-        }
         "lamb" => {
             let d = Lamb::default();
             Lamb {
@@ -504,6 +504,30 @@ mod tests {
             option: option.to_string(),
             detail: detail.to_string(),
         }
+    }
+
+    #[test]
+    fn lion_adan_and_adabelief_take_their_reference_arguments() {
+        let lion = from_torch("lion", &kwargs(json!({"lr": 3e-4, "betas": [0.95, 0.98]})));
+        let lion = lion.expect("lion");
+        let hypers = lion.hypers();
+        assert_eq!((hypers[0].default, hypers[1].default), (3e-4, 0.95));
+        let adan = from_torch("adan", &kwargs(json!({"betas": [0.9, 0.8, 0.7]})));
+        let b3 = adan
+            .expect("adan")
+            .hypers()
+            .iter()
+            .find(|h| h.name == "b3")
+            .map(|h| h.default);
+        assert_eq!(b3, Some(0.7));
+        let two = from_torch("adan", &kwargs(json!({"betas": [0.9, 0.8]})));
+        assert!(matches!(two, Err(Error::UnsupportedOption { .. })));
+        let belief = from_torch(
+            "adabelief",
+            &kwargs(json!({"rectify": false, "eps": 1e-12})),
+        );
+        assert!(belief.is_ok());
+        assert!(from_optax("lion", &Map::new()).is_err());
     }
 
     #[test]
