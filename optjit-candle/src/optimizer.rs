@@ -262,11 +262,7 @@ impl OptjitOptimizer {
                 .iter_mut()
                 .zip(grads)
                 .zip(states)
-                .map(|((param, grad), state)| ParamRef {
-                    param,
-                    grad,
-                    state,
-                })
+                .map(|((param, grad), state)| ParamRef { param, grad, state })
                 .collect();
             stepper.step_many(&mut refs)
         })?;
