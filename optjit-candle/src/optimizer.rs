@@ -188,7 +188,12 @@ impl OptjitOptimizer {
     /// Everything is checked before any var changes: a gradient on another device, of
     /// another dtype or shape, or sharing a var's memory is an error and nothing is stepped.
     /// Non-contiguous gradients (e.g. candle's broadcast gradient of a sum) are made
-    /// contiguous first (a copy of the gradient, never of the var).
+    /// contiguous first (a copy of the gradient, never of the var). The groups and dtypes are
+    /// stepped one after another; only an internal error of the engine (a failed JIT
+    /// compile) could stop a later one after an earlier one stepped.
+    ///
+    /// With several groups or dtypes, the graph's global reductions (`global_sumsq`, ...)
+    /// span one group and dtype; [`Config::clip_grad_norm`] spans all gradients.
     pub fn try_step(&mut self, grads: &GradStore) -> Result<bool> {
         let mut work: Vec<(usize, Tensor)> = Vec::with_capacity(self.entries.len());
         for (i, e) in self.entries.iter().enumerate() {
