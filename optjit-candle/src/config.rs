@@ -133,6 +133,11 @@ impl Config {
             .map_or(0, |i| i + 1)
     }
 
+    /// Whether any [`ParamGroup`] was added.
+    pub(crate) fn has_groups(&self) -> bool {
+        !self.groups.is_empty()
+    }
+
     /// Checks what the graph cannot: the clip's arguments.
     pub(crate) fn check(&self) -> Result<()> {
         if let Some(clip) = self.clip {

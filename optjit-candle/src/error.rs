@@ -86,6 +86,22 @@ pub enum Error {
         /// The graph's name.
         optimizer: String,
     },
+    /// User mistake: an optimizer whose step must see every var at once (a skip condition,
+    /// or a reduction over all parameters such as `global_sumsq`) over vars that step in
+    /// several engine calls (more than one group, or vars of several dtypes). Stepping them
+    /// call by call could skip one group and not another, or reduce over one group only.
+    #[error(
+        "the optimizer {optimizer:?} has {what}, which spans every var of a step, but its vars \
+         step in {calls} engine calls (one per group and dtype); use one group and one dtype"
+    )]
+    SpansCalls {
+        /// The graph's name.
+        optimizer: String,
+        /// `"a skip condition"` or `"a reduction over all parameters"`.
+        what: &'static str,
+        /// The number of (group, dtype) pairs the vars fall in.
+        calls: usize,
+    },
     /// User mistake: an option of the adapter out of its domain.
     #[error("{option} {reason}")]
     InvalidOption {

@@ -144,6 +144,7 @@ impl OptjitOptimizer {
                 state,
             });
         }
+        check_one_call(&graph, &entries)?;
         Ok(OptjitOptimizer {
             entries,
             groups,
@@ -192,8 +193,9 @@ impl OptjitOptimizer {
     /// stepped one after another; only an internal error of the engine (a failed JIT
     /// compile) could stop a later one after an earlier one stepped.
     ///
-    /// With several groups or dtypes, the graph's global reductions (`global_sumsq`, ...)
-    /// span one group and dtype; [`Config::clip_grad_norm`] spans all gradients.
+    /// A graph with a skip condition or a reduction over all parameters is refused when built
+    /// over vars that need more than one call ([`Error::SpansCalls`]), so a step is never
+    /// skipped or reduced group by group; [`Config::clip_grad_norm`] spans all gradients.
     pub fn try_step(&mut self, grads: &GradStore) -> Result<bool> {
         let mut work: Vec<(usize, Tensor)> = Vec::with_capacity(self.entries.len());
         for (i, e) in self.entries.iter().enumerate() {
@@ -276,6 +278,35 @@ impl OptjitOptimizer {
             None => Ok(true),
         }
     }
+}
+
+/// Refuses a graph whose step must see every var at once (a skip condition, a reduction over
+/// all parameters) when its vars step in more than one engine call (see [`Error::SpansCalls`]).
+/// The fused clipping of [`Config::clip_grad_norm`] is not such a reduction: the adapter
+/// computes its norm over every gradient before the calls.
+fn check_one_call(graph: &optjit::Graph, entries: &[Entry]) -> Result<()> {
+    let what = if graph.skip().is_some() {
+        "a skip condition"
+    } else if graph
+        .nodes()
+        .iter()
+        .any(|n| matches!(n, optjit::ir::Node::Reduce(_, optjit::ir::Scope::Global, _)))
+    {
+        "a reduction over all parameters"
+    } else {
+        return Ok(());
+    };
+    let mut calls: Vec<(usize, DType)> = entries.iter().map(|e| (e.group, e.var.dtype())).collect();
+    calls.sort_by_key(|&(g, d)| (g, d.as_str()));
+    calls.dedup();
+    if calls.len() > 1 {
+        return Err(Error::SpansCalls {
+            optimizer: graph.name().to_string(),
+            what,
+            calls: calls.len(),
+        });
+    }
+    Ok(())
 }
 
 /// Checks every var: on the CPU, contiguous, of a dtype the engine steps; no two the same
@@ -386,6 +417,15 @@ impl candle_nn::Optimizer for OptjitOptimizer {
     /// order of `vars`, and [`crate::ParamGroup`] patterns see those names. Prefer
     /// [`OptjitOptimizer::from_varmap`] (its names, in a fixed order).
     fn new(vars: Vec<Var>, config: Config) -> candle_core::Result<Self> {
+        if config.has_groups() {
+            // Position names would silently match no pattern.
+            return Err(Error::InvalidOption {
+                option: "parameter groups",
+                reason:
+                    "need the vars' names: build with OptjitOptimizer::from_varmap or new_named",
+            }
+            .into());
+        }
         let named = vars
             .into_iter()
             .enumerate()

@@ -167,3 +167,44 @@ fn a_strided_gradient_is_read_through_a_contiguous_copy() {
     opt.try_step(&grads).unwrap();
     assert_eq!(values(&w), [-2.0, -2.0, -2.0]);
 }
+
+#[test]
+fn a_step_that_must_see_every_var_is_refused_over_several_calls() {
+    use optjit_candle::ParamGroup;
+    let clipped = Config::from_text(include_str!("../../examples/clipped_adam.opt")).unwrap();
+    let skipping = Config::new(optjit::optim::amp(adamw().graph()).unwrap());
+    for (config, what) in [
+        (clipped, "a reduction over all parameters"),
+        (skipping, "a skip condition"),
+    ] {
+        // One group, one dtype: one engine call, accepted.
+        let (w, b) = (var(&[1.0, 2.0], DType::F32), var(&[3.0], DType::F32));
+        let vars = vec![("w".to_string(), w.clone()), ("b".to_string(), b.clone())];
+        assert!(OptjitOptimizer::new_named(vars.clone(), config.clone()).is_ok());
+        // Two groups, or two dtypes: refused, naming what spans the step.
+        let grouped = config.clone().group(ParamGroup::matching(&["b"]));
+        let wide = var(&[3.0], DType::F64);
+        let mixed = vec![("w".to_string(), w), ("b".to_string(), wide)];
+        for err in [
+            OptjitOptimizer::new_named(vars, grouped).err().unwrap(),
+            OptjitOptimizer::new_named(mixed, config).err().unwrap(),
+        ] {
+            assert!(
+                matches!(&err, Error::SpansCalls { what: w, calls: 2, .. } if *w == what),
+                "{err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn groups_need_names_so_candles_constructor_refuses_them() {
+    use optjit_candle::ParamGroup;
+    let w = var(&[1.0], DType::F32);
+    let config = adamw().group(ParamGroup::matching(&["*.bias"]));
+    let err = <OptjitOptimizer as Optimizer>::new(vec![w.clone()], config)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("parameter groups"), "{err}");
+    assert!(<OptjitOptimizer as Optimizer>::new(vec![w], adamw()).is_ok());
+}

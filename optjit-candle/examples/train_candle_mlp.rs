@@ -10,7 +10,7 @@
 //!    optimizer and the scheduler), resumed in fresh objects, and asserted bit-identical to
 //!    the uninterrupted run.
 //!
-//! Run with `cargo run --release -p optjit-candle --example train_mlp`.
+//! Run with `cargo run --release -p optjit-candle --example train_candle_mlp`.
 
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{linear, loss, Linear, Optimizer, ParamsAdamW, VarBuilder, VarMap};
