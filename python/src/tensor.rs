@@ -45,6 +45,14 @@ impl<'py> Torch<'py> {
             ],
         })
     }
+
+    /// The optjit dtype of a torch dtype object, if optjit steps it.
+    pub(crate) fn dtype(&self, object: &Bound<'py, PyAny>) -> Option<DType> {
+        self.dtypes
+            .iter()
+            .find(|(o, _)| o.is(object))
+            .map(|&(_, d)| d)
+    }
 }
 
 /// A tensor's memory, checked by [`span`]: `len` contiguous elements of `dtype` at `addr`,
@@ -63,10 +71,16 @@ impl Span {
     }
 }
 
+/// Whether `t` is a `torch.Tensor` or `torch.nn.Parameter` (not a subclass such as a
+/// distributed tensor).
+pub(crate) fn is_plain(t: &Bound<'_, PyAny>, torch: &Torch<'_>) -> bool {
+    let ty = t.get_type();
+    torch.plain.iter().any(|p| ty.is(p))
+}
+
 /// The tensor itself, or the local shard of a distributed tensor (FSDP2's `DTensor`).
 pub(crate) fn local<'py>(t: &Bound<'py, PyAny>, torch: &Torch<'py>) -> PyResult<Bound<'py, PyAny>> {
-    let ty = t.get_type();
-    if torch.plain.iter().any(|p| ty.is(p)) {
+    if is_plain(t, torch) {
         return Ok(t.clone());
     }
     if t.hasattr("to_local")? {
@@ -89,7 +103,7 @@ pub(crate) fn span(
             type_name(t)
         ))
     })?;
-    let Some(&(_, dtype)) = torch.dtypes.iter().find(|(o, _)| o.is(&dtype_object)) else {
+    let Some(dtype) = torch.dtype(&dtype_object) else {
         return Err(PyTypeError::new_err(format!(
             "{} has dtype {dtype_object}; optjit steps float32, float64, bfloat16 and float16 tensors",
             what()
