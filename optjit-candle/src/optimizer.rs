@@ -190,8 +190,10 @@ impl OptjitOptimizer {
     /// another dtype or shape, or sharing a var's memory is an error and nothing is stepped.
     /// Non-contiguous gradients (e.g. candle's broadcast gradient of a sum) are made
     /// contiguous first (a copy of the gradient, never of the var). The groups and dtypes are
-    /// stepped one after another; only an internal error of the engine (a failed JIT
-    /// compile) could stop a later one after an earlier one stepped.
+    /// stepped one after another (on one thread with a stack deep enough for the largest,
+    /// started before anything changes when a group has more than [`crate::MAX_NEST`] vars);
+    /// only an internal error of the engine (a failed JIT compile) could stop a later one
+    /// after an earlier one stepped.
     ///
     /// A graph with a skip condition or a reduction over all parameters is refused when built
     /// over vars that need more than one call ([`Error::SpansCalls`]), so a step is never
@@ -214,10 +216,10 @@ impl OptjitOptimizer {
             }
             self.last_norm = Some(total);
         }
-        let mut applied = true;
-        let dtypes = [DType::F32, DType::F64, DType::BF16, DType::F16];
+        // One engine call per group and dtype, on a stack deep enough for the largest.
+        let mut buckets: Vec<Bucket<'_>> = Vec::new();
         for group in 0..self.groups.len() {
-            for dtype in dtypes {
+            for dtype in [DType::F32, DType::F64, DType::BF16, DType::F16] {
                 let picked: Vec<&(usize, Tensor)> = work
                     .iter()
                     .filter(|(i, _)| {
@@ -225,18 +227,28 @@ impl OptjitOptimizer {
                         e.group == group && e.var.dtype() == dtype
                     })
                     .collect();
-                if picked.is_empty() {
-                    continue;
+                if !picked.is_empty() {
+                    buckets.push(Bucket {
+                        group,
+                        dtype,
+                        picked,
+                    });
                 }
-                applied &= match dtype {
-                    DType::F64 => self.step_bucket::<f64>(group, &picked)?,
-                    DType::BF16 => self.step_bucket::<bf16>(group, &picked)?,
-                    DType::F16 => self.step_bucket::<f16>(group, &picked)?,
-                    _ => self.step_bucket::<f32>(group, &picked)?,
-                };
             }
         }
-        Ok(applied)
+        let depth = buckets.iter().map(|b| b.picked.len()).max().unwrap_or(0);
+        storage::deep_enough(depth, || {
+            let mut applied = true;
+            for b in &buckets {
+                applied &= match b.dtype {
+                    DType::F64 => self.step_bucket::<f64>(b.group, &b.picked)?,
+                    DType::BF16 => self.step_bucket::<bf16>(b.group, &b.picked)?,
+                    DType::F16 => self.step_bucket::<f16>(b.group, &b.picked)?,
+                    _ => self.step_bucket::<f32>(b.group, &b.picked)?,
+                };
+            }
+            Ok(applied)
+        })
     }
 
     /// Steps the vars `picked` (indices into the entries, with their gradients), all of
@@ -278,6 +290,14 @@ impl OptjitOptimizer {
             None => Ok(true),
         }
     }
+}
+
+/// The vars of one engine call: a group's vars of one dtype, with their gradients (indices
+/// into the entries).
+struct Bucket<'a> {
+    group: usize,
+    dtype: DType,
+    picked: Vec<&'a (usize, Tensor)>,
 }
 
 /// Refuses a graph whose step must see every var at once (a skip condition, a reduction over

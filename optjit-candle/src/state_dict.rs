@@ -184,10 +184,38 @@ fn get<'d, T: Stored>(
                         ),
                     });
                 }
-                *b = t.flatten_all()?.to_vec1::<T>()?;
+                copy_into(b, t)?;
             }
             SlotValue::Scalar(v) => *v = read_scalar(t, &key)?,
         }
     }
     Ok(T::wrap(state))
+}
+
+/// Copies the elements of `t` (checked: `b`'s length, the buffer's dtype) into `b`, the
+/// buffer `init_state` reserved fallibly: loading a state allocates nothing sized by the file
+/// beyond what the file itself holds. A tensor from a safetensors file is a contiguous CPU
+/// tensor; any other is read through a contiguous copy.
+fn copy_into<T: Stored>(b: &mut [T], t: &Tensor) -> Result<()> {
+    let t = match t.is_contiguous() && t.device().is_cpu() {
+        true => t.clone(),
+        false => t.to_device(&Device::Cpu)?.contiguous()?,
+    };
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        return Err(Error::Internal(
+            "a tensor moved to the CPU is not on the CPU",
+        ));
+    };
+    let (start, end) = layout.contiguous_offsets().ok_or(Error::Internal(
+        "a contiguous tensor has no contiguous offsets",
+    ))?;
+    let from = T::slice(cpu)
+        .and_then(|v| v.get(start..end))
+        .filter(|v| v.len() == b.len())
+        .ok_or(Error::Internal(
+            "a checked state tensor does not fit its buffer",
+        ))?;
+    b.copy_from_slice(from);
+    Ok(())
 }

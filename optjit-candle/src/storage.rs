@@ -196,24 +196,20 @@ where
     }
 }
 
-/// Runs `call` with the elements of every var of `pairs` borrowed mutably from candle's
-/// storage (in order) and those of their gradients shared: on this thread for at most
-/// [`MAX_NEST`] pairs, else on a scoped thread with [`STACK_BASE`] + [`STACK_PER_LEVEL`]
-/// per pair of stack.
-///
-/// The caller has checked that every var and gradient is a contiguous CPU tensor of `T`, no
-/// var appears twice and no gradient shares a var's memory. Returns `None` for no pair.
-pub(crate) fn with_slices<T, F, R>(pairs: &[(&Tensor, &Tensor)], call: F) -> Result<Option<R>>
+/// Runs `f` on this thread when a nest of `depth` in-place ops fits its stack (at most
+/// [`MAX_NEST`]), else on a scoped thread with [`STACK_BASE`] + [`STACK_PER_LEVEL`] per level of
+/// stack. A step starts that thread once, before it changes anything, so that failing to
+/// start it ([`Error::Thread`]) leaves every var as it was.
+pub(crate) fn deep_enough<R, F>(depth: usize, f: F) -> Result<R>
 where
-    T: CandleFloat,
-    F: FnOnce(&mut [&mut [T]], &[&[T]]) -> R + Send,
+    F: FnOnce() -> Result<R> + Send,
     R: Send,
 {
-    if pairs.len() <= MAX_NEST {
-        return nest(pairs, call);
+    if depth <= MAX_NEST {
+        return f();
     }
     let stack = STACK_PER_LEVEL
-        .checked_mul(pairs.len())
+        .checked_mul(depth)
         .and_then(|s| s.checked_add(STACK_BASE))
         .ok_or(Error::InvalidOption {
             option: "the number of vars",
@@ -223,7 +219,7 @@ where
         let nesting = std::thread::Builder::new()
             .name("optjit-candle-step".into())
             .stack_size(stack)
-            .spawn_scoped(scope, || nest(pairs, call))
+            .spawn_scoped(scope, f)
             .map_err(Error::Thread)?;
         nesting
             .join()
@@ -231,8 +227,13 @@ where
     })
 }
 
-/// [`with_slices`] on this thread.
-fn nest<T, F, R>(pairs: &[(&Tensor, &Tensor)], call: F) -> Result<Option<R>>
+/// Runs `call` with the elements of every var of `pairs` borrowed mutably from candle's
+/// storage (in order) and those of their gradients shared, nesting one in-place op per pair:
+/// on a stack [`deep_enough`] for `pairs.len()` levels.
+///
+/// The caller has checked that every var and gradient is a contiguous CPU tensor of `T`, no
+/// var appears twice and no gradient shares a var's memory. Returns `None` for no pair.
+pub(crate) fn with_slices<T, F, R>(pairs: &[(&Tensor, &Tensor)], call: F) -> Result<Option<R>>
 where
     T: CandleFloat,
     F: FnOnce(&mut [&mut [T]], &[&[T]]) -> R,
