@@ -122,15 +122,19 @@ pub enum Error {
     /// Internal bug: an invariant of the adapter broken.
     #[error("internal error of optjit-candle: {0}")]
     Internal(&'static str),
-    /// The thread that nests more than [`crate::MAX_NEST`] vars' in-place ops could not be
-    /// started (the system is out of threads or memory).
+    /// Environment: the thread that nests more than [`crate::MAX_NEST`] vars' in-place ops
+    /// could not be started (the system is out of threads or memory); nothing was stepped.
     #[error("could not start the thread that steps many vars: {0}")]
     Thread(std::io::Error),
-    /// An error of the optimizer core: an unknown hyperparameter or option is a user mistake,
-    /// the rest (see [`optjit::ErrorKind`]) internal.
+    /// An error of the optimizer core, classified by [`optjit::Error::kind`]: `.opt` text that
+    /// does not parse, an unknown hyperparameter or option are user mistakes, a file that
+    /// cannot be read an environment error, the rest internal.
     #[error(transparent)]
     Optjit(#[from] optjit::Error),
-    /// An error candle returned: internal (the adapter checks what candle would refuse).
+    /// An error candle returned: reading or writing a state dict file
+    /// ([`crate::OptjitOptimizer::save`] / [`crate::OptjitOptimizer::load`]: a missing file,
+    /// I/O, a malformed safetensors file) is an environment or user error; anywhere else it is
+    /// internal (the adapter checks what candle would refuse).
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
