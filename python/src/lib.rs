@@ -1,4 +1,4 @@
-//! `optjit._optjit`, optjit's Python extension: a compiled optimizer ([`Program`]) that
+//! `optjit._optjit`, optjit's Python extension: a compiled optimizer (`Program`) that
 //! steps a parameter group's torch tensors in place, with one engine call for the group and
 //! the GIL released. `optjit/torch.py` builds the `torch.optim` classes on it.
 //!
