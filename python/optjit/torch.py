@@ -50,6 +50,7 @@ __all__ = [
     "AdaBelief",
     "LAMB",
     "LARS",
+    "ScheduleFreeAdamW",
     "from_text",
     "from_file",
 ]
@@ -80,10 +81,12 @@ def _jsonable(value: Any) -> Any:
 class _Compiled:
     """A group's program and how to read its hyperparameters from the group."""
 
-    __slots__ = ("program", "key_names", "key", "plan")
+    __slots__ = ("program", "key_names", "key", "plan", "group_slots")
 
     def __init__(self, program: Program, options: dict, group: dict):
         self.program = program
+        # State kept once per group (schedule-free's `k`): (name, initial value).
+        self.group_slots = program.group_slots
         # Per hyperparameter: (group key, index in it or None), or its fixed value.
         self.plan: list = []
         used = set()
@@ -100,8 +103,10 @@ class _Compiled:
             else:
                 self.plan.append(source)
                 used.add(source[0])
-        # Options that are no hyperparameter shape the program: a change recompiles.
-        self.key_names = tuple(k for k in options if k not in used)
+        # Options that are no hyperparameter (nor group state) shape the program: a change
+        # recompiles.
+        state = {name for name, _ in self.group_slots}
+        self.key_names = tuple(k for k in options if k not in used and k not in state)
         self.key = tuple(_freeze(group[k]) for k in self.key_names)
 
     def matches(self, group: dict) -> bool:
@@ -219,16 +224,27 @@ class OptjitOptimizer(Optimizer):
         for g, group in enumerate(self.param_groups):
             compiled = self._program(group)
             params = group["params"]
-            compiled.program.step(
+            hypers = compiled.hypers(group)
+            values = None
+            if compiled.group_slots:
+                values = [float(group.get(n, init)) for n, init in compiled.group_slots]
+            applied = compiled.program.step(
                 params,
                 self.state,
-                compiled.hypers(group),
+                hypers,
                 threads,
                 step_dtype,
                 self._state_dtype,
                 g,
                 self._keep_step,
+                values,
             )
+            if values is not None and applied:
+                # The group's state advances once per step, gradients or not.
+                new = compiled.program.advance_group(hypers, values)
+                for (name, _), value in zip(compiled.group_slots, new):
+                    whole = isinstance(group.get(name), int) and float(value).is_integer()
+                    group[name] = int(value) if whole else value
             # The parameters changed in place behind autograd's back: say so, so that a
             # graph that saved them fails loudly instead of computing with new values.
             torch.autograd.graph.increment_version(params)
@@ -451,3 +467,87 @@ def from_file(path, params, *, threads=None, state_dtype=None, **hypers) -> Optj
 
 
 del Iterable
+
+
+class ScheduleFreeAdamW(OptjitOptimizer):
+    """Schedule-free AdamW (Defazio et al., 2024) as ``schedulefree.AdamWScheduleFree``:
+    the same arguments, param-group keys (``k``, ``lr_max``, ``weight_sum``,
+    ``train_mode``, ``scheduled_lr``) and state (``z``, ``exp_avg_sq``; no ``step``), so its
+    checkpoints load in either. As there, call ``train()`` before stepping and ``eval()``
+    before evaluating or saving the model: the parameters hold the point where gradients are
+    taken (``y``) in train mode and the average (``x``) in eval mode; ``step()`` in eval mode
+    raises.
+    """
+
+    _keep_step = False
+    # Group entries that are state or bookkeeping, not options of the program.
+    _GROUP_STATE = ("k", "train_mode", "weight_sum", "lr_max", "scheduled_lr")
+
+    def __init__(
+        self,
+        params,
+        lr=0.0025,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=0,
+        warmup_steps=0,
+        r=0.0,
+        weight_lr_power=2.0,
+        foreach=None,
+        *,
+        threads=None,
+        state_dtype=None,
+    ):
+        defaults = dict(
+            lr=lr, betas=betas, eps=eps, r=r, k=0, warmup_steps=warmup_steps,
+            train_mode=False, weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0,
+            weight_lr_power=weight_lr_power, weight_decay=weight_decay, foreach=foreach,
+        )
+        _check(defaults)
+        super().__init__(
+            params,
+            defaults,
+            lambda options: Program.builtin("schedule_free_adamw"),
+            threads=threads,
+            state_dtype=state_dtype,
+        )
+
+    def _options(self, group: dict) -> dict:
+        options = super()._options(group)
+        return {k: v for k, v in options.items() if k not in self._GROUP_STATE}
+
+    def _swap(self, train: bool) -> None:
+        """Moves every parameter from ``y`` to ``x`` (eval) or back (train)."""
+        for group in self.param_groups:
+            if group["train_mode"] == train:
+                continue
+            beta1 = group["betas"][0]
+            weight = 1 - beta1 if train else 1 - 1 / beta1
+            for p in group["params"]:
+                z = self.state[p].get("z")
+                if z is not None:
+                    p.lerp_(end=z.to(p.device), weight=weight)
+            group["train_mode"] = train
+
+    @torch.no_grad()
+    def eval(self) -> None:
+        """Parameters to the average ``x``, for evaluation and saving the model."""
+        self._swap(train=False)
+
+    @torch.no_grad()
+    def train(self) -> None:
+        """Parameters back to ``y``, for training."""
+        self._swap(train=True)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None):
+        """One step (in train mode only)."""
+        if not self.param_groups[0]["train_mode"]:
+            raise RuntimeError(
+                "Optimizer was not in train mode when step is called: call .train() before "
+                "stepping and .eval() before evaluating"
+            )
+        for group in self.param_groups:
+            k, warmup = group["k"], group["warmup_steps"]
+            group["scheduled_lr"] = group["lr"] * ((k + 1) / warmup if k < warmup else 1.0)
+        return super().step(closure)

@@ -53,10 +53,11 @@ enum Pending<'py> {
     Step(Bound<'py, PyDict>, Bound<'py, PyAny>),
 }
 
-/// One state slot's tensor.
+/// One state slot's tensor, or the group's value of a group slot.
 enum SlotSpan {
     Buffer(Span),
     Scalar(Scalar),
+    Group(f64),
 }
 
 impl Program {
@@ -64,6 +65,28 @@ impl Program {
         Ok(Program {
             stepper: Stepper::new(graph).map_err(py_err)?,
         })
+    }
+
+    /// The group slots' values a step reads: `given` (one per group slot, checked), or the
+    /// slots' initial values when the program has none.
+    fn group_values(&self, given: Option<Vec<f64>>) -> PyResult<Vec<f64>> {
+        let inits: Vec<f64> = (self.stepper.program().slots.iter())
+            .filter(|s| s.kind == SlotKind::Group)
+            .map(|s| s.init)
+            .collect();
+        match given {
+            None if inits.is_empty() => Ok(inits),
+            None => Err(PyValueError::new_err(format!(
+                "optimizer {:?} keeps state per param group: its step needs group_values",
+                self.name()
+            ))),
+            Some(v) if v.len() != inits.len() => Err(PyValueError::new_err(format!(
+                "{} group values for {} group slots",
+                v.len(),
+                inits.len()
+            ))),
+            Some(v) => Ok(v),
+        }
     }
 
     /// A 0-dimensional tensor of `dtype` holding `value`.
@@ -100,6 +123,10 @@ impl Program {
         let large = large_plain(param, state_dtype)?;
         let mut element = 0;
         for slot in &self.stepper.program().slots {
+            if slot.kind == SlotKind::Group {
+                // Kept in the param group, not in a parameter's state.
+                continue;
+            }
             let value = match (slot.kind, large) {
                 (SlotKind::Element, Some((addr, size))) => {
                     element += 1;
@@ -235,6 +262,78 @@ impl Program {
         self.fresh_state(param, step_dtype, state_dtype, keep_step)
     }
 
+    /// The built-in optimizer `name` (one of `optjit list`'s) at its default options.
+    #[staticmethod]
+    fn builtin(name: &str) -> PyResult<Program> {
+        match optim::by_name(name) {
+            Some(graph) => Program::new(&graph),
+            None => Err(PyValueError::new_err(format!(
+                "no built-in optimizer {name:?} (known: {})",
+                optim::NAMES.join(", ")
+            ))),
+        }
+    }
+
+    /// `(name, initial value)` of each group slot (state kept once per param group, e.g.
+    /// schedule-free's `k`), in slot order: what `step` takes as `group_values`.
+    #[getter]
+    fn group_slots(&self) -> Vec<(String, f64)> {
+        let slots = self.stepper.program().slots.iter();
+        slots
+            .filter(|s| s.kind == SlotKind::Group)
+            .map(|s| (s.name.clone(), s.init))
+            .collect()
+    }
+
+    /// The group slots' values after an applied step of a group whose slots held
+    /// `group_values` before it, with hyperparameters `hypers` (in `hypers` order). A group
+    /// advances once per step whether or not its parameters have gradients, as the core's
+    /// `Optimizer` and PyTorch-style reference implementations do.
+    fn advance_group(&self, hypers: Vec<f64>, group_values: Vec<f64>) -> PyResult<Vec<f64>> {
+        let program = self.stepper.program();
+        if hypers.len() != program.hypers.len() {
+            return Err(PyValueError::new_err(format!(
+                "{} hyperparameter values for {} hyperparameters",
+                hypers.len(),
+                program.hypers.len()
+            )));
+        }
+        let group_values = self.group_values(Some(group_values))?;
+        let group_slots: Vec<usize> = (program.slots.iter().enumerate())
+            .filter(|(_, s)| s.kind == SlotKind::Group)
+            .map(|(n, _)| n)
+            .collect();
+        let varies = program.per_parameter();
+        let updates = &program.prologue.state_updates;
+        for &(slot, value) in updates {
+            if !group_slots.contains(&(slot as usize)) {
+                continue;
+            }
+            if varies[value as usize] {
+                return Err(PyValueError::new_err(format!(
+                    "group state {:?} of optimizer {:?} depends on a parameter's own values",
+                    program.slots[slot as usize].name,
+                    self.name()
+                )));
+            }
+        }
+        // Only values that do not vary between parameters feed the group's updates: any
+        // parameter's step and scalar state give the same results (the slots' initial ones).
+        let state = |n: usize| match group_slots.iter().position(|&g| g == n) {
+            Some(k) => group_values[k],
+            None => program.slots[n].init,
+        };
+        let mut values = Vec::new();
+        program.eval_prologue(&hypers, 1, state, &mut values);
+        let mut next = group_values.clone();
+        for &(slot, value) in updates {
+            if let Some(k) = group_slots.iter().position(|&n| n == slot as usize) {
+                next[k] = values[value as usize];
+            }
+        }
+        Ok(next)
+    }
+
     /// An optimizer in optjit's text form.
     #[staticmethod]
     fn from_text(text: &str) -> PyResult<Program> {
@@ -290,12 +389,14 @@ impl Program {
     /// engine call. Their state is `state[p]` (torch's `self.state`); a parameter without
     /// state gets a fresh one (see `fresh_state`), added to `state` once the step is done.
     /// With `keep_step` false the state keeps no `step` (as PyTorch's SGD): a state holding
-    /// its slots counts as stepped.
+    /// its slots counts as stepped. `group_values` are the group slots' values (see
+    /// `group_slots`; needed when the program has any), read by every parameter; the step
+    /// leaves them to the caller, who advances them with `advance_group` when it applied.
     ///
     /// Every tensor is checked before anything changes (dtype, device, layout, contiguity,
     /// lengths, memory shared between tensors): on error nothing changed. Returns whether
     /// the step was applied (`False` when the program's skip condition held).
-    #[pyo3(signature = (params, state, hypers, threads, step_dtype, state_dtype=None, group=0, keep_step=true))]
+    #[pyo3(signature = (params, state, hypers, threads, step_dtype, state_dtype=None, group=0, keep_step=true, group_values=None))]
     #[allow(clippy::too_many_arguments)]
     fn step<'py>(
         &mut self,
@@ -308,6 +409,7 @@ impl Program {
         state_dtype: Option<&Bound<'py, PyAny>>,
         group: usize,
         keep_step: bool,
+        group_values: Option<Vec<f64>>,
     ) -> PyResult<bool> {
         let names: Vec<String> = self.hypers().into_iter().map(|(n, _)| n).collect();
         if hypers.len() != names.len() {
@@ -318,16 +420,17 @@ impl Program {
                 names.join(", ")
             )));
         }
-        if let Some(bad) = (self.stepper.program().slots.iter())
-            .find(|s| matches!(s.kind, SlotKind::Group | SlotKind::Optimizer))
+        if let Some(bad) =
+            (self.stepper.program().slots.iter()).find(|s| s.kind == SlotKind::Optimizer)
         {
             return Err(PyValueError::new_err(format!(
-                "optimizer {:?} keeps state per group or per optimizer ({:?}), which optjit.torch \
-                 does not support yet",
+                "optimizer {:?} keeps state per optimizer ({:?}), which optjit.torch does not \
+                 support yet",
                 self.name(),
                 bad.name
             )));
         }
+        let group_values = self.group_values(group_values)?;
         let torch = Torch::new(py)?;
         let name = |i: usize| format!("parameter {i} of group {group}");
         let grad_attr = pyo3::intern!(py, "grad");
@@ -413,7 +516,13 @@ impl Program {
             let step_span = take(&keys[0])?;
             let step = Scalar::new(step_span, &what("state \"step\""))?;
             let mut slots = Vec::new();
+            let mut group_value = group_values.iter();
             for (slot, key) in self.stepper.program().slots.iter().zip(&keys[1..]) {
+                if slot.kind == SlotKind::Group {
+                    let value = group_value.next().copied().unwrap_or(slot.init);
+                    slots.push(SlotSpan::Group(value));
+                    continue;
+                }
                 let span = take(key)?;
                 slots.push(match slot.kind {
                     SlotKind::Element if span.len != param.len => {
@@ -457,6 +566,7 @@ impl Program {
                 match s {
                     SlotSpan::Buffer(b) => add(*b, true, "its state"),
                     SlotSpan::Scalar(s) => add(s.span(), true, "its scalar state"),
+                    SlotSpan::Group(_) => {}
                 }
             }
         }
@@ -480,6 +590,7 @@ impl Program {
                 scalars.push(match s {
                     // SAFETY: as above.
                     SlotSpan::Scalar(s) => unsafe { s.get() },
+                    SlotSpan::Group(v) => *v,
                     SlotSpan::Buffer(_) => 0.0,
                 });
             }
@@ -502,7 +613,7 @@ impl Program {
                 // written back.
                 let buffers = m.slots.iter().filter_map(|s| match s {
                     SlotSpan::Buffer(b) => Some(unsafe { tensor::elems(*b) }),
-                    SlotSpan::Scalar(_) => None,
+                    SlotSpan::Scalar(_) | SlotSpan::Group(_) => None,
                 });
                 slices.push(ParamSlices {
                     // SAFETY: as above.
