@@ -9,10 +9,10 @@ unchanged. Hyperparameters are read from ``param_groups`` at every step and neve
 recompile; an option that changes the algorithm (``amsgrad``, ``nesterov``, ...) compiles
 once per distinct value.
 
-A step makes one call into optjit per param group for all its parameters: their data
-pointers are gathered and checked (CPU, contiguous, float32/float64/bfloat16/float16, no
-memory shared between them) before anything changes, then one fused JIT kernel runs over
-them with the GIL released, on ``torch.get_num_threads()`` threads unless ``threads=`` says
+A step makes one call into optjit for all param groups: every parameter's data pointers are
+gathered and checked (CPU, contiguous, float32/float64/bfloat16/float16, no memory shared
+between them) before any group changes, then one fused JIT kernel per group runs over them
+with the GIL released, on ``torch.get_num_threads()`` threads unless ``threads=`` says
 otherwise.
 
 Besides PyTorch's keyword arguments, every class takes ``threads`` (an int, default: torch's
@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch.optim import Optimizer
 
-from ._optjit import Program
+from ._optjit import Program, step_groups
 
 __all__ = [
     "OptjitOptimizer",
@@ -87,6 +87,9 @@ class _Compiled:
         self.program = program
         # State kept once per group (schedule-free's `k`): (name, initial value).
         self.group_slots = program.group_slots
+        if self.group_slots:
+            # Fails now, not after a step, for group state that depends on a parameter.
+            program.advance_group([d for _, d in program.hypers], [i for _, i in self.group_slots])
         # Per hyperparameter: (group key, index in it or None), or its fixed value.
         self.plan: list = []
         used = set()
@@ -221,25 +224,25 @@ class OptjitOptimizer(Optimizer):
                 loss = closure()
         threads = self._threads or torch.get_num_threads()
         step_dtype = _scalar_dtype()
+        work = []
         for g, group in enumerate(self.param_groups):
             compiled = self._program(group)
-            params = group["params"]
-            hypers = compiled.hypers(group)
             values = None
             if compiled.group_slots:
                 values = [float(group.get(n, init)) for n, init in compiled.group_slots]
-            applied = compiled.program.step(
-                params,
-                self.state,
-                hypers,
-                threads,
-                step_dtype,
-                self._state_dtype,
-                g,
-                self._keep_step,
-                values,
-            )
-            if values is not None and applied:
+            work.append((compiled, group, compiled.hypers(group), values))
+        # One call for all groups: each group's tensors are checked before any group steps.
+        applied = step_groups(
+            [(c.program, group["params"], hypers, g, values)
+             for g, (c, group, hypers, values) in enumerate(work)],
+            self.state,
+            threads,
+            step_dtype,
+            self._state_dtype,
+            self._keep_step,
+        )
+        for (compiled, group, hypers, values), done in zip(work, applied):
+            if values is not None and done:
                 # The group's state advances once per step, gradients or not.
                 new = compiled.program.advance_group(hypers, values)
                 for (name, _), value in zip(compiled.group_slots, new):
@@ -247,7 +250,7 @@ class OptjitOptimizer(Optimizer):
                     group[name] = int(value) if whole else value
             # The parameters changed in place behind autograd's back: say so, so that a
             # graph that saved them fails loudly instead of computing with new values.
-            torch.autograd.graph.increment_version(params)
+            torch.autograd.graph.increment_version(group["params"])
         return loss
 
 

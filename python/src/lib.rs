@@ -411,6 +411,61 @@ impl Program {
         keep_step: bool,
         group_values: Option<Vec<f64>>,
     ) -> PyResult<bool> {
+        // Keeps every tensor the spans point into alive until the step returns.
+        let mut alive = Vec::new();
+        let shared = Shared {
+            state,
+            step_dtype,
+            state_dtype,
+            keep_step,
+        };
+        let mut prepared =
+            self.prepare(&shared, params, hypers, group, group_values, &mut alive)?;
+        check_groups(std::slice::from_ref(&prepared))?;
+        let applied = self.run(py, &mut prepared, threads)?;
+        finish(state, vec![prepared])?;
+        drop(alive);
+        Ok(applied)
+    }
+}
+
+/// What every group of a step shares: the optimizer's state dict and how new state is made.
+struct Shared<'a, 'py> {
+    state: &'a Bound<'py, PyDict>,
+    step_dtype: &'a Bound<'py, PyAny>,
+    state_dtype: Option<&'a Bound<'py, PyAny>>,
+    keep_step: bool,
+}
+
+/// A group's step, its tensors gathered and checked, not yet run.
+struct Prepared<'py> {
+    group: usize,
+    hypers: Vec<f64>,
+    members: Vec<(usize, Member<'py>)>,
+    /// Each member's step count and its scalar slots' values (`n_slots` per member).
+    steps: Vec<u64>,
+    scalars: Vec<f64>,
+}
+
+impl Program {
+    /// Gathers and checks the tensors of group `group`'s step (see [`Program::step`]); the
+    /// tensors its spans point into are pushed to `alive`, which must outlive the step.
+    fn prepare<'py>(
+        &self,
+        shared: &Shared<'_, 'py>,
+        params: &Bound<'py, PyList>,
+        hypers: Vec<f64>,
+        group: usize,
+        group_values: Option<Vec<f64>>,
+        alive: &mut Vec<Bound<'py, PyAny>>,
+    ) -> PyResult<Prepared<'py>> {
+        let Shared {
+            state,
+            step_dtype,
+            state_dtype,
+            keep_step,
+        } = *shared;
+        let py = params.py();
         let names: Vec<String> = self.hypers().into_iter().map(|(n, _)| n).collect();
         if hypers.len() != names.len() {
             return Err(PyValueError::new_err(format!(
@@ -440,8 +495,6 @@ impl Program {
             .chain(slot_names)
             .map(|k| PyString::intern(py, k))
             .collect();
-        // Keeps every tensor the spans point into alive until the step returns.
-        let mut alive: Vec<Bound<'py, PyAny>> = Vec::new();
         let mut members: Vec<(usize, Member<'py>)> = Vec::new();
         for (i, p) in params.iter().enumerate() {
             let grad = p.getattr(grad_attr)?;
@@ -549,35 +602,14 @@ impl Program {
             };
             members.push((i, member));
         }
-        let mut owned = Vec::new();
-        for (i, m) in &members {
-            let mut add = |span: Span, written: bool, what: &'static str| {
-                owned.push(Owned {
-                    span,
-                    written,
-                    param: *i,
-                    what,
-                })
-            };
-            add(m.param, true, "the parameter");
-            add(m.grad, false, "its gradient");
-            add(m.step.span(), true, "its state \"step\"");
-            for s in &m.slots {
-                match s {
-                    SlotSpan::Buffer(b) => add(*b, true, "its state"),
-                    SlotSpan::Scalar(s) => add(s.span(), true, "its scalar state"),
-                    SlotSpan::Group(_) => {}
-                }
-            }
-        }
-        tensor::check_disjoint(&owned, &name)?;
         // Steps and scalar slots as numbers (checked: whole, not negative).
         let n_slots = self.stepper.program().slots.len();
         let mut steps = Vec::with_capacity(members.len());
         let mut scalars = Vec::with_capacity(members.len() * n_slots);
         for (i, m) in &members {
-            // SAFETY: every span was checked by `span` and `check_disjoint` above, and the
-            // tensors are kept alive by `alive` and `members`; no slice exists yet.
+            // SAFETY: every span was checked by `span` (aligned, inside one live allocation);
+            // the tensors are kept alive by `alive` and `members`; no slice of the step exists
+            // yet, so reading cannot race with a write.
             let step = unsafe { m.step.get() };
             if !(step >= 0.0 && step.fract() == 0.0 && step < 2f64.powi(53)) {
                 return Err(PyValueError::new_err(format!(
@@ -595,7 +627,33 @@ impl Program {
                 });
             }
         }
-        for (name, &value) in names.iter().zip(&hypers) {
+        Ok(Prepared {
+            group,
+            hypers,
+            members,
+            steps,
+            scalars,
+        })
+    }
+
+    /// Runs a prepared group's step (every group of the step passed [`check_groups`]) and
+    /// writes its scalars back; returns whether it was applied.
+    fn run(
+        &mut self,
+        py: Python<'_>,
+        prepared: &mut Prepared<'_>,
+        threads: usize,
+    ) -> PyResult<bool> {
+        let Prepared {
+            hypers,
+            members,
+            steps,
+            scalars,
+            ..
+        } = prepared;
+        let n_slots = self.stepper.program().slots.len();
+        let names: Vec<String> = self.hypers().into_iter().map(|(n, _)| n).collect();
+        for (name, &value) in names.iter().zip(hypers.iter()) {
             self.stepper.set_hyper(name, value).map_err(py_err)?;
         }
         self.stepper.set_threads(threads);
@@ -630,7 +688,7 @@ impl Program {
         };
         if applied {
             let mut scalar_rest = scalars.as_slice();
-            for ((_, m), &step) in members.iter().zip(&steps) {
+            for ((_, m), &step) in members.iter().zip(steps.iter()) {
                 let (mine, tail) = scalar_rest.split_at(n_slots);
                 scalar_rest = tail;
                 // SAFETY: the slices of the step are gone; the spans were checked as above
@@ -644,20 +702,127 @@ impl Program {
                 }
             }
         }
-        for pending in members.into_iter().flat_map(|(_, m)| m.pending) {
-            match pending {
-                Pending::State(p, d) => state.set_item(p, d)?,
-                Pending::Step(d, step) => d.set_item("step", step)?,
-            }
-        }
-        drop(alive);
         Ok(applied)
     }
+}
+
+/// Fails with `ValueError`, naming both, when a tensor any group's step writes shares memory
+/// with another tensor of the step (in any group).
+fn check_groups(prepared: &[Prepared<'_>]) -> PyResult<()> {
+    let mut who = Vec::new();
+    let mut owned = Vec::new();
+    for p in prepared {
+        for (i, m) in &p.members {
+            let k = who.len();
+            let mut add = |span: Span, written: bool, what: &'static str| {
+                owned.push(Owned {
+                    span,
+                    written,
+                    param: k,
+                    what,
+                })
+            };
+            add(m.param, true, "the parameter");
+            add(m.grad, false, "its gradient");
+            add(m.step.span(), true, "its state \"step\"");
+            for s in &m.slots {
+                match s {
+                    SlotSpan::Buffer(b) => add(*b, true, "its state"),
+                    SlotSpan::Scalar(s) => add(s.span(), true, "its scalar state"),
+                    SlotSpan::Group(_) => {}
+                }
+            }
+            who.push((*i, p.group));
+        }
+    }
+    tensor::check_disjoint(&owned, &|k| {
+        let (i, g) = who[k];
+        format!("parameter {i} of group {g}")
+    })
+}
+
+/// Adds the state the groups' steps made (new parameters' state dicts, missing `step`s).
+fn finish<'py>(state: &Bound<'py, PyDict>, prepared: Vec<Prepared<'py>>) -> PyResult<()> {
+    let members = prepared.into_iter().flat_map(|p| p.members);
+    for pending in members.flat_map(|(_, m)| m.pending) {
+        match pending {
+            Pending::State(p, d) => state.set_item(p, d)?,
+            Pending::Step(d, step) => d.set_item("step", step)?,
+        }
+    }
+    Ok(())
+}
+
+/// One group of [`step_groups`]: its program, parameters, hyperparameter values, index and
+/// group slots' values.
+type GroupStep<'py> = (
+    Bound<'py, Program>,
+    Bound<'py, PyList>,
+    Vec<f64>,
+    usize,
+    Option<Vec<f64>>,
+);
+
+/// One step of every group in `groups` (each as [`Program::step`] takes it): every group's
+/// tensors are gathered and checked, and no tensor written by one group shares memory with
+/// any other tensor of the step, before any group runs, so that bad input in any group
+/// changes nothing in all of them. Returns, per group, whether its step was applied.
+#[pyfunction]
+#[pyo3(signature = (groups, state, threads, step_dtype, state_dtype=None, keep_step=true))]
+fn step_groups<'py>(
+    py: Python<'py>,
+    groups: Vec<GroupStep<'py>>,
+    state: &Bound<'py, PyDict>,
+    threads: usize,
+    step_dtype: &Bound<'py, PyAny>,
+    state_dtype: Option<&Bound<'py, PyAny>>,
+    keep_step: bool,
+) -> PyResult<Vec<bool>> {
+    // Keeps every tensor the spans point into alive until the step returns.
+    let mut alive = Vec::new();
+    let shared = Shared {
+        state,
+        step_dtype,
+        state_dtype,
+        keep_step,
+    };
+    // Every distinct program borrowed before anything changes (groups may share one).
+    let mut programs: Vec<PyRefMut<'py, Program>> = Vec::new();
+    let mut which = Vec::with_capacity(groups.len());
+    for (k, (program, ..)) in groups.iter().enumerate() {
+        match groups[..k].iter().position(|(p, ..)| p.is(program)) {
+            Some(first) => which.push(which[first]),
+            None => {
+                which.push(programs.len());
+                programs.push(program.try_borrow_mut()?);
+            }
+        }
+    }
+    let mut prepared = Vec::with_capacity(groups.len());
+    for (&k, (_, params, hypers, group, values)) in which.iter().zip(&groups) {
+        prepared.push(programs[k].prepare(
+            &shared,
+            params,
+            hypers.clone(),
+            *group,
+            values.clone(),
+            &mut alive,
+        )?);
+    }
+    check_groups(&prepared)?;
+    let mut applied = Vec::with_capacity(groups.len());
+    for (&k, p) in which.iter().zip(&mut prepared) {
+        applied.push(programs[k].run(py, p, threads)?);
+    }
+    finish(state, prepared)?;
+    drop(alive);
+    Ok(applied)
 }
 
 /// The extension module.
 #[pymodule]
 fn _optjit(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Program>()?;
+    m.add_function(wrap_pyfunction!(step_groups, m)?)?;
     Ok(())
 }

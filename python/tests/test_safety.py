@@ -266,3 +266,30 @@ def test_torch_sgd_state_without_a_step_continues_as_torch_does():
     fresh.step()
     assert torch.equal(r.detach(), torch.full((3,), 0.5))
     assert torch.equal(fresh.state[r]["momentum_buffer"], torch.ones(3))
+
+
+@pytest.mark.parametrize("bad", ["non_contiguous", "step_count", "shared_across_groups"])
+def test_bad_input_in_a_later_group_changes_no_group(bad):
+    a, b, c = (torch.zeros(4, 6, requires_grad=True) for _ in range(3))
+    opt = ot.Adam([{"params": [a]}, {"params": [b, c], "lr": 0.5}], lr=0.1)
+    for p in (a, b, c):
+        p.grad = torch.ones_like(p)
+    opt.step()
+    before = snapshot(opt)
+    for p in (a, b, c):
+        p.grad = torch.ones_like(p)
+    if bad == "non_contiguous":
+        c.grad = torch.ones(6, 4).t()
+        error = r"gradient of parameter 1 of group 1 is not contiguous"
+    elif bad == "step_count":
+        opt.state[c]["step"] = torch.tensor(-1.0)
+        before = snapshot(opt)
+        error = r"parameter 1 of group 1 is -1"
+    else:
+        # Group 1's second parameter's moment is group 0's parameter's: it would write it.
+        opt.state[c]["exp_avg"] = a.detach()
+        before = snapshot(opt)
+        error = r"overlaps .* of parameter 0 of group 0"
+    with pytest.raises(ValueError, match=error):
+        opt.step()
+    assert_unchanged(opt, before)
