@@ -128,6 +128,16 @@ class _Compiled:
         return out
 
 
+def _group_value(group: dict, g: int, name: str, init: float) -> float:
+    """Group state `name` of group `g` as a number (`init` when the group has none yet)."""
+    value = group.get(name, init)
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ValueError(f"group state {name!r} of group {g} is {value!r}, not a number")
+    return float(value)
+
+
 def _freeze(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return ("tensor", value.item())
@@ -173,6 +183,16 @@ class OptjitOptimizer(Optimizer):
         for group in self.param_groups:
             self._program(group)
             self._make_state(group)
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.update(_build=self._build, _threads=self._threads, _state_dtype=self._state_dtype)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        # Programs are compiled again on first use.
+        self._compiled = {}
 
     def _make_state(self, group: dict) -> None:
         if not self._eager_state:
@@ -229,7 +249,7 @@ class OptjitOptimizer(Optimizer):
             compiled = self._program(group)
             values = None
             if compiled.group_slots:
-                values = [float(group.get(n, init)) for n, init in compiled.group_slots]
+                values = [_group_value(group, g, n, init) for n, init in compiled.group_slots]
             work.append((compiled, group, compiled.hypers(group), values))
         # One call for all groups: each group's tensors are checked before any group steps.
         applied = step_groups(
@@ -246,8 +266,13 @@ class OptjitOptimizer(Optimizer):
                 # The group's state advances once per step, gradients or not.
                 new = compiled.program.advance_group(hypers, values)
                 for (name, _), value in zip(compiled.group_slots, new):
-                    whole = isinstance(group.get(name), int) and float(value).is_integer()
-                    group[name] = int(value) if whole else value
+                    old = group.get(name)
+                    if isinstance(old, torch.Tensor):
+                        group[name] = torch.tensor(value, dtype=old.dtype)
+                    elif isinstance(old, int) and float(value).is_integer():
+                        group[name] = int(value)
+                    else:
+                        group[name] = value
             # The parameters changed in place behind autograd's back: say so, so that a
             # graph that saved them fails loudly instead of computing with new values.
             torch.autograd.graph.increment_version(group["params"])
@@ -520,16 +545,29 @@ class ScheduleFreeAdamW(OptjitOptimizer):
         return {k: v for k, v in options.items() if k not in self._GROUP_STATE}
 
     def _swap(self, train: bool) -> None:
-        """Moves every parameter from ``y`` to ``x`` (eval) or back (train)."""
-        for group in self.param_groups:
+        """Moves every parameter from ``y`` to ``x`` (eval) or back (train); everything is
+        checked before any parameter moves."""
+        moves = []
+        for g, group in enumerate(self.param_groups):
             if group["train_mode"] == train:
                 continue
-            beta1 = group["betas"][0]
+            beta1 = float(group["betas"][0])
+            if not train and beta1 == 0.0:
+                raise ValueError(f"group {g} has betas[0] = 0: its average x is undefined")
             weight = 1 - beta1 if train else 1 - 1 / beta1
-            for p in group["params"]:
-                z = self.state[p].get("z")
-                if z is not None:
-                    p.lerp_(end=z.to(p.device), weight=weight)
+            for i, p in enumerate(group["params"]):
+                z = self.state.get(p, {}).get("z")
+                if z is None:
+                    continue
+                if not isinstance(z, torch.Tensor) or z.shape != p.shape:
+                    raise ValueError(
+                        f"state 'z' of parameter {i} of group {g} is not a tensor of the "
+                        f"parameter's shape {tuple(p.shape)}"
+                    )
+                moves.append((p, z, weight))
+        for p, z, weight in moves:
+            p.lerp_(end=z.to(device=p.device, dtype=p.dtype), weight=weight)
+        for group in self.param_groups:
             group["train_mode"] = train
 
     @torch.no_grad()
@@ -550,7 +588,15 @@ class ScheduleFreeAdamW(OptjitOptimizer):
                 "Optimizer was not in train mode when step is called: call .train() before "
                 "stepping and .eval() before evaluating"
             )
-        for group in self.param_groups:
-            k, warmup = group["k"], group["warmup_steps"]
-            group["scheduled_lr"] = group["lr"] * ((k + 1) / warmup if k < warmup else 1.0)
-        return super().step(closure)
+        scheduled = []
+        for g, group in enumerate(self.param_groups):
+            k = _group_value(group, g, "k", 0.0)
+            if not (0 <= k < 2**53 and k.is_integer()):
+                raise ValueError(f"group state 'k' of group {g} is {k}, not a step count")
+            warmup = group["warmup_steps"]
+            scheduled.append(float(group["lr"]) * ((k + 1) / warmup if k < warmup else 1.0))
+        loss = super().step(closure)
+        # For logging, as the reference keeps it: the learning rate after warmup.
+        for group, lr in zip(self.param_groups, scheduled):
+            group["scheduled_lr"] = lr
+        return loss

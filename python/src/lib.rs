@@ -299,6 +299,13 @@ impl Program {
             )));
         }
         let group_values = self.group_values(Some(group_values))?;
+        if !program.phases.is_empty() {
+            return Err(PyValueError::new_err(format!(
+                "optimizer {:?} keeps state per group and reduces over parameters \
+                 (sum, sumsq, ...): optjit.torch does not support both in one program yet",
+                self.name()
+            )));
+        }
         let group_slots: Vec<usize> = (program.slots.iter().enumerate())
             .filter(|(_, s)| s.kind == SlotKind::Group)
             .map(|(n, _)| n)
@@ -506,6 +513,9 @@ impl Program {
             let param = tensor::span(&local, &torch, &|| name(i))?;
             let local_grad = tensor::local(&grad, &torch)?;
             let grad_span = tensor::span(&local_grad, &torch, &what("the gradient"))?;
+            mixed_compute(&param, &grad_span, &|| {
+                format!("the gradient of {}", name(i))
+            })?;
             if grad_span.len != param.len {
                 return Err(PyValueError::new_err(format!(
                     "the gradient of {} has {} elements, the parameter {}",
@@ -587,7 +597,12 @@ impl Program {
                             param.len
                         )));
                     }
-                    SlotKind::Element => SlotSpan::Buffer(span),
+                    SlotKind::Element => {
+                        mixed_compute(&param, &span, &|| {
+                            format!("state {:?} of {}", slot.name, name(i))
+                        })?;
+                        SlotSpan::Buffer(span)
+                    }
                     _ => SlotSpan::Scalar(Scalar::new(span, &|| {
                         format!("state {:?} of {}", slot.name, name(i))
                     })?),
@@ -703,6 +718,33 @@ impl Program {
             }
         }
         Ok(applied)
+    }
+}
+
+/// Fails with `ValueError` naming `what` when `stream` (a gradient or state buffer) and its
+/// parameter are computed in different precisions: a parameter's tensors are computed in f64
+/// when all are float64, in f32 when none is (float32, bfloat16, float16).
+fn mixed_compute(param: &Span, stream: &Span, what: &dyn Fn() -> String) -> PyResult<()> {
+    let wide = |d: optjit::DType| d == optjit::DType::F64;
+    if wide(param.dtype) == wide(stream.dtype) {
+        return Ok(());
+    }
+    Err(PyValueError::new_err(format!(
+        "{} is {} and its parameter {}: optjit steps a parameter's tensors in float64 when all \
+         are float64, in float32 when none is",
+        what(),
+        torch_name(stream.dtype),
+        torch_name(param.dtype)
+    )))
+}
+
+/// PyTorch's name of a dtype.
+fn torch_name(d: optjit::DType) -> &'static str {
+    match d {
+        optjit::DType::F64 => "float64",
+        optjit::DType::BF16 => "bfloat16",
+        optjit::DType::F16 => "float16",
+        _ => "float32",
     }
 }
 

@@ -293,3 +293,14 @@ def test_bad_input_in_a_later_group_changes_no_group(bad):
     with pytest.raises(ValueError, match=error):
         opt.step()
     assert_unchanged(opt, before)
+
+
+@pytest.mark.parametrize("param, state", [(torch.float32, torch.float64), (torch.bfloat16, torch.float64),
+                                          (torch.float64, torch.float32)])
+def test_float64_mixed_with_narrower_tensors_is_a_value_error_naming_the_tensor(param, state):
+    p = torch.zeros(8, dtype=param, requires_grad=True)
+    opt = ot.Adam([p], lr=0.1, state_dtype=state)
+    p.grad = torch.ones_like(p)
+    with pytest.raises(ValueError, match=r'state "exp_avg" of parameter 0 of group 0 is float'):
+        opt.step()
+    assert torch.equal(p.detach(), torch.zeros(8, dtype=param)) and not opt.state

@@ -168,3 +168,74 @@ def test_group_values_are_checked():
     assert torch.equal(p, torch.zeros(4))
     with pytest.raises(ValueError, match="no built-in optimizer"):
         ot.Program.builtin("adam_nonsense")
+
+
+def test_eval_and_train_with_state_in_another_dtype():
+    p = torch.randn(6, dtype=torch.bfloat16, requires_grad=True)
+    opt = ot.ScheduleFreeAdamW([p], lr=0.1, state_dtype=torch.float32)
+    opt.train()
+    for s in range(3):  # after one step y = z = x: take more
+        p.grad = torch.randn(6, generator=torch.Generator().manual_seed(s)).to(p.dtype)
+        opt.step()
+    assert opt.state[p]["z"].dtype == torch.float32
+    y = p.detach().clone()
+    opt.eval()
+    assert not torch.equal(p.detach(), y)
+    opt.train()
+    torch.testing.assert_close(p.detach(), y, rtol=1e-2, atol=1e-2)  # bf16 round trip
+
+
+def test_a_swap_that_cannot_be_done_moves_no_parameter():
+    a, b = torch.zeros(4, requires_grad=True), torch.zeros(4, requires_grad=True)
+    opt = ot.ScheduleFreeAdamW([a, b], lr=0.1)
+    opt.train()
+    a.grad, b.grad = torch.ones(4), torch.ones(4)
+    opt.step()
+    opt.state[b]["z"] = torch.zeros(5)
+    before = a.detach().clone()
+    with pytest.raises(ValueError, match="state 'z' of parameter 1 of group 0"):
+        opt.eval()
+    assert torch.equal(a.detach(), before) and opt.param_groups[0]["train_mode"]
+
+
+@pytest.mark.parametrize("key, value, error", [
+    ("weight_sum", "x", "group state 'weight_sum' of group 1 is 'x', not a number"),
+    ("lr_max", float("nan"), "group state 'lr_max' of group 1 is nan, not a number"),
+    ("k", 2.5, "group state 'k' of group 1 is 2.5, not a step count"),
+    ("k", -1, "group state 'k' of group 1 is -1.0, not a step count"),
+])
+def test_bad_group_state_is_a_value_error_and_changes_nothing(key, value, error):
+    params, opt = make(ot.ScheduleFreeAdamW, torch.float32)
+    opt.train()
+    run((params, opt), 1, torch.float32)
+    opt.param_groups[1][key] = value
+    before = [p.detach().clone() for p in params]
+    groups = [dict((k, v) for k, v in g.items() if k != "params") for g in opt.param_groups]
+    give_grads(params, 1, torch.float32)
+    with pytest.raises(ValueError, match=error.replace("(", r"\(").replace(")", r"\)")):
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(params, before))
+    assert groups == [dict((k, v) for k, v in g.items() if k != "params")
+                      for g in opt.param_groups]
+
+
+def test_group_state_with_a_reduction_is_refused_when_built():
+    source = """optimizer g(lr = 1) {
+        group state n = 0
+        n = n + global_sumsq(grad)
+        param = param - lr * n * grad
+    }"""
+    with pytest.raises(ValueError, match="keeps state per group and reduces"):
+        ot.from_text(source, [torch.zeros(3, requires_grad=True)])
+
+
+def test_a_deep_copy_steps_as_the_original():
+    import copy
+
+    params, opt = make(ot.ScheduleFreeAdamW, torch.float64)
+    opt.train()
+    run((params, opt), 2, torch.float64)
+    twin_params, twin = copy.deepcopy((params, opt))
+    run((params, opt), 2, torch.float64, start=2)
+    run((twin_params, twin), 2, torch.float64, start=2)
+    assert all(torch.equal(a, b) for a, b in zip(params, twin_params))
