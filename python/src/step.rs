@@ -281,10 +281,11 @@ impl Program {
                 let (mine, tail) = std::mem::take(&mut scalar_rest).split_at_mut(n_slots);
                 scalar_rest = tail;
                 // SAFETY: every span was checked by `span` (aligned, in one live allocation)
-                // and by `check_disjoint` (no written span overlaps another span); the
-                // tensors stay alive in `alive` and `members` until after the step; each
-                // span becomes one slice, dropped with `slices` before the scalars are
-                // written back.
+                // and, by `step_groups` (the only caller) before any group ran, by
+                // `check_groups` (no written span of any group overlaps another span of the
+                // step); the tensors stay alive in `step_groups`' `alive` and in `members`
+                // until after the step; each span becomes one slice, dropped with `slices`
+                // before the scalars are written back and before the next group runs.
                 let buffers = m.slots.iter().filter_map(|s| match s {
                     SlotSpan::Buffer(b) => Some(unsafe { tensor::elems(*b) }),
                     SlotSpan::Scalar(_) | SlotSpan::Group(_) => None,
