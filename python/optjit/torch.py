@@ -290,12 +290,7 @@ def _torch_style(name: str, torch_class: type | None, signature: inspect.Signatu
             probe = torch_class([torch.zeros(1, requires_grad=True)], *args, **kwargs)
             defaults = dict(probe.defaults)
         else:
-            bound = signature.bind(None, params, *args, **kwargs)
-            bound.apply_defaults()
-            defaults = dict(bound.arguments)
-            defaults.pop("self")
-            defaults.pop("params")
-            _check(defaults)
+            defaults = _bound_defaults(signature, params, args, kwargs)
 
         def build(options: dict) -> Program:
             kwargs = {k: _jsonable(v) for k, v in options.items() if v is not None}
@@ -318,6 +313,18 @@ def _torch_style(name: str, torch_class: type | None, signature: inspect.Signatu
     __init__.__signature__ = signature.replace(parameters=positional + extra)
     __init__.__doc__ = doc
     return __init__
+
+
+def _bound_defaults(signature: inspect.Signature, params, args, kwargs) -> dict:
+    """The options of a class taking ``signature``'s arguments, defaults filled in and
+    checked as PyTorch checks them."""
+    bound = signature.bind(None, params, *args, **kwargs)
+    bound.apply_defaults()
+    defaults = dict(bound.arguments)
+    defaults.pop("self")
+    defaults.pop("params")
+    _check(defaults)
+    return defaults
 
 
 def _check(options: dict) -> None:
@@ -420,12 +427,7 @@ def _optax_style(name: str, rename: dict, signature: inspect.Signature, doc: str
     argument names, from ``rename``)."""
 
     def __init__(self, params, *args, threads=None, state_dtype=None, **kwargs):
-        bound = signature.bind(None, params, *args, **kwargs)
-        bound.apply_defaults()
-        defaults = dict(bound.arguments)
-        defaults.pop("self")
-        defaults.pop("params")
-        _check(defaults)
+        defaults = _bound_defaults(signature, params, args, kwargs)
 
         def build(options: dict) -> Program:
             kwargs = {}

@@ -74,28 +74,16 @@ impl Program {
     /// (`adam`, `sgd`, ...), `kwargs` a JSON object of PyTorch's keyword arguments.
     #[staticmethod]
     fn from_torch(name: &str, kwargs: &str) -> PyResult<Program> {
-        let kwargs: serde_json::Value = serde_json::from_str(kwargs)
-            .map_err(|e| PyValueError::new_err(format!("keyword arguments: {e}")))?;
-        let Some(kwargs) = kwargs.as_object() else {
-            return Err(PyValueError::new_err(
-                "keyword arguments must be a JSON object",
-            ));
-        };
-        Program::new(&optim::from_torch(name, kwargs).map_err(py_err)?)
+        let kwargs = json_object(kwargs)?;
+        Program::new(&optim::from_torch(name, &kwargs).map_err(py_err)?)
     }
 
     /// The built-in for `optax.<name>(**kwargs)`, `kwargs` a JSON object of optax's keyword
     /// arguments (`learning_rate`, `b1`, ...).
     #[staticmethod]
     fn from_optax(name: &str, kwargs: &str) -> PyResult<Program> {
-        let kwargs: serde_json::Value = serde_json::from_str(kwargs)
-            .map_err(|e| PyValueError::new_err(format!("keyword arguments: {e}")))?;
-        let Some(kwargs) = kwargs.as_object() else {
-            return Err(PyValueError::new_err(
-                "keyword arguments must be a JSON object",
-            ));
-        };
-        Program::new(&optim::from_optax(name, kwargs).map_err(py_err)?)
+        let kwargs = json_object(kwargs)?;
+        Program::new(&optim::from_optax(name, &kwargs).map_err(py_err)?)
     }
 
     /// A fresh state dict for `param`, as a step would create it (PyTorch's Adagrad makes
@@ -277,6 +265,17 @@ impl Program {
             keep_step,
         )?;
         Ok(applied[0])
+    }
+}
+
+/// Keyword arguments passed as JSON text: an object, or a `ValueError`.
+fn json_object(kwargs: &str) -> PyResult<serde_json::Map<String, serde_json::Value>> {
+    match serde_json::from_str(kwargs) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        Ok(_) => Err(PyValueError::new_err(
+            "keyword arguments must be a JSON object",
+        )),
+        Err(e) => Err(PyValueError::new_err(format!("keyword arguments: {e}"))),
     }
 }
 

@@ -39,6 +39,8 @@ enum SlotSpan {
 
 /// What every group of a step shares: the optimizer's state dict and how new state is made.
 struct Shared<'a, 'py> {
+    /// torch's objects the checks compare with, looked up once per step.
+    torch: Torch<'py>,
     state: &'a Bound<'py, PyDict>,
     step_dtype: &'a Bound<'py, PyAny>,
     state_dtype: Option<&'a Bound<'py, PyAny>>,
@@ -68,14 +70,16 @@ impl Program {
         alive: &mut Vec<Bound<'py, PyAny>>,
     ) -> PyResult<Prepared<'py>> {
         let Shared {
+            ref torch,
             state,
             step_dtype,
             state_dtype,
             keep_step,
         } = *shared;
         let py = params.py();
-        let names: Vec<String> = self.hypers().into_iter().map(|(n, _)| n).collect();
-        if hypers.len() != names.len() {
+        let defs = &self.stepper.program().hypers;
+        if hypers.len() != defs.len() {
+            let names: Vec<&str> = defs.iter().map(|h| h.name.as_str()).collect();
             return Err(PyValueError::new_err(format!(
                 "{} hyperparameter values for {} hyperparameters ({})",
                 hypers.len(),
@@ -94,7 +98,6 @@ impl Program {
             )));
         }
         let group_values = self.group_values(group_values)?;
-        let torch = Torch::new(py)?;
         let name = |i: usize| format!("parameter {i} of group {group}");
         let grad_attr = pyo3::intern!(py, "grad");
         // The state's keys: `step`, then each slot's name.
@@ -110,10 +113,10 @@ impl Program {
                 continue;
             }
             let what = |w: &'static str| move || format!("{w} of {}", name(i));
-            let local = tensor::local(&p, &torch)?;
-            let param = tensor::span(&local, &torch, &|| name(i))?;
-            let local_grad = tensor::local(&grad, &torch)?;
-            let grad_span = tensor::span(&local_grad, &torch, &what("the gradient"))?;
+            let local = tensor::local(&p, torch)?;
+            let param = tensor::span(&local, torch, &|| name(i))?;
+            let local_grad = tensor::local(&grad, torch)?;
+            let grad_span = tensor::span(&local_grad, torch, &what("the gradient"))?;
             mixed_compute(&param, &grad_span, &|| {
                 format!("the gradient of {}", name(i))
             })?;
@@ -172,8 +175,8 @@ impl Program {
                         name(i)
                     )));
                 };
-                let t = tensor::local(&t, &torch)?;
-                let span = tensor::span(&t, &torch, &|| format!("state \"{key}\" of {}", name(i)))?;
+                let t = tensor::local(&t, torch)?;
+                let span = tensor::span(&t, torch, &|| format!("state \"{key}\" of {}", name(i)))?;
                 alive.push(t);
                 Ok(span)
             };
@@ -268,7 +271,9 @@ impl Program {
             ..
         } = prepared;
         let n_slots = self.stepper.program().slots.len();
-        let names: Vec<String> = self.hypers().into_iter().map(|(n, _)| n).collect();
+        let names: Vec<String> = (self.stepper.program().hypers.iter())
+            .map(|h| h.name.clone())
+            .collect();
         for (name, &value) in names.iter().zip(hypers.iter()) {
             self.stepper.set_hyper(name, value).map_err(py_err)?;
         }
@@ -425,6 +430,7 @@ pub(crate) fn step_groups<'py>(
     // Keeps every tensor the spans point into alive until the step returns.
     let mut alive = Vec::new();
     let shared = Shared {
+        torch: Torch::new(py)?,
         state,
         step_dtype,
         state_dtype,
