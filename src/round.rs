@@ -185,13 +185,29 @@ const fn lowbias32(mut h: u32) -> u32 {
     h ^ (h >> 16)
 }
 
-/// 32 random bits for element `index` under `key`: `lowbias32(lowbias32(index ^ key[0]) ^
-/// key[1])`, where `lowbias32(h)` is `h ^= h >> 16; h *= 0x7FEB352D; h ^= h >> 15;
-/// h *= 0x846CA68B; h ^= h >> 16` (wrapping u32 arithmetic). A bijection of `index` for a
-/// fixed key, so no two elements of a step share their bits; only xor, logical shifts and
-/// wrapping multiplies, which the JIT emits lane-wise (`pmulld`).
+/// 32 random bits for element `index` under `key`: `lowbias32(index ^ key[0]) ^ key[1]`,
+/// where `lowbias32(h)` is `h ^= h >> 16; h *= 0x7FEB352D; h ^= h >> 15; h *= 0x846CA68B;
+/// h ^= h >> 16` (wrapping u32 arithmetic). A bijection of `index` for a fixed key, so no
+/// two elements of a step share their bits; only xor, logical shifts and wrapping
+/// multiplies, which the JIT emits lane-wise (`pmulld`). Each stream of an element rounds
+/// with its own word of these bits, [`stream_bits`].
 pub fn random_bits(key: [u32; 2], index: u32) -> u32 {
-    lowbias32(lowbias32(index ^ key[0]) ^ key[1])
+    lowbias32(index ^ key[0]) ^ key[1]
+}
+
+/// The multiplier of stream `stream`'s word: `1 + 2 · stream · 0x9E3779B9` (wrapping), odd
+/// (so the word is a bijection of the element's bits) and distinct for every stream; 1 for
+/// the param (stream 0), whose word is the element's bits themselves.
+pub const fn stream_multiplier(stream: u32) -> u32 {
+    1u32.wrapping_add(stream.wrapping_mul(0x9E37_79B9).wrapping_mul(2))
+}
+
+/// The random word with which stream `stream` of an element rounds, from the element's
+/// [`random_bits`]: `bits · stream_multiplier(stream)` (wrapping). One generator call serves
+/// every stochastic stream of an element, and each stream's word is uniform when the bits
+/// are (the multiplier is odd); the words' top bits, which rounding reads, mix all 32 bits.
+pub fn stream_bits(bits: u32, stream: u32) -> u32 {
+    bits.wrapping_mul(stream_multiplier(stream))
 }
 
 /// splitmix64's finalizer: a bijection of u64 with full avalanche.
@@ -492,6 +508,34 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_streams_of_an_element_round_independently() {
+        // With one generator call per element, each stream reads its own word: whether the
+        // param and a state slot of one element round up should be independent events. For
+        // thresholds p and q on the words' top 16 bits (what bf16 rounding reads), the count
+        // of elements where both fall below is Binomial(n, p·q) within 5 sigma.
+        let key = step_key(3, 9);
+        let n = 200_000u32;
+        for (s, t, p, q) in [
+            (0, 2, 0.5, 0.5),
+            (0, 3, 0.3, 0.7),
+            (2, 3, 0.1, 0.25),
+            (2, 5, 0.6, 0.05),
+        ] {
+            let below = |w: u32, f: f64| f64::from(w >> 16) < f * 65536.0;
+            let both = (0..n)
+                .map(|i| random_bits(key, i))
+                .filter(|&r| below(stream_bits(r, s), p) && below(stream_bits(r, t), q))
+                .count() as f64;
+            let expected = f64::from(n) * p * q;
+            let sigma = (expected * (1.0 - p * q)).sqrt();
+            assert!(
+                (both - expected).abs() <= 5.0 * sigma,
+                "streams {s} and {t}: {both} of {n} below ({p}, {q}), expected {expected:.0} ± {sigma:.0}"
+            );
+        }
+    }
+
+    #[test]
     fn stochastic_rounding_is_unbiased() {
         // The mean of SR(x) over n draws is within 5 sigma of x, where sigma = ulp ·
         // sqrt(p(1 − p)/n) for p the probability of rounding up.
@@ -526,7 +570,9 @@ pub(crate) mod tests {
         // The definitions above, pinned: changing them changes every SR result.
         assert_eq!(lowbias32(1), 0x6889_90C0);
         assert_eq!(random_bits([0, 0], 0), 0);
-        assert_eq!(random_bits([1, 2], 3), lowbias32(lowbias32(2) ^ 2));
+        assert_eq!(random_bits([1, 2], 3), lowbias32(2) ^ 2);
+        assert_eq!(stream_bits(0x1234_5678, 0), 0x1234_5678);
+        assert_eq!(stream_multiplier(2), 0x78DD_E6E5);
         let keys: Vec<[u32; 2]> = (0..1000).map(|s| step_key(1, s)).collect();
         let mut unique = keys.clone();
         unique.sort_unstable();

@@ -273,15 +273,10 @@ impl<'a> ElemsRef<'a> {
     }
 }
 
-/// How far apart the generator indices of two streams' elements are: element `j` of stream
-/// `s` draws index `index + j + s · STREAM_STRIDE` (wrapping), so that two streams of one
-/// element round with different bits.
-pub(crate) const STREAM_STRIDE: u32 = 0x9E37_79B9;
-
 /// Stochastic rounding of a segment's stores (see [`crate::round`]): which streams round
 /// stochastically, the generator's key for this step and the generator index of the
-/// segment's first element (element `i` of stream `s` draws index `index + i + s · 0x9E3779B9`,
-/// wrapping at 2^32).
+/// segment's first element: element `i` of stream `s` rounds with
+/// `round::stream_bits(round::random_bits(key, index + i), s)` (the index wrapping at 2^32).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Noise<'a> {
     /// The streams (by index: 0 the param, 2.. the state slots) whose stores round
@@ -307,7 +302,7 @@ impl Noise<'_> {
     pub(crate) fn bits(&self, s: u32, i: usize) -> Option<u32> {
         self.streams.contains(&s).then(|| {
             let index = self.index.wrapping_add(i as u32);
-            round::random_bits(self.key, index.wrapping_add(s.wrapping_mul(STREAM_STRIDE)))
+            round::stream_bits(round::random_bits(self.key, index), s)
         })
     }
 }

@@ -118,8 +118,16 @@ pub(crate) fn store_f32(
 pub(crate) fn random_bits(b: &mut FunctionBuilder, key: [Value; 2], index: Value) -> Value {
     let h = b.ins().bxor(index, key[0]);
     let h = lowbias32(b, h);
-    let h = b.ins().bxor(h, key[1]);
-    lowbias32(b, h)
+    b.ins().bxor(h, key[1])
+}
+
+/// Stream `stream`'s word of an element's generator bits `bits` (I32X4 or I32):
+/// [`crate::round::stream_bits`], one multiply (none for the param's).
+pub(crate) fn stream_bits(b: &mut FunctionBuilder, bits: Value, stream: u32) -> Value {
+    match crate::round::stream_multiplier(stream) {
+        1 => bits,
+        k => mul_const(b, bits, k),
+    }
 }
 
 /// `h ^= h >> 16; h *= 0x7FEB352D; h ^= h >> 15; h *= 0x846CA68B; h ^= h >> 16`.

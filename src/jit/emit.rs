@@ -768,6 +768,7 @@ impl Translator<'_> {
             };
             vals.push(Some(result));
         }
+        let mut element_bits: Option<Value> = None;
         for &(stream, value) in &stage.stores {
             let v = self.operand(width, &value, (&loaded, &reads.held, block), &vals);
             let v = self.float(width, v);
@@ -777,10 +778,11 @@ impl Translator<'_> {
                     self.b.ins().store(self.flags, v, at, offset);
                 }
                 narrow => {
-                    let random = layout
-                        .stochastic()
-                        .contains(&stream)
-                        .then(|| self.random_bits(width, seg, i, first, stream));
+                    let random = layout.stochastic().contains(&stream).then(|| {
+                        let bits = *element_bits
+                            .get_or_insert_with(|| self.element_bits(width, seg, i, first));
+                        convert::stream_bits(&mut self.b, bits, stream)
+                    });
                     convert::store_f32(
                         &mut self.b,
                         narrow,
@@ -804,40 +806,33 @@ impl Translator<'_> {
             .collect()
     }
 
-    /// The generator's bits for the stores to `stream` of elements `i + first..` (one per
-    /// lane): the generator index of element `j` of the segment is `index + j` plus
-    /// [`crate::segment::STREAM_STRIDE`] times the stream (see [`crate::Noise`]).
-    fn random_bits(
-        &mut self,
-        width: Width,
-        seg: &SegmentVals,
-        i: Value,
-        first: u32,
-        stream: u32,
-    ) -> Value {
+    /// The generator's bits of elements `i + first..` (one per lane), which every
+    /// stochastic store of them reads through its stream's multiplier: the generator index
+    /// of element `j` of the segment is `index + j` (see [`crate::Noise`]).
+    fn element_bits(&mut self, width: Width, seg: &SegmentVals, i: Value, first: u32) -> Value {
         let (vector_key, scalar_key, index) = seg
             .noise
             .expect("a stochastic layout's records hold the key");
         let i = self.b.ins().ireduce(types::I32, i);
         let base = self.b.ins().iadd(i, index);
-        let tweak = first.wrapping_add(stream.wrapping_mul(crate::segment::STREAM_STRIDE));
-        let base = self.b.ins().iadd_imm_u(base, i64::from(tweak));
         match width {
-            Width::Scalar => convert::random_bits(&mut self.b, scalar_key, base),
+            Width::Scalar => {
+                let base = self.b.ins().iadd_imm_u(base, i64::from(first));
+                convert::random_bits(&mut self.b, scalar_key, base)
+            }
             Width::Vector => {
+                // One splat per iteration (the copies share it), and each copy's lane offsets
+                // as a constant.
                 let lanes = self.b.ins().splat(types::I32X4, base);
-                let iota = self.iota();
-                let indices = self.b.ins().iadd(lanes, iota);
+                let offsets: Vec<u8> = (0u32..4)
+                    .flat_map(|k| first.wrapping_add(k).to_le_bytes())
+                    .collect();
+                let constant = self.b.func.dfg.constants.insert(offsets.into());
+                let offsets = self.b.ins().vconst(types::I32X4, constant);
+                let indices = self.b.ins().iadd(lanes, offsets);
                 convert::random_bits(&mut self.b, vector_key, indices)
             }
         }
-    }
-
-    /// The vector `[0, 1, 2, 3]` of `i32` lanes.
-    fn iota(&mut self) -> Value {
-        let bytes: Vec<u8> = (0u32..4).flat_map(u32::to_le_bytes).collect();
-        let constant = self.b.func.dfg.constants.insert(bytes.into());
-        self.b.ins().vconst(types::I32X4, constant)
     }
 
     /// An operand's value: a loaded stream, a held scalar, a scalar read from the block at

@@ -13,9 +13,6 @@ use optjit::{
 /// The JIT's unroll factors.
 pub const UNROLLS: [u32; 4] = [1, 2, 4, 8];
 
-/// The generator index of the stream `s` of element `i` is `index + i + s · STREAM_STRIDE`.
-pub const STREAM_STRIDE: u32 = 0x9E37_79B9;
-
 /// f32 values whose narrowing is easy to get wrong, and what they round to to nearest even
 /// in bf16 and f16 (for a NaN, any quiet NaN); the sign is added at random.
 #[rustfmt::skip]
@@ -559,7 +556,8 @@ pub fn check_executors<T: Float>(
 /// What the kernel contract says a run of `stage` on `bufs` (f32 compute) stores: the stage
 /// computed in f32 on every stream widened (exactly), each written stream then rounded to
 /// its storage dtype: stochastically where `noise` says so, element `i` of stream `s` with
-/// the bits `round::random_bits(key, index + i + s · 0x9E3779B9)`, else to nearest even.
+/// the bits `round::random_bits(key, index + i) · (1 + 2 · s · 0x9E3779B9)` (wrapping), else
+/// to nearest even.
 pub fn contract<T: Float>(stage: &Stage, bufs: &[Buffers<T>], noise: Noise<'_>) -> Vec<Buffers<T>> {
     let wide: Vec<Buffers<f32>> = (bufs.iter())
         .map(|b| Buffers {
@@ -581,7 +579,10 @@ pub fn contract<T: Float>(stage: &Stage, bufs: &[Buffers<T>], noise: Noise<'_>) 
             let random = |i: usize| {
                 let index = first.wrapping_add(i as u32);
                 (noise.streams.contains(&s)).then(|| {
-                    round::random_bits(noise.key, index.wrapping_add(s.wrapping_mul(STREAM_STRIDE)))
+                    let bits = round::random_bits(noise.key, index);
+                    bits.wrapping_mul(
+                        1u32.wrapping_add(s.wrapping_mul(0x9E37_79B9).wrapping_mul(2)),
+                    )
                 })
             };
             let stored = Buf::narrowed(values, e.stream(s).dtype(), random);
