@@ -185,14 +185,15 @@ const fn lowbias32(mut h: u32) -> u32 {
     h ^ (h >> 16)
 }
 
-/// 32 random bits for element `index` under `key`: `lowbias32(index ^ key[0]) ^ key[1]`,
+/// 32 random bits for element `index` under `key`: `lowbias32(index + key[0]) ^ key[1]`,
 /// where `lowbias32(h)` is `h ^= h >> 16; h *= 0x7FEB352D; h ^= h >> 15; h *= 0x846CA68B;
 /// h ^= h >> 16` (wrapping u32 arithmetic). A bijection of `index` for a fixed key, so no
-/// two elements of a step share their bits; only xor, logical shifts and wrapping
-/// multiplies, which the JIT emits lane-wise (`pmulld`). Each stream of an element rounds
-/// with its own word of these bits, [`stream_bits`].
+/// two elements of a step share their bits; only additions, xor, logical shifts and
+/// wrapping multiplies, which the JIT emits lane-wise (`pmulld`), the key's first word
+/// added once per segment to its first index. Each stream of an element rounds with its own
+/// word of these bits, [`stream_bits`].
 pub fn random_bits(key: [u32; 2], index: u32) -> u32 {
-    lowbias32(index ^ key[0]) ^ key[1]
+    lowbias32(index.wrapping_add(key[0])) ^ key[1]
 }
 
 /// The multiplier of stream `stream`'s word: `1 + 2 · stream · 0x9E3779B9` (wrapping), odd
@@ -570,7 +571,8 @@ pub(crate) mod tests {
         // The definitions above, pinned: changing them changes every SR result.
         assert_eq!(lowbias32(1), 0x6889_90C0);
         assert_eq!(random_bits([0, 0], 0), 0);
-        assert_eq!(random_bits([1, 2], 3), lowbias32(2) ^ 2);
+        assert_eq!(random_bits([u32::MAX, 0], 1), 0);
+        assert_eq!(random_bits([1, 2], 3), lowbias32(4) ^ 2);
         assert_eq!(stream_bits(0x1234_5678, 0), 0x1234_5678);
         assert_eq!(stream_multiplier(2), 0x78DD_E6E5);
         let keys: Vec<[u32; 2]> = (0..1000).map(|s| step_key(1, s)).collect();

@@ -113,12 +113,13 @@ pub(crate) fn store_f32(
     }
 }
 
-/// The generator's bits for lanes with indices `index` (I32X4 or I32), keyed by `key` (two
-/// I32X4 / I32 values, splats of the key words): [`crate::round::random_bits`].
-pub(crate) fn random_bits(b: &mut FunctionBuilder, key: [Value; 2], index: Value) -> Value {
-    let h = b.ins().bxor(index, key[0]);
-    let h = lowbias32(b, h);
-    b.ins().bxor(h, key[1])
+/// The generator's bits ([`crate::round::random_bits`]) for lanes (I32X4 or I32) with
+/// counters `counter = index + key[0]` (which a loop adds once per segment to its first
+/// index), under the key's second word `key1` (splatted for a vector): `lowbias32(counter) ^
+/// key1`.
+pub(crate) fn mix(b: &mut FunctionBuilder, key1: Value, counter: Value) -> Value {
+    let h = lowbias32(b, counter);
+    b.ins().bxor(h, key1)
 }
 
 /// Stream `stream`'s word of an element's generator bits `bits` (I32X4 or I32):

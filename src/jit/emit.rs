@@ -120,9 +120,10 @@ struct SegmentVals {
     block: Value,
     /// Where the segment's block partials go (stages with reductions).
     partials: Option<Value>,
-    /// For stochastic rounding: the generator key's two words splatted (vector, scalar) and
-    /// the generator index of the segment's first element (an `i32`).
-    noise: Option<([Value; 2], [Value; 2], Value)>,
+    /// For stochastic rounding: the generator key's second word (splatted, scalar) and the
+    /// generator's counter of the segment's first element (an `i32`: its index plus the
+    /// key's first word, see [`crate::round::random_bits`]).
+    noise: Option<(Value, Value, Value)>,
 }
 
 /// How one loop reads the scalars: the splats it holds in registers (made in its preheader)
@@ -286,8 +287,10 @@ impl Translator<'_> {
             let high = self.b.ins().ushr_imm_u(key, 32);
             let k1 = self.b.ins().ireduce(types::I32, high);
             let index = self.b.ins().ireduce(types::I32, index);
-            let splat = |t: &mut Self, k| t.b.ins().splat(types::I32X4, k);
-            ([splat(self, k0), splat(self, k1)], [k0, k1], index)
+            // The generator's counter of element 0: its index plus the key's first word.
+            let counter = self.b.ins().iadd(index, k0);
+            let k1_vector = self.b.ins().splat(types::I32X4, k1);
+            (k1_vector, k1, counter)
         });
         SegmentVals {
             len,
@@ -329,7 +332,12 @@ impl Translator<'_> {
                 (_, true, false) => 9,
                 (_, true, true) => 14,
             })
-            .sum();
+            .sum::<usize>()
+            // Each stochastic stream but the param reads the generator's word through its
+            // own multiplier (`round::stream_bits`).
+            + (self.layout.stochastic().iter())
+                .filter(|&&s| crate::round::stream_multiplier(s) != 1)
+                .count();
         constants + usize::from(constants > 0)
     }
 
@@ -810,15 +818,15 @@ impl Translator<'_> {
     /// stochastic store of them reads through its stream's multiplier: the generator index
     /// of element `j` of the segment is `index + j` (see [`crate::Noise`]).
     fn element_bits(&mut self, width: Width, seg: &SegmentVals, i: Value, first: u32) -> Value {
-        let (vector_key, scalar_key, index) = seg
+        let (vector_key, scalar_key, counter) = seg
             .noise
             .expect("a stochastic layout's records hold the key");
         let i = self.b.ins().ireduce(types::I32, i);
-        let base = self.b.ins().iadd(i, index);
+        let base = self.b.ins().iadd(i, counter);
         match width {
             Width::Scalar => {
                 let base = self.b.ins().iadd_imm_u(base, i64::from(first));
-                convert::random_bits(&mut self.b, scalar_key, base)
+                convert::mix(&mut self.b, scalar_key, base)
             }
             Width::Vector => {
                 // One splat per iteration (the copies share it), and each copy's lane offsets
@@ -829,8 +837,8 @@ impl Translator<'_> {
                     .collect();
                 let constant = self.b.func.dfg.constants.insert(offsets.into());
                 let offsets = self.b.ins().vconst(types::I32X4, constant);
-                let indices = self.b.ins().iadd(lanes, offsets);
-                convert::random_bits(&mut self.b, vector_key, indices)
+                let counters = self.b.ins().iadd(lanes, offsets);
+                convert::mix(&mut self.b, vector_key, counters)
             }
         }
     }

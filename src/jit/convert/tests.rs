@@ -75,13 +75,15 @@ fn emit_element(
         Output::Stochastic(key) => {
             let key = key_values(b, key, vector);
             let index = indices(b, i, vector);
-            let random = random_bits(b, key, index);
+            let counter = b.ins().iadd(index, key[0]);
+            let random = mix(b, key[1], counter);
             store_f32(b, dst_type, vector, flags, value, dst_addr, 0, Some(random));
         }
         Output::Random(key) => {
             let key = key_values(b, key, vector);
             let index = indices(b, i, vector);
-            let random = random_bits(b, key, index);
+            let counter = b.ins().iadd(index, key[0]);
+            let random = mix(b, key[1], counter);
             b.ins().store(flags, random, dst_addr, 0);
         }
     }
