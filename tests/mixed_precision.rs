@@ -144,6 +144,69 @@ fn narrowing_stores_round_ties_to_even_overflow_and_quiet_nans() {
     }
 }
 
+/// Realistic finite values of `dtype` (log-uniform magnitudes, rounded to nearest).
+fn finite(rng: &mut Rng, dtype: DType, len: usize, nonneg: bool) -> Buf {
+    let values: Vec<f32> = (0..len).map(|_| rng.realistic(nonneg) as f32).collect();
+    Buf::narrowed(&values, dtype, |_| None)
+}
+
+/// Catches a vector loop whose usual path (no NaN among the values a body copy narrows) or
+/// whose NaN path (taken by the copy alone) stores other bits than the reference, or leaks
+/// into the copies around it: Adam on finite inputs, then with one NaN gradient at each
+/// position in turn, in every layout with a narrow stream and at every unroll factor.
+#[test]
+fn one_nan_takes_the_nan_path_for_its_copy_alone() {
+    let jit = Jit::new().unwrap();
+    let program = passes::compile(&optim::by_name("adam").unwrap()).unwrap();
+    let stage = &program.stage;
+    let n = 37; // ×8 unrolled: one main-loop iteration, then the shorter loops
+    for (name, layout) in layouts() {
+        let layout = layout.resolve(stage.n_streams);
+        if !(0..stage.n_streams).any(|s| layout.dtype(s).is_narrow()) {
+            continue;
+        }
+        let kernels = kernels(&jit, &program, &layout, true);
+        let mut rng = Rng::new(41);
+        let clean = Buffers::<f32> {
+            param: finite(&mut rng, layout.dtype(0), n, false),
+            grad: finite(&mut rng, layout.dtype(1), n, false),
+            state: (2..stage.n_streams)
+                .map(|s| finite(&mut rng, layout.dtype(s), n, s == 3))
+                .collect(),
+            scalars: block_of::<f32>(&program, &[("lr", 1e-2)], 3),
+            index: 0,
+        };
+        let what = format!("adam in {name}");
+        let reference = check_executors(&what, stage, &kernels, &[clean.clone()], Noise::NONE);
+        assert!(
+            (0..n).all(|i| !reference[0].param.is_nan(i)),
+            "{what}: finite inputs give finite params"
+        );
+        for k in 0..n {
+            let mut bufs = clean.clone();
+            let nan: Vec<f32> = (0..n)
+                .map(|i| {
+                    if i == k {
+                        f32::NAN
+                    } else {
+                        clean.grad.get(i) as f32
+                    }
+                })
+                .collect();
+            bufs.grad = Buf::narrowed(&nan, layout.dtype(1), |_| None);
+            let what = format!("{what}, NaN gradient at {k}");
+            let got = check_executors(&what, stage, &kernels, &[bufs], Noise::NONE);
+            for i in 0..n {
+                assert_eq!(
+                    got[0].param.is_nan(i),
+                    i == k,
+                    "{what}: element {i} of the param"
+                );
+            }
+        }
+    }
+}
+
 /// Adam's layouts with stochastic rounding: of the param and the first moment, or of every
 /// written stream.
 fn stochastic_layouts() -> Vec<(&'static str, Layout)> {

@@ -65,6 +65,8 @@ pub(crate) fn load_f32(
 /// `addr + offset`; `random` is Some(I32X4 / I32 random bits) for stochastic rounding
 /// ([`crate::round::f32_to_bf16_stochastic`], [`crate::round::f32_to_f16_stochastic`]), None
 /// for nearest even ([`crate::round::f32_to_bf16`], [`crate::round::f32_to_f16`]).
+/// `nans == false` leaves out the NaN path (3–4 instructions): only for a value the caller
+/// has checked has no NaN lane; every other lane's bits are the same either way.
 ///
 /// Panics on stochastic rounding to f32 storage (there is nothing to round) and on f64.
 #[allow(clippy::too_many_arguments)] // the team's contract: one call per stored stream
@@ -77,6 +79,7 @@ pub(crate) fn store_f32(
     addr: Value,
     offset: i32,
     random: Option<Value>,
+    nans: bool,
 ) {
     if dtype == DType::F32 {
         assert!(random.is_none(), "no stochastic rounding to f32 storage");
@@ -93,8 +96,8 @@ pub(crate) fn store_f32(
     // The 16-bit results in the high (bf16) or low (f16) half of each i32 lane, gathered
     // into the low 8 bytes.
     let (bits, high) = match dtype {
-        DType::BF16 => (narrow_bf16(b, value, random), true),
-        DType::F16 => (narrow_f16(b, value, random), false),
+        DType::BF16 => (narrow_bf16(b, value, random, nans), true),
+        DType::F16 => (narrow_f16(b, value, random, nans), false),
         DType::F32 | DType::F64 => panic!("store_f32 narrows to bf16 and f16, not {dtype}"),
     };
     let bytes = bitcast(b, types::I8X16, bits);
@@ -221,8 +224,8 @@ fn widen_f16(b: &mut FunctionBuilder, halves: Value) -> Value {
 }
 
 /// f32x4 to bf16 bits in the high half of each i32 lane: `b + 0x7FFF + lsb` (nearest even)
-/// or `b + (r >> 16)` (stochastic), and `b | quiet bit` where `b` is a NaN.
-fn narrow_bf16(b: &mut FunctionBuilder, value: Value, random: Option<Value>) -> Value {
+/// or `b + (r >> 16)` (stochastic), and `b | quiet bit` where `b` is a NaN (if `nans`).
+fn narrow_bf16(b: &mut FunctionBuilder, value: Value, random: Option<Value>, nans: bool) -> Value {
     let x = bitcast(b, types::I32X4, value);
     let rounded = match random {
         None => {
@@ -236,6 +239,9 @@ fn narrow_bf16(b: &mut FunctionBuilder, value: Value, random: Option<Value>) -> 
             b.ins().iadd(x, r)
         }
     };
+    if !nans {
+        return rounded;
+    }
     let nan = b.ins().fcmp(FloatCC::Unordered, value, value);
     let quiet = splat(b, QUIET);
     let quiet = b.ins().bor(x, quiet);
@@ -251,8 +257,8 @@ fn narrow_bf16(b: &mut FunctionBuilder, value: Value, random: Option<Value>) -> 
 /// result (`a < 2⁻¹⁴`) comes from `a·2²⁴` (exact): rounded to an integer by `roundps` in
 /// nearest-even mode, or truncated after scaling by 2²¹ more (`a·2⁴⁵ < 2³¹`) and carried by
 /// `r >> 11` (stochastic); a denormal f32 gives 0 either way, also under
-/// denormals-are-zero. The sign is or-ed in last.
-fn narrow_f16(b: &mut FunctionBuilder, value: Value, random: Option<Value>) -> Value {
+/// denormals-are-zero. The sign is or-ed in last. Without `nans`, no NaN path.
+fn narrow_f16(b: &mut FunctionBuilder, value: Value, random: Option<Value>, nans: bool) -> Value {
     let x = bitcast(b, types::I32X4, value);
     let magnitude = splat(b, !SIGN);
     let a = b.ins().band(x, magnitude);
@@ -272,13 +278,17 @@ fn narrow_f16(b: &mut FunctionBuilder, value: Value, random: Option<Value>) -> V
             b.ins().iadd(t, r)
         }
     };
-    let inf = splat(b, INF);
-    let nan = b.ins().icmp(IntCC::SignedGreaterThan, a, inf);
-    let quiet = splat(b, QUIET);
-    let quiet = b.ins().bor(a, quiet);
-    let nan_bias = splat(b, 0u32.wrapping_sub(0x7000_0000));
-    let quiet = b.ins().iadd(quiet, nan_bias);
-    let t = b.ins().bitselect(nan, quiet, t);
+    let t = if nans {
+        let inf = splat(b, INF);
+        let nan = b.ins().icmp(IntCC::SignedGreaterThan, a, inf);
+        let quiet = splat(b, QUIET);
+        let quiet = b.ins().bor(a, quiet);
+        let nan_bias = splat(b, 0u32.wrapping_sub(0x7000_0000));
+        let quiet = b.ins().iadd(quiet, nan_bias);
+        b.ins().bitselect(nan, quiet, t)
+    } else {
+        t
+    };
     let normal = b.ins().ushr_imm_u(t, 13);
 
     let af = bitcast(b, types::F32X4, a);

@@ -135,6 +135,16 @@ struct Reads {
     from_block: bool,
 }
 
+/// One store of a body copy, computed before it is emitted.
+struct Store {
+    dtype: DType,
+    value: Value,
+    at: Value,
+    offset: i32,
+    /// Stochastic rounding's bits for the lanes.
+    random: Option<Value>,
+}
+
 /// `0`, `1`, `-1` as `[scalar, vector]`, created in the entry block only when the stage
 /// needs them (comparisons and select need `0` and `1`, sign all three).
 #[derive(Clone, Copy, Default)]
@@ -467,7 +477,14 @@ impl Translator<'_> {
         let params = self.b.block_params(vloop).to_vec();
         let (i, mut accs) = (params[0], params[1..].to_vec());
         for copy in 0..4 {
-            let xs = self.emit_body(Width::Vector, seg, &vector_reads, i, copy * self.lanes);
+            let xs = self.emit_body(
+                Width::Vector,
+                seg,
+                &vector_reads,
+                i,
+                copy * self.lanes,
+                false,
+            );
             for (r, (&op, x)) in reductions.iter().zip(xs).enumerate() {
                 let acc = &mut accs[4 * r + copy as usize];
                 *acc = self.accumulate(Width::Vector, op, *acc, x);
@@ -515,7 +532,7 @@ impl Translator<'_> {
 
         self.b.switch_to_block(tail_body);
         self.b.seal_block(tail_body);
-        let xs = self.emit_body(Width::Scalar, seg, &scalar_reads, i, 0);
+        let xs = self.emit_body(Width::Scalar, seg, &scalar_reads, i, 0, false);
         let partial: Vec<Value> = reductions
             .iter()
             .zip(partial.iter().zip(xs))
@@ -653,7 +670,7 @@ impl Translator<'_> {
         // body(i): sealed after its own back edge.
         self.b.switch_to_block(body);
         for copy in 0..copies {
-            self.emit_body(Width::Vector, seg, &reads, i, copy * self.lanes);
+            self.emit_body(Width::Vector, seg, &reads, i, copy * self.lanes, true);
         }
         let next = self.b.ins().iadd_imm_u(i, i64::from(per_iter));
         let more = self.b.ins().icmp(IntCC::UnsignedLessThan, next, end);
@@ -681,7 +698,7 @@ impl Translator<'_> {
 
         self.b.switch_to_block(body);
         self.b.seal_block(body);
-        self.emit_body(Width::Scalar, seg, &reads, i, 0);
+        self.emit_body(Width::Scalar, seg, &reads, i, 0, false);
         let next = self.b.ins().iadd_imm_u(i, 1);
         self.b.ins().jump(header, &args(&[next]));
         self.b.seal_block(header);
@@ -702,6 +719,9 @@ impl Translator<'_> {
 
     /// One copy of the stage body at element `i + first`: loads, ops, stores; returns the
     /// operand of each reduction.
+    ///
+    /// With `split`, a vector copy's stores branch on NaNs (see the stores below) and the
+    /// function returns in the block after them, not the one it started in.
     fn emit_body(
         &mut self,
         width: Width,
@@ -709,6 +729,7 @@ impl Translator<'_> {
         reads: &Reads,
         i: Value,
         first: u32,
+        split: bool,
     ) -> Vec<Value> {
         let ty = self.ty(width);
         let vector = width == Width::Vector;
@@ -776,33 +797,53 @@ impl Translator<'_> {
             };
             vals.push(Some(result));
         }
+        // What each store writes, where, and (stochastic) with which bits: all computed
+        // before the stores, which may be emitted twice (see below).
         let mut element_bits: Option<Value> = None;
+        let mut stores: Vec<Store> = Vec::with_capacity(stage.stores.len());
         for &(stream, value) in &stage.stores {
             let v = self.operand(width, &value, (&loaded, &reads.held, block), &vals);
-            let v = self.float(width, v);
+            let value = self.float(width, v);
             let (at, offset) = addr(self, stream as usize);
-            match layout.dtype(stream) {
-                DType::F32 | DType::F64 => {
-                    self.b.ins().store(self.flags, v, at, offset);
-                }
-                narrow => {
-                    let random = layout.stochastic().contains(&stream).then(|| {
-                        let bits = *element_bits
-                            .get_or_insert_with(|| self.element_bits(width, seg, i, first));
-                        convert::stream_bits(&mut self.b, bits, stream)
-                    });
-                    convert::store_f32(
-                        &mut self.b,
-                        narrow,
-                        vector,
-                        self.flags,
-                        v,
-                        at,
-                        offset,
-                        random,
-                    );
-                }
+            let random = layout.stochastic().contains(&stream).then(|| {
+                let bits =
+                    *element_bits.get_or_insert_with(|| self.element_bits(width, seg, i, first));
+                convert::stream_bits(&mut self.b, bits, stream)
+            });
+            let dtype = layout.dtype(stream);
+            stores.push(Store {
+                dtype,
+                value,
+                at,
+                offset,
+                random,
+            });
+        }
+        // A vector loop branches on whether any value it narrows is a NaN: the usual path
+        // narrows without the NaN path (3–4 instructions per store), a cold one with it.
+        let narrowed: Vec<Value> = (stores.iter())
+            .filter(|s| s.dtype.is_narrow())
+            .map(|s| s.value)
+            .collect();
+        if split && vector && !narrowed.is_empty() {
+            let any_nan = self.any_nan(&narrowed);
+            let (usual, nans, join) = (
+                self.b.create_block(),
+                self.b.create_block(),
+                self.b.create_block(),
+            );
+            self.b.ins().brif(any_nan, nans, &[], usual, &[]);
+            self.b.set_cold_block(nans);
+            for (block, with_nans) in [(usual, false), (nans, true)] {
+                self.b.switch_to_block(block);
+                self.b.seal_block(block);
+                self.emit_stores(&stores, vector, with_nans);
+                self.b.ins().jump(join, &[]);
             }
+            self.b.switch_to_block(join);
+            self.b.seal_block(join);
+        } else {
+            self.emit_stores(&stores, vector, true);
         }
         let reductions = &self.stage.reductions;
         reductions
@@ -812,6 +853,44 @@ impl Translator<'_> {
                 self.float(width, v)
             })
             .collect()
+    }
+
+    /// The stores of one body copy; narrowing ones with or without their NaN path.
+    fn emit_stores(&mut self, stores: &[Store], vector: bool, nans: bool) {
+        for store in stores {
+            match store.dtype {
+                DType::F32 | DType::F64 => {
+                    self.b
+                        .ins()
+                        .store(self.flags, store.value, store.at, store.offset);
+                }
+                narrow => convert::store_f32(
+                    &mut self.b,
+                    narrow,
+                    vector,
+                    self.flags,
+                    store.value,
+                    store.at,
+                    store.offset,
+                    store.random,
+                    nans,
+                ),
+            }
+        }
+    }
+
+    /// Whether any lane of the F32X4 `values` is a NaN, as an `i8` truth: `fcmp uno` takes
+    /// two values at a time.
+    fn any_nan(&mut self, values: &[Value]) -> Value {
+        let masks: Vec<Value> = values
+            .chunks(2)
+            .map(|pair| {
+                let (a, b) = (pair[0], *pair.last().expect("chunks are not empty"));
+                self.b.ins().fcmp(FloatCC::Unordered, a, b)
+            })
+            .collect();
+        let mask = (masks[1..].iter()).fold(masks[0], |acc, &m| self.b.ins().bor(acc, m));
+        self.b.ins().vany_true(mask)
     }
 
     /// The generator's bits of elements `i + first..` (one per lane), which every

@@ -71,13 +71,23 @@ fn emit_element(
     let dst_addr = b.ins().iadd(dst, dst_offset);
     let value = load_f32(b, src_type, vector, flags, src_addr, 0);
     match output {
-        Output::Nearest => store_f32(b, dst_type, vector, flags, value, dst_addr, 0, None),
+        Output::Nearest => store_f32(b, dst_type, vector, flags, value, dst_addr, 0, None, true),
         Output::Stochastic(key) => {
             let key = key_values(b, key, vector);
             let index = indices(b, i, vector);
             let counter = b.ins().iadd(index, key[0]);
             let random = mix(b, key[1], counter);
-            store_f32(b, dst_type, vector, flags, value, dst_addr, 0, Some(random));
+            store_f32(
+                b,
+                dst_type,
+                vector,
+                flags,
+                value,
+                dst_addr,
+                0,
+                Some(random),
+                true,
+            );
         }
         Output::Random(key) => {
             let key = key_values(b, key, vector);
