@@ -177,7 +177,13 @@ fn one_nan_takes_the_nan_path_for_its_copy_alone() {
             index: 0,
         };
         let what = format!("adam in {name}");
-        let reference = check_executors(&what, stage, &kernels, &[clean.clone()], Noise::NONE);
+        let reference = check_executors(
+            &what,
+            stage,
+            &kernels,
+            std::slice::from_ref(&clean),
+            Noise::NONE,
+        );
         assert!(
             (0..n).all(|i| !reference[0].param.is_nan(i)),
             "{what}: finite inputs give finite params"
