@@ -12,7 +12,10 @@
 //! where Cranelift can fold the load (else as a plain vector load). So no loop broadcasts a
 //! scalar, and a loop loads one per vector only when its scalars that cannot be memory
 //! operands outnumber its free registers (of the built-ins, Adan's). An FMA appears only
-//! where the stage has `Op::Fma`: Cranelift never fuses `fmul`+`fadd` on its own.
+//! where the stage has `Op::Fma`: Cranelift never fuses `fmul`+`fadd` on its own. Streams
+//! stored as bf16 or f16 narrow in `convert.rs`; in the vector loops each body copy first
+//! tests the values it narrows for NaNs (one `fcmp uno` per two values) and branches to a
+//! cold block that narrows them with the NaN path, the usual block without it.
 
 use super::convert;
 use super::pressure::{read_args, BodyNeeds};
