@@ -6,7 +6,8 @@
 //!   both kinds, ±inf, ±0, subnormals, the largest finite values, ties of the narrowing).
 //! - Stores follow the kernel contract exactly: the stage computed in f32 on the widened
 //!   streams, each written stream rounded to nearest even, or stochastically with the bits
-//!   `round::random_bits(key, index + i) · (1 + 2 · s · 0x9E3779B9)` for element `i` of stream `s`.
+//!   `round::random_bits(key, index + i) · (1 + 2 · s · 0x9E3779B9)` for element `i` of
+//!   stream `s`.
 //! - Stochastic rounding is deterministic (cutting a segment changes no bit, another key
 //!   changes some), unbiased, and lets updates far below half an ulp accumulate.
 //! - Kernels, layouts and interpreters refuse what does not fit, before touching a buffer.

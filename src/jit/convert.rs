@@ -118,10 +118,9 @@ pub(crate) fn store_f32(
 
 /// The generator's bits ([`crate::round::random_bits`]) for lanes (I32X4 or I32) with
 /// counters `counter = index + key[0]` (which a loop adds once per segment to its first
-/// index), under the key's second word `key1` (splatted for a vector): `lowbias32(counter) ^
-/// key1`.
+/// index), under the key's second word `key1` (splatted for a vector): `mix32(counter) ^ key1`.
 pub(crate) fn mix(b: &mut FunctionBuilder, key1: Value, counter: Value) -> Value {
-    let h = lowbias32(b, counter);
+    let h = mix32(b, counter);
     b.ins().bxor(h, key1)
 }
 
@@ -135,12 +134,11 @@ pub(crate) fn stream_bits(b: &mut FunctionBuilder, bits: Value, stream: u32) -> 
 }
 
 /// `h ^= h >> 16; h *= 0x7FEB352D; h ^= h >> 15; h *= 0x846CA68B; h ^= h >> 16`.
-fn lowbias32(b: &mut FunctionBuilder, h: Value) -> Value {
+fn mix32(b: &mut FunctionBuilder, h: Value) -> Value {
     let h = xor_shift(b, h, 16);
     let h = mul_const(b, h, 0x7FEB_352D);
     let h = xor_shift(b, h, 15);
-    let h = mul_const(b, h, 0x846C_A68B);
-    xor_shift(b, h, 16)
+    mul_const(b, h, 0x846C_A68B)
 }
 
 fn xor_shift(b: &mut FunctionBuilder, h: Value, shift: i64) -> Value {
