@@ -176,10 +176,12 @@ pub fn f32_to_f16_stochastic(x: f32, r: u32) -> u16 {
 }
 
 /// The integer mixer of [`random_bits`]: lowbias32 (Chris Wellons' hash-prospector) without
-/// its last step (`h ^= h >> 16`), which changes only the low 16 bits. A bijection of u32;
-/// each bit of the last product depends on every input bit at or below it, so its top bits
-/// (those rounding reads, directly or through a stream's multiplier) flip with probability
-/// close to 1/2 when any input bit flips.
+/// its last step (`h ^= h >> 16`, which changes only the low 16 bits: the top 16 are
+/// lowbias32's, what bf16 rounding of the param reads). A bijection of u32. Its low bits are
+/// less mixed than lowbias32's; they reach rounding through f16's wider reads (21 bits for
+/// subnormal results) and through a stream's multiplier, whose product's top bits depend on
+/// every bit. The tests below (balanced bits, unbiased rounding, independent streams) find
+/// no difference from lowbias32's; dropping the step saves two instructions per vector.
 const fn mix32(mut h: u32) -> u32 {
     h ^= h >> 16;
     h = h.wrapping_mul(0x7FEB_352D);

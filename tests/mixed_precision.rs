@@ -194,7 +194,10 @@ fn one_nan_takes_the_nan_path_for_its_copy_alone() {
             let nan: Vec<f32> = (0..n)
                 .map(|i| {
                     if i == k {
-                        f32::NAN
+                        // Low payload bits set: sent down the path without NaNs, it would
+                        // carry into the exponent of its bf16 store (a NaN loaded from a
+                        // bf16 or f16 gradient has no such bits).
+                        f32::from_bits(0x7FFF_FFFF)
                     } else {
                         clean.grad.get(i) as f32
                     }
@@ -250,7 +253,7 @@ fn consecutive<T: Float>(rng: &mut Rng, program: &Program, layout: &Layout) -> V
 }
 
 /// Catches a stochastic store that draws other bits than the contract's (a wrong stream
-/// stride, an index that ignores the segment's, the unroll copy's or the tail's offset, a
+/// multiplier, an index that ignores the segment's, the unroll copy's or the tail's offset, a
 /// lane order mixed up) or rounds a stream that should round to nearest.
 #[test]
 fn stochastic_stores_agree_across_executors_and_use_the_documented_bits() {

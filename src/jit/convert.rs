@@ -133,7 +133,8 @@ pub(crate) fn stream_bits(b: &mut FunctionBuilder, bits: Value, stream: u32) -> 
     }
 }
 
-/// `h ^= h >> 16; h *= 0x7FEB352D; h ^= h >> 15; h *= 0x846CA68B; h ^= h >> 16`.
+/// `h ^= h >> 16; h *= 0x7FEB352D; h ^= h >> 15; h *= 0x846CA68B` ([`crate::round`]'s
+/// `mix32`).
 fn mix32(b: &mut FunctionBuilder, h: Value) -> Value {
     let h = xor_shift(b, h, 16);
     let h = mul_const(b, h, 0x7FEB_352D);

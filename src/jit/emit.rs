@@ -13,8 +13,8 @@
 //! scalar, and a loop loads one per vector only when its scalars that cannot be memory
 //! operands outnumber its free registers (of the built-ins, Adan's). An FMA appears only
 //! where the stage has `Op::Fma`: Cranelift never fuses `fmul`+`fadd` on its own. Streams
-//! stored as bf16 or f16 narrow in `convert.rs`; in the vector loops each body copy first
-//! tests the values it narrows for NaNs (one `fcmp uno` per two values) and branches to a
+//! stored as bf16 or f16 narrow in `convert.rs`; in the vector loops of stages without
+//! reductions each body copy first tests the values it narrows for NaNs (one `fcmp uno` per two values) and branches to a
 //! cold block that narrows them with the NaN path, the usual block without it.
 
 use super::convert;
@@ -349,7 +349,7 @@ impl Translator<'_> {
             // Each stochastic stream but the param reads the generator's word through its
             // own multiplier (`round::stream_bits`).
             + (self.layout.stochastic().iter())
-                .filter(|&&s| crate::round::stream_multiplier(s) != 1)
+                .filter(|&&s| stored(s) && crate::round::stream_multiplier(s) != 1)
                 .count();
         constants + usize::from(constants > 0)
     }
@@ -911,8 +911,8 @@ impl Translator<'_> {
                 convert::mix(&mut self.b, scalar_key, base)
             }
             Width::Vector => {
-                // One splat per iteration (the copies share it), and each copy's lane offsets
-                // as a constant.
+                // The copies' splats are identical (Cranelift merges them into one per
+                // iteration); each copy's lane offsets are a constant.
                 let lanes = self.b.ins().splat(types::I32X4, base);
                 let offsets: Vec<u8> = (0u32..4)
                     .flat_map(|k| first.wrapping_add(k).to_le_bytes())
