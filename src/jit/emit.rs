@@ -28,6 +28,9 @@ use cranelift_codegen::ir::{
 };
 use cranelift_codegen::isa::{CallConv, TargetFrontendConfig};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use stores::{NoiseVals, Store};
+
+mod stores;
 
 /// Bytes per scalar in the scalar block: one 128-bit vector, the scalar in every lane.
 pub(crate) const SCALAR_BYTES: usize = 16;
@@ -123,10 +126,8 @@ struct SegmentVals {
     block: Value,
     /// Where the segment's block partials go (stages with reductions).
     partials: Option<Value>,
-    /// For stochastic rounding: the generator key's second word (splatted, scalar) and the
-    /// generator's counter of the segment's first element (an `i32`: its index plus the
-    /// key's first word, see [`crate::round::random_bits`]).
-    noise: Option<(Value, Value, Value)>,
+    /// For stochastic rounding: the generator's key and counter.
+    noise: Option<NoiseVals>,
 }
 
 /// How one loop reads the scalars: the splats it holds in registers (made in its preheader)
@@ -136,16 +137,6 @@ struct Reads {
     needs: BodyNeeds,
     /// Whether the body reads some scalar it does not hold (from the block, at each use).
     from_block: bool,
-}
-
-/// One store of a body copy, computed before it is emitted.
-struct Store {
-    dtype: DType,
-    value: Value,
-    at: Value,
-    offset: i32,
-    /// Stochastic rounding's bits for the lanes.
-    random: Option<Value>,
 }
 
 /// `0`, `1`, `-1` as `[scalar, vector]`, created in the entry block only when the stage
@@ -302,8 +293,12 @@ impl Translator<'_> {
             let index = self.b.ins().ireduce(types::I32, index);
             // The generator's counter of element 0: its index plus the key's first word.
             let counter = self.b.ins().iadd(index, k0);
-            let k1_vector = self.b.ins().splat(types::I32X4, k1);
-            (k1_vector, k1, counter)
+            let key1_vector = self.b.ins().splat(types::I32X4, k1);
+            NoiseVals {
+                key1: k1,
+                key1_vector,
+                counter,
+            }
         });
         SegmentVals {
             len,
@@ -822,32 +817,7 @@ impl Translator<'_> {
                 random,
             });
         }
-        // A vector loop branches on whether any value it narrows is a NaN: the usual path
-        // narrows without the NaN path (3–4 instructions per store), a cold one with it.
-        let narrowed: Vec<Value> = (stores.iter())
-            .filter(|s| s.dtype.is_narrow())
-            .map(|s| s.value)
-            .collect();
-        if split && vector && !narrowed.is_empty() {
-            let any_nan = self.any_nan(&narrowed);
-            let (usual, nans, join) = (
-                self.b.create_block(),
-                self.b.create_block(),
-                self.b.create_block(),
-            );
-            self.b.ins().brif(any_nan, nans, &[], usual, &[]);
-            self.b.set_cold_block(nans);
-            for (block, with_nans) in [(usual, false), (nans, true)] {
-                self.b.switch_to_block(block);
-                self.b.seal_block(block);
-                self.emit_stores(&stores, vector, with_nans);
-                self.b.ins().jump(join, &[]);
-            }
-            self.b.switch_to_block(join);
-            self.b.seal_block(join);
-        } else {
-            self.emit_stores(&stores, vector, true);
-        }
+        self.emit_stores(&stores, vector, split);
         let reductions = &self.stage.reductions;
         reductions
             .iter()
@@ -856,73 +826,6 @@ impl Translator<'_> {
                 self.float(width, v)
             })
             .collect()
-    }
-
-    /// The stores of one body copy; narrowing ones with or without their NaN path.
-    fn emit_stores(&mut self, stores: &[Store], vector: bool, nans: bool) {
-        for store in stores {
-            match store.dtype {
-                DType::F32 | DType::F64 => {
-                    self.b
-                        .ins()
-                        .store(self.flags, store.value, store.at, store.offset);
-                }
-                narrow => convert::store_f32(
-                    &mut self.b,
-                    narrow,
-                    vector,
-                    self.flags,
-                    store.value,
-                    store.at,
-                    store.offset,
-                    store.random,
-                    nans,
-                ),
-            }
-        }
-    }
-
-    /// Whether any lane of the F32X4 `values` is a NaN, as an `i8` truth: `fcmp uno` takes
-    /// two values at a time.
-    fn any_nan(&mut self, values: &[Value]) -> Value {
-        let masks: Vec<Value> = values
-            .chunks(2)
-            .map(|pair| {
-                let (a, b) = (pair[0], *pair.last().expect("chunks are not empty"));
-                self.b.ins().fcmp(FloatCC::Unordered, a, b)
-            })
-            .collect();
-        let mask = (masks[1..].iter()).fold(masks[0], |acc, &m| self.b.ins().bor(acc, m));
-        self.b.ins().vany_true(mask)
-    }
-
-    /// The generator's bits of elements `i + first..` (one per lane), which every
-    /// stochastic store of them reads through its stream's multiplier: the generator index
-    /// of element `j` of the segment is `index + j` (see [`crate::Noise`]).
-    fn element_bits(&mut self, width: Width, seg: &SegmentVals, i: Value, first: u32) -> Value {
-        let (vector_key, scalar_key, counter) = seg
-            .noise
-            .expect("a stochastic layout's records hold the key");
-        let i = self.b.ins().ireduce(types::I32, i);
-        let base = self.b.ins().iadd(i, counter);
-        match width {
-            Width::Scalar => {
-                let base = self.b.ins().iadd_imm_u(base, i64::from(first));
-                convert::mix(&mut self.b, scalar_key, base)
-            }
-            Width::Vector => {
-                // The copies' splats are identical (Cranelift merges them into one per
-                // iteration); each copy's lane offsets are a constant.
-                let lanes = self.b.ins().splat(types::I32X4, base);
-                let offsets: Vec<u8> = (0u32..4)
-                    .flat_map(|k| first.wrapping_add(k).to_le_bytes())
-                    .collect();
-                let constant = self.b.func.dfg.constants.insert(offsets.into());
-                let offsets = self.b.ins().vconst(types::I32X4, constant);
-                let counters = self.b.ins().iadd(lanes, offsets);
-                convert::mix(&mut self.b, vector_key, counters)
-            }
-        }
     }
 
     /// An operand's value: a loaded stream, a held scalar, a scalar read from the block at
