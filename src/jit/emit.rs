@@ -14,8 +14,9 @@
 //! operands outnumber its free registers (of the built-ins, Adan's). An FMA appears only
 //! where the stage has `Op::Fma`: Cranelift never fuses `fmul`+`fadd` on its own. Streams
 //! stored as bf16 or f16 narrow in `convert.rs`; in the vector loops of stages without
-//! reductions each body copy first tests the values it narrows for NaNs (one `fcmp uno` per two values) and branches to a
-//! cold block that narrows them with the NaN path, the usual block without it.
+//! reductions each body copy first tests the values it narrows for NaNs (one `fcmp uno` per
+//! two values) and branches to a cold block that narrows them with the NaN path, the usual
+//! block without it (`emit/stores.rs`).
 
 use super::convert;
 use super::pressure::{read_args, BodyNeeds};

@@ -91,8 +91,7 @@ fn emit_element(
         }
     };
     let random = key.map(|key| random(b, key));
-    let (value, at) = (value, dst_addr);
-    store_f32(b, dst_type, vector, flags, value, at, 0, random, nans);
+    store_f32(b, dst_type, vector, flags, value, dst_addr, 0, random, nans);
 }
 
 /// A loop header over `i` from the block's parameter: to `body` while `i + step <= n`,

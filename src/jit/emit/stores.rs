@@ -33,10 +33,10 @@ impl Translator<'_> {
     /// for every other value; the function then returns in the block after both.
     pub(super) fn emit_stores(&mut self, stores: &[Store], vector: bool, split: bool) {
         let narrowed: Vec<Value> = (stores.iter())
-            .filter(|s| s.dtype.is_narrow())
+            .filter(|s| split && vector && s.dtype.is_narrow())
             .map(|s| s.value)
             .collect();
-        if split && vector && !narrowed.is_empty() {
+        if !narrowed.is_empty() {
             let any_nan = self.any_nan(&narrowed);
             let (usual, nans, join) = (
                 self.b.create_block(),
